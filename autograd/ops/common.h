@@ -1,0 +1,30 @@
+// Helpers shared by the op files: output allocation, raw (history-free) broadcasting views, dtype
+// promotion, and device checks. Internal to autograd/ops.
+#pragma once
+
+#include "autograd/ops.h"
+
+namespace cm::opdetail {
+
+// A fresh contiguous tensor.
+inline Tensor new_empty(const Shape& shape, DType dtype, Device device) {
+  return empty(shape, {.dtype = dtype, .device = device});
+}
+
+// A history-free view of t broadcast to `shape` (0-strides on the expanded dims).
+Tensor expand_raw(const Tensor& t, const Shape& shape, const char* op);
+
+// f32 for integer/bool dtypes, the dtype itself for floating ones.
+inline DType float_dtype(DType t) { return is_floating(t) ? t : DType::f32; }
+
+// Fails unless all defined tensors are on one device; returns it.
+Device common_device(std::initializer_list<Tensor> ts, const char* op);
+
+// The dims of x to reduce (all when dims is empty), wrapped, deduplicated, sorted.
+std::vector<int64_t> reduce_dims(const Tensor& x, const Shape& dims, const char* op);
+// x's shape with the reduced dims set to 1 (keepdim form).
+Shape keepdim_shape(const Shape& s, const std::vector<int64_t>& dims);
+// The shape with the reduced dims removed.
+Shape dropdim_shape(const Shape& s, const std::vector<int64_t>& dims);
+
+}  // namespace cm::opdetail

@@ -1,0 +1,51 @@
+// Random tensors drawn from a Philox generator (tensor/random.h): the generator reserves the
+// counter blocks, the device kernel evaluates them. The same seed and offset give the same values
+// on every device.
+#include "autograd/ops/common.h"
+
+namespace cm {
+using namespace opdetail;
+
+namespace {
+Tensor draw(RandomKind kind, const Shape& shape, TensorOptions opt, Generator* gen, double a, double b) {
+  Generator& g = gen ? *gen : default_generator();
+  const bool rg = opt.requires_grad;
+  opt.requires_grad = false;
+  Tensor t = empty(shape, opt);
+  const uint64_t first = g.reserve(t.numel(), t.dtype());
+  backend_of(t).random(kind, t, g.seed(), first, a, b);
+  if (rg) t.set_requires_grad(true);
+  return t;
+}
+}  // namespace
+
+Tensor rand(const Shape& shape, TensorOptions opt, Generator* gen) {
+  CM_CHECK(is_floating(opt.dtype), "rand: dtype must be floating, got ", dtype_name(opt.dtype));
+  return draw(RandomKind::Uniform, shape, opt, gen, 0.0, 1.0);
+}
+
+Tensor randn(const Shape& shape, TensorOptions opt, Generator* gen) {
+  CM_CHECK(is_floating(opt.dtype), "randn: dtype must be floating, got ", dtype_name(opt.dtype));
+  return draw(RandomKind::Normal, shape, opt, gen, 0.0, 1.0);
+}
+
+Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opt, Generator* gen) {
+  CM_CHECK(low < high, "randint: empty range [", low, ", ", high, ")");
+  CM_CHECK(dtype_size(opt.dtype) == 8 || uint64_t(high - low) <= (uint64_t(1) << 32),
+           "randint: a range of ", high - low, " needs a 64-bit dtype, got ", dtype_name(opt.dtype));
+  return draw(RandomKind::Int, shape, opt, gen, double(low), double(high));
+}
+
+Tensor rand_like(const Tensor& t, Generator* gen) {
+  return rand(t.shape(), {.dtype = t.dtype(), .device = t.device()}, gen);
+}
+Tensor randn_like(const Tensor& t, Generator* gen) {
+  return randn(t.shape(), {.dtype = t.dtype(), .device = t.device()}, gen);
+}
+
+Tensor bernoulli(const Shape& shape, double p, TensorOptions opt, Generator* gen) {
+  CM_CHECK(p >= 0 && p <= 1, "bernoulli: probability must be in [0, 1], got ", p);
+  return draw(RandomKind::Bernoulli, shape, opt, gen, p, 0.0);
+}
+
+}  // namespace cm

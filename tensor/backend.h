@@ -1,0 +1,130 @@
+// The device interface. Each device implements these kernels; the differentiable ops in
+// autograd/ops call them after checking shapes and dtypes and allocating outputs, so a kernel
+// may assume what its comment states. The CPU backend is tensor/cpu, the CUDA backend tensor/cuda,
+// and a build without CUDA gets tensor/no_cuda, whose every kernel fails with
+// "<kernel>: no CUDA backend (cm was built without CUDA)".
+//
+// Conventions: operands are strided views (any strides, 0-strides for broadcasting), outputs are
+// freshly allocated unless stated; all tensors of one call are on the backend's device.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "tensor/random.h"
+#include "tensor/tensor.h"
+
+namespace cm {
+
+enum class UnaryOp : uint8_t {
+  // floating point, out dtype == in dtype
+  Neg, Abs, Exp, Log, Sqrt, Rsqrt, Square, Reciprocal, Sin, Cos, Tanh, Sigmoid, Silu, Relu, Gelu,
+  Sign, Erf, Expm1, Log1p, Floor, Ceil, Round,
+  // with scalar parameters a (and b)
+  PowScalar,    // x^a
+  RPowScalar,   // a^x
+  AddScalar,    // x + a
+  MulScalar,    // x * a
+  RSubScalar,   // a - x
+  RDivScalar,   // a / x
+  MaxScalar,    // max(x, a)
+  MinScalar,    // min(x, a)
+  Clamp,        // min(max(x, a), b)
+  // comparisons with a scalar; out dtype bool
+  EqScalar, NeScalar, LtScalar, LeScalar, GtScalar, GeScalar,
+  IsFinite,     // out dtype bool
+  LogicalNot,   // bool -> bool
+};
+const char* unary_op_name(UnaryOp op);
+bool unary_op_is_predicate(UnaryOp op);  // output dtype bool
+
+enum class BinaryOp : uint8_t {
+  Add,        // a + alpha·b
+  Sub,        // a - alpha·b
+  Mul, Div, Pow, Maximum, Minimum,
+  Lerp,       // a + alpha·(b - a)
+  // comparisons and logic; out dtype bool
+  Eq, Ne, Lt, Le, Gt, Ge, LogicalAnd, LogicalOr,
+  // gradients of activations: a = incoming gradient, b = saved input (x) or output (y)
+  ReluBackward,     // a·(x > 0)
+  SiluBackward,     // a·s·(1 + x·(1 − s)), s = sigmoid(x)
+  GeluBackward,     // a·(Φ(x) + x·φ(x))
+  SigmoidBackward,  // a·y·(1 − y)
+  TanhBackward,     // a·(1 − y²)
+};
+const char* binary_op_name(BinaryOp op);
+bool binary_op_is_predicate(BinaryOp op);
+
+enum class ReduceOp : uint8_t { Sum, Mean, Prod, Max, Min };
+const char* reduce_op_name(ReduceOp op);
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual Allocator& allocator() = 0;
+  virtual void synchronize() = 0;
+
+  // ---- memory and elementwise ----
+  // dst[i] = src[i] converted to dst's dtype. Same shape (src may be broadcast-expanded); dst may be
+  // any view (in-place copy_). Source and destination must not partially overlap.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
+  // Contiguous, same dtype and size, src and dst on different devices (one of them this one).
+  virtual void copy_between_devices(const Tensor& src, const Tensor& dst) = 0;
+  // dst[i] = value (dst any view).
+  virtual void fill(const Tensor& dst, double value) = 0;
+  // out = op(x); x and out of the same shape; out dtype = x's (bool for predicates).
+  virtual void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) = 0;
+  // out = op(a, b); a, b expanded to out's shape and of one dtype; out dtype = theirs (bool for
+  // predicates). `out` may be `a` itself (in-place updates).
+  virtual void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out,
+                      double alpha) = 0;
+  // out = cond ? a : b; cond bool, a/b/out of one dtype, all expanded to out's shape.
+  virtual void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+  // ---- reductions ----
+  // out has x's rank with size 1 on the reduced dims (keepdim form). Floating sums accumulate in
+  // f64 on the CPU and in f32 (f64 for f64) on CUDA; integer sums in i64.
+  virtual void reduce(ReduceOp op, const Tensor& x, const Tensor& out) = 0;
+  // Max or min along one dim with the index of the first extremum. values/indices in keepdim form,
+  // indices i64.
+  virtual void arg_reduce(bool is_max, const Tensor& x, int64_t dim, const Tensor& values,
+                          const Tensor& indices) = 0;
+  // Softmax (or log-softmax) along dim; x, out of one shape and floating dtype.
+  virtual void softmax(const Tensor& x, int64_t dim, bool log, const Tensor& out) = 0;
+  // grad_in = y·(g − Σ g·y) for softmax, g − exp(y)·Σ g for log-softmax (y = forward output).
+  virtual void softmax_backward(const Tensor& grad, const Tensor& y, int64_t dim, bool log,
+                                const Tensor& grad_in) = 0;
+
+  // ---- linear algebra ----
+  // out[..., M, N] = a[..., M, K] · b[..., K, N]. a and b have out's rank with batch dims expanded
+  // to out's; out is contiguous; one floating dtype.
+  virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+  // ---- indexing ----
+  // out = x.index_select(dim, index): index 1-D i64 (validated by the caller against x.size(dim)).
+  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  // out.index_select(dim, index) += src, in place (duplicates in index accumulate).
+  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) = 0;
+  // out[i][j][k] = x[i][index[i][j][k]][k] (dim 1 shown); index i64 of out's shape.
+  virtual void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  // out[i][index[i][j][k]][k] += src[i][j][k] (dim 1 shown), in place; index i64 of src's shape.
+  virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index,
+                           const Tensor& src) = 0;
+
+  // ---- random ----
+  // Fills contiguous `out` from blocks first_block, first_block + 1, ... of `seed` (see random.h).
+  virtual void random(RandomKind kind, const Tensor& out, uint64_t seed, uint64_t first_block,
+                      double a, double b) = 0;
+};
+
+// The backend of a device; a CUDA device in a build without CUDA fails with a clear message.
+Backend& backend_for(Device d);
+inline Backend& backend_of(const Tensor& t) { return backend_for(t.device()); }
+
+namespace cuda {
+bool is_available();  // built with CUDA and a device is present
+int device_count();   // 0 when unavailable
+}  // namespace cuda
+
+}  // namespace cm
