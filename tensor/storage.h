@@ -28,6 +28,8 @@ class Allocator {
   virtual void deallocate(void* ptr, size_t nbytes) = 0;
   virtual MemoryStats stats() const = 0;
   virtual void reset_peak() = 0;
+  // Returns cached, unused blocks to the system (allocators that cache).
+  virtual void empty_cache() {}
 };
 
 // The allocator of a device (the CPU's, or the CUDA backend's caching allocator).

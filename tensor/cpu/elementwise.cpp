@@ -45,7 +45,6 @@ void map2(const LoopPlan& p, F f) {
   });
 }
 
-void copy_placeholder();
 }  // namespace
 
 void CpuBackend::copy(const Tensor& src, const Tensor& dst) {

@@ -1,8 +1,5 @@
-// Strided loops for the CPU kernels.
-//
-// A LoopPlan describes up to kMaxOperands views of one shape (operand 0 is the output). Dimensions
-// that are contiguous for every operand are merged, so a contiguous tensor is a single run. The
-// loop hands the kernel "rows": a pointer per operand, the inner stride of each, and a count.
+// Strided loops for the CPU kernels over a LoopPlan (tensor/loop_plan.h). The loop hands the
+// kernel "rows": a pointer per operand, the inner stride of each, and a count.
 // Work is split over OpenMP threads in fixed chunks of the linear index, so results never depend
 // on the thread count.
 #pragma once
@@ -14,26 +11,16 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "tensor/tensor.h"
+#include "tensor/loop_plan.h"
 
 namespace cm::cpu {
 
-inline constexpr int kMaxOperands = 4;
 // Elements per parallel chunk: below two chunks a loop runs on one thread.
 inline constexpr int64_t kGrain = 32768;
 
-struct LoopPlan {
-  int ndim = 0;  // after merging; innermost dimension last
-  int nops = 0;
-  int64_t numel = 0;
-  int64_t shape[kMaxDims] = {};
-  int64_t strides[kMaxOperands][kMaxDims] = {};  // elements
-  char* base[kMaxOperands] = {};                 // address of element 0 of each operand
-  int64_t esize[kMaxOperands] = {};              // bytes per element
-};
-
-// Builds the plan; all operands must already have the shape of operands[0].
-LoopPlan make_plan(std::initializer_list<const Tensor*> operands);
+using cm::LoopPlan;
+using cm::make_plan;
+using cm::kMaxOperands;
 
 // Calls row(ptrs, inner_strides, n) over the whole index space; ptrs[k] points at the first element
 // of the row in operand k (as char*), inner_strides[k] is in elements.

@@ -52,8 +52,9 @@ struct Walk {
 // Calls row(offset, n, stride) for the linear range [begin, end) of a single-tensor walk (s0).
 template <class Row>
 void walk_rows(const Walk& w, int64_t begin, int64_t end, Row&& row) {
+  if (begin >= end) return;  // also an empty reduced dim, whose size must not be divided by
   if (w.nd == 0) {
-    if (begin < end) row(int64_t(0), int64_t(1), int64_t(0));
+    row(int64_t(0), int64_t(1), int64_t(0));
     return;
   }
   const int nd = w.nd;

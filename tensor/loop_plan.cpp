@@ -1,6 +1,7 @@
-#include "tensor/cpu/loops.h"
+// Builds LoopPlans (tensor/loop_plan.h); shared by all backends.
+#include "tensor/loop_plan.h"
 
-namespace cm::cpu {
+namespace cm {
 
 LoopPlan make_plan(std::initializer_list<const Tensor*> operands) {
   LoopPlan p;
@@ -47,4 +48,4 @@ LoopPlan make_plan(std::initializer_list<const Tensor*> operands) {
   return p;
 }
 
-}  // namespace cm::cpu
+}  // namespace cm
