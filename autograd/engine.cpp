@@ -17,10 +17,30 @@ thread_local bool grad_enabled = true;
 std::atomic<uint64_t> next_sequence_nr{0};
 }  // namespace
 
-bool is_grad_enabled() { return grad_enabled; }
-void set_grad_enabled(bool on) { grad_enabled = on; }
+bool is_grad_enabled() {
+  return grad_enabled;
+}
+void set_grad_enabled(bool on) {
+  grad_enabled = on;
+}
 
 Node::Node(std::string name) : name_(std::move(name)), seq_(next_sequence_nr++) {}
+
+Node::~Node() {
+  // Take over the inputs that die with this node and free them one at a time; each of them finds
+  // its own dying inputs already moved here, so the recursion is one level deep.
+  std::vector<std::shared_ptr<Node>> dying;
+  auto take = [&dying](Node& n) {
+    for (Edge& e : n.next_edges)
+      if (e.fn && e.fn.use_count() == 1) dying.push_back(std::move(e.fn));
+  };
+  take(*this);
+  while (!dying.empty()) {
+    std::shared_ptr<Node> n = std::move(dying.back());
+    dying.pop_back();
+    take(*n);
+  }
+}
 
 Grads FunctionNode::apply(const Grads& grad_outputs) {
   CM_CHECK(fn_ != nullptr, "backward through ", name(), " a second time: its saved tensors were ",
@@ -28,7 +48,8 @@ Grads FunctionNode::apply(const Grads& grad_outputs) {
   return fn_(grad_outputs);
 }
 
-// ---- leaves -------------------------------------------------------------------------------------------
+// ---- leaves
+// -------------------------------------------------------------------------------------------
 AccumulateGrad::AccumulateGrad(std::shared_ptr<TensorImpl> leaf)
     : Node("AccumulateGrad"), leaf_(std::move(leaf)) {
   const Tensor t(leaf_);
@@ -44,7 +65,8 @@ Grads AccumulateGrad::apply(const Grads& grad_outputs) {
     Tensor r = h(g);
     if (r.defined()) g = r;
   }
-  if (g.dtype() != leaf.dtype() || g.device() != leaf.device()) g = to(to(g, leaf.dtype()), leaf.device());
+  if (g.dtype() != leaf.dtype() || g.device() != leaf.device())
+    g = to(to(g, leaf.dtype()), leaf.device());
   if (!meta.grad.defined()) {
     meta.grad = clone(g);  // never alias: the same gradient tensor may reach several leaves
   } else {
@@ -66,7 +88,8 @@ Edge gradient_edge(const Tensor& t) {
   return {acc, 0};
 }
 
-// ---- saved tensors ------------------------------------------------------------------------------------
+// ---- saved tensors
+// ------------------------------------------------------------------------------------
 SavedTensor::SavedTensor(const Tensor& t, const char* op) : op_(op) {
   if (!t.defined()) return;
   data_ = t.alias_with(t.shape(), t.strides(), t.offset());
@@ -75,14 +98,16 @@ SavedTensor::SavedTensor(const Tensor& t, const char* op) : op_(op) {
 
 Tensor SavedTensor::get() const {
   if (data_.defined()) {
-    CM_CHECK(data_.version() == version_, op_, ": a tensor saved for its backward was modified by an ",
+    CM_CHECK(data_.version() == version_, op_,
+             ": a tensor saved for its backward was modified by an ",
              "in-place operation (version ", data_.version(), ", saved at version ", version_,
              "); clone it before modifying it");
   }
   return data_;
 }
 
-// ---- recording -----------------------------------------------------------------------------------------
+// ---- recording
+// -----------------------------------------------------------------------------------------
 bool needs_grad(const std::vector<Tensor>& inputs) {
   if (!is_grad_enabled()) return false;
   for (const Tensor& t : inputs)
@@ -100,7 +125,8 @@ void record(const char* name, const std::vector<Tensor>& inputs, const std::vect
             BackwardFn backward) {
   auto node = std::make_shared<FunctionNode>(name, std::move(backward));
   node->next_edges.reserve(inputs.size());
-  for (const Tensor& t : inputs) node->next_edges.push_back(t.defined() ? gradient_edge(t) : Edge{});
+  for (const Tensor& t : inputs)
+    node->next_edges.push_back(t.defined() ? gradient_edge(t) : Edge{});
   node->pre_hooks.resize(outputs.size());
   for (size_t i = 0; i < outputs.size(); ++i) {
     const Tensor& y = outputs[i];
@@ -113,7 +139,8 @@ void record(const char* name, const std::vector<Tensor>& inputs, const std::vect
   }
 }
 
-// ---- hooks on tensors -------------------------------------------------------------------------------------
+// ---- hooks on tensors
+// -------------------------------------------------------------------------------------
 void Tensor::register_hook(GradHook hook) const {
   CM_CHECK(requires_grad(), "register_hook: the tensor does not require grad");
   AutogradMeta& m = ensure_autograd_meta();
@@ -133,15 +160,19 @@ void Tensor::retain_grad() const {
     if (auto impl = weak.lock()) {
       Tensor self(impl);
       AutogradMeta& mm = self.ensure_autograd_meta();
-      if (!mm.grad.defined()) mm.grad = cm::clone(g);
-      else cm::add_(mm.grad, g);
+      if (!mm.grad.defined())
+        mm.grad = cm::clone(g);
+      else
+        cm::add_(mm.grad, g);
     }
     return Tensor();
   });
 }
 
-// ---- the engine ------------------------------------------------------------------------------------------------
-void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads, bool retain_graph) {
+// ---- the engine
+// ------------------------------------------------------------------------------------------------
+void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads,
+              bool retain_graph) {
   CM_CHECK(grads.empty() || grads.size() == roots.size(), "backward: ", roots.size(), " roots but ",
            grads.size(), " gradients");
   NoGradGuard no_grad;
@@ -157,12 +188,14 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
   std::vector<std::pair<Edge, Tensor>> seeds;
   for (size_t i = 0; i < roots.size(); ++i) {
     const Tensor& r = roots[i];
-    CM_CHECK(r.requires_grad(), "backward: root ", i, " does not require grad (no operation on its ",
+    CM_CHECK(r.requires_grad(), "backward: root ", i,
+             " does not require grad (no operation on its ",
              "path involved a tensor with requires_grad)");
     Tensor g = i < grads.size() ? grads[i] : Tensor();
     if (!g.defined()) {
-      CM_CHECK(r.numel() == 1, "backward: a gradient can be implied only for one-element roots; root ",
-               i, " has shape ", shape_str(r.shape()));
+      CM_CHECK(r.numel() == 1,
+               "backward: a gradient can be implied only for one-element roots; root ", i,
+               " has shape ", shape_str(r.shape()));
       g = ones(r.shape(), {.dtype = r.dtype(), .device = r.device()});
     }
     CM_CHECK(g.shape() == r.shape(), "backward: seed gradient of shape ", shape_str(g.shape()),
@@ -195,8 +228,10 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
 
   auto deliver = [&](Node* n, uint32_t slot, const Tensor& g) {
     Tensor& b = pending[n].buffer[slot];
-    if (!b.defined()) b = g;
-    else b = add(b, g);
+    if (!b.defined())
+      b = g;
+    else
+      b = add(b, g);
   };
   for (auto& [edge, g] : seeds) deliver(edge.fn.get(), edge.input_nr, g);
 
@@ -229,17 +264,17 @@ void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads
     Grads out = n->apply(in);
     if (!retain_graph) n->release();
     if (!n->next_edges.empty()) {
-      CM_CHECK(out.size() == n->next_edges.size(), "backward of ", n->name(), " returned ", out.size(),
-               " gradients for ", n->next_edges.size(), " inputs");
+      CM_CHECK(out.size() == n->next_edges.size(), "backward of ", n->name(), " returned ",
+               out.size(), " gradients for ", n->next_edges.size(), " inputs");
     }
     for (size_t i = 0; i < n->next_edges.size(); ++i) {
       const Edge& e = n->next_edges[i];
       if (!e.fn) continue;
       if (out[i].defined()) {
         const Node::OutputMeta& target = e.fn->outputs[e.input_nr];
-        CM_CHECK(out[i].shape() == target.shape, "backward of ", n->name(), " returned a gradient of ",
-                 "shape ", shape_str(out[i].shape()), " for input ", i, " of shape ",
-                 shape_str(target.shape));
+        CM_CHECK(out[i].shape() == target.shape, "backward of ", n->name(),
+                 " returned a gradient of ", "shape ", shape_str(out[i].shape()), " for input ", i,
+                 " of shape ", shape_str(target.shape));
         deliver(e.fn.get(), e.input_nr, out[i]);
       }
       if (--pending[e.fn.get()].deps == 0) ready.push(e.fn.get());

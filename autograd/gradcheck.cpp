@@ -25,7 +25,8 @@ std::vector<double> flat_output(const GradcheckFn& f, const std::vector<Tensor>&
 
 }  // namespace
 
-GradcheckResult gradcheck(const GradcheckFn& f, const std::vector<Tensor>& inputs, GradcheckOptions opt) {
+GradcheckResult gradcheck(const GradcheckFn& f, const std::vector<Tensor>& inputs,
+                          GradcheckOptions opt) {
   for (size_t k = 0; k < inputs.size(); ++k)
     if (inputs[k].defined() && inputs[k].requires_grad())
       CM_CHECK(inputs[k].dtype() == DType::f64, "gradcheck: input ", k, " must be f64, got ",
@@ -46,7 +47,8 @@ GradcheckResult gradcheck(const GradcheckFn& f, const std::vector<Tensor>& input
       const Tensor& x = inputs[k];
       if (!x.defined() || !x.requires_grad()) continue;
       const Tensor g = x.grad();
-      analytic[k].push_back(g.defined() ? g.to_vector<double>() : std::vector<double>(size_t(x.numel()), 0.0));
+      analytic[k].push_back(g.defined() ? g.to_vector<double>()
+                                        : std::vector<double>(size_t(x.numel()), 0.0));
     }
   }
 

@@ -38,7 +38,9 @@ struct Edge {
 class Node {
  public:
   explicit Node(std::string name);
-  virtual ~Node() = default;
+  // Releases the graph behind this node iteratively (a chain of shared_ptr destructors would
+  // overflow the stack on very deep graphs).
+  virtual ~Node();
 
   const std::string& name() const { return name_; }
   uint64_t sequence_nr() const { return seq_; }
@@ -53,8 +55,8 @@ class Node {
     DType dtype;
     Device device;
   };
-  std::vector<Edge> next_edges;               // one per input
-  std::vector<OutputMeta> outputs;            // one per output
+  std::vector<Edge> next_edges;                  // one per input
+  std::vector<OutputMeta> outputs;               // one per output
   std::vector<std::vector<GradHook>> pre_hooks;  // per output: hooks on its gradient
 
  private:
@@ -98,11 +100,13 @@ class SavedTensor {
   const char* op_ = "";
 };
 
-// ---- grad mode ------------------------------------------------------------------------------------
+// ---- grad mode
+// ------------------------------------------------------------------------------------
 bool is_grad_enabled();
 void set_grad_enabled(bool on);
 
-// Disables gradient recording in a scope (the target network, the teacher, EMA and optimizer updates).
+// Disables gradient recording in a scope (the target network, the teacher, EMA and optimizer
+// updates).
 class NoGradGuard {
  public:
   NoGradGuard() : prev_(is_grad_enabled()) { set_grad_enabled(false); }
@@ -125,8 +129,9 @@ class EnableGradGuard {
   bool prev_;
 };
 
-// ---- recording --------------------------------------------------------------------------------------
-// True when grad mode is on and any defined input requires grad.
+// ---- recording
+// -------------------------------------------------------------------------------------- True when
+// grad mode is on and any defined input requires grad.
 bool needs_grad(std::initializer_list<Tensor> inputs);
 bool needs_grad(const std::vector<Tensor>& inputs);
 
@@ -137,9 +142,10 @@ void record(const char* name, const std::vector<Tensor>& inputs, const std::vect
 // The edge through which a gradient reaches tensor t (its grad_fn, or its leaf accumulator).
 Edge gradient_edge(const Tensor& t);
 
-// ---- engine -----------------------------------------------------------------------------------------
-// Backpropagates from `roots` with seed gradients `grads` (an undefined seed means ones, allowed for
-// one-element roots). Gradients of leaves accumulate into .grad; saved tensors are freed unless
+// ---- engine
+// -----------------------------------------------------------------------------------------
+// Backpropagates from `roots` with seed gradients `grads` (an undefined seed means ones, allowed
+// for one-element roots). Gradients of leaves accumulate into .grad; saved tensors are freed unless
 // retain_graph.
 void backward(const std::vector<Tensor>& roots, const std::vector<Tensor>& grads = {},
               bool retain_graph = false);

@@ -1,7 +1,8 @@
 // The differentiable operations of cm. Each op's forward and backward sit side by side in one file
-// per family under autograd/ops/ (named below); their kernels live under tensor/cpu and tensor/cuda.
-// All ops run on any device and accept any strides; binary ops broadcast NumPy-style and promote
-// dtypes (bool < u8 < i32 < i64 < f16/bf16 < f32 < f64). Shapes in comments are examples.
+// per family under autograd/ops/ (named below); their kernels live under tensor/cpu and
+// tensor/cuda. All ops run on any device and accept any strides; binary ops broadcast NumPy-style
+// and promote dtypes (bool < u8 < i32 < i64 < f16/bf16 < f32 < f64). Shapes in comments are
+// examples.
 #pragma once
 
 #include <optional>
@@ -14,10 +15,11 @@
 
 namespace cm {
 
-// ---- views and copies (ops/view.cpp) ---------------------------------------------------------------
-// Views share storage with their input; gradients flow back through them.
+// ---- views and copies (ops/view.cpp)
+// --------------------------------------------------------------- Views share storage with their
+// input; gradients flow back through them.
 Tensor reshape(const Tensor& x, const Shape& shape);  // one dim may be -1; copies only if it must
-Tensor view(const Tensor& x, const Shape& shape);     // like reshape but never copies (fails instead)
+Tensor view(const Tensor& x, const Shape& shape);  // like reshape but never copies (fails instead)
 Tensor permute(const Tensor& x, const Shape& dims);
 Tensor transpose(const Tensor& x, int64_t a, int64_t b);
 Tensor narrow(const Tensor& x, int64_t dim, int64_t start, int64_t length);
@@ -38,8 +40,9 @@ Tensor to(const Tensor& x, Device device);
 // Sums g over the broadcast dims so that it has `shape` (the backward of broadcasting).
 Tensor sum_to_shape(const Tensor& g, const Shape& shape);
 
-// ---- elementwise unary (ops/unary.cpp) ---------------------------------------------------------------
-// Integer inputs of the floating functions are promoted to f32.
+// ---- elementwise unary (ops/unary.cpp)
+// --------------------------------------------------------------- Integer inputs of the floating
+// functions are promoted to f32.
 Tensor neg(const Tensor& x);
 Tensor abs(const Tensor& x);
 Tensor exp(const Tensor& x);
@@ -70,7 +73,8 @@ Tensor round(const Tensor& x);
 Tensor isfinite(const Tensor& x);
 Tensor logical_not(const Tensor& x);
 
-// ---- elementwise binary (ops/binary.cpp) ---------------------------------------------------------------
+// ---- elementwise binary (ops/binary.cpp)
+// ---------------------------------------------------------------
 Tensor add(const Tensor& a, const Tensor& b, double alpha = 1);  // a + alpha·b
 Tensor sub(const Tensor& a, const Tensor& b, double alpha = 1);  // a − alpha·b
 Tensor mul(const Tensor& a, const Tensor& b);
@@ -121,8 +125,9 @@ Tensor operator-(double s, const Tensor& a);
 Tensor operator*(double s, const Tensor& a);
 Tensor operator/(double s, const Tensor& a);
 
-// ---- reductions (ops/reduce.cpp) ------------------------------------------------------------------------
-// `dims` empty means all dims. Sums of integers and bools are i64.
+// ---- reductions (ops/reduce.cpp)
+// ------------------------------------------------------------------------ `dims` empty means all
+// dims. Sums of integers and bools are i64.
 Tensor sum(const Tensor& x, const Shape& dims = {}, bool keepdim = false);
 Tensor mean(const Tensor& x, const Shape& dims = {}, bool keepdim = false);
 // Variance with Bessel's correction by default (correction = 1), as torch.var.
@@ -142,37 +147,42 @@ Tensor argmax(const Tensor& x, int64_t dim, bool keepdim = false);
 Tensor argmin(const Tensor& x, int64_t dim, bool keepdim = false);
 Tensor logsumexp(const Tensor& x, const Shape& dims, bool keepdim = false);
 
-// ---- softmax (ops/softmax.cpp) ----------------------------------------------------------------------------
+// ---- softmax (ops/softmax.cpp)
+// ----------------------------------------------------------------------------
 Tensor softmax(const Tensor& x, int64_t dim);
 Tensor log_softmax(const Tensor& x, int64_t dim);
 
-// ---- matrix product (ops/linalg.cpp) -----------------------------------------------------------------------
-// torch.matmul semantics: 1-D operands are promoted to matrices and the added dim removed;
-// batch dims broadcast.
+// ---- matrix product (ops/linalg.cpp)
+// ----------------------------------------------------------------------- torch.matmul semantics:
+// 1-D operands are promoted to matrices and the added dim removed; batch dims broadcast.
 Tensor matmul(const Tensor& a, const Tensor& b);
 
-// ---- joining and splitting (ops/join.cpp) ---------------------------------------------------------------------
+// ---- joining and splitting (ops/join.cpp)
+// ---------------------------------------------------------------------
 Tensor cat(const std::vector<Tensor>& xs, int64_t dim);
 Tensor stack(const std::vector<Tensor>& xs, int64_t dim);
-std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim);  // last piece may be shorter
+std::vector<Tensor> split(const Tensor& x, int64_t split_size,
+                          int64_t dim);  // last piece may be shorter
 std::vector<Tensor> split(const Tensor& x, const Shape& sizes, int64_t dim);
 std::vector<Tensor> chunk(const Tensor& x, int64_t chunks, int64_t dim);
 enum class PadMode { Constant, Reflect, Replicate };
-// pads = {left of last dim, right of last dim, left of the dim before, ...} as torch.nn.functional.pad;
-// negative pads crop.
+// pads = {left of last dim, right of last dim, left of the dim before, ...} as
+// torch.nn.functional.pad; negative pads crop.
 Tensor pad(const Tensor& x, const Shape& pads, PadMode mode = PadMode::Constant, double value = 0);
 
-// ---- indexing (ops/index.cpp) ----------------------------------------------------------------------------------
-// index is i64 or i32; values out of range are errors that name the op, the value and the size.
+// ---- indexing (ops/index.cpp)
+// ---------------------------------------------------------------------------------- index is i64
+// or i32; values out of range are errors that name the op, the value and the size.
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index);
 Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
 // x with src added at index along dim (out of place); differentiable in x and src.
 Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
 Tensor index_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
 
-// ---- in-place updates (ops/inplace.cpp) --------------------------------------------------------------------------
-// For optimizers and EMA: they bump the version counter, and refuse tensors that require grad
-// while grad mode is on (run them under NoGradGuard). `other` broadcasts to x.
+// ---- in-place updates (ops/inplace.cpp)
+// -------------------------------------------------------------------------- For optimizers and
+// EMA: they bump the version counter, and refuse tensors that require grad while grad mode is on
+// (run them under NoGradGuard). `other` broadcasts to x.
 Tensor& add_(Tensor& x, const Tensor& other, double alpha = 1);
 Tensor& add_(Tensor& x, double s);
 Tensor& sub_(Tensor& x, const Tensor& other, double alpha = 1);
@@ -180,7 +190,7 @@ Tensor& mul_(Tensor& x, const Tensor& other);
 Tensor& mul_(Tensor& x, double s);
 Tensor& div_(Tensor& x, const Tensor& other);
 Tensor& lerp_(Tensor& x, const Tensor& end, double weight);  // x += weight·(end − x)
-Tensor& copy_(Tensor& x, const Tensor& src);  // any dtype and device; src broadcasts
+Tensor& copy_(Tensor& x, const Tensor& src);                 // any dtype and device; src broadcasts
 Tensor& zero_(Tensor& x);
 Tensor& fill_(Tensor& x, double value);
 Tensor& clamp_(Tensor& x, std::optional<double> lo, std::optional<double> hi);
@@ -188,8 +198,9 @@ Tensor& clamp_(Tensor& x, std::optional<double> lo, std::optional<double> hi);
 Tensor& addcmul_(Tensor& x, const Tensor& a, const Tensor& b, double value = 1);
 Tensor& addcdiv_(Tensor& x, const Tensor& a, const Tensor& b, double value = 1);
 
-// ---- random (ops/random.cpp) --------------------------------------------------------------------------------------
-// Draws from `gen` (the default generator when null) and advances it; see tensor/random.h.
+// ---- random (ops/random.cpp)
+// -------------------------------------------------------------------------------------- Draws from
+// `gen` (the default generator when null) and advances it; see tensor/random.h.
 Tensor rand(const Shape& shape, TensorOptions opt = {}, Generator* gen = nullptr);   // U[0, 1)
 Tensor randn(const Shape& shape, TensorOptions opt = {}, Generator* gen = nullptr);  // N(0, 1)
 Tensor randint(int64_t low, int64_t high, const Shape& shape,
@@ -199,8 +210,10 @@ Tensor randn_like(const Tensor& t, Generator* gen = nullptr);
 // 1 with probability p, else 0.
 Tensor bernoulli(const Shape& shape, double p, TensorOptions opt = {}, Generator* gen = nullptr);
 
-// ---- utilities ----------------------------------------------------------------------------------------------------
-// True when a and b have one shape and |a − b| ≤ atol + rtol·|b| everywhere (NaNs equal if equal_nan).
+// ---- utilities
+// ----------------------------------------------------------------------------------------------------
+// True when a and b have one shape and |a − b| ≤ atol + rtol·|b| everywhere (NaNs equal if
+// equal_nan).
 bool allclose(const Tensor& a, const Tensor& b, double rtol = 1e-5, double atol = 1e-8,
               bool equal_nan = false);
 // The largest |a − b| (f64 on the host).

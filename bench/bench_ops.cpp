@@ -2,7 +2,9 @@
 // call alone on the same operands; elementwise ops and reductions in GB/s (bytes read + written)
 // beside a plain memcpy of the same number of bytes. Times are medians over repeated runs after a
 // warm-up.
-//   cm_bench_ops [--quick] [--filter SUBSTRING]
+//   cm_bench_ops [--device cpu|cuda] [--quick] [--filter SUBSTRING]
+// The CUDA cases (bench_cuda.cpp, built with CUDA) compare against cuBLAS alone and a
+// device-to-device copy.
 #include <cblas.h>
 
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "bench/bench.h"
 
 namespace {
 
@@ -32,19 +35,18 @@ double median_ms(const std::function<void()>& f, int reps, int warmup = 2) {
   return t[t.size() / 2];
 }
 
-struct Args {
-  bool quick = false;
-  std::string filter;
-};
+using Args = BenchArgs;
 
 bool selected(const Args& a, const std::string& name) {
   return a.filter.empty() || name.find(a.filter) != std::string::npos;
 }
 
 void bench_matmul(const Args& args) {
-  const std::vector<int64_t> sizes = args.quick ? std::vector<int64_t>{256} : std::vector<int64_t>{128, 256, 512, 1024};
+  const std::vector<int64_t> sizes =
+      args.quick ? std::vector<int64_t>{256} : std::vector<int64_t>{128, 256, 512, 1024};
   for (int64_t n : sizes) {
-    const std::string name = "matmul f32 " + std::to_string(n) + "x" + std::to_string(n) + "x" + std::to_string(n);
+    const std::string name =
+        "matmul f32 " + std::to_string(n) + "x" + std::to_string(n) + "x" + std::to_string(n);
     if (!selected(args, name)) continue;
     cm::Tensor a = cm::randn({n, n}), b = cm::randn({n, n});
     cm::Tensor c = cm::empty({n, n});
@@ -55,14 +57,15 @@ void bench_matmul(const Args& args) {
     float* cp = c.data<float>();
     const double blas_ms = median_ms(
         [&] {
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(n), int(n), 1.0f, ap, int(n), bp,
-                      int(n), 0.0f, cp, int(n));
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(n), int(n), int(n), 1.0f, ap,
+                      int(n), bp, int(n), 0.0f, cp, int(n));
         },
         reps);
     const double flop = 2.0 * double(n) * double(n) * double(n);
     std::printf(
         "{\"bench\":\"ops\",\"case\":\"%s\",\"device\":\"cpu\",\"ms\":%.4f,\"gflops\":%.2f,"
-        "\"baseline\":\"cblas_sgemm\",\"baseline_ms\":%.4f,\"baseline_gflops\":%.2f,\"ratio\":%.3f}\n",
+        "\"baseline\":\"cblas_sgemm\",\"baseline_ms\":%.4f,\"baseline_gflops\":%.2f,\"ratio\":%.3f}"
+        "\n",
         name.c_str(), ms, flop / ms / 1e6, blas_ms, flop / blas_ms / 1e6, blas_ms / ms);
   }
 }
@@ -94,20 +97,27 @@ void bench_elementwise(const Args& args) {
       {"mul_scalar f32", [&] { cm::mul(a, 2.0); }, 2 * fb},
       {"exp f32", [&] { cm::exp(a); }, 2 * fb},
       {"silu f32", [&] { cm::silu(a); }, 2 * fb},
-      {"add_ f32 in place", [&] { cm::NoGradGuard g; cm::add_(a, b, 1e-9); }, 3 * fb},
+      {"add_ f32 in place",
+       [&] {
+         cm::NoGradGuard g;
+         cm::add_(a, b, 1e-9);
+       },
+       3 * fb},
       {"copy f32->bf16", [&] { cm::to(a, cm::DType::bf16); }, 1.5 * fb},
   };
   const int64_t r = 4096, c = n / 4096;
   cm::Tensor m = cm::randn({r, c}), row = cm::randn({c});
   cases.push_back({"add f32 broadcast row", [&] { cm::add(m, row); }, 2 * fb});
-  cases.push_back({"add f32 transposed", [&] { cm::add(m.transpose(0, 1), m.transpose(0, 1)); }, 3 * fb});
+  cases.push_back(
+      {"add f32 transposed", [&] { cm::add(m.transpose(0, 1), m.transpose(0, 1)); }, 3 * fb});
   cases.push_back({"sum f32 all", [&] { cm::sum(a); }, fb});
   cases.push_back({"sum f32 last dim", [&] { cm::sum(m, {1}); }, fb});
   cases.push_back({"sum f32 first dim", [&] { cm::sum(m, {0}); }, fb});
   cases.push_back({"softmax f32 last dim", [&] { cm::softmax(m, 1); }, 2 * fb});
   for (const Case& k : cases) {
     if (!selected(args, k.name)) continue;
-    report_bandwidth(k.name + " n=" + std::to_string(n), median_ms(k.run, args.quick ? 5 : 11), k.bytes);
+    report_bandwidth(k.name + " n=" + std::to_string(n), median_ms(k.run, args.quick ? 5 : 11),
+                     k.bytes);
   }
 }
 
@@ -117,15 +127,33 @@ int main(int argc, char** argv) {
   Args args;
   for (int i = 1; i < argc; ++i) {
     const std::string s = argv[i];
-    if (s == "--quick") args.quick = true;
-    else if (s == "--filter" && i + 1 < argc) args.filter = argv[++i];
+    if (s == "--quick")
+      args.quick = true;
+    else if (s == "--filter" && i + 1 < argc)
+      args.filter = argv[++i];
+    else if (s == "--device" && i + 1 < argc)
+      args.device = argv[++i];
     else {
-      std::fprintf(stderr, "cm_bench_ops: unknown argument '%s'\nusage: cm_bench_ops [--quick] [--filter S]\n",
+      std::fprintf(stderr,
+                   "cm_bench_ops: unknown argument '%s'\nusage: cm_bench_ops [--device cpu|cuda] "
+                   "[--quick] [--filter S]\n",
                    s.c_str());
       return 2;
     }
   }
   try {
+    if (args.device == "cuda") {
+      if (!bench_cuda(args)) {
+        std::fprintf(stderr, "cm_bench_ops: no CUDA device (or cm was built without CUDA)\n");
+        return 1;
+      }
+      return 0;
+    }
+    if (args.device != "cpu") {
+      std::fprintf(stderr, "cm_bench_ops: --device must be cpu or cuda, got '%s'\n",
+                   args.device.c_str());
+      return 2;
+    }
     bench_matmul(args);
     bench_elementwise(args);
   } catch (const cm::Error& e) {

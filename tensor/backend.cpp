@@ -11,21 +11,36 @@ Backend& backend_for(Device d) {
   return cuda_backend();
 }
 
-Allocator& allocator_for(Device d) { return backend_for(d).allocator(); }
+namespace {
+bool g_matmul_tf32 = false;
+}  // namespace
+void set_matmul_tf32(bool on) {
+  g_matmul_tf32 = on;
+}
+bool matmul_tf32() {
+  return g_matmul_tf32;
+}
+
+Allocator& allocator_for(Device d) {
+  return backend_for(d).allocator(d.index);
+}
 
 const char* unary_op_name(UnaryOp op) {
   switch (op) {
 #define CM_NAME(E, F) \
-  case UnaryOp::E: return #E;
-    CM_NAME(Neg, ) CM_NAME(Abs, ) CM_NAME(Exp, ) CM_NAME(Log, ) CM_NAME(Sqrt, ) CM_NAME(Rsqrt, )
-    CM_NAME(Square, ) CM_NAME(Reciprocal, ) CM_NAME(Sin, ) CM_NAME(Cos, ) CM_NAME(Tanh, )
-    CM_NAME(Sigmoid, ) CM_NAME(Silu, ) CM_NAME(Relu, ) CM_NAME(Gelu, ) CM_NAME(Sign, )
-    CM_NAME(Erf, ) CM_NAME(Expm1, ) CM_NAME(Log1p, ) CM_NAME(Floor, ) CM_NAME(Ceil, )
-    CM_NAME(Round, ) CM_NAME(PowScalar, ) CM_NAME(RPowScalar, ) CM_NAME(AddScalar, )
-    CM_NAME(MulScalar, ) CM_NAME(RSubScalar, ) CM_NAME(RDivScalar, ) CM_NAME(MaxScalar, )
-    CM_NAME(MinScalar, ) CM_NAME(Clamp, ) CM_NAME(EqScalar, ) CM_NAME(NeScalar, )
-    CM_NAME(LtScalar, ) CM_NAME(LeScalar, ) CM_NAME(GtScalar, ) CM_NAME(GeScalar, )
-    CM_NAME(IsFinite, ) CM_NAME(LogicalNot, )
+  case UnaryOp::E:    \
+    return #E;
+    CM_NAME(Neg, )
+    CM_NAME(Abs, ) CM_NAME(Exp, ) CM_NAME(Log, ) CM_NAME(Sqrt, ) CM_NAME(Rsqrt, ) CM_NAME(Square, )
+        CM_NAME(Reciprocal, ) CM_NAME(Sin, ) CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, )
+            CM_NAME(Silu, ) CM_NAME(Relu, ) CM_NAME(Gelu, ) CM_NAME(Sign, ) CM_NAME(Erf, )
+                CM_NAME(Expm1, ) CM_NAME(Log1p, ) CM_NAME(Floor, ) CM_NAME(Ceil, ) CM_NAME(Round, )
+                    CM_NAME(PowScalar, ) CM_NAME(RPowScalar, ) CM_NAME(AddScalar, )
+                        CM_NAME(MulScalar, ) CM_NAME(RSubScalar, ) CM_NAME(RDivScalar, )
+                            CM_NAME(MaxScalar, ) CM_NAME(MinScalar, ) CM_NAME(Clamp, )
+                                CM_NAME(EqScalar, ) CM_NAME(NeScalar, ) CM_NAME(LtScalar, )
+                                    CM_NAME(LeScalar, ) CM_NAME(GtScalar, ) CM_NAME(GeScalar, )
+                                        CM_NAME(IsFinite, ) CM_NAME(LogicalNot, )
 #undef CM_NAME
   }
   return "unary?";
@@ -33,9 +48,14 @@ const char* unary_op_name(UnaryOp op) {
 
 bool unary_op_is_predicate(UnaryOp op) {
   switch (op) {
-    case UnaryOp::EqScalar: case UnaryOp::NeScalar: case UnaryOp::LtScalar:
-    case UnaryOp::LeScalar: case UnaryOp::GtScalar: case UnaryOp::GeScalar:
-    case UnaryOp::IsFinite: case UnaryOp::LogicalNot:
+    case UnaryOp::EqScalar:
+    case UnaryOp::NeScalar:
+    case UnaryOp::LtScalar:
+    case UnaryOp::LeScalar:
+    case UnaryOp::GtScalar:
+    case UnaryOp::GeScalar:
+    case UnaryOp::IsFinite:
+    case UnaryOp::LogicalNot:
       return true;
     default:
       return false;
@@ -44,12 +64,14 @@ bool unary_op_is_predicate(UnaryOp op) {
 
 const char* binary_op_name(BinaryOp op) {
   switch (op) {
-#define CM_NAME(E) \
-  case BinaryOp::E: return #E;
-    CM_NAME(Add) CM_NAME(Sub) CM_NAME(Mul) CM_NAME(Div) CM_NAME(Pow) CM_NAME(Maximum)
-    CM_NAME(Minimum) CM_NAME(Lerp) CM_NAME(Eq) CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt)
-    CM_NAME(Ge) CM_NAME(LogicalAnd) CM_NAME(LogicalOr) CM_NAME(ReluBackward)
-    CM_NAME(SiluBackward) CM_NAME(GeluBackward) CM_NAME(SigmoidBackward) CM_NAME(TanhBackward)
+#define CM_NAME(E)  \
+  case BinaryOp::E: \
+    return #E;
+    CM_NAME(Add)
+    CM_NAME(Sub) CM_NAME(Mul) CM_NAME(Div) CM_NAME(Pow) CM_NAME(Maximum) CM_NAME(Minimum)
+        CM_NAME(Lerp) CM_NAME(Eq) CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge)
+            CM_NAME(LogicalAnd) CM_NAME(LogicalOr) CM_NAME(ReluBackward) CM_NAME(SiluBackward)
+                CM_NAME(GeluBackward) CM_NAME(SigmoidBackward) CM_NAME(TanhBackward)
 #undef CM_NAME
   }
   return "binary?";
@@ -57,8 +79,14 @@ const char* binary_op_name(BinaryOp op) {
 
 bool binary_op_is_predicate(BinaryOp op) {
   switch (op) {
-    case BinaryOp::Eq: case BinaryOp::Ne: case BinaryOp::Lt: case BinaryOp::Le:
-    case BinaryOp::Gt: case BinaryOp::Ge: case BinaryOp::LogicalAnd: case BinaryOp::LogicalOr:
+    case BinaryOp::Eq:
+    case BinaryOp::Ne:
+    case BinaryOp::Lt:
+    case BinaryOp::Le:
+    case BinaryOp::Gt:
+    case BinaryOp::Ge:
+    case BinaryOp::LogicalAnd:
+    case BinaryOp::LogicalOr:
       return true;
     default:
       return false;
@@ -67,11 +95,14 @@ bool binary_op_is_predicate(BinaryOp op) {
 
 const char* reduce_op_name(ReduceOp op) {
   switch (op) {
-    case ReduceOp::Sum: return "sum";
-    case ReduceOp::Mean: return "mean";
-    case ReduceOp::Prod: return "prod";
-    case ReduceOp::Max: return "amax";
-    case ReduceOp::Min: return "amin";
+    case ReduceOp::Sum:
+      return "sum";
+    case ReduceOp::Mean:
+      return "mean";
+    case ReduceOp::Max:
+      return "amax";
+    case ReduceOp::Min:
+      return "amin";
   }
   return "reduce?";
 }

@@ -18,33 +18,69 @@ namespace cm {
 
 enum class UnaryOp : uint8_t {
   // floating point, out dtype == in dtype
-  Neg, Abs, Exp, Log, Sqrt, Rsqrt, Square, Reciprocal, Sin, Cos, Tanh, Sigmoid, Silu, Relu, Gelu,
-  Sign, Erf, Expm1, Log1p, Floor, Ceil, Round,
+  Neg,
+  Abs,
+  Exp,
+  Log,
+  Sqrt,
+  Rsqrt,
+  Square,
+  Reciprocal,
+  Sin,
+  Cos,
+  Tanh,
+  Sigmoid,
+  Silu,
+  Relu,
+  Gelu,
+  Sign,
+  Erf,
+  Expm1,
+  Log1p,
+  Floor,
+  Ceil,
+  Round,
   // with scalar parameters a (and b)
-  PowScalar,    // x^a
-  RPowScalar,   // a^x
-  AddScalar,    // x + a
-  MulScalar,    // x * a
-  RSubScalar,   // a - x
-  RDivScalar,   // a / x
-  MaxScalar,    // max(x, a)
-  MinScalar,    // min(x, a)
-  Clamp,        // min(max(x, a), b)
+  PowScalar,   // x^a
+  RPowScalar,  // a^x
+  AddScalar,   // x + a
+  MulScalar,   // x * a
+  RSubScalar,  // a - x
+  RDivScalar,  // a / x
+  MaxScalar,   // max(x, a)
+  MinScalar,   // min(x, a)
+  Clamp,       // min(max(x, a), b)
   // comparisons with a scalar; out dtype bool
-  EqScalar, NeScalar, LtScalar, LeScalar, GtScalar, GeScalar,
-  IsFinite,     // out dtype bool
-  LogicalNot,   // bool -> bool
+  EqScalar,
+  NeScalar,
+  LtScalar,
+  LeScalar,
+  GtScalar,
+  GeScalar,
+  IsFinite,    // out dtype bool
+  LogicalNot,  // bool -> bool
 };
 const char* unary_op_name(UnaryOp op);
 bool unary_op_is_predicate(UnaryOp op);  // output dtype bool
 
 enum class BinaryOp : uint8_t {
-  Add,        // a + alpha·b
-  Sub,        // a - alpha·b
-  Mul, Div, Pow, Maximum, Minimum,
-  Lerp,       // a + alpha·(b - a)
+  Add,  // a + alpha·b
+  Sub,  // a - alpha·b
+  Mul,
+  Div,
+  Pow,
+  Maximum,
+  Minimum,
+  Lerp,  // a + alpha·(b - a)
   // comparisons and logic; out dtype bool
-  Eq, Ne, Lt, Le, Gt, Ge, LogicalAnd, LogicalOr,
+  Eq,
+  Ne,
+  Lt,
+  Le,
+  Gt,
+  Ge,
+  LogicalAnd,
+  LogicalOr,
   // gradients of activations: a = incoming gradient, b = saved input (x) or output (y)
   ReluBackward,     // a·(x > 0)
   SiluBackward,     // a·s·(1 + x·(1 − s)), s = sigmoid(x)
@@ -55,19 +91,21 @@ enum class BinaryOp : uint8_t {
 const char* binary_op_name(BinaryOp op);
 bool binary_op_is_predicate(BinaryOp op);
 
-enum class ReduceOp : uint8_t { Sum, Mean, Prod, Max, Min };
+enum class ReduceOp : uint8_t { Sum, Mean, Max, Min };
 const char* reduce_op_name(ReduceOp op);
 
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
-  virtual Allocator& allocator() = 0;
+  // The allocator of device `device_index` of this backend.
+  virtual Allocator& allocator(int device_index) = 0;
+  // Waits until all work queued on this backend's devices has finished.
   virtual void synchronize() = 0;
 
   // ---- memory and elementwise ----
-  // dst[i] = src[i] converted to dst's dtype. Same shape (src may be broadcast-expanded); dst may be
-  // any view (in-place copy_). Source and destination must not partially overlap.
+  // dst[i] = src[i] converted to dst's dtype. Same shape (src may be broadcast-expanded); dst may
+  // be any view (in-place copy_). Source and destination must not partially overlap.
   virtual void copy(const Tensor& src, const Tensor& dst) = 0;
   // Contiguous, same dtype and size, src and dst on different devices (one of them this one).
   virtual void copy_between_devices(const Tensor& src, const Tensor& dst) = 0;
@@ -103,9 +141,11 @@ class Backend {
 
   // ---- indexing ----
   // out = x.index_select(dim, index): index 1-D i64 (validated by the caller against x.size(dim)).
-  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;
+  virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index,
+                            const Tensor& out) = 0;
   // out.index_select(dim, index) += src, in place (duplicates in index accumulate).
-  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) = 0;
+  virtual void index_add(const Tensor& out, int64_t dim, const Tensor& index,
+                         const Tensor& src) = 0;
   // out[i][j][k] = x[i][index[i][j][k]][k] (dim 1 shown); index i64 of out's shape.
   virtual void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) = 0;
   // out[i][index[i][j][k]][k] += src[i][j][k] (dim 1 shown), in place; index i64 of src's shape.
@@ -120,11 +160,18 @@ class Backend {
 
 // The backend of a device; a CUDA device in a build without CUDA fails with a clear message.
 Backend& backend_for(Device d);
-inline Backend& backend_of(const Tensor& t) { return backend_for(t.device()); }
+inline Backend& backend_of(const Tensor& t) {
+  return backend_for(t.device());
+}
 
 namespace cuda {
 bool is_available();  // built with CUDA and a device is present
 int device_count();   // 0 when unavailable
 }  // namespace cuda
+
+// TF32 tensor-core arithmetic for f32 matrix products on the GPU (about 10 mantissa bits per
+// product, f32 accumulation). Off by default: f32 matmul is exact f32 unless asked otherwise.
+void set_matmul_tf32(bool on);
+bool matmul_tf32();
 
 }  // namespace cm

@@ -111,25 +111,67 @@ struct BFloat16 {
 // C++ type <-> DType.
 template <class T>
 struct dtype_of;
-template <> struct dtype_of<float> { static constexpr DType value = DType::f32; };
-template <> struct dtype_of<double> { static constexpr DType value = DType::f64; };
-template <> struct dtype_of<Half> { static constexpr DType value = DType::f16; };
-template <> struct dtype_of<BFloat16> { static constexpr DType value = DType::bf16; };
-template <> struct dtype_of<int32_t> { static constexpr DType value = DType::i32; };
-template <> struct dtype_of<int64_t> { static constexpr DType value = DType::i64; };
-template <> struct dtype_of<uint8_t> { static constexpr DType value = DType::u8; };
-template <> struct dtype_of<bool> { static constexpr DType value = DType::b8; };
+template <>
+struct dtype_of<float> {
+  static constexpr DType value = DType::f32;
+};
+template <>
+struct dtype_of<double> {
+  static constexpr DType value = DType::f64;
+};
+template <>
+struct dtype_of<Half> {
+  static constexpr DType value = DType::f16;
+};
+template <>
+struct dtype_of<BFloat16> {
+  static constexpr DType value = DType::bf16;
+};
+template <>
+struct dtype_of<int32_t> {
+  static constexpr DType value = DType::i32;
+};
+template <>
+struct dtype_of<int64_t> {
+  static constexpr DType value = DType::i64;
+};
+template <>
+struct dtype_of<uint8_t> {
+  static constexpr DType value = DType::u8;
+};
+template <>
+struct dtype_of<bool> {
+  static constexpr DType value = DType::b8;
+};
 template <class T>
 inline constexpr DType dtype_v = dtype_of<T>::value;
 
 // The type arithmetic is done in: float for the 16-bit formats, a wider integer for the narrow
 // integers (results wrap on the store, as in PyTorch), the type itself otherwise.
-template <class T> struct compute_type { using type = T; };
-template <> struct compute_type<Half> { using type = float; };
-template <> struct compute_type<BFloat16> { using type = float; };
-template <> struct compute_type<uint8_t> { using type = int32_t; };
-template <> struct compute_type<int32_t> { using type = int64_t; };
-template <> struct compute_type<bool> { using type = int32_t; };
+template <class T>
+struct compute_type {
+  using type = T;
+};
+template <>
+struct compute_type<Half> {
+  using type = float;
+};
+template <>
+struct compute_type<BFloat16> {
+  using type = float;
+};
+template <>
+struct compute_type<uint8_t> {
+  using type = int32_t;
+};
+template <>
+struct compute_type<int32_t> {
+  using type = int64_t;
+};
+template <>
+struct compute_type<bool> {
+  using type = int32_t;
+};
 template <class T>
 using compute_t = typename compute_type<T>::type;
 
@@ -156,39 +198,39 @@ CM_HD inline To convert(From v) {
     break;                          \
   }
 
-#define CM_DISPATCH_FLOAT(dt, opname, ...)                                               \
-  switch (dt) {                                                                          \
-    CM_DISPATCH_CASE(f32, float, __VA_ARGS__)                                            \
-    CM_DISPATCH_CASE(f64, double, __VA_ARGS__)                                           \
-    CM_DISPATCH_CASE(f16, ::cm::Half, __VA_ARGS__)                                       \
-    CM_DISPATCH_CASE(bf16, ::cm::BFloat16, __VA_ARGS__)                                  \
-    default:                                                                             \
+#define CM_DISPATCH_FLOAT(dt, opname, ...)                                                    \
+  switch (dt) {                                                                               \
+    CM_DISPATCH_CASE(f32, float, __VA_ARGS__)                                                 \
+    CM_DISPATCH_CASE(f64, double, __VA_ARGS__)                                                \
+    CM_DISPATCH_CASE(f16, ::cm::Half, __VA_ARGS__)                                            \
+    CM_DISPATCH_CASE(bf16, ::cm::BFloat16, __VA_ARGS__)                                       \
+    default:                                                                                  \
       CM_FAIL(opname, ": dtype ", ::cm::dtype_name(dt), " is not supported (floating only)"); \
   }
 
-#define CM_DISPATCH_NUMERIC(dt, opname, ...)                                             \
-  switch (dt) {                                                                          \
-    CM_DISPATCH_CASE(f32, float, __VA_ARGS__)                                            \
-    CM_DISPATCH_CASE(f64, double, __VA_ARGS__)                                           \
-    CM_DISPATCH_CASE(f16, ::cm::Half, __VA_ARGS__)                                       \
-    CM_DISPATCH_CASE(bf16, ::cm::BFloat16, __VA_ARGS__)                                  \
-    CM_DISPATCH_CASE(i32, int32_t, __VA_ARGS__)                                          \
-    CM_DISPATCH_CASE(i64, int64_t, __VA_ARGS__)                                          \
-    CM_DISPATCH_CASE(u8, uint8_t, __VA_ARGS__)                                           \
-    default:                                                                             \
+#define CM_DISPATCH_NUMERIC(dt, opname, ...)                                                 \
+  switch (dt) {                                                                              \
+    CM_DISPATCH_CASE(f32, float, __VA_ARGS__)                                                \
+    CM_DISPATCH_CASE(f64, double, __VA_ARGS__)                                               \
+    CM_DISPATCH_CASE(f16, ::cm::Half, __VA_ARGS__)                                           \
+    CM_DISPATCH_CASE(bf16, ::cm::BFloat16, __VA_ARGS__)                                      \
+    CM_DISPATCH_CASE(i32, int32_t, __VA_ARGS__)                                              \
+    CM_DISPATCH_CASE(i64, int64_t, __VA_ARGS__)                                              \
+    CM_DISPATCH_CASE(u8, uint8_t, __VA_ARGS__)                                               \
+    default:                                                                                 \
       CM_FAIL(opname, ": dtype ", ::cm::dtype_name(dt), " is not supported (numeric only)"); \
   }
 
-#define CM_DISPATCH_ALL(dt, opname, ...)                                                 \
-  switch (dt) {                                                                          \
-    CM_DISPATCH_CASE(f32, float, __VA_ARGS__)                                            \
-    CM_DISPATCH_CASE(f64, double, __VA_ARGS__)                                           \
-    CM_DISPATCH_CASE(f16, ::cm::Half, __VA_ARGS__)                                       \
-    CM_DISPATCH_CASE(bf16, ::cm::BFloat16, __VA_ARGS__)                                  \
-    CM_DISPATCH_CASE(i32, int32_t, __VA_ARGS__)                                          \
-    CM_DISPATCH_CASE(i64, int64_t, __VA_ARGS__)                                          \
-    CM_DISPATCH_CASE(u8, uint8_t, __VA_ARGS__)                                           \
-    CM_DISPATCH_CASE(b8, bool, __VA_ARGS__)                                              \
-    default:                                                                             \
-      CM_FAIL(opname, ": unknown dtype");                                                \
+#define CM_DISPATCH_ALL(dt, opname, ...)                \
+  switch (dt) {                                         \
+    CM_DISPATCH_CASE(f32, float, __VA_ARGS__)           \
+    CM_DISPATCH_CASE(f64, double, __VA_ARGS__)          \
+    CM_DISPATCH_CASE(f16, ::cm::Half, __VA_ARGS__)      \
+    CM_DISPATCH_CASE(bf16, ::cm::BFloat16, __VA_ARGS__) \
+    CM_DISPATCH_CASE(i32, int32_t, __VA_ARGS__)         \
+    CM_DISPATCH_CASE(i64, int64_t, __VA_ARGS__)         \
+    CM_DISPATCH_CASE(u8, uint8_t, __VA_ARGS__)          \
+    CM_DISPATCH_CASE(b8, bool, __VA_ARGS__)             \
+    default:                                            \
+      CM_FAIL(opname, ": unknown dtype");               \
   }

@@ -26,9 +26,10 @@ std::string concat(const Args&... args) {
 }  // namespace cm
 
 // CM_CHECK(cond, "op: message ", value, ...): throws cm::Error with the message and file:line.
-#define CM_CHECK(cond, ...)                                                             \
-  do {                                                                                  \
+#define CM_CHECK(cond, ...)                                                                        \
+  do {                                                                                             \
     if (!(cond)) ::cm::detail::throw_error(__FILE__, __LINE__, ::cm::detail::concat(__VA_ARGS__)); \
   } while (0)
 
-#define CM_FAIL(...) ::cm::detail::throw_error(__FILE__, __LINE__, ::cm::detail::concat(__VA_ARGS__))
+#define CM_FAIL(...) \
+  ::cm::detail::throw_error(__FILE__, __LINE__, ::cm::detail::concat(__VA_ARGS__))

@@ -26,15 +26,27 @@ Tensor full(const Shape& shape, double value, TensorOptions opt) {
   return t;
 }
 
-Tensor zeros(const Shape& shape, TensorOptions opt) { return full(shape, 0.0, opt); }
-Tensor ones(const Shape& shape, TensorOptions opt) { return full(shape, 1.0, opt); }
-Tensor empty_like(const Tensor& t) { return empty(t.shape(), {.dtype = t.dtype(), .device = t.device()}); }
-Tensor zeros_like(const Tensor& t) { return zeros(t.shape(), {.dtype = t.dtype(), .device = t.device()}); }
-Tensor ones_like(const Tensor& t) { return ones(t.shape(), {.dtype = t.dtype(), .device = t.device()}); }
+Tensor zeros(const Shape& shape, TensorOptions opt) {
+  return full(shape, 0.0, opt);
+}
+Tensor ones(const Shape& shape, TensorOptions opt) {
+  return full(shape, 1.0, opt);
+}
+Tensor empty_like(const Tensor& t) {
+  return empty(t.shape(), {.dtype = t.dtype(), .device = t.device()});
+}
+Tensor zeros_like(const Tensor& t) {
+  return zeros(t.shape(), {.dtype = t.dtype(), .device = t.device()});
+}
+Tensor ones_like(const Tensor& t) {
+  return ones(t.shape(), {.dtype = t.dtype(), .device = t.device()});
+}
 Tensor full_like(const Tensor& t, double v) {
   return full(t.shape(), v, {.dtype = t.dtype(), .device = t.device()});
 }
-Tensor scalar_tensor(double value, TensorOptions opt) { return full({}, value, opt); }
+Tensor scalar_tensor(double value, TensorOptions opt) {
+  return full({}, value, opt);
+}
 
 namespace {
 // Converts a contiguous CPU tensor to opt.dtype, moves it to opt.device, sets requires_grad.
@@ -89,7 +101,9 @@ Tensor arange(double start, double end, double step, TensorOptions opt) {
   return from_vector(v, {n}, opt);
 }
 
-Tensor arange(int64_t end, TensorOptions opt) { return arange(0.0, double(end), 1.0, opt); }
+Tensor arange(int64_t end, TensorOptions opt) {
+  return arange(0.0, double(end), 1.0, opt);
+}
 
 Tensor linspace(double start, double end, int64_t steps, TensorOptions opt) {
   CM_CHECK(steps >= 0, "linspace: steps must be >= 0, got ", steps);
@@ -98,6 +112,7 @@ Tensor linspace(double start, double end, int64_t steps, TensorOptions opt) {
   // symmetric evaluation (as PyTorch): the first half from start, the second half from end
   for (int64_t i = 0; i < steps; ++i)
     v[size_t(i)] = i < steps / 2 ? start + step * double(i) : end - step * double(steps - 1 - i);
+  if (steps == 1) v[0] = start;  // one point is the start, as in PyTorch
   return from_vector(v, {steps}, opt);
 }
 
@@ -111,7 +126,8 @@ Tensor eye(int64_t n, TensorOptions opt) {
   return t;
 }
 
-// ---- generator ---------------------------------------------------------------------------------------
+// ---- generator
+// ---------------------------------------------------------------------------------------
 uint64_t Generator::reserve(int64_t n, DType dtype) {
   const uint64_t per_block = dtype_size(dtype) == 8 ? 2 : 4;
   const uint64_t first = offset_;
@@ -124,6 +140,8 @@ Generator& default_generator() {
   return g;
 }
 
-void manual_seed(uint64_t seed) { default_generator().set_state(seed, 0); }
+void manual_seed(uint64_t seed) {
+  default_generator().set_state(seed, 0);
+}
 
 }  // namespace cm

@@ -50,7 +50,9 @@ CM_HD inline Philox4 philox_block(uint64_t seed, uint64_t block) {
 }
 
 // Uniform in (0, 1]: never 0, so log() in Box–Muller is finite. 24 bits for float.
-CM_HD inline float uniform_f32(uint32_t x) { return float((x >> 8) + 1u) * (1.0f / 16777216.0f); }
+CM_HD inline float uniform_f32(uint32_t x) {
+  return float((x >> 8) + 1u) * (1.0f / 16777216.0f);
+}
 // Uniform in (0, 1] with 53 bits from two lanes.
 CM_HD inline double uniform_f64(uint32_t lo, uint32_t hi) {
   uint64_t x = (uint64_t(hi) << 32) | lo;
@@ -58,15 +60,18 @@ CM_HD inline double uniform_f64(uint32_t lo, uint32_t hi) {
 }
 
 // [0, 1) from 24 random bits (float) or 53 random bits (double), for uniform draws.
-CM_HD inline float unit_f32(uint32_t x) { return float(x >> 8) * (1.0f / 16777216.0f); }
+CM_HD inline float unit_f32(uint32_t x) {
+  return float(x >> 8) * (1.0f / 16777216.0f);
+}
 CM_HD inline double unit_f64(uint32_t lo, uint32_t hi) {
   return double(((uint64_t(hi) << 32) | lo) >> 11) * (1.0 / 9007199254740992.0);
 }
 
-// ---- Box–Muller with bit-identical results on every device ----------------------------------------
-// log and sin/cos are evaluated here from IEEE-rounded +, ×, ÷ only (on CUDA through the _rn
-// intrinsics, which the compiler never fuses into FMAs; the host file is built without FP
-// contraction), so the normals are the same bits on the CPU and the GPU. Accuracy is about 1e-16.
+// ---- Box–Muller with bit-identical results on every device
+// ---------------------------------------- log and sin/cos are evaluated here from IEEE-rounded +,
+// ×, ÷ only (on CUDA through the _rn intrinsics, which the compiler never fuses into FMAs; the host
+// file is built without FP contraction), so the normals are the same bits on the CPU and the GPU.
+// Accuracy is about 1e-16.
 namespace rng_detail {
 CM_HD inline double mul(double a, double b) {
 #if defined(__CUDA_ARCH__)
@@ -126,10 +131,22 @@ CM_HD inline void sincos_turns(double t, double* sn, double* cs) {
     term_c = div(mul(term_c, -p2), double((2 * n + 1) * (2 * n + 2)));
   }
   switch (int64_t(k) & 3) {
-    case 0: *sn = s; *cs = c; break;
-    case 1: *sn = c; *cs = -s; break;
-    case 2: *sn = -s; *cs = -c; break;
-    default: *sn = -c; *cs = s; break;
+    case 0:
+      *sn = s;
+      *cs = c;
+      break;
+    case 1:
+      *sn = c;
+      *cs = -s;
+      break;
+    case 2:
+      *sn = -s;
+      *cs = -c;
+      break;
+    default:
+      *sn = -c;
+      *cs = s;
+      break;
   }
 }
 
@@ -146,10 +163,10 @@ CM_HD inline void box_muller(double u1, double u2, double* n0, double* n1) {
 
 // What a random fill draws.
 enum class RandomKind : uint8_t {
-  Uniform,  // [a, b): a + (b - a)·u with u in [0, 1)
-  Normal,   // mean a, standard deviation b
-  Int,      // integers in [a, b) (multiply-shift of 32 random bits, or 64 for ranges over 2^32)
-  Bernoulli // 1 with probability a, else 0
+  Uniform,   // [a, b): a + (b - a)·u with u in [0, 1)
+  Normal,    // mean a, standard deviation b
+  Int,       // integers in [a, b) (multiply-shift of 32 random bits, or 64 for ranges over 2^32)
+  Bernoulli  // 1 with probability a, else 0
 };
 
 // Generator state: a seed and a block offset. Draws advance the offset.
@@ -189,7 +206,11 @@ CM_HD inline T random_element(RandomKind kind, uint64_t seed, uint64_t first_blo
   const int lane = int(i % per_block);
   switch (kind) {
     case RandomKind::Uniform: {
-      const double u = wide ? unit_f64(r.v[2 * lane], r.v[2 * lane + 1]) : double(unit_f32(r.v[lane]));
+      // As many random bits as T has significand bits (as PyTorch), so that u is exact in T: 24
+      // bits rounded to f16 or bf16 would give 1.0 for u close to 1.
+      constexpr int bits = std::is_same_v<T, Half> ? 11 : std::is_same_v<T, BFloat16> ? 8 : 24;
+      const double u = wide ? unit_f64(r.v[2 * lane], r.v[2 * lane + 1])
+                            : double(r.v[lane] >> (32 - bits)) * (1.0 / double(1u << bits));
       return convert<T>(rng_detail::add(a, rng_detail::mul(rng_detail::add(b, -a), u)));
     }
     case RandomKind::Normal: {
@@ -223,7 +244,8 @@ CM_HD inline T random_element(RandomKind kind, uint64_t seed, uint64_t first_blo
       return convert<T>(int64_t(a) + int64_t(off));
     }
     case RandomKind::Bernoulli: {
-      const double u = wide ? unit_f64(r.v[2 * lane], r.v[2 * lane + 1]) : double(unit_f32(r.v[lane]));
+      const double u =
+          wide ? unit_f64(r.v[2 * lane], r.v[2 * lane + 1]) : double(unit_f32(r.v[lane]));
       return convert<T>(u < a ? 1 : 0);
     }
   }

@@ -17,10 +17,10 @@ CM_HD inline C sigmoid(C x) {
 }
 
 // Unary functors: operator()(x) with parameters a, b held in the functor.
-#define CM_UNARY_FUNCTOR(Name, expr)            \
-  template <class C>                            \
-  struct Name {                                 \
-    C a, b;                                     \
+#define CM_UNARY_FUNCTOR(Name, expr)               \
+  template <class C>                               \
+  struct Name {                                    \
+    C a, b;                                        \
     CM_HD C operator()(C x) const { return expr; } \
   };
 
@@ -37,7 +37,7 @@ CM_UNARY_FUNCTOR(CosF, std::cos(x))
 CM_UNARY_FUNCTOR(TanhF, std::tanh(x))
 CM_UNARY_FUNCTOR(SigmoidF, sigmoid(x))
 CM_UNARY_FUNCTOR(SiluF, x* sigmoid(x))
-CM_UNARY_FUNCTOR(ReluF, x > C(0) ? x : C(0))
+CM_UNARY_FUNCTOR(ReluF, (x != x || x > C(0)) ? x : C(0))  // NaN propagates, as torch.relu
 CM_UNARY_FUNCTOR(GeluF, C(0.5) * x * (C(1) + std::erf(x * C(0.70710678118654752440))))
 CM_UNARY_FUNCTOR(SignF, C((x > C(0)) - (x < C(0))))
 CM_UNARY_FUNCTOR(ErfF, std::erf(x))
@@ -76,10 +76,10 @@ CM_PRED_FUNCTOR(LogicalNotF, !bool(x))
 #undef CM_PRED_FUNCTOR
 
 // Binary functors: operator()(x, y) with parameter alpha.
-#define CM_BINARY_FUNCTOR(Name, expr)                 \
-  template <class C>                                  \
-  struct Name {                                       \
-    C alpha;                                          \
+#define CM_BINARY_FUNCTOR(Name, expr)                   \
+  template <class C>                                    \
+  struct Name {                                         \
+    C alpha;                                            \
     CM_HD C operator()(C x, C y) const { return expr; } \
   };
 CM_BINARY_FUNCTOR(AddF, x + alpha * y)
@@ -92,18 +92,17 @@ CM_BINARY_FUNCTOR(MinimumF, (x != x || x < y) ? x : y)
 CM_BINARY_FUNCTOR(LerpF, x + alpha * (y - x))
 CM_BINARY_FUNCTOR(ReluBackwardF, y > C(0) ? x : C(0))
 CM_BINARY_FUNCTOR(SiluBackwardF, x* sigmoid(y) * (C(1) + y * (C(1) - sigmoid(y))))
-CM_BINARY_FUNCTOR(GeluBackwardF,
-                  x*(C(0.5) * (C(1) + std::erf(y * C(0.70710678118654752440))) +
-                     y * C(0.39894228040143267794) * std::exp(C(-0.5) * y * y)))
+CM_BINARY_FUNCTOR(GeluBackwardF, x*(C(0.5) * (C(1) + std::erf(y * C(0.70710678118654752440))) +
+                                    y * C(0.39894228040143267794) * std::exp(C(-0.5) * y * y)))
 CM_BINARY_FUNCTOR(SigmoidBackwardF, x* y*(C(1) - y))
 CM_BINARY_FUNCTOR(TanhBackwardF, x*(C(1) - y * y))
 #undef CM_BINARY_FUNCTOR
 
-#define CM_BINARY_PRED(Name, expr)                          \
-  template <class C>                                        \
-  struct Name {                                             \
-    C alpha;                                                \
-    CM_HD bool operator()(C x, C y) const { return expr; }  \
+#define CM_BINARY_PRED(Name, expr)                         \
+  template <class C>                                       \
+  struct Name {                                            \
+    C alpha;                                               \
+    CM_HD bool operator()(C x, C y) const { return expr; } \
   };
 CM_BINARY_PRED(EqF, x == y)
 CM_BINARY_PRED(NeF, x != y)
@@ -119,34 +118,40 @@ CM_BINARY_PRED(LogicalOrF, bool(x) || bool(y))
 
 // CM_UNARY_SWITCH(op, F, body): calls body.template operator()<sop::XxxF>() style dispatch. The
 // backends use these lists so that adding an op means adding one line here and one functor above.
-#define CM_FOR_EACH_FLOAT_UNARY(X)                                                             \
-  X(Neg, NegF) X(Abs, AbsF) X(Exp, ExpF) X(Log, LogF) X(Sqrt, SqrtF) X(Rsqrt, RsqrtF)          \
-  X(Square, SquareF) X(Reciprocal, ReciprocalF) X(Sin, SinF) X(Cos, CosF) X(Tanh, TanhF)      \
-  X(Sigmoid, SigmoidF) X(Silu, SiluF) X(Relu, ReluF) X(Gelu, GeluF) X(Sign, SignF)           \
-  X(Erf, ErfF) X(Expm1, Expm1F) X(Log1p, Log1pF) X(Floor, FloorF) X(Ceil, CeilF)             \
-  X(Round, RoundF) X(PowScalar, PowScalarF) X(RPowScalar, RPowScalarF)                      \
-  X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF)              \
-  X(RDivScalar, RDivScalarF) X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) X(Clamp, ClampF)
+#define CM_FOR_EACH_FLOAT_UNARY(X)                                                               \
+  X(Neg, NegF)                                                                                   \
+  X(Abs, AbsF) X(Exp, ExpF) X(Log, LogF) X(Sqrt, SqrtF) X(Rsqrt, RsqrtF) X(Square, SquareF)      \
+      X(Reciprocal, ReciprocalF) X(Sin, SinF) X(Cos, CosF) X(Tanh, TanhF) X(Sigmoid, SigmoidF)   \
+          X(Silu, SiluF) X(Relu, ReluF) X(Gelu, GeluF) X(Sign, SignF) X(Erf, ErfF)               \
+              X(Expm1, Expm1F) X(Log1p, Log1pF) X(Floor, FloorF) X(Ceil, CeilF) X(Round, RoundF) \
+                  X(PowScalar, PowScalarF) X(RPowScalar, RPowScalarF) X(AddScalar, AddScalarF)   \
+                      X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF)                        \
+                          X(RDivScalar, RDivScalarF) X(MaxScalar, MaxScalarF)                    \
+                              X(MinScalar, MinScalarF) X(Clamp, ClampF)
 
 // Unary ops that are also defined on integer dtypes (exact integer arithmetic).
-#define CM_FOR_EACH_INT_UNARY(X)                                                               \
-  X(Neg, NegF) X(Abs, AbsF) X(Square, SquareF) X(Relu, ReluF) X(Sign, SignF)                   \
-  X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF)              \
-  X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) X(Clamp, ClampF)
+#define CM_FOR_EACH_INT_UNARY(X)                                                         \
+  X(Neg, NegF)                                                                           \
+  X(Abs, AbsF) X(Square, SquareF) X(Relu, ReluF) X(Sign, SignF) X(AddScalar, AddScalarF) \
+      X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF) X(MaxScalar, MaxScalarF)       \
+          X(MinScalar, MinScalarF) X(Clamp, ClampF)
 
-#define CM_FOR_EACH_PRED_UNARY(X)                                                              \
-  X(EqScalar, EqScalarF) X(NeScalar, NeScalarF) X(LtScalar, LtScalarF) X(LeScalar, LeScalarF)  \
-  X(GtScalar, GtScalarF) X(GeScalar, GeScalarF) X(IsFinite, IsFiniteF) X(LogicalNot, LogicalNotF)
+#define CM_FOR_EACH_PRED_UNARY(X)                                                             \
+  X(EqScalar, EqScalarF)                                                                      \
+  X(NeScalar, NeScalarF) X(LtScalar, LtScalarF) X(LeScalar, LeScalarF) X(GtScalar, GtScalarF) \
+      X(GeScalar, GeScalarF) X(IsFinite, IsFiniteF) X(LogicalNot, LogicalNotF)
 
-#define CM_FOR_EACH_FLOAT_BINARY(X)                                                            \
-  X(Add, AddF) X(Sub, SubF) X(Mul, MulF) X(Div, DivF) X(Pow, PowF) X(Maximum, MaximumF)        \
-  X(Minimum, MinimumF) X(Lerp, LerpF) X(ReluBackward, ReluBackwardF)                          \
-  X(SiluBackward, SiluBackwardF) X(GeluBackward, GeluBackwardF)                               \
-  X(SigmoidBackward, SigmoidBackwardF) X(TanhBackward, TanhBackwardF)
+#define CM_FOR_EACH_FLOAT_BINARY(X)                                                             \
+  X(Add, AddF)                                                                                  \
+  X(Sub, SubF) X(Mul, MulF) X(Div, DivF) X(Pow, PowF) X(Maximum, MaximumF) X(Minimum, MinimumF) \
+      X(Lerp, LerpF) X(ReluBackward, ReluBackwardF) X(SiluBackward, SiluBackwardF)              \
+          X(GeluBackward, GeluBackwardF) X(SigmoidBackward, SigmoidBackwardF)                   \
+              X(TanhBackward, TanhBackwardF)
 
-#define CM_FOR_EACH_INT_BINARY(X)                                                              \
+#define CM_FOR_EACH_INT_BINARY(X) \
   X(Add, AddF) X(Sub, SubF) X(Mul, MulF) X(Maximum, MaximumF) X(Minimum, MinimumF)
 
-#define CM_FOR_EACH_PRED_BINARY(X)                                                             \
-  X(Eq, EqF) X(Ne, NeF) X(Lt, LtF) X(Le, LeF) X(Gt, GtF) X(Ge, GeF) X(LogicalAnd, LogicalAndF) \
-  X(LogicalOr, LogicalOrF)
+#define CM_FOR_EACH_PRED_BINARY(X)                                                  \
+  X(Eq, EqF)                                                                        \
+  X(Ne, NeF) X(Lt, LtF) X(Le, LeF) X(Gt, GtF) X(Ge, GeF) X(LogicalAnd, LogicalAndF) \
+      X(LogicalOr, LogicalOrF)

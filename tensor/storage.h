@@ -17,7 +17,7 @@ struct MemoryStats {
   int64_t reserved = 0;
   int64_t peak_allocated = 0;
   int64_t peak_reserved = 0;
-  int64_t num_allocs = 0;       // allocate() calls
+  int64_t num_allocs = 0;         // allocate() calls
   int64_t num_system_allocs = 0;  // calls that reached the system (malloc / cudaMalloc)
 };
 
@@ -39,7 +39,8 @@ class Storage {
  public:
   // Allocates nbytes on d through allocator_for(d).
   Storage(size_t nbytes, Device d);
-  // Adopts memory owned elsewhere (a memory-mapped file, say); `release` runs when the storage dies.
+  // Adopts memory owned elsewhere (a memory-mapped file, say); `release` runs when the storage
+  // dies.
   Storage(void* data, size_t nbytes, Device d, std::function<void(void*)> release);
   ~Storage();
   Storage(const Storage&) = delete;
@@ -53,8 +54,8 @@ class Storage {
   void* data_ = nullptr;
   size_t nbytes_ = 0;
   Device device_;
-  Allocator* allocator_ = nullptr;          // set when allocated here
-  std::function<void(void*)> release_;      // set when adopted
+  Allocator* allocator_ = nullptr;      // set when allocated here
+  std::function<void(void*)> release_;  // set when adopted
 };
 
 }  // namespace cm

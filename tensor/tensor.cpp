@@ -9,7 +9,8 @@
 
 namespace cm {
 
-// ---- Device ---------------------------------------------------------------------------------------
+// ---- Device
+// ---------------------------------------------------------------------------------------
 Device Device::parse(const std::string& s) {
   if (s == "cpu") return cpu();
   if (s == "cuda") return cuda(0);
@@ -24,7 +25,8 @@ Device Device::parse(const std::string& s) {
   CM_FAIL("invalid device \"", s, "\" (expected cpu, cuda or cuda:N)");
 }
 
-// ---- Storage --------------------------------------------------------------------------------------
+// ---- Storage
+// --------------------------------------------------------------------------------------
 Storage::Storage(size_t nbytes, Device d) : nbytes_(nbytes), device_(d) {
   allocator_ = &allocator_for(d);
   data_ = allocator_->allocate(nbytes);
@@ -34,11 +36,14 @@ Storage::Storage(void* data, size_t nbytes, Device d, std::function<void(void*)>
     : data_(data), nbytes_(nbytes), device_(d), release_(std::move(release)) {}
 
 Storage::~Storage() {
-  if (allocator_) allocator_->deallocate(data_, nbytes_);
-  else if (release_) release_(data_);
+  if (allocator_)
+    allocator_->deallocate(data_, nbytes_);
+  else if (release_)
+    release_(data_);
 }
 
-// ---- shape helpers ----------------------------------------------------------------------------------
+// ---- shape helpers
+// ----------------------------------------------------------------------------------
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
   for (int64_t d : s) n *= d;
@@ -63,8 +68,8 @@ std::string shape_str(const Shape& s) {
 
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   const int64_t lo = ndim == 0 ? -1 : -ndim, hi = ndim == 0 ? 0 : ndim - 1;
-  CM_CHECK(dim >= lo && dim <= hi, op, ": dim ", dim, " is out of range for a tensor of rank ", ndim,
-           " (expected ", lo, "..", hi, ")");
+  CM_CHECK(dim >= lo && dim <= hi, op, ": dim ", dim, " is out of range for a tensor of rank ",
+           ndim, " (expected ", lo, "..", hi, ")");
   return dim < 0 ? dim + std::max<int64_t>(ndim, 1) : dim;
 }
 
@@ -81,9 +86,10 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
   return out;
 }
 
-// ---- TensorImpl -----------------------------------------------------------------------------------
-TensorImpl::TensorImpl(std::shared_ptr<Storage> storage_, Shape shape_, Shape strides_, int64_t offset_,
-                       DType dtype_, std::shared_ptr<VersionCounter> version_)
+// ---- TensorImpl
+// -----------------------------------------------------------------------------------
+TensorImpl::TensorImpl(std::shared_ptr<Storage> storage_, Shape shape_, Shape strides_,
+                       int64_t offset_, DType dtype_, std::shared_ptr<VersionCounter> version_)
     : storage(std::move(storage_)),
       shape(std::move(shape_)),
       strides(std::move(strides_)),
@@ -97,12 +103,20 @@ TensorImpl::TensorImpl(std::shared_ptr<Storage> storage_, Shape shape_, Shape st
 
 TensorImpl::~TensorImpl() = default;
 
-// ---- Tensor metadata --------------------------------------------------------------------------------
-int64_t Tensor::size(int64_t d) const { return shape()[size_t(wrap_dim(d, dim(), "size"))]; }
-int64_t Tensor::stride(int64_t d) const { return strides()[size_t(wrap_dim(d, dim(), "stride"))]; }
-int64_t Tensor::numel() const { return shape_numel(shape()); }
+// ---- Tensor metadata
+// --------------------------------------------------------------------------------
+int64_t Tensor::size(int64_t d) const {
+  return shape()[size_t(wrap_dim(d, dim(), "size"))];
+}
+int64_t Tensor::stride(int64_t d) const {
+  return strides()[size_t(wrap_dim(d, dim(), "stride"))];
+}
+int64_t Tensor::numel() const {
+  return shape_numel(shape());
+}
 
 bool Tensor::is_contiguous() const {
+  if (numel() == 0) return true;  // no elements: any strides lay them out row-major (as PyTorch)
   int64_t expected = 1;
   const Shape& s = shape();
   const Shape& st = strides();
@@ -133,11 +147,12 @@ Tensor Tensor::alias_with(Shape shape_, Shape strides_, int64_t offset_) const {
              shape_str(strides_), " offset ", offset_, " reaches outside the storage of ", capacity,
              " elements");
   }
-  return Tensor(std::make_shared<TensorImpl>(storage(), std::move(shape_), std::move(strides_), offset_,
-                                             dtype(), impl_->version));
+  return Tensor(std::make_shared<TensorImpl>(storage(), std::move(shape_), std::move(strides_),
+                                             offset_, dtype(), impl_->version));
 }
 
-// ---- host access ------------------------------------------------------------------------------------
+// ---- host access
+// ------------------------------------------------------------------------------------
 namespace {
 // A contiguous CPU tensor of dtype `dt` holding t's values.
 Tensor host_copy(const Tensor& t, DType dt) {
@@ -172,7 +187,7 @@ T Tensor::item() const {
   return to_vector<T>()[0];
 }
 
-#define CM_INSTANTIATE(T)                                \
+#define CM_INSTANTIATE(T)                               \
   template std::vector<T> Tensor::to_vector<T>() const; \
   template T Tensor::item<T>() const;
 CM_INSTANTIATE(float)
@@ -236,14 +251,17 @@ std::string Tensor::str() const {
     }
     if (n == 0) os << "[]";
   }
-  os << ", shape=" << shape_str(s) << ", dtype=" << dtype_name(dtype()) << ", device=" << device().str()
-     << ")";
+  os << ", shape=" << shape_str(s) << ", dtype=" << dtype_name(dtype())
+     << ", device=" << device().str() << ")";
   return os.str();
 }
 
-std::ostream& operator<<(std::ostream& os, const Tensor& t) { return os << t.str(); }
+std::ostream& operator<<(std::ostream& os, const Tensor& t) {
+  return os << t.str();
+}
 
-// ---- autograd metadata ------------------------------------------------------------------------------
+// ---- autograd metadata
+// ------------------------------------------------------------------------------
 AutogradMeta& Tensor::ensure_autograd_meta() const {
   auto& m = checked()->autograd;
   if (!m) m = std::make_unique<AutogradMeta>();
@@ -256,10 +274,12 @@ bool Tensor::requires_grad() const {
 }
 
 Tensor& Tensor::set_requires_grad(bool on) {
-  CM_CHECK(is_leaf(), "set_requires_grad: only leaf tensors can be marked; this tensor is the output of ",
+  CM_CHECK(is_leaf(),
+           "set_requires_grad: only leaf tensors can be marked; this tensor is the output of ",
            "an operation and follows its inputs (use detach() for a new leaf)");
-  CM_CHECK(!on || is_floating(dtype()), "set_requires_grad: only floating tensors can require gradients, ",
-           "this one is ", dtype_name(dtype()));
+  CM_CHECK(!on || is_floating(dtype()),
+           "set_requires_grad: only floating tensors can require gradients, ", "this one is ",
+           dtype_name(dtype()));
   ensure_autograd_meta().requires_grad = on;
   return *this;
 }

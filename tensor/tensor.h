@@ -1,5 +1,5 @@
-// Tensor: a strided view (shape, strides, offset, dtype) on a shared Storage, with a version counter
-// shared by all views of the same data, and optional autograd metadata.
+// Tensor: a strided view (shape, strides, offset, dtype) on a shared Storage, with a version
+// counter shared by all views of the same data, and optional autograd metadata.
 //
 // A Tensor is a cheap handle (a shared pointer to TensorImpl); copying a Tensor aliases it.
 // Differentiable operations are free functions in autograd/ops.h; the few methods below that are
@@ -44,13 +44,13 @@ struct AutogradMeta;
 
 class TensorImpl {
  public:
-  TensorImpl(std::shared_ptr<Storage> storage, Shape shape, Shape strides, int64_t offset, DType dtype,
-             std::shared_ptr<VersionCounter> version);
+  TensorImpl(std::shared_ptr<Storage> storage, Shape shape, Shape strides, int64_t offset,
+             DType dtype, std::shared_ptr<VersionCounter> version);
   ~TensorImpl();
 
   std::shared_ptr<Storage> storage;
   Shape shape;
-  Shape strides;  // in elements
+  Shape strides;   // in elements
   int64_t offset;  // in elements
   DType dtype;
   std::shared_ptr<VersionCounter> version;
@@ -71,7 +71,7 @@ class Tensor {
   const Shape& shape() const { return checked()->shape; }
   const Shape& strides() const { return checked()->strides; }
   int64_t dim() const { return int64_t(checked()->shape.size()); }
-  int64_t size(int64_t d) const;    // negative d counts from the end
+  int64_t size(int64_t d) const;  // negative d counts from the end
   int64_t stride(int64_t d) const;
   int64_t numel() const;
   int64_t offset() const { return checked()->offset; }
@@ -98,21 +98,23 @@ class Tensor {
   // view op; it checks that the view stays inside the storage.
   Tensor alias_with(Shape shape, Shape strides, int64_t offset) const;
 
-  // ---- host access (copies to the CPU when needed) ------------------------------------------------
+  // ---- host access (copies to the CPU when needed)
+  // ------------------------------------------------
   template <class T>
   std::vector<T> to_vector() const;  // row-major values, converted to T
   template <class T>
-  T item() const;                    // the value of a one-element tensor
-  std::string str() const;           // printable form: shape, dtype, device, values
+  T item() const;           // the value of a one-element tensor
+  std::string str() const;  // printable form: shape, dtype, device, values
 
-  // ---- autograd metadata --------------------------------------------------------------------------
+  // ---- autograd metadata
+  // --------------------------------------------------------------------------
   bool requires_grad() const;
   // Marks a leaf as needing gradients (fails on non-leaves: their flag follows their inputs).
   Tensor& set_requires_grad(bool on = true);
-  bool is_leaf() const;                        // no grad_fn
-  Tensor grad() const;                         // accumulated gradient (undefined until backward)
+  bool is_leaf() const;  // no grad_fn
+  Tensor grad() const;   // accumulated gradient (undefined until backward)
   void set_grad(const Tensor& g) const;
-  void zero_grad() const;                      // drops the gradient (sets it undefined)
+  void zero_grad() const;  // drops the gradient (sets it undefined)
   std::shared_ptr<Node> grad_fn() const;
   AutogradMeta* autograd_meta() const { return checked()->autograd.get(); }
   AutogradMeta& ensure_autograd_meta() const;
@@ -121,7 +123,8 @@ class Tensor {
   // Runs `hook` on this tensor's gradient during backward; a defined return value replaces it.
   void register_hook(GradHook hook) const;
 
-  // ---- [op] shorthands for autograd/ops.h (link cm_autograd) -------------------------------------
+  // ---- [op] shorthands for autograd/ops.h (link cm_autograd)
+  // -------------------------------------
   Tensor reshape(const Shape& s) const;
   Tensor view(const Shape& s) const;
   Tensor permute(const Shape& dims) const;
@@ -155,13 +158,14 @@ struct AutogradMeta {
   uint32_t output_nr = 0;  // which output of grad_fn this tensor is
   bool requires_grad = false;
   bool retains_grad = false;
-  std::vector<GradHook> hooks;          // leaf hooks (non-leaf hooks live on grad_fn)
+  std::vector<GradHook> hooks;           // leaf hooks (non-leaf hooks live on grad_fn)
   std::weak_ptr<Node> grad_accumulator;  // leaf: the node that accumulates into .grad
 };
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);
 
-// ---- shape helpers ----------------------------------------------------------------------------------
+// ---- shape helpers
+// ----------------------------------------------------------------------------------
 int64_t shape_numel(const Shape& s);
 Shape contiguous_strides(const Shape& s);
 std::string shape_str(const Shape& s);
@@ -170,7 +174,8 @@ int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op);
 // NumPy broadcasting of two shapes; errors name `op` and both shapes.
 Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 
-// ---- creation (leaves; no gradient history) ---------------------------------------------------------
+// ---- creation (leaves; no gradient history)
+// ---------------------------------------------------------
 Tensor empty(const Shape& shape, TensorOptions opt = {});
 Tensor zeros(const Shape& shape, TensorOptions opt = {});
 Tensor ones(const Shape& shape, TensorOptions opt = {});
@@ -187,7 +192,8 @@ Tensor linspace(double start, double end, int64_t steps, TensorOptions opt = {})
 Tensor eye(int64_t n, TensorOptions opt = {});
 // A tensor from host values (row-major), converted to opt.dtype and placed on opt.device.
 template <class T>
-Tensor from_vector(const std::vector<T>& values, const Shape& shape, TensorOptions opt = {.dtype = dtype_v<T>});
+Tensor from_vector(const std::vector<T>& values, const Shape& shape,
+                   TensorOptions opt = {.dtype = dtype_v<T>});
 template <>
 Tensor from_vector(const std::vector<bool>& values, const Shape& shape, TensorOptions opt);
 // A 0-d tensor.

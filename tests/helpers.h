@@ -22,9 +22,12 @@ enum class Layout {
   Strided,     // every other element of a twice-as-long last dim
 };
 inline const char* layout_name(Layout l) {
-  return l == Layout::Contiguous ? "contiguous" : l == Layout::Transposed ? "transposed" : "strided";
+  return l == Layout::Contiguous   ? "contiguous"
+         : l == Layout::Transposed ? "transposed"
+                                   : "strided";
 }
-inline const std::vector<Layout> kLayouts = {Layout::Contiguous, Layout::Transposed, Layout::Strided};
+inline const std::vector<Layout> kLayouts = {Layout::Contiguous, Layout::Transposed,
+                                             Layout::Strided};
 
 // Copies the values of `src` (any layout) into a fresh tensor with the requested layout.
 inline Tensor with_layout(const Tensor& src, Layout layout) {
@@ -61,20 +64,22 @@ inline Tensor randn_input(const Shape& s, uint64_t seed, Layout layout = Layout:
 }
 
 // A leaf requiring grad (f64), in the given layout.
-inline Tensor grad_input(const Shape& s, uint64_t seed, Layout layout = Layout::Contiguous, double scale = 1.0,
-                         double shift = 0.0) {
+inline Tensor grad_input(const Shape& s, uint64_t seed, Layout layout = Layout::Contiguous,
+                         double scale = 1.0, double shift = 0.0) {
   Tensor t = randn_input(s, seed, layout, DType::f64, scale, shift);
   t.set_requires_grad(true);
   return t;
 }
 
-inline std::vector<double> values(const Tensor& t) { return t.to_vector<double>(); }
+inline std::vector<double> values(const Tensor& t) {
+  return t.to_vector<double>();
+}
 
 }  // namespace cm::test
 
 // CHECK_GRADCHECK(f, inputs[, options]): f maps a std::vector<Tensor> to a Tensor.
-#define CHECK_GRADCHECK(f, ...)                             \
-  do {                                                      \
-    auto _r = ::cm::gradcheck(f, __VA_ARGS__);              \
-    CHECK_MESSAGE(_r.ok, _r.message);                       \
+#define CHECK_GRADCHECK(f, ...)                \
+  do {                                         \
+    auto _r = ::cm::gradcheck(f, __VA_ARGS__); \
+    CHECK_MESSAGE(_r.ok, _r.message);          \
   } while (0)

@@ -37,7 +37,8 @@ Pair promote(const Tensor& a, const Tensor& b, bool floating) {
 
 // A scalar operand keeps the tensor's dtype unless it is fractional and the tensor is integral.
 Tensor promote_for_scalar(const Tensor& a, double s, bool floating) {
-  if (floating || (!is_floating(a.dtype()) && s != std::floor(s))) return to(a, float_dtype(a.dtype()));
+  if (floating || (!is_floating(a.dtype()) && s != std::floor(s)))
+    return to(a, float_dtype(a.dtype()));
   if (a.dtype() == DType::b8) return to(a, DType::i64);
   return a;
 }
@@ -48,11 +49,14 @@ Tensor unary_raw(UnaryOp op, const Tensor& x, double a, double b = 0) {
   return y;
 }
 
-Tensor as_dtype_of(const Tensor& m, const Tensor& like) { return to(m, like.dtype()); }
+Tensor as_dtype_of(const Tensor& m, const Tensor& like) {
+  return to(m, like.dtype());
+}
 
 }  // namespace
 
-// ---- tensor ⊕ tensor -----------------------------------------------------------------------------------
+// ---- tensor ⊕ tensor
+// -----------------------------------------------------------------------------------
 Tensor add(const Tensor& a0, const Tensor& b0, double alpha) {
   auto [a, b] = promote(a0, b0, false);
   Tensor y = binary_raw(BinaryOp::Add, a, b, alpha, "add");
@@ -67,7 +71,10 @@ Tensor add(const Tensor& a0, const Tensor& b0, double alpha) {
   return y;
 }
 
-Tensor sub(const Tensor& a, const Tensor& b, double alpha) { return add(a, b, -alpha); }
+Tensor sub(const Tensor& a, const Tensor& b, double alpha) {
+  broadcast_shapes(a.shape(), b.shape(), "sub");  // so that a shape error names sub, not add
+  return add(a, b, -alpha);
+}
 
 Tensor mul(const Tensor& a0, const Tensor& b0) {
   auto [a, b] = promote(a0, b0, false);
@@ -148,8 +155,12 @@ Tensor extremum(const Tensor& a0, const Tensor& b0, bool is_max) {
 }
 }  // namespace
 
-Tensor maximum(const Tensor& a, const Tensor& b) { return extremum(a, b, true); }
-Tensor minimum(const Tensor& a, const Tensor& b) { return extremum(a, b, false); }
+Tensor maximum(const Tensor& a, const Tensor& b) {
+  return extremum(a, b, true);
+}
+Tensor minimum(const Tensor& a, const Tensor& b) {
+  return extremum(a, b, false);
+}
 
 Tensor lerp(const Tensor& a0, const Tensor& b0, double w) {
   auto [a, b] = promote(a0, b0, true);
@@ -163,7 +174,8 @@ Tensor lerp(const Tensor& a0, const Tensor& b0, double w) {
   return y;
 }
 
-// ---- tensor ⊕ scalar -------------------------------------------------------------------------------------
+// ---- tensor ⊕ scalar
+// -------------------------------------------------------------------------------------
 Tensor add(const Tensor& a0, double s) {
   const Tensor a = promote_for_scalar(a0, s, false);
   Tensor y = unary_raw(UnaryOp::AddScalar, a, s);
@@ -171,24 +183,30 @@ Tensor add(const Tensor& a0, double s) {
   return y;
 }
 
-Tensor sub(const Tensor& a, double s) { return add(a, -s); }
+Tensor sub(const Tensor& a, double s) {
+  return add(a, -s);
+}
 
 Tensor rsub(double s, const Tensor& a0) {
   const Tensor a = promote_for_scalar(a0, s, false);
   Tensor y = unary_raw(UnaryOp::RSubScalar, a, s);
-  if (needs_grad({a})) record("rsub_scalar", {a}, {y}, [](const Grads& g) { return Grads{neg(g[0])}; });
+  if (needs_grad({a}))
+    record("rsub_scalar", {a}, {y}, [](const Grads& g) { return Grads{neg(g[0])}; });
   return y;
 }
 
 Tensor mul(const Tensor& a0, double s) {
   const Tensor a = promote_for_scalar(a0, s, false);
   Tensor y = unary_raw(UnaryOp::MulScalar, a, s);
-  if (needs_grad({a})) record("mul_scalar", {a}, {y}, [s](const Grads& g) { return Grads{mul(g[0], s)}; });
+  if (needs_grad({a}))
+    record("mul_scalar", {a}, {y}, [s](const Grads& g) { return Grads{mul(g[0], s)}; });
   return y;
 }
 
 // Division by a scalar multiplies by its reciprocal (as PyTorch's CUDA kernels do).
-Tensor div(const Tensor& a, double s) { return mul(promote_for_scalar(a, s, true), 1.0 / s); }
+Tensor div(const Tensor& a, double s) {
+  return mul(promote_for_scalar(a, s, true), 1.0 / s);
+}
 
 Tensor rdiv(double s, const Tensor& a0) {
   const Tensor a = promote_for_scalar(a0, s, true);
@@ -196,9 +214,8 @@ Tensor rdiv(double s, const Tensor& a0) {
   if (needs_grad({a})) {
     // d (s/a) = −s/a² = −y/a
     SavedTensor sa(a, "rdiv"), sy(y, "rdiv");
-    record("rdiv_scalar", {a}, {y}, [=](const Grads& g) {
-      return Grads{neg(div(mul(g[0], sy.get()), sa.get()))};
-    });
+    record("rdiv_scalar", {a}, {y},
+           [=](const Grads& g) { return Grads{neg(div(mul(g[0], sy.get()), sa.get()))}; });
   }
   return y;
 }
@@ -219,40 +236,78 @@ Tensor extremum_scalar(const Tensor& a0, double s, bool is_max) {
 }
 }  // namespace
 
-Tensor maximum(const Tensor& a, double s) { return extremum_scalar(a, s, true); }
-Tensor minimum(const Tensor& a, double s) { return extremum_scalar(a, s, false); }
+Tensor maximum(const Tensor& a, double s) {
+  return extremum_scalar(a, s, true);
+}
+Tensor minimum(const Tensor& a, double s) {
+  return extremum_scalar(a, s, false);
+}
 
-// ---- comparisons ------------------------------------------------------------------------------------------
+// ---- comparisons
+// ------------------------------------------------------------------------------------------
 namespace {
 Tensor compare(BinaryOp op, const Tensor& a0, const Tensor& b0) {
   const DType t = promote_types(a0.dtype(), b0.dtype());
   return binary_raw(op, to(detach(a0), t), to(detach(b0), t), 1, binary_op_name(op));
 }
-Tensor compare_scalar(UnaryOp op, const Tensor& a, double s) { return unary_raw(op, detach(a), s); }
+// An integer tensor meets a scalar that its compute type may not hold exactly (fractional,
+// infinite, NaN or beyond the i32 range): they compare in f64.
+Tensor compare_scalar(UnaryOp op, const Tensor& a, double s) {
+  const bool exact = is_floating(a.dtype()) || (s == std::trunc(s) && std::fabs(s) <= 2147483647.0);
+  return unary_raw(op, exact ? detach(a) : to(detach(a), DType::f64), s);
+}
 }  // namespace
 
-Tensor eq(const Tensor& a, const Tensor& b) { return compare(BinaryOp::Eq, a, b); }
-Tensor ne(const Tensor& a, const Tensor& b) { return compare(BinaryOp::Ne, a, b); }
-Tensor lt(const Tensor& a, const Tensor& b) { return compare(BinaryOp::Lt, a, b); }
-Tensor le(const Tensor& a, const Tensor& b) { return compare(BinaryOp::Le, a, b); }
-Tensor gt(const Tensor& a, const Tensor& b) { return compare(BinaryOp::Gt, a, b); }
-Tensor ge(const Tensor& a, const Tensor& b) { return compare(BinaryOp::Ge, a, b); }
-Tensor eq(const Tensor& a, double s) { return compare_scalar(UnaryOp::EqScalar, a, s); }
-Tensor ne(const Tensor& a, double s) { return compare_scalar(UnaryOp::NeScalar, a, s); }
-Tensor lt(const Tensor& a, double s) { return compare_scalar(UnaryOp::LtScalar, a, s); }
-Tensor le(const Tensor& a, double s) { return compare_scalar(UnaryOp::LeScalar, a, s); }
-Tensor gt(const Tensor& a, double s) { return compare_scalar(UnaryOp::GtScalar, a, s); }
-Tensor ge(const Tensor& a, double s) { return compare_scalar(UnaryOp::GeScalar, a, s); }
+Tensor eq(const Tensor& a, const Tensor& b) {
+  return compare(BinaryOp::Eq, a, b);
+}
+Tensor ne(const Tensor& a, const Tensor& b) {
+  return compare(BinaryOp::Ne, a, b);
+}
+Tensor lt(const Tensor& a, const Tensor& b) {
+  return compare(BinaryOp::Lt, a, b);
+}
+Tensor le(const Tensor& a, const Tensor& b) {
+  return compare(BinaryOp::Le, a, b);
+}
+Tensor gt(const Tensor& a, const Tensor& b) {
+  return compare(BinaryOp::Gt, a, b);
+}
+Tensor ge(const Tensor& a, const Tensor& b) {
+  return compare(BinaryOp::Ge, a, b);
+}
+Tensor eq(const Tensor& a, double s) {
+  return compare_scalar(UnaryOp::EqScalar, a, s);
+}
+Tensor ne(const Tensor& a, double s) {
+  return compare_scalar(UnaryOp::NeScalar, a, s);
+}
+Tensor lt(const Tensor& a, double s) {
+  return compare_scalar(UnaryOp::LtScalar, a, s);
+}
+Tensor le(const Tensor& a, double s) {
+  return compare_scalar(UnaryOp::LeScalar, a, s);
+}
+Tensor gt(const Tensor& a, double s) {
+  return compare_scalar(UnaryOp::GtScalar, a, s);
+}
+Tensor ge(const Tensor& a, double s) {
+  return compare_scalar(UnaryOp::GeScalar, a, s);
+}
 Tensor logical_and(const Tensor& a, const Tensor& b) {
-  return binary_raw(BinaryOp::LogicalAnd, to(detach(a), DType::b8), to(detach(b), DType::b8), 1, "logical_and");
+  return binary_raw(BinaryOp::LogicalAnd, to(detach(a), DType::b8), to(detach(b), DType::b8), 1,
+                    "logical_and");
 }
 Tensor logical_or(const Tensor& a, const Tensor& b) {
-  return binary_raw(BinaryOp::LogicalOr, to(detach(a), DType::b8), to(detach(b), DType::b8), 1, "logical_or");
+  return binary_raw(BinaryOp::LogicalOr, to(detach(a), DType::b8), to(detach(b), DType::b8), 1,
+                    "logical_or");
 }
 
-// ---- where ----------------------------------------------------------------------------------------------------
+// ---- where
+// ----------------------------------------------------------------------------------------------------
 Tensor where(const Tensor& cond, const Tensor& a0, const Tensor& b0) {
-  CM_CHECK(cond.dtype() == DType::b8, "where: condition must be bool, got ", dtype_name(cond.dtype()));
+  CM_CHECK(cond.dtype() == DType::b8, "where: condition must be bool, got ",
+           dtype_name(cond.dtype()));
   common_device({cond, a0, b0}, "where");
   Tensor a = a0, b = b0;  // same dtypes stay as they are (bool/bool included)
   if (a0.dtype() != b0.dtype()) {
@@ -260,9 +315,11 @@ Tensor where(const Tensor& cond, const Tensor& a0, const Tensor& b0) {
     a = p.a;
     b = p.b;
   }
-  const Shape s = broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
+  const Shape s =
+      broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
   Tensor y = new_empty(s, a.dtype(), a.device());
-  backend_of(y).where(expand_raw(cond, s, "where"), expand_raw(a, s, "where"), expand_raw(b, s, "where"), y);
+  backend_of(y).where(expand_raw(cond, s, "where"), expand_raw(a, s, "where"),
+                      expand_raw(b, s, "where"), y);
   if (needs_grad({a, b})) {
     SavedTensor sc(cond, "where");
     const Shape sha = a.shape(), shb = b.shape();
@@ -284,19 +341,46 @@ Tensor where(const Tensor& cond, double a, const Tensor& b) {
   return where(cond, full({}, a, {.dtype = float_dtype(b.dtype()), .device = b.device()}), b);
 }
 
-// ---- operators --------------------------------------------------------------------------------------------------
-Tensor operator-(const Tensor& x) { return neg(x); }
-Tensor operator+(const Tensor& a, const Tensor& b) { return add(a, b); }
-Tensor operator-(const Tensor& a, const Tensor& b) { return sub(a, b); }
-Tensor operator*(const Tensor& a, const Tensor& b) { return mul(a, b); }
-Tensor operator/(const Tensor& a, const Tensor& b) { return div(a, b); }
-Tensor operator+(const Tensor& a, double s) { return add(a, s); }
-Tensor operator-(const Tensor& a, double s) { return sub(a, s); }
-Tensor operator*(const Tensor& a, double s) { return mul(a, s); }
-Tensor operator/(const Tensor& a, double s) { return div(a, s); }
-Tensor operator+(double s, const Tensor& a) { return add(a, s); }
-Tensor operator-(double s, const Tensor& a) { return rsub(s, a); }
-Tensor operator*(double s, const Tensor& a) { return mul(a, s); }
-Tensor operator/(double s, const Tensor& a) { return rdiv(s, a); }
+// ---- operators
+// --------------------------------------------------------------------------------------------------
+Tensor operator-(const Tensor& x) {
+  return neg(x);
+}
+Tensor operator+(const Tensor& a, const Tensor& b) {
+  return add(a, b);
+}
+Tensor operator-(const Tensor& a, const Tensor& b) {
+  return sub(a, b);
+}
+Tensor operator*(const Tensor& a, const Tensor& b) {
+  return mul(a, b);
+}
+Tensor operator/(const Tensor& a, const Tensor& b) {
+  return div(a, b);
+}
+Tensor operator+(const Tensor& a, double s) {
+  return add(a, s);
+}
+Tensor operator-(const Tensor& a, double s) {
+  return sub(a, s);
+}
+Tensor operator*(const Tensor& a, double s) {
+  return mul(a, s);
+}
+Tensor operator/(const Tensor& a, double s) {
+  return div(a, s);
+}
+Tensor operator+(double s, const Tensor& a) {
+  return add(a, s);
+}
+Tensor operator-(double s, const Tensor& a) {
+  return rsub(s, a);
+}
+Tensor operator*(double s, const Tensor& a) {
+  return mul(a, s);
+}
+Tensor operator/(double s, const Tensor& a) {
+  return rdiv(s, a);
+}
 
 }  // namespace cm

@@ -15,7 +15,9 @@ inline Tensor new_empty(const Shape& shape, DType dtype, Device device) {
 Tensor expand_raw(const Tensor& t, const Shape& shape, const char* op);
 
 // f32 for integer/bool dtypes, the dtype itself for floating ones.
-inline DType float_dtype(DType t) { return is_floating(t) ? t : DType::f32; }
+inline DType float_dtype(DType t) {
+  return is_floating(t) ? t : DType::f32;
+}
 
 // Fails unless all defined tensors are on one device; returns it.
 Device common_device(std::initializer_list<Tensor> ts, const char* op);

@@ -23,10 +23,12 @@ Tensor checked_index(const Tensor& index, int64_t size, const char* op, const ch
 
 // gather/scatter shape rule: same rank, index.size(d) <= x.size(d) for d != dim.
 void check_gather_shapes(const Tensor& x, const Tensor& index, int64_t dim, const char* op) {
-  CM_CHECK(index.dim() == x.dim(), op, ": index of rank ", index.dim(), " for a tensor of rank ", x.dim());
+  CM_CHECK(index.dim() == x.dim(), op, ": index of rank ", index.dim(), " for a tensor of rank ",
+           x.dim());
   for (int64_t d = 0; d < x.dim(); ++d)
     CM_CHECK(d == dim || index.shape()[size_t(d)] <= x.shape()[size_t(d)], op, ": index shape ",
-             shape_str(index.shape()), " exceeds tensor shape ", shape_str(x.shape()), " in dim ", d);
+             shape_str(index.shape()), " exceeds tensor shape ", shape_str(x.shape()), " in dim ",
+             d);
 }
 
 }  // namespace
@@ -34,10 +36,11 @@ void check_gather_shapes(const Tensor& x, const Tensor& index, int64_t dim, cons
 Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index0) {
   if (x.dim() == 0) return index_select(reshape(x, {1}), 0, index0).reshape({});
   dim = wrap_dim(dim, x.dim(), "index_select");
-  CM_CHECK(index0.dim() <= 1, "index_select: index must be 1-D, got shape ", shape_str(index0.shape()));
+  CM_CHECK(index0.dim() <= 1, "index_select: index must be 1-D, got shape ",
+           shape_str(index0.shape()));
   common_device({x, index0}, "index_select");
-  const Tensor index = reshape(checked_index(index0, x.shape()[size_t(dim)], "index_select", "index"),
-                               {index0.numel()});
+  const Tensor index = reshape(
+      checked_index(index0, x.shape()[size_t(dim)], "index_select", "index"), {index0.numel()});
   Shape s = x.shape();
   s[size_t(dim)] = index.numel();
   Tensor y = new_empty(s, x.dtype(), x.device());
@@ -56,13 +59,14 @@ Tensor index_select(const Tensor& x, int64_t dim, const Tensor& index0) {
 
 Tensor index_add(const Tensor& x, int64_t dim, const Tensor& index0, const Tensor& src0) {
   dim = wrap_dim(dim, x.dim(), "index_add");
-  CM_CHECK(index0.dim() == 1, "index_add: index must be 1-D, got shape ", shape_str(index0.shape()));
+  CM_CHECK(index0.dim() == 1, "index_add: index must be 1-D, got shape ",
+           shape_str(index0.shape()));
   common_device({x, index0, src0}, "index_add");
   const Tensor index = checked_index(index0, x.shape()[size_t(dim)], "index_add", "index");
   Shape want = x.shape();
   want[size_t(dim)] = index.numel();
-  CM_CHECK(src0.shape() == want, "index_add: src has shape ", shape_str(src0.shape()), ", expected ",
-           shape_str(want));
+  CM_CHECK(src0.shape() == want, "index_add: src has shape ", shape_str(src0.shape()),
+           ", expected ", shape_str(want));
   const Tensor src = to(src0, x.dtype());
   Tensor y = clone(detach(x));
   backend_of(y).index_add(y, dim, index, src);

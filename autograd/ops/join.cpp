@@ -17,13 +17,14 @@ Tensor cat(const std::vector<Tensor>& xs0, int64_t dim) {
   out_shape[size_t(dim)] = 0;
   for (size_t i = 0; i < xs0.size(); ++i) {
     const Tensor& x = xs0[i];
-    CM_CHECK(x.dim() == first.dim(), "cat: tensor ", i, " has rank ", x.dim(), ", tensor 0 has rank ",
-             first.dim());
-    CM_CHECK(x.device() == first.device(), "cat: tensor ", i, " is on ", x.device().str(), ", tensor 0 on ",
-             first.device().str());
+    CM_CHECK(x.dim() == first.dim(), "cat: tensor ", i, " has rank ", x.dim(),
+             ", tensor 0 has rank ", first.dim());
+    CM_CHECK(x.device() == first.device(), "cat: tensor ", i, " is on ", x.device().str(),
+             ", tensor 0 on ", first.device().str());
     for (int64_t d = 0; d < x.dim(); ++d)
-      CM_CHECK(d == dim || x.shape()[size_t(d)] == first.shape()[size_t(d)], "cat: tensor ", i, " has shape ",
-               shape_str(x.shape()), ", incompatible with ", shape_str(first.shape()), " along dim ", d);
+      CM_CHECK(d == dim || x.shape()[size_t(d)] == first.shape()[size_t(d)], "cat: tensor ", i,
+               " has shape ", shape_str(x.shape()), ", incompatible with ",
+               shape_str(first.shape()), " along dim ", d);
     out_shape[size_t(dim)] += x.shape()[size_t(dim)];
     xs.push_back(to(x, t));
   }
@@ -53,8 +54,8 @@ Tensor stack(const std::vector<Tensor>& xs, int64_t dim) {
   dim = wrap_dim(dim, xs[0].dim() + 1, "stack");
   std::vector<Tensor> us;
   for (size_t i = 0; i < xs.size(); ++i) {
-    CM_CHECK(xs[i].shape() == xs[0].shape(), "stack: tensor ", i, " has shape ", shape_str(xs[i].shape()),
-             ", tensor 0 has ", shape_str(xs[0].shape()));
+    CM_CHECK(xs[i].shape() == xs[0].shape(), "stack: tensor ", i, " has shape ",
+             shape_str(xs[i].shape()), ", tensor 0 has ", shape_str(xs[0].shape()));
     us.push_back(unsqueeze(xs[i], dim));
   }
   return cat(us, dim);
@@ -65,7 +66,8 @@ std::vector<Tensor> split(const Tensor& x, int64_t split_size, int64_t dim) {
   CM_CHECK(split_size > 0, "split: split_size must be positive, got ", split_size);
   std::vector<Tensor> out;
   const int64_t n = x.shape()[size_t(dim)];
-  for (int64_t s = 0; s < n; s += split_size) out.push_back(narrow(x, dim, s, std::min(split_size, n - s)));
+  for (int64_t s = 0; s < n; s += split_size)
+    out.push_back(narrow(x, dim, s, std::min(split_size, n - s)));
   if (n == 0) out.push_back(x);
   return out;
 }
@@ -111,14 +113,14 @@ Tensor pad_constant(const Tensor& x, const Shape& pads, double value) {
     const int64_t d = x.dim() - 1 - k;
     const int64_t l = pads[size_t(2 * k)], r = pads[size_t(2 * k + 1)], n = x.shape()[size_t(d)];
     const int64_t out_n = n + l + r;
-    CM_CHECK(out_n >= 0, "pad: pads ", shape_str(pads), " give a negative size for dim ", d, " of shape ",
-             shape_str(x.shape()));
+    CM_CHECK(out_n >= 0, "pad: pads ", shape_str(pads), " give a negative size for dim ", d,
+             " of shape ", shape_str(x.shape()));
     out_shape[size_t(d)] = out_n;
     const int64_t src_start = std::max<int64_t>(0, -l);
     const int64_t len = std::max<int64_t>(0, n - src_start - std::max<int64_t>(0, -r));
     ranges.push_back({d, src_start, len, std::max<int64_t>(0, l)});
   }
-  auto crop = [&](Tensor t, bool src) {
+  auto crop = [ranges](Tensor t, bool src) {  // by value: the backward keeps a copy
     for (const Range& rg : ranges) t = narrow(t, rg.dim, src ? rg.src_start : rg.dst_start, rg.len);
     return t;
   };
@@ -139,16 +141,18 @@ Tensor pad_constant(const Tensor& x, const Shape& pads, double value) {
 
 Tensor pad(const Tensor& x, const Shape& pads, PadMode mode, double value) {
   CM_CHECK(pads.size() % 2 == 0 && int64_t(pads.size()) / 2 <= x.dim(), "pad: ", pads.size(),
-           " pad values for a tensor of rank ", x.dim(), " (need an even number, two per dim from the last)");
+           " pad values for a tensor of rank ", x.dim(),
+           " (need an even number, two per dim from the last)");
   if (mode == PadMode::Constant) return pad_constant(x, pads, value);
   Tensor y = x;
   for (size_t k = 0; k < pads.size() / 2; ++k) {
     const int64_t d = x.dim() - 1 - int64_t(k);
     const int64_t l = pads[2 * k], r = pads[2 * k + 1], n = x.shape()[size_t(d)];
-    CM_CHECK(l >= 0 && r >= 0, "pad: reflect/replicate padding must be non-negative, got ", shape_str(pads));
+    CM_CHECK(l >= 0 && r >= 0, "pad: reflect/replicate padding must be non-negative, got ",
+             shape_str(pads));
     if (mode == PadMode::Reflect)
-      CM_CHECK(l < n && r < n, "pad: reflect padding (", l, ", ", r, ") must be smaller than dim ", d,
-               " of size ", n);
+      CM_CHECK(l < n && r < n, "pad: reflect padding (", l, ", ", r, ") must be smaller than dim ",
+               d, " of size ", n);
     else
       CM_CHECK(n > 0, "pad: cannot replicate-pad the empty dim ", d);
     std::vector<int64_t> idx;
@@ -162,7 +166,8 @@ Tensor pad(const Tensor& x, const Shape& pads, PadMode mode, double value) {
       }
       idx.push_back(j);
     }
-    y = index_select(y, d, from_vector(idx, {int64_t(idx.size())}, {.dtype = DType::i64, .device = x.device()}));
+    y = index_select(
+        y, d, from_vector(idx, {int64_t(idx.size())}, {.dtype = DType::i64, .device = x.device()}));
   }
   return y;
 }

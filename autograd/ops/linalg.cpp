@@ -30,10 +30,12 @@ Tensor bmm(const Tensor& a, const Tensor& b) {
 }  // namespace
 
 Tensor matmul(const Tensor& a0, const Tensor& b0) {
-  CM_CHECK(a0.dim() >= 1 && b0.dim() >= 1, "matmul: operands must have at least one dim, got shapes ",
-           shape_str(a0.shape()), " and ", shape_str(b0.shape()));
-  CM_CHECK(is_floating(a0.dtype()) && is_floating(b0.dtype()), "matmul: floating operands required, got ",
-           dtype_name(a0.dtype()), " and ", dtype_name(b0.dtype()));
+  CM_CHECK(a0.dim() >= 1 && b0.dim() >= 1,
+           "matmul: operands must have at least one dim, got shapes ", shape_str(a0.shape()),
+           " and ", shape_str(b0.shape()));
+  CM_CHECK(is_floating(a0.dtype()) && is_floating(b0.dtype()),
+           "matmul: floating operands required, got ", dtype_name(a0.dtype()), " and ",
+           dtype_name(b0.dtype()));
   common_device({a0, b0}, "matmul");
   const DType t = promote_types(a0.dtype(), b0.dtype());
   Tensor a = to(a0, t), b = to(b0, t);
@@ -41,8 +43,10 @@ Tensor matmul(const Tensor& a0, const Tensor& b0) {
   if (vec_a) a = unsqueeze(a, 0);
   if (vec_b) b = unsqueeze(b, 1);
   const int64_t M = a.size(-2), K = a.size(-1), K2 = b.size(-2), N = b.size(-1);
-  CM_CHECK(K == K2, "matmul: inner dims differ: ", shape_str(a0.shape()), " · ", shape_str(b0.shape()));
-  const Shape ba(a.shape().begin(), a.shape().end() - 2), bb(b.shape().begin(), b.shape().end() - 2);
+  CM_CHECK(K == K2, "matmul: inner dims differ: ", shape_str(a0.shape()), " · ",
+           shape_str(b0.shape()));
+  const Shape ba(a.shape().begin(), a.shape().end() - 2),
+      bb(b.shape().begin(), b.shape().end() - 2);
   Shape batch = broadcast_shapes(ba, bb, "matmul");
   Shape sa = batch, sb = batch;
   sa.insert(sa.end(), {M, K});

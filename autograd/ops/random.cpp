@@ -7,7 +7,8 @@ namespace cm {
 using namespace opdetail;
 
 namespace {
-Tensor draw(RandomKind kind, const Shape& shape, TensorOptions opt, Generator* gen, double a, double b) {
+Tensor draw(RandomKind kind, const Shape& shape, TensorOptions opt, Generator* gen, double a,
+            double b) {
   Generator& g = gen ? *gen : default_generator();
   const bool rg = opt.requires_grad;
   opt.requires_grad = false;
@@ -31,8 +32,40 @@ Tensor randn(const Shape& shape, TensorOptions opt, Generator* gen) {
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, TensorOptions opt, Generator* gen) {
   CM_CHECK(low < high, "randint: empty range [", low, ", ", high, ")");
-  CM_CHECK(dtype_size(opt.dtype) == 8 || uint64_t(high - low) <= (uint64_t(1) << 32),
-           "randint: a range of ", high - low, " needs a 64-bit dtype, got ", dtype_name(opt.dtype));
+  // The integers the dtype holds exactly (so a 32-bit dtype never sees a range over 2^32, which
+  // needs the 64-bit draw); the bounds also reach the kernel as doubles, exact to 2^53.
+  const int64_t two53 = int64_t(1) << 53;
+  int64_t lo_ok = -two53, hi_ok = two53;
+  switch (opt.dtype) {
+    case DType::i32:
+      lo_ok = INT32_MIN;
+      hi_ok = INT32_MAX;
+      break;
+    case DType::u8:
+      lo_ok = 0;
+      hi_ok = 255;
+      break;
+    case DType::b8:
+      lo_ok = 0;
+      hi_ok = 1;
+      break;
+    case DType::f32:
+      lo_ok = -(int64_t(1) << 24);
+      hi_ok = int64_t(1) << 24;
+      break;
+    case DType::f16:
+      lo_ok = -(int64_t(1) << 11);
+      hi_ok = int64_t(1) << 11;
+      break;
+    case DType::bf16:
+      lo_ok = -(int64_t(1) << 8);
+      hi_ok = int64_t(1) << 8;
+      break;
+    default:
+      break;
+  }
+  CM_CHECK(low >= lo_ok && high - 1 <= hi_ok, "randint: range [", low, ", ", high, ") is outside [",
+           lo_ok, ", ", hi_ok, "], the integers dtype ", dtype_name(opt.dtype), " holds exactly");
   return draw(RandomKind::Int, shape, opt, gen, double(low), double(high));
 }
 

@@ -18,7 +18,8 @@ Tensor reduce_raw(ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims
 }
 
 // keepdim form -> requested form
-Tensor finish(const Tensor& y_keep, const Tensor& x, const std::vector<int64_t>& dims, bool keepdim) {
+Tensor finish(const Tensor& y_keep, const Tensor& x, const std::vector<int64_t>& dims,
+              bool keepdim) {
   return keepdim ? y_keep : reshape(y_keep, dropdim_shape(x.shape(), dims));
 }
 
@@ -41,7 +42,8 @@ Tensor sum(const Tensor& x0, const Shape& dims_, bool keepdim) {
   Tensor y = reduce_raw(ReduceOp::Sum, x, dims);
   if (needs_grad({x})) {
     const Shape ks = y.shape(), xs = x.shape();
-    record("sum", {x}, {y}, [ks, xs](const Grads& g) { return Grads{grad_to_input(g[0], ks, xs)}; });
+    record("sum", {x}, {y},
+           [ks, xs](const Grads& g) { return Grads{grad_to_input(g[0], ks, xs)}; });
   }
   return finish(y, x, dims, keepdim);
 }
@@ -53,7 +55,8 @@ Tensor mean(const Tensor& x0, const Shape& dims_, bool keepdim) {
   if (needs_grad({x})) {
     const Shape ks = y.shape(), xs = x.shape();
     const double inv = 1.0 / double(reduced_count(xs, dims));
-    record("mean", {x}, {y}, [=](const Grads& g) { return Grads{grad_to_input(mul(g[0], inv), ks, xs)}; });
+    record("mean", {x}, {y},
+           [=](const Grads& g) { return Grads{grad_to_input(mul(g[0], inv), ks, xs)}; });
   }
   return finish(y, x, dims, keepdim);
 }
@@ -98,8 +101,8 @@ ValuesIndices arg_extreme(const Tensor& x, int64_t dim, bool keepdim, bool is_ma
   const char* name = is_max ? "max" : "min";
   dim = wrap_dim(dim, x.dim(), name);
   const Tensor xx = x.dim() == 0 ? reshape(x, {1}) : x;
-  CM_CHECK(xx.shape()[size_t(dim)] > 0, name, ": cannot reduce over the empty dim ", dim, " of shape ",
-           shape_str(x.shape()));
+  CM_CHECK(xx.shape()[size_t(dim)] > 0, name, ": cannot reduce over the empty dim ", dim,
+           " of shape ", shape_str(x.shape()));
   const Shape ks = keepdim_shape(xx.shape(), {dim});
   Tensor values = new_empty(ks, x.dtype(), x.device());
   Tensor indices = new_empty(ks, DType::i64, x.device());
@@ -119,12 +122,24 @@ ValuesIndices arg_extreme(const Tensor& x, int64_t dim, bool keepdim, bool is_ma
 }
 }  // namespace
 
-Tensor amax(const Tensor& x, const Shape& dims, bool keepdim) { return extreme(x, dims, keepdim, true); }
-Tensor amin(const Tensor& x, const Shape& dims, bool keepdim) { return extreme(x, dims, keepdim, false); }
-ValuesIndices max(const Tensor& x, int64_t dim, bool keepdim) { return arg_extreme(x, dim, keepdim, true); }
-ValuesIndices min(const Tensor& x, int64_t dim, bool keepdim) { return arg_extreme(x, dim, keepdim, false); }
-Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) { return max(detach(x), dim, keepdim).indices; }
-Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) { return min(detach(x), dim, keepdim).indices; }
+Tensor amax(const Tensor& x, const Shape& dims, bool keepdim) {
+  return extreme(x, dims, keepdim, true);
+}
+Tensor amin(const Tensor& x, const Shape& dims, bool keepdim) {
+  return extreme(x, dims, keepdim, false);
+}
+ValuesIndices max(const Tensor& x, int64_t dim, bool keepdim) {
+  return arg_extreme(x, dim, keepdim, true);
+}
+ValuesIndices min(const Tensor& x, int64_t dim, bool keepdim) {
+  return arg_extreme(x, dim, keepdim, false);
+}
+Tensor argmax(const Tensor& x, int64_t dim, bool keepdim) {
+  return max(detach(x), dim, keepdim).indices;
+}
+Tensor argmin(const Tensor& x, int64_t dim, bool keepdim) {
+  return min(detach(x), dim, keepdim).indices;
+}
 
 Tensor logsumexp(const Tensor& x0, const Shape& dims_, bool keepdim) {
   const Tensor x = is_floating(x0.dtype()) ? x0 : to(x0, DType::f32);

@@ -18,8 +18,8 @@ Tensor expand_raw(const Tensor& t, const Shape& shape, const char* op) {
   Shape st(shape.size(), 0);
   for (size_t i = 0; i < t.shape().size(); ++i) {
     const int64_t have = t.shape()[i], want = shape[lead + i];
-    CM_CHECK(have == want || have == 1, op, ": cannot broadcast shape ", shape_str(t.shape()), " to ",
-             shape_str(shape));
+    CM_CHECK(have == want || have == 1, op, ": cannot broadcast shape ", shape_str(t.shape()),
+             " to ", shape_str(shape));
     st[lead + i] = have == want ? t.strides()[i] : 0;
   }
   return t.alias_with(shape, st, t.offset());
@@ -47,6 +47,7 @@ std::vector<int64_t> reduce_dims(const Tensor& x, const Shape& dims, const char*
   std::sort(out.begin(), out.end());
   CM_CHECK(std::adjacent_find(out.begin(), out.end()) == out.end(), op, ": dim repeated in ",
            shape_str(dims));
+  if (x.dim() == 0) out.clear();  // dim 0 / -1 of a 0-d tensor names the scalar: nothing to reduce
   return out;
 }
 
@@ -95,15 +96,16 @@ Shape infer_shape(const Shape& req, int64_t numel, const char* op) {
 // Strides that let `shape` view the data of (old_shape, old_strides) without a copy, if any.
 // Walks the old dims from the innermost, grouping runs that are contiguous with each other; every
 // new dim must fall inside one such run.
-std::optional<Shape> view_strides(const Shape& old_shape, const Shape& old_strides, const Shape& shape) {
+std::optional<Shape> view_strides(const Shape& old_shape, const Shape& old_strides,
+                                  const Shape& shape) {
   if (shape_numel(shape) == 0 || old_shape.empty()) return contiguous_strides(shape);
   Shape st(shape.size(), 1);
   int64_t vd = int64_t(shape.size()) - 1;
   int64_t base = old_strides.back(), run = 1, vrun = 1;
   for (int64_t d = int64_t(old_shape.size()) - 1; d >= 0; --d) {
     run *= old_shape[size_t(d)];
-    const bool run_ends = d == 0 || (old_shape[size_t(d - 1)] != 1 &&
-                                     old_strides[size_t(d - 1)] != run * base);
+    const bool run_ends =
+        d == 0 || (old_shape[size_t(d - 1)] != 1 && old_strides[size_t(d - 1)] != run * base);
     if (!run_ends) continue;
     while (vd >= 0 && (vrun < run || shape[size_t(vd)] == 1)) {
       st[size_t(vd)] = vrun * base;
@@ -122,7 +124,8 @@ std::optional<Shape> view_strides(const Shape& old_shape, const Shape& old_strid
 }
 
 // Records a view op whose backward maps g (of the view's shape) to the input's shape.
-Tensor record_view(const char* name, const Tensor& x, Tensor y, std::function<Tensor(const Tensor&)> back) {
+Tensor record_view(const char* name, const Tensor& x, Tensor y,
+                   std::function<Tensor(const Tensor&)> back) {
   if (needs_grad({x})) record(name, {x}, {y}, [back](const Grads& g) { return Grads{back(g[0])}; });
   return y;
 }
@@ -147,8 +150,8 @@ Tensor reshape(const Tensor& x, const Shape& shape) {
 }
 
 Tensor permute(const Tensor& x, const Shape& dims) {
-  CM_CHECK(int64_t(dims.size()) == x.dim(), "permute: ", dims.size(), " dims given for a tensor of rank ",
-           x.dim());
+  CM_CHECK(int64_t(dims.size()) == x.dim(), "permute: ", dims.size(),
+           " dims given for a tensor of rank ", x.dim());
   Shape perm(dims.size()), s(dims.size()), st(dims.size()), inv(dims.size());
   std::vector<bool> used(dims.size(), false);
   for (size_t i = 0; i < dims.size(); ++i) {
@@ -168,7 +171,8 @@ Tensor transpose(const Tensor& x, int64_t a, int64_t b) {
   Shape p(size_t(x.dim()));
   std::iota(p.begin(), p.end(), 0);
   if (x.dim() == 0) return x;
-  std::swap(p[size_t(wrap_dim(a, x.dim(), "transpose"))], p[size_t(wrap_dim(b, x.dim(), "transpose"))]);
+  std::swap(p[size_t(wrap_dim(a, x.dim(), "transpose"))],
+            p[size_t(wrap_dim(b, x.dim(), "transpose"))]);
   return permute(x, p);
 }
 
@@ -215,8 +219,8 @@ Tensor select(const Tensor& x, int64_t dim, int64_t index) {
 Tensor expand(const Tensor& x, const Shape& shape) {
   Shape s = shape;
   const size_t lead = s.size() >= x.shape().size() ? s.size() - x.shape().size() : 0;
-  CM_CHECK(s.size() >= x.shape().size(), "expand: cannot expand shape ", shape_str(x.shape()), " to ",
-           shape_str(shape));
+  CM_CHECK(s.size() >= x.shape().size(), "expand: cannot expand shape ", shape_str(x.shape()),
+           " to ", shape_str(shape));
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] == -1) {
       CM_CHECK(i >= lead, "expand: -1 is not allowed for the new leading dim ", i);
@@ -224,11 +228,15 @@ Tensor expand(const Tensor& x, const Shape& shape) {
     }
   }
   const Shape xs = x.shape();
-  return record_view("expand", x, expand_raw(x, s, "expand"),
-                     [xs](const Tensor& g) { return sum_to_shape(g, xs); });
+  // Always a new view: expand_raw returns x itself for an unchanged shape, and recording x as its
+  // own output would give it a grad_fn.
+  Tensor y = s == xs ? x.alias_with(xs, x.strides(), x.offset()) : expand_raw(x, s, "expand");
+  return record_view("expand", x, y, [xs](const Tensor& g) { return sum_to_shape(g, xs); });
 }
 
-Tensor broadcast_to(const Tensor& x, const Shape& shape) { return expand(x, shape); }
+Tensor broadcast_to(const Tensor& x, const Shape& shape) {
+  return expand(x, shape);
+}
 
 Tensor squeeze(const Tensor& x, int64_t dim) {
   if (x.dim() == 0) return x;
@@ -295,9 +303,13 @@ Tensor clone(const Tensor& x) {
   return y;
 }
 
-Tensor contiguous(const Tensor& x) { return x.is_contiguous() ? x : clone(x); }
+Tensor contiguous(const Tensor& x) {
+  return x.is_contiguous() ? x : clone(x);
+}
 
-Tensor detach(const Tensor& x) { return x.alias_with(x.shape(), x.strides(), x.offset()); }
+Tensor detach(const Tensor& x) {
+  return x.alias_with(x.shape(), x.strides(), x.offset());
+}
 
 Tensor to(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
@@ -325,36 +337,75 @@ Tensor to(const Tensor& x, Device device) {
 Tensor sum_to_shape(const Tensor& g, const Shape& shape) {
   if (g.shape() == shape) return g;
   const int64_t lead = g.dim() - int64_t(shape.size());
-  CM_CHECK(lead >= 0, "sum_to_shape: cannot reduce shape ", shape_str(g.shape()), " to ", shape_str(shape));
+  CM_CHECK(lead >= 0, "sum_to_shape: cannot reduce shape ", shape_str(g.shape()), " to ",
+           shape_str(shape));
   Shape dims;
   for (int64_t i = 0; i < g.dim(); ++i) {
-    if (i < lead) dims.push_back(i);
-    else if (shape[size_t(i - lead)] == 1 && g.shape()[size_t(i)] != 1) dims.push_back(i);
+    if (i < lead)
+      dims.push_back(i);
+    else if (shape[size_t(i - lead)] == 1 && g.shape()[size_t(i)] != 1)
+      dims.push_back(i);
     else
-      CM_CHECK(shape[size_t(i - lead)] == g.shape()[size_t(i)], "sum_to_shape: cannot reduce shape ",
-               shape_str(g.shape()), " to ", shape_str(shape));
+      CM_CHECK(shape[size_t(i - lead)] == g.shape()[size_t(i)],
+               "sum_to_shape: cannot reduce shape ", shape_str(g.shape()), " to ",
+               shape_str(shape));
   }
   Tensor r = dims.empty() ? g : sum(g, dims, true);
   return reshape(r, shape);
 }
 
-// ---- Tensor method shorthands -------------------------------------------------------------------------------
-Tensor Tensor::reshape(const Shape& s) const { return cm::reshape(*this, s); }
-Tensor Tensor::view(const Shape& s) const { return cm::view(*this, s); }
-Tensor Tensor::permute(const Shape& dims) const { return cm::permute(*this, dims); }
-Tensor Tensor::transpose(int64_t a, int64_t b) const { return cm::transpose(*this, a, b); }
-Tensor Tensor::narrow(int64_t d, int64_t s, int64_t l) const { return cm::narrow(*this, d, s, l); }
-Tensor Tensor::select(int64_t d, int64_t i) const { return cm::select(*this, d, i); }
-Tensor Tensor::expand(const Shape& s) const { return cm::expand(*this, s); }
-Tensor Tensor::squeeze(int64_t d) const { return cm::squeeze(*this, d); }
-Tensor Tensor::unsqueeze(int64_t d) const { return cm::unsqueeze(*this, d); }
-Tensor Tensor::flatten(int64_t s, int64_t e) const { return cm::flatten(*this, s, e); }
-Tensor Tensor::contiguous() const { return cm::contiguous(*this); }
-Tensor Tensor::clone() const { return cm::clone(*this); }
-Tensor Tensor::to(DType t) const { return cm::to(*this, t); }
-Tensor Tensor::to(Device d) const { return cm::to(*this, d); }
-Tensor Tensor::detach() const { return cm::detach(*this); }
-Tensor Tensor::sum() const { return cm::sum(*this); }
-Tensor Tensor::mean() const { return cm::mean(*this); }
+// ---- Tensor method shorthands
+// -------------------------------------------------------------------------------
+Tensor Tensor::reshape(const Shape& s) const {
+  return cm::reshape(*this, s);
+}
+Tensor Tensor::view(const Shape& s) const {
+  return cm::view(*this, s);
+}
+Tensor Tensor::permute(const Shape& dims) const {
+  return cm::permute(*this, dims);
+}
+Tensor Tensor::transpose(int64_t a, int64_t b) const {
+  return cm::transpose(*this, a, b);
+}
+Tensor Tensor::narrow(int64_t d, int64_t s, int64_t l) const {
+  return cm::narrow(*this, d, s, l);
+}
+Tensor Tensor::select(int64_t d, int64_t i) const {
+  return cm::select(*this, d, i);
+}
+Tensor Tensor::expand(const Shape& s) const {
+  return cm::expand(*this, s);
+}
+Tensor Tensor::squeeze(int64_t d) const {
+  return cm::squeeze(*this, d);
+}
+Tensor Tensor::unsqueeze(int64_t d) const {
+  return cm::unsqueeze(*this, d);
+}
+Tensor Tensor::flatten(int64_t s, int64_t e) const {
+  return cm::flatten(*this, s, e);
+}
+Tensor Tensor::contiguous() const {
+  return cm::contiguous(*this);
+}
+Tensor Tensor::clone() const {
+  return cm::clone(*this);
+}
+Tensor Tensor::to(DType t) const {
+  return cm::to(*this, t);
+}
+Tensor Tensor::to(Device d) const {
+  return cm::to(*this, d);
+}
+Tensor Tensor::detach() const {
+  return cm::detach(*this);
+}
+Tensor Tensor::sum() const {
+  return cm::sum(*this);
+}
+Tensor Tensor::mean() const {
+  return cm::mean(*this);
+}
 
 }  // namespace cm

@@ -7,7 +7,7 @@
 
 namespace cm::cpu {
 
-Allocator& CpuBackend::allocator() {
+Allocator& CpuBackend::allocator(int) {
   // 64-byte aligned blocks, cached for reuse (see tensor/caching_allocator.h). Never destroyed:
   // tensors in static storage may outlive any static allocator object.
   static CachingAllocator* alloc = new CachingAllocator(

@@ -10,14 +10,15 @@ namespace cm::cpu {
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
-  Allocator& allocator() override;
+  Allocator& allocator(int device_index) override;
   void synchronize() override {}
 
   void copy(const Tensor& src, const Tensor& dst) override;
   void copy_between_devices(const Tensor& src, const Tensor& dst) override;
   void fill(const Tensor& dst, double value) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) override;
-  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out, double alpha) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out,
+              double alpha) override;
   void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
 
   void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override;

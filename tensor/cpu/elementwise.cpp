@@ -80,8 +80,8 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
 }
 
 void CpuBackend::copy_between_devices(const Tensor& src, const Tensor& dst) {
-  CM_FAIL("copy_between_devices: the CPU backend copies only within host memory (", src.device().str(),
-          " -> ", dst.device().str(), ")");
+  CM_FAIL("copy_between_devices: the CPU backend copies only within host memory (",
+          src.device().str(), " -> ", dst.device().str(), ")");
 }
 
 void CpuBackend::fill(const Tensor& dst, double value) {
@@ -102,9 +102,9 @@ namespace {
   case UnaryOp::E:                                    \
     map1<T, TO>(p, sop::F<compute_t<T>>{C(a), C(b)}); \
     return true;
-#define CM_BINARY_CASE(E, F)                          \
-  case BinaryOp::E:                                   \
-    map2<T, TO>(p, sop::F<compute_t<T>>{C(alpha)});   \
+#define CM_BINARY_CASE(E, F)                        \
+  case BinaryOp::E:                                 \
+    map2<T, TO>(p, sop::F<compute_t<T>>{C(alpha)}); \
     return true;
 
 template <class T, class TO = bool>
@@ -112,7 +112,8 @@ bool unary_pred(UnaryOp op, const LoopPlan& p, double a, double b) {
   using C = compute_t<T>;
   switch (op) {
     CM_FOR_EACH_PRED_UNARY(CM_UNARY_CASE)
-    default: return false;
+    default:
+      return false;
   }
 }
 template <class T, class TO = T>
@@ -120,7 +121,8 @@ bool unary_float(UnaryOp op, const LoopPlan& p, double a, double b) {
   using C = compute_t<T>;
   switch (op) {
     CM_FOR_EACH_FLOAT_UNARY(CM_UNARY_CASE)
-    default: return false;
+    default:
+      return false;
   }
 }
 template <class T, class TO = T>
@@ -128,7 +130,8 @@ bool unary_int(UnaryOp op, const LoopPlan& p, double a, double b) {
   using C = compute_t<T>;
   switch (op) {
     CM_FOR_EACH_INT_UNARY(CM_UNARY_CASE)
-    default: return false;
+    default:
+      return false;
   }
 }
 template <class T, class TO = bool>
@@ -136,7 +139,8 @@ bool binary_pred(BinaryOp op, const LoopPlan& p, double alpha) {
   using C = compute_t<T>;
   switch (op) {
     CM_FOR_EACH_PRED_BINARY(CM_BINARY_CASE)
-    default: return false;
+    default:
+      return false;
   }
 }
 template <class T, class TO = T>
@@ -144,7 +148,8 @@ bool binary_float(BinaryOp op, const LoopPlan& p, double alpha) {
   using C = compute_t<T>;
   switch (op) {
     CM_FOR_EACH_FLOAT_BINARY(CM_BINARY_CASE)
-    default: return false;
+    default:
+      return false;
   }
 }
 template <class T, class TO = T>
@@ -152,7 +157,8 @@ bool binary_int(BinaryOp op, const LoopPlan& p, double alpha) {
   using C = compute_t<T>;
   switch (op) {
     CM_FOR_EACH_INT_BINARY(CM_BINARY_CASE)
-    default: return false;
+    default:
+      return false;
   }
 }
 #undef CM_UNARY_CASE

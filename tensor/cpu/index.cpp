@@ -41,7 +41,8 @@ void dispatch_index_dtype(DType t, const char* op, F&& f) {
 
 }  // namespace
 
-void CpuBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) {
+void CpuBackend::index_select(const Tensor& x, int64_t dim, const Tensor& index,
+                              const Tensor& out) {
   Indexer w(out.shape(), dim, {&x.strides(), &out.strides()});
   const int64_t n = index.numel(), is = index.strides()[0];
   const int64_t xs = x.strides()[dim], os = out.strides()[dim];
@@ -98,7 +99,8 @@ void CpuBackend::gather(const Tensor& x, int64_t dim, const Tensor& index, const
   });
 }
 
-void CpuBackend::scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) {
+void CpuBackend::scatter_add(const Tensor& out, int64_t dim, const Tensor& index,
+                             const Tensor& src) {
   Indexer w(src.shape(), dim, {&src.strides(), &index.strides(), &out.strides()});
   const int64_t n = src.shape()[dim];
   const int64_t ss = src.strides()[dim], is = index.strides()[dim], os = out.strides()[dim];

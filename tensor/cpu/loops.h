@@ -18,9 +18,9 @@ namespace cm::cpu {
 // Elements per parallel chunk: below two chunks a loop runs on one thread.
 inline constexpr int64_t kGrain = 32768;
 
+using cm::kMaxOperands;
 using cm::LoopPlan;
 using cm::make_plan;
-using cm::kMaxOperands;
 
 // Calls row(ptrs, inner_strides, n) over the whole index space; ptrs[k] points at the first element
 // of the row in operand k (as char*), inner_strides[k] is in elements.

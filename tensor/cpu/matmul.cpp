@@ -122,8 +122,12 @@ void matmul_typed(const Tensor& a, const Tensor& b, const Tensor& out) {
 
 void CpuBackend::matmul(const Tensor& a, const Tensor& b, const Tensor& out) {
   switch (out.dtype()) {
-    case DType::f32: matmul_typed<float>(a, b, out); return;
-    case DType::f64: matmul_typed<double>(a, b, out); return;
+    case DType::f32:
+      matmul_typed<float>(a, b, out);
+      return;
+    case DType::f64:
+      matmul_typed<double>(a, b, out);
+      return;
     case DType::f16:
     case DType::bf16: {
       // compute in f32, round once on the way out

@@ -99,7 +99,6 @@ void reduce_typed(ReduceOp op, const Tensor& x, const Tensor& out) {
   const int64_t n_red = red.numel;
 
   A init{};
-  if (op == ReduceOp::Prod) init = A(1);
   if (op == ReduceOp::Max) init = std::numeric_limits<A>::lowest();
   if (op == ReduceOp::Min) init = std::numeric_limits<A>::max();
   if constexpr (std::is_floating_point_v<A>) {
@@ -108,10 +107,13 @@ void reduce_typed(ReduceOp op, const Tensor& x, const Tensor& out) {
   }
   auto combine = [op](A acc, A v) -> A {
     switch (op) {
-      case ReduceOp::Sum: case ReduceOp::Mean: return acc + v;
-      case ReduceOp::Prod: return acc * v;
-      case ReduceOp::Max: return (v != v || v > acc) ? v : acc;  // NaN propagates
-      case ReduceOp::Min: return (v != v || v < acc) ? v : acc;
+      case ReduceOp::Sum:
+      case ReduceOp::Mean:
+        return acc + v;
+      case ReduceOp::Max:
+        return (v != v || v > acc) ? v : acc;  // NaN propagates
+      case ReduceOp::Min:
+        return (v != v || v < acc) ? v : acc;
     }
     return acc;
   };
@@ -218,8 +220,10 @@ void CpuBackend::softmax(const Tensor& x, int64_t dim, bool log, const Tensor& o
       double s = 0;
       for (int64_t k = 0; k < n; ++k) s += std::exp(double(xp[xo + k * xs]) - m);
       if (log) {
-        const double ls = std::log(s) + m;
-        for (int64_t k = 0; k < n; ++k) op[oo + k * os] = convert<scalar_t>(double(xp[xo + k * xs]) - ls);
+        // (x − m) − log s, as PyTorch: the rounding error then scales with the result, not with m
+        const double ls = std::log(s);
+        for (int64_t k = 0; k < n; ++k)
+          op[oo + k * os] = convert<scalar_t>((double(xp[xo + k * xs]) - m) - ls);
       } else {
         const double inv = 1.0 / s;
         for (int64_t k = 0; k < n; ++k)
@@ -252,7 +256,8 @@ void CpuBackend::softmax_backward(const Tensor& grad, const Tensor& y, int64_t d
       } else {
         for (int64_t k = 0; k < n; ++k) s += double(gp[go + k * gs]) * double(yp[yo + k * ys]);
         for (int64_t k = 0; k < n; ++k)
-          op[oo + k * os] = convert<scalar_t>(double(yp[yo + k * ys]) * (double(gp[go + k * gs]) - s));
+          op[oo + k * os] =
+              convert<scalar_t>(double(yp[yo + k * ys]) * (double(gp[go + k * gs]) - s));
       }
     });
   });

@@ -20,13 +20,15 @@ class NoCudaAllocator final : public Allocator {
 class NoCudaBackend final : public Backend {
  public:
   std::string name() const override { return "cuda (not built)"; }
-  Allocator& allocator() override {
+  Allocator& allocator(int) override {
     static NoCudaAllocator a;
     return a;
   }
   void synchronize() override { no_cuda("synchronize"); }
   void copy(const Tensor&, const Tensor&) override { no_cuda("copy"); }
-  void copy_between_devices(const Tensor&, const Tensor&) override { no_cuda("copy_between_devices"); }
+  void copy_between_devices(const Tensor&, const Tensor&) override {
+    no_cuda("copy_between_devices");
+  }
   void fill(const Tensor&, double) override { no_cuda("fill"); }
   void unary(UnaryOp op, const Tensor&, const Tensor&, double, double) override {
     no_cuda(unary_op_name(op));
@@ -34,7 +36,9 @@ class NoCudaBackend final : public Backend {
   void binary(BinaryOp op, const Tensor&, const Tensor&, const Tensor&, double) override {
     no_cuda(binary_op_name(op));
   }
-  void where(const Tensor&, const Tensor&, const Tensor&, const Tensor&) override { no_cuda("where"); }
+  void where(const Tensor&, const Tensor&, const Tensor&, const Tensor&) override {
+    no_cuda("where");
+  }
   void reduce(ReduceOp op, const Tensor&, const Tensor&) override { no_cuda(reduce_op_name(op)); }
   void arg_reduce(bool is_max, const Tensor&, int64_t, const Tensor&, const Tensor&) override {
     no_cuda(is_max ? "max" : "min");
@@ -49,7 +53,9 @@ class NoCudaBackend final : public Backend {
   void index_select(const Tensor&, int64_t, const Tensor&, const Tensor&) override {
     no_cuda("index_select");
   }
-  void index_add(const Tensor&, int64_t, const Tensor&, const Tensor&) override { no_cuda("index_add"); }
+  void index_add(const Tensor&, int64_t, const Tensor&, const Tensor&) override {
+    no_cuda("index_add");
+  }
   void gather(const Tensor&, int64_t, const Tensor&, const Tensor&) override { no_cuda("gather"); }
   void scatter_add(const Tensor&, int64_t, const Tensor&, const Tensor&) override {
     no_cuda("scatter_add");
@@ -67,8 +73,12 @@ Backend& cuda_backend() {
 }
 
 namespace cuda {
-bool is_available() { return false; }
-int device_count() { return 0; }
+bool is_available() {
+  return false;
+}
+int device_count() {
+  return 0;
+}
 }  // namespace cuda
 
 }  // namespace cm

@@ -1,0 +1,41 @@
+// The CUDA backend: kernels per family in this folder (elementwise.cu, reduce.cu, index.cu,
+// random.cu), matrix products through cuBLAS (matmul.cpp), a caching allocator per device.
+#pragma once
+
+#include "tensor/backend.h"
+
+namespace cm::cuda_impl {
+
+class CudaBackend final : public Backend {
+ public:
+  std::string name() const override { return "cuda"; }
+  Allocator& allocator(int device_index) override;
+  void synchronize() override;
+
+  void copy(const Tensor& src, const Tensor& dst) override;
+  void copy_between_devices(const Tensor& src, const Tensor& dst) override;
+  void fill(const Tensor& dst, double value) override;
+  void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) override;
+  void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out,
+              double alpha) override;
+  void where(const Tensor& cond, const Tensor& a, const Tensor& b, const Tensor& out) override;
+
+  void reduce(ReduceOp op, const Tensor& x, const Tensor& out) override;
+  void arg_reduce(bool is_max, const Tensor& x, int64_t dim, const Tensor& values,
+                  const Tensor& indices) override;
+  void softmax(const Tensor& x, int64_t dim, bool log, const Tensor& out) override;
+  void softmax_backward(const Tensor& grad, const Tensor& y, int64_t dim, bool log,
+                        const Tensor& grad_in) override;
+
+  void matmul(const Tensor& a, const Tensor& b, const Tensor& out) override;
+
+  void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
+  void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
+  void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
+  void scatter_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
+
+  void random(RandomKind kind, const Tensor& out, uint64_t seed, uint64_t first_block, double a,
+              double b) override;
+};
+
+}  // namespace cm::cuda_impl
