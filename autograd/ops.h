@@ -179,6 +179,48 @@ Tensor gather(const Tensor& x, int64_t dim, const Tensor& index);
 Tensor scatter_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
 Tensor index_add(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& src);
 
+// ---- convolution (ops/conv.cpp)
+// -------------------------------------------------------------------------------- x [N, Ci, H, W],
+// w [Co, Ci/groups, kh, kw], bias [Co] (optional) -> [N, Co, Ho, Wo], as torch's conv2d.
+Tensor conv2d(const Tensor& x, const Tensor& w, const Tensor& bias = {},
+              const Conv2dParams& p = {});
+// x [N, Ci, H, W], w [Ci, Co/groups, kh, kw] -> [N, Co, Ho, Wo] with
+// Ho = (H − 1)·stride − 2·padding + dilation·(kh − 1) + output_padding + 1, as torch's
+// conv_transpose2d.
+Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias = {},
+                        int64_t stride = 1, int64_t padding = 0, int64_t output_padding = 0,
+                        int64_t groups = 1, int64_t dilation = 1);
+
+// ---- normalisation (ops/norm.cpp)
+// ------------------------------------------------------------------------------- x [N, C, *]
+// normalised over (C/groups channels × *) per sample and group, statistics in f32 (f64 for f64 x);
+// weight and bias [C] optional, of x's dtype. As torch's group_norm.
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = {},
+                  const Tensor& bias = {}, double eps = 1e-5);
+
+// ---- neural-network functions (ops/nn.cpp)
+// ------------------------------------------------------------------- x [..., in] · w[out, in]ᵀ +
+// b[out]
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = {});
+// rows of weight [V, D] picked by integer indices of any shape -> [..., D]
+Tensor embedding(const Tensor& weight, const Tensor& indices);
+// Zeroes each element with probability p and scales the rest by 1/(1 − p). The mask is drawn from
+// `gen`, so a second call with a generator in the same state (same seed and offset) replays it.
+// Identity when !training or p == 0.
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
+// x [N, C, H, W] -> [N, C, H·s, W·s], each pixel repeated s×s times.
+Tensor upsample_nearest2d(const Tensor& x, int64_t scale);
+// x [N, C, H, W] -> [N, C, out_h, out_w], bilinear, as torch's interpolate(mode="bilinear").
+Tensor upsample_bilinear2d(const Tensor& x, int64_t out_h, int64_t out_w,
+                           bool align_corners = false);
+// x [N, C, H, W] averaged over kernel×kernel windows (stride defaults to kernel; zero padding
+// counted, as torch's avg_pool2d with count_include_pad=true).
+Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t padding = 0);
+// softmax(q·kᵀ·scale)·v over the last two dims: q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv];
+// the softmax is computed in f32 whatever the input dtype. scale defaults to 1/√D.
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    std::optional<double> scale = std::nullopt);
+
 // ---- in-place updates (ops/inplace.cpp)
 // -------------------------------------------------------------------------- For optimizers and
 // EMA: they bump the version counter, and refuse tensors that require grad while grad mode is on

@@ -94,6 +94,14 @@ bool binary_op_is_predicate(BinaryOp op);
 enum class ReduceOp : uint8_t { Sum, Mean, Max, Min };
 const char* reduce_op_name(ReduceOp op);
 
+// Geometry of a 2-D convolution (cross-correlation, as PyTorch's conv2d).
+struct Conv2dParams {
+  int64_t stride_h = 1, stride_w = 1;
+  int64_t pad_h = 0, pad_w = 0;
+  int64_t dil_h = 1, dil_w = 1;
+  int64_t groups = 1;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -138,6 +146,31 @@ class Backend {
   // out[..., M, N] = a[..., M, K] · b[..., K, N]. a and b have out's rank with batch dims expanded
   // to out's; out is contiguous; one floating dtype.
   virtual void matmul(const Tensor& a, const Tensor& b, const Tensor& out) = 0;
+
+  // ---- convolution (NCHW; one floating dtype; outputs contiguous) ----
+  // out[N, Co, Ho, Wo] = Σ x[N, g·Ci/G + ci, ·, ·] ⋆ w[Co, Ci/G, kh, kw] (no bias).
+  virtual void conv2d(const Tensor& x, const Tensor& w, const Conv2dParams& p,
+                      const Tensor& out) = 0;
+  // The gradient with respect to x (also the forward of conv_transpose2d): grad_x[N, Ci, H, W].
+  virtual void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Conv2dParams& p,
+                                     const Tensor& grad_x) = 0;
+  // The gradient with respect to w: grad_w[Co, Ci/G, kh, kw].
+  virtual void conv2d_backward_weight(const Tensor& x, const Tensor& grad_out,
+                                      const Conv2dParams& p, const Tensor& grad_w) = 0;
+
+  // ---- group normalisation (x [N, C, *], statistics in f32, f64 for f64 x) ----
+  // out = (x − mean)·rstd·weight[c] + bias[c] per (n, group); mean and rstd [N, G] are outputs of
+  // the statistics dtype. weight and bias may be undefined (no affine transform). All operands are
+  // contiguous (the op makes them so); weight, bias and the gradients have x's dtype.
+  virtual void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                          double eps, const Tensor& out, const Tensor& mean,
+                          const Tensor& rstd) = 0;
+  // Gradients of group_norm from the saved statistics; grad_x, grad_w and grad_b may each be
+  // undefined (not wanted).
+  virtual void group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                   const Tensor& mean, const Tensor& rstd, int64_t groups,
+                                   const Tensor& grad_x, const Tensor& grad_w,
+                                   const Tensor& grad_b) = 0;
 
   // ---- indexing ----
   // out = x.index_select(dim, index): index 1-D i64 (validated by the caller against x.size(dim)).

@@ -29,6 +29,18 @@ class CudaBackend final : public Backend {
 
   void matmul(const Tensor& a, const Tensor& b, const Tensor& out) override;
 
+  void conv2d(const Tensor& x, const Tensor& w, const Conv2dParams& p, const Tensor& out) override;
+  void conv2d_backward_input(const Tensor& grad_out, const Tensor& w, const Conv2dParams& p,
+                             const Tensor& grad_x) override;
+  void conv2d_backward_weight(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
+                              const Tensor& grad_w) override;
+  void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                  double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) override;
+  void group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                           const Tensor& mean, const Tensor& rstd, int64_t groups,
+                           const Tensor& grad_x, const Tensor& grad_w,
+                           const Tensor& grad_b) override;
+
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
   void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;

@@ -50,6 +50,26 @@ class NoCudaBackend final : public Backend {
     no_cuda("softmax_backward");
   }
   void matmul(const Tensor&, const Tensor&, const Tensor&) override { no_cuda("matmul"); }
+  void conv2d(const Tensor&, const Tensor&, const Conv2dParams&, const Tensor&) override {
+    no_cuda("conv2d");
+  }
+  void conv2d_backward_input(const Tensor&, const Tensor&, const Conv2dParams&,
+                             const Tensor&) override {
+    no_cuda("conv2d_backward_input");
+  }
+  void conv2d_backward_weight(const Tensor&, const Tensor&, const Conv2dParams&,
+                              const Tensor&) override {
+    no_cuda("conv2d_backward_weight");
+  }
+  void group_norm(const Tensor&, const Tensor&, const Tensor&, int64_t, double, const Tensor&,
+                  const Tensor&, const Tensor&) override {
+    no_cuda("group_norm");
+  }
+  void group_norm_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                           const Tensor&, int64_t, const Tensor&, const Tensor&,
+                           const Tensor&) override {
+    no_cuda("group_norm_backward");
+  }
   void index_select(const Tensor&, int64_t, const Tensor&, const Tensor&) override {
     no_cuda("index_select");
   }

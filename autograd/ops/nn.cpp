@@ -1,0 +1,187 @@
+// Neural-network functions composed from differentiable primitives (matmul, index_select, views,
+// elementwise ops, softmax), so each gets its gradient from theirs: no backward is written here.
+// Each follows the PyTorch function of the same name; shapes are in the comments.
+#include <cmath>
+
+#include "autograd/ops/common.h"
+
+namespace cm {
+using namespace opdetail;
+
+namespace {
+void check_floating(const Tensor& t, const char* op, const char* what) {
+  CM_CHECK(is_floating(t.dtype()), op, ": ", what, " must be floating, got ",
+           dtype_name(t.dtype()));
+}
+void check_nchw(const Tensor& x, const char* op) {
+  CM_CHECK(x.dim() == 4, op, ": x must be [N, C, H, W], got shape ", shape_str(x.shape()));
+  check_floating(x, op, "x");
+}
+}  // namespace
+
+// x [..., in] · w[out, in]ᵀ + b[out] -> [..., out]. The leading dims are flattened so that the
+// product is one [rows, in] · [in, out] matrix product.
+Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b) {
+  CM_CHECK(w.dim() == 2, "linear: weight must be [out, in], got shape ", shape_str(w.shape()));
+  CM_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1), "linear: x of shape ", shape_str(x.shape()),
+           " does not end in the weight's in-features (weight shape ", shape_str(w.shape()), ")");
+  CM_CHECK(!b.defined() || b.shape() == Shape{w.size(0)}, "linear: bias must have shape [",
+           w.size(0), "], got ", shape_str(b.defined() ? b.shape() : Shape{}));
+  common_device({x, w, b}, "linear");
+  Shape out_shape = x.shape();
+  out_shape.back() = w.size(0);
+  int64_t rows = 1;
+  for (int64_t d = 0; d + 1 < x.dim(); ++d) rows *= x.size(d);
+  Tensor y = matmul(reshape(x, {rows, x.size(-1)}), transpose(w, 0, 1));
+  if (b.defined()) y = add(y, b);
+  return reshape(y, out_shape);
+}
+
+// weight [V, D], indices (i64 or i32, any shape) -> [*indices.shape, D]: rows of weight picked by
+// index_select (whose backward scatters the gradient rows back with index_add).
+Tensor embedding(const Tensor& weight, const Tensor& indices) {
+  CM_CHECK(weight.dim() == 2, "embedding: weight must be [V, D], got shape ",
+           shape_str(weight.shape()));
+  CM_CHECK(indices.dtype() == DType::i64 || indices.dtype() == DType::i32,
+           "embedding: indices must be i64 or i32, got ", dtype_name(indices.dtype()));
+  common_device({weight, indices}, "embedding");
+  const int64_t V = weight.size(0);
+  if (indices.numel() > 0) {
+    const int64_t lo = amin(indices).item<int64_t>(), hi = amax(indices).item<int64_t>();
+    CM_CHECK(lo >= 0 && hi < V, "embedding: index ", (lo < 0 ? lo : hi),
+             " is out of range for a table of ", V, " rows");
+  }
+  Shape out_shape = indices.shape();
+  out_shape.push_back(weight.size(1));
+  return reshape(index_select(weight, 0, reshape(indices, {indices.numel()})), out_shape);
+}
+
+// x · mask / (1 − p) with mask = bernoulli(1 − p) drawn from gen in x's dtype and device; the
+// gradient is the same product with the incoming gradient. p == 1 zeroes everything (no draw).
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
+  CM_CHECK(p >= 0 && p <= 1, "dropout: probability must be in [0, 1], got ", p);
+  check_floating(x, "dropout", "x");
+  if (!training || p == 0) return x;
+  if (p == 1) return mul(x, 0.0);
+  const Tensor mask = bernoulli(x.shape(), 1 - p, {.dtype = x.dtype(), .device = x.device()}, &gen);
+  return mul(x, mul(mask, 1.0 / (1 - p)));
+}
+
+// x [N, C, H, W] -> [N, C, H·s, W·s]: x viewed as [N, C, H, 1, W, 1], expanded to
+// [N, C, H, s, W, s] and flattened (the expand's backward sums each s×s block).
+Tensor upsample_nearest2d(const Tensor& x, int64_t scale) {
+  check_nchw(x, "upsample_nearest2d");
+  CM_CHECK(scale >= 1, "upsample_nearest2d: scale must be a positive integer, got ", scale);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  if (scale == 1) return x;
+  const Tensor e = expand(unsqueeze(unsqueeze(x, 3), 5), {N, C, H, scale, W, scale});
+  return reshape(e, {N, C, H * scale, W * scale});
+}
+
+namespace {
+// The two source indices and weights of each output position along one dim, computed as
+// PyTorch's upsample_bilinear2d (area_pixel_compute_scale / area_pixel_compute_source_index):
+//   align_corners: src = d·(in − 1)/(out − 1)   (0 when out == 1)
+//   otherwise:     src = max((d + 0.5)·in/out − 0.5, 0)
+//   i0 = ⌊src⌋, i1 = i0 + (i0 < in − 1), λ1 = src − i0, λ0 = 1 − λ1.
+struct Interp {
+  Tensor i0, i1;  // i64 [out]
+  Tensor l0, l1;  // x's dtype [out]
+};
+Interp bilinear_taps(int64_t in, int64_t out, bool align_corners, DType dtype, Device device) {
+  std::vector<int64_t> i0(static_cast<size_t>(out)), i1(static_cast<size_t>(out));
+  std::vector<double> l0(static_cast<size_t>(out)), l1(static_cast<size_t>(out));
+  const double scale =
+      align_corners ? (out > 1 ? double(in - 1) / double(out - 1) : 0.0) : double(in) / double(out);
+  for (int64_t d = 0; d < out; ++d) {
+    if (in == out) {  // PyTorch's identity case
+      i0[size_t(d)] = i1[size_t(d)] = d;
+      l0[size_t(d)] = 1;
+      l1[size_t(d)] = 0;
+      continue;
+    }
+    double src = align_corners ? scale * double(d) : scale * (double(d) + 0.5) - 0.5;
+    if (src < 0) src = 0;
+    const int64_t k = int64_t(src);
+    i0[size_t(d)] = k;
+    i1[size_t(d)] = k + (k < in - 1 ? 1 : 0);
+    l1[size_t(d)] = src - double(k);
+    l0[size_t(d)] = 1.0 - l1[size_t(d)];
+  }
+  const TensorOptions iopt{.dtype = DType::i64, .device = device};
+  const TensorOptions fopt{.dtype = dtype, .device = device};
+  return {from_vector(i0, {out}, iopt), from_vector(i1, {out}, iopt), from_vector(l0, {out}, fopt),
+          from_vector(l1, {out}, fopt)};
+}
+}  // namespace
+
+// x [N, C, H, W] -> [N, C, out_h, out_w]: interpolation along W (two index_selects weighted by
+// λ0, λ1), then along H on the result, which is PyTorch's
+//   h0λ·(w0λ·x[h0, w0] + w1λ·x[h0, w1]) + h1λ·(w0λ·x[h1, w0] + w1λ·x[h1, w1]).
+Tensor upsample_bilinear2d(const Tensor& x, int64_t out_h, int64_t out_w, bool align_corners) {
+  check_nchw(x, "upsample_bilinear2d");
+  CM_CHECK(out_h > 0 && out_w > 0, "upsample_bilinear2d: output size must be positive, got ", out_h,
+           "x", out_w);
+  CM_CHECK(x.size(2) > 0 && x.size(3) > 0, "upsample_bilinear2d: empty spatial dims in shape ",
+           shape_str(x.shape()));
+  const Interp tw = bilinear_taps(x.size(3), out_w, align_corners, x.dtype(), x.device());
+  const Interp th = bilinear_taps(x.size(2), out_h, align_corners, x.dtype(), x.device());
+  const Tensor t =
+      add(mul(index_select(x, 3, tw.i0), tw.l0), mul(index_select(x, 3, tw.i1), tw.l1));
+  const Tensor l0h = reshape(th.l0, {out_h, 1}), l1h = reshape(th.l1, {out_h, 1});
+  return add(mul(index_select(t, 2, th.i0), l0h), mul(index_select(t, 2, th.i1), l1h));
+}
+
+// x [N, C, H, W] -> [N, C, Ho, Wo], Ho = (H + 2·padding − kernel)/stride + 1: x zero-padded, then
+// the sum of the kernel² strided views xp[:, :, i::stride, j::stride] (added row by row, as PyTorch
+// sums a window) divided by kernel² (padding counted, and with floor-mode output sizes no window
+// reaches past the padding).
+Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
+  check_nchw(x, "avg_pool2d");
+  if (stride == 0) stride = kernel;
+  CM_CHECK(kernel > 0 && stride > 0, "avg_pool2d: kernel and stride must be positive, got kernel ",
+           kernel, ", stride ", stride);
+  CM_CHECK(padding >= 0 && 2 * padding <= kernel, "avg_pool2d: padding ", padding,
+           " must be in [0, kernel/2] for kernel ", kernel);
+  const int64_t Hp = x.size(2) + 2 * padding, Wp = x.size(3) + 2 * padding;
+  CM_CHECK(Hp >= kernel && Wp >= kernel, "avg_pool2d: kernel ", kernel,
+           " is larger than the padded input (shape ", shape_str(x.shape()), ", padding ", padding,
+           ")");
+  const int64_t Ho = (Hp - kernel) / stride + 1, Wo = (Wp - kernel) / stride + 1;
+  const Tensor xp = padding > 0 ? pad(x, {padding, padding, padding, padding}) : x;
+  Tensor acc;
+  for (int64_t i = 0; i < kernel; ++i) {
+    const Tensor rows = slice(xp, 2, i, i + stride * (Ho - 1) + 1, stride);
+    for (int64_t j = 0; j < kernel; ++j) {
+      const Tensor win = slice(rows, 3, j, j + stride * (Wo - 1) + 1, stride);
+      acc = acc.defined() ? add(acc, win) : win;
+    }
+  }
+  return div(acc, double(kernel * kernel));
+}
+
+// q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv] -> [..., Lq, Dv] (batch dims broadcast):
+// softmax((q·scale)·kᵀ)·v. For f16/bf16 the scores go to f32 for the softmax and the weights back
+// to the input dtype for the product with v.
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                                    std::optional<double> scale) {
+  const char* op = "scaled_dot_product_attention";
+  CM_CHECK(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2, op,
+           ": q, k, v must be [..., L, D], got shapes ", shape_str(q.shape()), ", ",
+           shape_str(k.shape()), ", ", shape_str(v.shape()));
+  check_floating(q, op, "q");
+  CM_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op,
+           ": q, k, v must share a dtype, got ", dtype_name(q.dtype()), ", ", dtype_name(k.dtype()),
+           ", ", dtype_name(v.dtype()));
+  CM_CHECK(q.size(-1) == k.size(-1) && k.size(-2) == v.size(-2), op, ": shapes do not match: q ",
+           shape_str(q.shape()), ", k ", shape_str(k.shape()), ", v ", shape_str(v.shape()),
+           " (need q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv])");
+  common_device({q, k, v}, op);
+  const double s = scale.value_or(1.0 / std::sqrt(double(q.size(-1))));
+  Tensor scores = matmul(mul(q, s), transpose(k, -2, -1));
+  const bool low = q.dtype() == DType::f16 || q.dtype() == DType::bf16;
+  Tensor attn = softmax(low ? to(scores, DType::f32) : scores, -1);
+  return matmul(low ? to(attn, q.dtype()) : attn, v);
+}
+
+}  // namespace cm

@@ -1,0 +1,59 @@
+// Group normalisation as one fused op: the forward kernel returns the output with the per-(n,
+// group) mean and rstd, which are all the backward needs (with x and weight); the backward kernel
+// gives dx, dweight and dbias in one pass (closed form in tensor/cpu/norm.cpp).
+#include "autograd/ops/common.h"
+
+namespace cm {
+using namespace opdetail;
+
+// x [N, C, *], weight/bias [C] -> [N, C, *]; mean/rstd [N, G] in f32 (f64 for f64 x).
+Tensor group_norm(const Tensor& x0, int64_t groups, const Tensor& weight0, const Tensor& bias0,
+                  double eps) {
+  CM_CHECK(x0.dim() >= 2, "group_norm: x must be [N, C, *], got shape ", shape_str(x0.shape()));
+  CM_CHECK(is_floating(x0.dtype()), "group_norm: x must be floating, got ", dtype_name(x0.dtype()));
+  const int64_t N = x0.size(0), C = x0.size(1);
+  CM_CHECK(groups > 0 && C % groups == 0, "group_norm: ", C, " channels (shape ",
+           shape_str(x0.shape()), ") are not divisible into ", groups, " groups");
+  CM_CHECK(eps >= 0, "group_norm: eps must be non-negative, got ", eps);
+  common_device({x0, weight0, bias0}, "group_norm");
+  for (const Tensor* p : {&weight0, &bias0}) {
+    if (!p->defined()) continue;
+    const char* what = p == &weight0 ? "weight" : "bias";
+    CM_CHECK(p->shape() == Shape{C}, "group_norm: ", what, " must have shape [", C, "], got ",
+             shape_str(p->shape()));
+    CM_CHECK(p->dtype() == x0.dtype(), "group_norm: ", what, " has dtype ", dtype_name(p->dtype()),
+             ", x has ", dtype_name(x0.dtype()));
+  }
+  // The kernels take contiguous operands; the copies carry no history (the node links x itself).
+  const Tensor x = contiguous(detach(x0));
+  const Tensor weight = weight0.defined() ? contiguous(detach(weight0)) : Tensor();
+  const Tensor bias = bias0.defined() ? contiguous(detach(bias0)) : Tensor();
+  const DType stat_dtype = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  Tensor y = new_empty(x.shape(), x.dtype(), x.device());
+  Tensor mean = new_empty({N, groups}, stat_dtype, x.device());
+  Tensor rstd = new_empty({N, groups}, stat_dtype, x.device());
+  backend_of(x).group_norm(x, weight, bias, groups, eps, y, mean, rstd);
+
+  if (needs_grad({x0, weight0, bias0})) {
+    const bool gx = x0.requires_grad();
+    const bool gw = weight0.defined() && weight0.requires_grad();
+    const bool gb = bias0.defined() && bias0.requires_grad();
+    SavedTensor sx(x, "group_norm");
+    SavedTensor sw = (gx && weight.defined()) ? SavedTensor(weight, "group_norm") : SavedTensor();
+    SavedTensor smean(mean, "group_norm"), srstd(rstd, "group_norm");
+    const Shape xs = x.shape();
+    record("group_norm", {x0, weight0, bias0}, {y}, [=](const Grads& g) {
+      const Tensor dy = contiguous(g[0]);
+      const TensorOptions opt{.dtype = dy.dtype(), .device = dy.device()};
+      Tensor dx = gx ? empty(xs, opt) : Tensor();
+      Tensor dw = gw ? empty({C}, opt) : Tensor();
+      Tensor db = gb ? empty({C}, opt) : Tensor();
+      backend_of(dy).group_norm_backward(dy, sx.get(), sw.get(), smean.get(), srstd.get(), groups,
+                                         dx, dw, db);
+      return Grads{dx, dw, db};
+    });
+  }
+  return y;
+}
+
+}  // namespace cm

@@ -1,0 +1,60 @@
+// A minimal ZIP reader: the central directory, and entries stored (method 0) or deflated (method 8,
+// zlib raw inflate), each checked against its CRC-32. Enough for EDM's dataset zips and NumPy's
+// .npz. ZIP64 archives, multi-disk archives and encrypted entries are refused with a clear message.
+// Every offset and size read from the file is bounds-checked: a malformed archive is a cm::Error
+// naming the file (and the entry), never a crash or an unbounded allocation.
+//
+// Sizes come from the central directory. The local header is only used to find where an entry's
+// data begins, so NumPy's .npz (whose local headers carry ZIP64 extras even for small entries)
+// reads fine.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace cm::data {
+
+struct ZipEntry {
+  std::string name;  // as stored, '/'-separated
+  uint16_t method = 0;
+  uint16_t flags = 0;
+  uint32_t crc32 = 0;
+  uint64_t compressed_size = 0;
+  uint64_t uncompressed_size = 0;
+  uint64_t local_header_offset = 0;
+  bool is_directory() const { return !name.empty() && name.back() == '/'; }
+};
+
+class ZipReader {
+ public:
+  // Opens the archive and reads its central directory.
+  explicit ZipReader(const std::string& path);
+  ~ZipReader();
+  ZipReader(const ZipReader&) = delete;
+  ZipReader& operator=(const ZipReader&) = delete;
+
+  const std::string& path() const { return path_; }
+  // The entries in central-directory order.
+  const std::vector<ZipEntry>& entries() const { return entries_; }
+  // The entry with this exact name (the first one if the name repeats), or null.
+  const ZipEntry* find(const std::string& name) const;
+  // The uncompressed bytes of an entry (CRC-checked). Safe to call from several threads.
+  std::vector<uint8_t> read(const ZipEntry& entry) const;
+  // The same by name; a missing entry is an error naming the archive and the entry.
+  std::vector<uint8_t> read(const std::string& name) const;
+
+ private:
+  void read_at(uint64_t offset, void* dst, size_t n, const std::string& what) const;
+
+  std::string path_;
+  int fd_ = -1;
+  uint64_t file_size_ = 0;
+  uint64_t central_dir_offset_ = 0;  // entries' data must end before it
+  std::vector<ZipEntry> entries_;
+  std::unordered_map<std::string, size_t> index_;  // name -> first entry with that name
+};
+
+}  // namespace cm::data

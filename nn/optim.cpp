@@ -1,0 +1,314 @@
+// Adam, AdamW, RAdam, gradient clipping and warm-up. The update formulas follow torch 1.13's
+// _single_tensor_adam / _single_tensor_adamw / _single_tensor_radam operation by operation (same
+// scalar expressions, same order of tensor ops), so f64 runs agree with PyTorch to rounding.
+#include "nn/optim.h"
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+namespace cm::nn {
+
+namespace {
+
+std::string list_names(const std::vector<std::string>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size() && i < 20; ++i) s += (i ? ", " : "") + v[i];
+  if (v.size() > 20) s += ", ... (" + std::to_string(v.size()) + " in all)";
+  return s;
+}
+
+// "<i>.<rest>" -> (i, rest); nullopt when the key has no numeric prefix.
+std::optional<std::pair<size_t, std::string>> split_key(const std::string& key) {
+  const size_t dot = key.find('.');
+  if (dot == 0 || dot == std::string::npos) return std::nullopt;
+  for (size_t c = 0; c < dot; ++c)
+    if (key[c] < '0' || key[c] > '9') return std::nullopt;
+  return std::make_pair(size_t(std::stoull(key.substr(0, dot))), key.substr(dot + 1));
+}
+
+double scalar_of(const std::map<std::string, Tensor>& state, const std::string& key,
+                 const std::string& who) {
+  const Tensor& t = state.at(key);
+  CM_CHECK(t.numel() == 1, who, "::load_state: \"", key, "\" should hold one value, has shape ",
+           shape_str(t.shape()));
+  return t.item<double>();
+}
+
+void check_adam_options(const AdamOptions& o, const std::string& who) {
+  CM_CHECK(o.lr >= 0, who, ": invalid learning rate ", o.lr);
+  CM_CHECK(o.eps >= 0, who, ": invalid eps ", o.eps);
+  CM_CHECK(o.beta1 >= 0 && o.beta1 < 1, who, ": invalid beta1 ", o.beta1, " (need 0 <= beta1 < 1)");
+  CM_CHECK(o.beta2 >= 0 && o.beta2 < 1, who, ": invalid beta2 ", o.beta2, " (need 0 <= beta2 < 1)");
+  CM_CHECK(o.weight_decay >= 0, who, ": invalid weight_decay ", o.weight_decay);
+}
+
+}  // namespace
+
+// ---- Optimizer
+// ------------------------------------------------------------------------------------------------------
+
+Optimizer::Optimizer(std::vector<Tensor> params, double lr, std::string name)
+    : params_(std::move(params)), state_(params_.size()), lr_(lr), name_(std::move(name)) {
+  CM_CHECK(lr >= 0, name_, ": invalid learning rate ", lr);
+  std::set<const TensorImpl*> seen;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const Tensor& p = params_[i];
+    CM_CHECK(p.defined(), name_, ": parameter ", i, " is undefined");
+    CM_CHECK(is_floating(p.dtype()), name_, ": parameter ", i, " has dtype ", dtype_name(p.dtype()),
+             " (parameters are floating point)");
+    CM_CHECK(p.is_leaf(), name_, ": parameter ", i, " is not a leaf (it has a grad_fn)");
+    CM_CHECK(seen.insert(p.impl()).second, name_, ": parameter ", i, " appears twice in the list");
+  }
+}
+
+void Optimizer::set_lr(double lr) {
+  CM_CHECK(lr >= 0, name_, ": invalid learning rate ", lr);
+  lr_ = lr;
+}
+
+const ParamState* Optimizer::param_state(size_t i) const {
+  CM_CHECK(i < params_.size(), name_, "::param_state: index ", i, " out of range (", params_.size(),
+           " parameters)");
+  return state_[i] ? &*state_[i] : nullptr;
+}
+
+void Optimizer::step() {
+  NoGradGuard ng;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    Tensor& p = params_[i];
+    const Tensor g = p.grad();
+    if (!g.defined()) continue;
+    CM_CHECK(g.shape() == p.shape() && g.dtype() == p.dtype() && g.device() == p.device(), name_,
+             "::step: the gradient of parameter ", i, " (", shape_str(g.shape()), " ",
+             dtype_name(g.dtype()), " on ", g.device().str(), ") does not match the parameter (",
+             shape_str(p.shape()), " ", dtype_name(p.dtype()), " on ", p.device().str(), ")");
+    if (!state_[i]) {
+      ParamState s;
+      for (const std::string& n : state_names()) s.tensors[n] = zeros_like(p);
+      state_[i] = std::move(s);
+    }
+    ParamState& s = *state_[i];
+    ++s.step;
+    update(p, g, s);
+  }
+  ++steps_;
+}
+
+void Optimizer::zero_grad() {
+  for (Tensor& p : params_) p.zero_grad();
+}
+
+std::map<std::string, Tensor> Optimizer::state() const {
+  NoGradGuard ng;
+  std::map<std::string, Tensor> out;
+  out["steps"] = scalar_tensor(double(steps_), {.dtype = DType::f64});
+  out["lr"] = scalar_tensor(lr_, {.dtype = DType::f64});
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!state_[i]) continue;
+    const std::string prefix = std::to_string(i) + ".";
+    out[prefix + "step"] = scalar_tensor(double(state_[i]->step), {.dtype = DType::i64});
+    for (const auto& [n, t] : state_[i]->tensors) out[prefix + n] = clone(t);
+  }
+  return out;
+}
+
+void Optimizer::load_state(const std::map<std::string, Tensor>& state) {
+  const std::vector<std::string> names = state_names();
+  std::vector<std::string> problems;
+  std::set<std::string> used;
+  for (const char* k : {"steps", "lr"}) {
+    if (state.count(k))
+      used.insert(k);
+    else
+      problems.push_back(std::string("missing \"") + k + "\"");
+  }
+  // Parameters with a "<i>.step" entry must have all their tensors, of the parameter's shape.
+  std::vector<bool> present(params_.size(), false);
+  for (const auto& [key, t] : state) {
+    if (used.count(key)) continue;
+    auto parsed = split_key(key);
+    if (!parsed || parsed->first >= params_.size() ||
+        (parsed->second != "step" &&
+         std::find(names.begin(), names.end(), parsed->second) == names.end())) {
+      problems.push_back("unexpected \"" + key + "\"");
+      continue;
+    }
+    used.insert(key);
+    if (parsed->second == "step") present[parsed->first] = true;
+  }
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const std::string prefix = std::to_string(i) + ".";
+    for (const std::string& n : names) {
+      auto it = state.find(prefix + n);
+      if (!present[i]) {
+        if (it != state.end())
+          problems.push_back("\"" + prefix + n + "\" without \"" + prefix + "step\"");
+        continue;
+      }
+      if (it == state.end())
+        problems.push_back("missing \"" + prefix + n + "\"");
+      else if (it->second.shape() != params_[i].shape())
+        problems.push_back("\"" + prefix + n + "\" has shape " + shape_str(it->second.shape()) +
+                           ", parameter " + shape_str(params_[i].shape()));
+    }
+  }
+  CM_CHECK(problems.empty(), name_,
+           "::load_state: the state does not match this optimizer: ", list_names(problems));
+
+  NoGradGuard ng;
+  const double lr = scalar_of(state, "lr", name_);
+  const double steps = scalar_of(state, "steps", name_);
+  CM_CHECK(lr >= 0 && steps >= 0, name_, "::load_state: invalid lr ", lr, " or steps ", steps);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!present[i]) {
+      state_[i].reset();
+      continue;
+    }
+    const std::string prefix = std::to_string(i) + ".";
+    ParamState s;
+    s.step = int64_t(scalar_of(state, prefix + "step", name_));
+    for (const std::string& n : names) {
+      Tensor t = zeros_like(params_[i]);
+      copy_(t, state.at(prefix + n));  // converts dtype and device
+      s.tensors[n] = t;
+    }
+    state_[i] = std::move(s);
+  }
+  lr_ = lr;
+  steps_ = int64_t(steps);
+}
+
+// ---- Adam / AdamW
+// ---------------------------------------------------------------------------------------------------
+
+Adam::Adam(std::vector<Tensor> params, AdamOptions opt) : Adam(std::move(params), opt, "Adam") {}
+
+Adam::Adam(std::vector<Tensor> params, AdamOptions opt, std::string name)
+    : Optimizer(std::move(params), opt.lr, std::move(name)), opt_(opt) {
+  check_adam_options(opt_, this->name());
+}
+
+AdamW::AdamW(std::vector<Tensor> params, AdamOptions opt)
+    : Adam(
+          std::move(params),
+          [&] {
+            opt.decoupled_weight_decay = true;
+            return opt;
+          }(),
+          "AdamW") {}
+
+void Adam::update(Tensor& param, const Tensor& grad, ParamState& s) {
+  const double lr = this->lr(), b1 = opt_.beta1, b2 = opt_.beta2, wd = opt_.weight_decay;
+  Tensor& exp_avg = s.tensors.at("exp_avg");
+  Tensor& exp_avg_sq = s.tensors.at("exp_avg_sq");
+  Tensor g = grad;
+  if (wd != 0) {
+    if (opt_.decoupled_weight_decay)
+      mul_(param, 1 - lr * wd);
+    else
+      g = add(grad, param, wd);
+  }
+  mul_(exp_avg, b1);
+  add_(exp_avg, g, 1 - b1);
+  mul_(exp_avg_sq, b2);
+  addcmul_(exp_avg_sq, g, g, 1 - b2);
+
+  const double t = double(s.step);
+  const double bias_correction1 = 1 - std::pow(b1, t);
+  const double bias_correction2 = 1 - std::pow(b2, t);
+  const double step_size = lr / bias_correction1;
+  const double bias_correction2_sqrt = std::sqrt(bias_correction2);
+  Tensor denom = div(sqrt(exp_avg_sq), bias_correction2_sqrt);
+  add_(denom, opt_.eps);
+  addcdiv_(param, exp_avg, denom, -step_size);
+}
+
+// ---- RAdam
+// ----------------------------------------------------------------------------------------------------------
+
+RAdam::RAdam(std::vector<Tensor> params, AdamOptions opt)
+    : Optimizer(std::move(params), opt.lr, "RAdam"), opt_(opt) {
+  check_adam_options(opt_, name());
+}
+
+void RAdam::update(Tensor& param, const Tensor& grad, ParamState& s) {
+  const double lr = this->lr(), b1 = opt_.beta1, b2 = opt_.beta2, wd = opt_.weight_decay;
+  Tensor& exp_avg = s.tensors.at("exp_avg");
+  Tensor& exp_avg_sq = s.tensors.at("exp_avg_sq");
+  const double t = double(s.step);
+  const double bias_correction1 = 1 - std::pow(b1, t);
+  const double bias_correction2 = 1 - std::pow(b2, t);
+  Tensor g = grad;
+  if (wd != 0) {
+    if (opt_.decoupled_weight_decay)
+      mul_(param, 1 - lr * wd);
+    else
+      g = add(grad, param, wd);
+  }
+  mul_(exp_avg, b1);
+  add_(exp_avg, g, 1 - b1);
+  mul_(exp_avg_sq, b2);
+  addcmul_(exp_avg_sq, g, g, 1 - b2);
+
+  Tensor bias_corrected_exp_avg = div(exp_avg, bias_correction1);
+  const double rho_inf = 2 / (1 - b2) - 1;
+  const double rho_t = rho_inf - 2 * t * std::pow(b2, t) / bias_correction2;
+  if (rho_t > 5) {
+    const double rect =
+        std::sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t));
+    Tensor exp_avg_sq_sqrt = sqrt(exp_avg_sq);
+    add_(exp_avg_sq_sqrt, opt_.eps);
+    Tensor adaptive_lr = rdiv(std::sqrt(bias_correction2), exp_avg_sq_sqrt);
+    add_(param, mul(mul(mul(bias_corrected_exp_avg, lr), adaptive_lr), rect), -1.0);
+  } else {
+    add_(param, mul(bias_corrected_exp_avg, lr), -1.0);
+  }
+}
+
+// ---- gradient utilities
+// ---------------------------------------------------------------------------------------------
+
+double grad_norm(const std::vector<Tensor>& params) {
+  NoGradGuard ng;
+  // As torch: the norm of each gradient, then the norm of those norms.
+  double total_sq = 0;
+  for (const Tensor& p : params) {
+    const Tensor g = p.defined() ? p.grad() : Tensor();
+    if (!g.defined()) continue;
+    const double n = std::sqrt(sum(square(to(g, DType::f64))).item<double>());
+    total_sq += n * n;
+  }
+  return std::sqrt(total_sq);
+}
+
+double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
+  CM_CHECK(max_norm >= 0, "clip_grad_norm: invalid max_norm ", max_norm);
+  const double total = grad_norm(params);
+  const double coef = max_norm / (total + 1e-6);
+  if (!(coef >= 1.0)) {  // also when NaN, as torch (which multiplies by clamp(coef, max=1) always)
+    NoGradGuard ng;
+    for (const Tensor& p : params) {
+      Tensor g = p.grad();
+      if (g.defined()) mul_(g, coef);
+    }
+  }
+  return total;
+}
+
+bool grads_finite(const std::vector<Tensor>& params) {
+  NoGradGuard ng;
+  for (const Tensor& p : params) {
+    const Tensor g = p.defined() ? p.grad() : Tensor();
+    if (!g.defined() || !is_floating(g.dtype())) continue;
+    if (sum(isfinite(g)).item<int64_t>() != g.numel()) return false;
+  }
+  return true;
+}
+
+double warmup_lr(double base_lr, double progress, double warmup) {
+  if (!(warmup > 0)) return base_lr;
+  return base_lr * std::min(progress / warmup, 1.0);
+}
+
+}  // namespace cm::nn

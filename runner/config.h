@@ -1,0 +1,99 @@
+// Run configuration: a JSON file validated against a schema of every field cm knows. Unknown keys
+// are rejected with the closest known key as a suggestion; wrong types and out-of-range values are
+// reported with their JSON path; fields that do not apply to the chosen mode (a teacher under CT,
+// say) are rejected. All problems are reported together. The resolved configuration (the file with
+// every default filled in) is what a run saves and what a resume reads back.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <string>
+#include <vector>
+
+#include "consistency/training.h"
+#include "nn/songunet.h"
+
+namespace cm::runner {
+
+using json = nlohmann::json;
+
+// One field of the schema.
+struct Field {
+  std::string path;  // "/train/lr"
+  enum class Kind { Int, Number, String, Bool, NumberList, IntList, StringOrNull, Object } kind;
+  json default_value;                // null: no default (required when applicable, unless optional)
+  double min = -1e300, max = 1e300;  // numeric range (inclusive)
+  std::vector<std::string> choices;  // allowed strings (empty: any)
+  std::vector<std::string> modes;    // modes the field applies to (empty: all)
+  std::string help;
+  bool optional = false;  // may be absent without a default
+};
+
+// The schema of all run configurations (also printed by `cm train --help-config`).
+const std::vector<Field>& config_schema();
+
+// Validates `user` (read from `source`, named in messages) and returns it with every applicable
+// default filled in. Throws cm::Error listing every problem.
+json resolve_config(const json& user, const std::string& source);
+
+// Applies "--set a.b.c=value" overrides (value parsed as JSON when it parses, else as a string).
+void apply_overrides(json& user, const std::vector<std::string>& sets);
+
+// Reads a JSON file with clear errors (missing file, parse error with line and column).
+json read_json_file(const std::string& path);
+
+// Typed views of a resolved configuration.
+struct DataConfig {
+  std::string dataset;
+  bool flip = false;
+  bool labels = false;
+};
+
+struct TrainConfig {
+  int64_t steps = 0, batch = 0;
+  double lr = 0;
+  std::string optimizer;  // "radam", "adam", "adamw"
+  double beta1 = 0.9, beta2 = 0.999, eps = 1e-8, weight_decay = 0;
+  int64_t warmup_steps = 0;
+  double grad_clip = 0;          // 0: off
+  std::vector<double> ema;       // eval EMA decay rates
+  double ema_halflife_kimg = 0;  // > 0: EDM's half-life EMA (with ramp) instead of fixed rates
+  double ema_rampup_ratio = 0.05;
+  int64_t log_every = 0, checkpoint_every = 0, sample_every = 0, layer_stats_every = 0;
+  int64_t keep_checkpoints = 0;  // 0: keep all
+};
+
+struct ConsistencyConfig {
+  consistency::Schedule schedule;
+  consistency::LossOptions loss;
+  consistency::Solver solver = consistency::Solver::Heun;
+  std::string teacher;  // CD: a teacher run directory or checkpoint file
+};
+
+struct SampleConfig {
+  int64_t grid = 64;                  // images per sample grid
+  std::vector<double> two_step_taus;  // intermediate σ of the grid's multistep samples
+  int64_t teacher_steps = 18;         // EDM Heun steps for teacher (mode edm) grids
+};
+
+struct RunConfig {
+  std::string mode;  // "ct", "cd", "edm"
+  std::string name;
+  uint64_t seed = 0;
+  Device device;
+  DType precision = DType::f32;  // compute dtype of the network
+  DataConfig data;
+  nn::SongUNetConfig network;
+  std::string network_preset;
+  TrainConfig train;
+  ConsistencyConfig cons;
+  consistency::EdmLossOptions edm;
+  consistency::NoiseConstants noise;
+  SampleConfig sample;
+  json resolved;
+};
+
+// Typed configuration from a resolved JSON (resolve_config's output).
+RunConfig typed_config(const json& resolved);
+
+}  // namespace cm::runner

@@ -1,0 +1,101 @@
+// The training loop of `cm train`: one class that owns the networks (online, target, teacher),
+// the optimizer, the eval EMAs, the data loader and the random generators of a run, takes steps of
+// CT, CD or EDM-teacher training, and saves and restores all of it so that a resumed run is
+// bit-identical to an uninterrupted one on the CPU.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "consistency/edm.h"
+#include "consistency/training.h"
+#include "datasets/loader.h"
+#include "nn/amp.h"
+#include "nn/ema.h"
+#include "nn/optim.h"
+#include "runner/config.h"
+#include "runner/run_dir.h"
+
+namespace cm::runner {
+
+// What one training step measured.
+struct StepStats {
+  double loss = 0;
+  double grad_norm = 0;
+  double lr = 0;
+  double mu = 0;         // target decay used after the step (CT/CD)
+  int64_t n = 0;         // grid size N(k) (CT/CD)
+  bool skipped = false;  // non-finite gradients: the update was skipped
+};
+
+class Trainer {
+ public:
+  // Builds everything for `cfg`; with `checkpoint`, restores the run's state from it.
+  Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpoint, Logger* log);
+  ~Trainer();
+
+  // One optimisation step at step() (then step() advances by one).
+  StepStats train_step();
+  int64_t step() const { return step_; }
+
+  // Saves the whole state atomically.
+  void save_checkpoint(const std::string& path) const;
+
+  // The sample grids of the current weights (eval EMA when there is one), written as PNGs
+  // into `dir`: "grid-<step>-1step.png" and "grid-<step>-2step.png" (CT/CD), or
+  // "grid-<step>-heun.png" (EDM). Returns the paths.
+  std::vector<std::string> write_sample_grids(const std::string& dir) const;
+
+  // Per-layer statistics (gradient and weight norms, update/weight ratio, activation mean and std
+  // of every U-Net stage) of the last step that computed them (every train.layer_stats_every
+  // steps).
+  const nlohmann::json& layer_stats() const { return last_stats_; }
+
+  const nn::SongUNet& online() const { return *online_; }
+  const RunConfig& config() const { return cfg_; }
+  int64_t skipped_steps() const { return skipped_; }
+  const data::Loader& loader() const { return *loader_; }
+
+ private:
+  void restore(const std::string& checkpoint);
+  consistency::Denoiser denoiser(const nn::SongUNet& net, consistency::Parameterization p) const;
+  // The network to evaluate and sample from: the first eval EMA written into a scratch network.
+  const nn::SongUNet& eval_network() const;
+
+  RunConfig cfg_;
+  Logger* log_;
+  int64_t step_ = 0;
+  int64_t skipped_ = 0;
+  Generator gen_;      // indices, noise levels and noise of the losses
+  Generator dropout_;  // dropout masks (replayed for the target)
+
+  std::unique_ptr<data::Loader> loader_;
+  std::unique_ptr<nn::SongUNet> online_;
+  std::unique_ptr<nn::SongUNet> target_;   // CT/CD with a target EMA (μ > 0 at some step)
+  std::unique_ptr<nn::SongUNet> teacher_;  // CD
+  std::unique_ptr<nn::SongUNet> scratch_;  // eval-EMA weights for sampling
+  std::unique_ptr<nn::Ema> target_ema_;
+  std::vector<std::unique_ptr<nn::Ema>> emas_;
+  std::unique_ptr<nn::Optimizer> opt_;
+  std::unique_ptr<nn::DynamicLossScaler> scaler_;  // f16 only
+
+  // layer statistics of the last step that computed them
+  nlohmann::json last_activations_;
+  nlohmann::json last_stats_;
+};
+
+// Loads a network and its weights from a checkpoint of a run: the run's configuration comes from
+// the checkpoint's metadata; `which` is "ema" (the first eval EMA), "ema:<rate>", "online" or
+// "target". Used by CD (the teacher), `cm sample` and `cm eval`.
+struct LoadedNetwork {
+  std::unique_ptr<nn::SongUNet> net;
+  RunConfig config;
+  int64_t step = 0;
+  std::string weights;  // which weights were loaded, spelled out
+};
+LoadedNetwork load_network(const std::string& checkpoint_or_run_dir, const std::string& which,
+                           Device device);
+
+}  // namespace cm::runner

@@ -1,0 +1,180 @@
+// CPU group normalisation, forward and backward. x [N, C, *] is walked as N·G contiguous groups of
+// M = (C/G)·HW elements (HW = the product of the spatial dims); OpenMP runs over (n, group), so the
+// order of every sum is fixed and results do not depend on the thread count.
+//
+// Statistics are two-pass (the mean, then Σ(x − mean)² by the corrected two-pass formula of Chan,
+// Golub and LeVeque), accumulated in f64 as the other CPU reductions, and stored as f32 (f64 for
+// f64 x); the forward itself uses the f64 values. The backward is the closed form
+//   x̂ = (x − mean)·rstd,  dx = rstd·(w[c]·dy − (Σ w·dy)/M − x̂·(Σ w·dy·x̂)/M),
+//   dweight[c] = Σ_{n, hw} dy·x̂,  dbias[c] = Σ_{n, hw} dy,
+// with the per-(n, c) sums Σ dy·x̂ and Σ dy computed once and shared by the three gradients.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "tensor/cpu/cpu_backend.h"
+#include "tensor/cpu/loops.h"
+
+namespace cm::cpu {
+namespace {
+
+// The geometry of a group_norm call.
+struct GnDims {
+  int64_t N, C, G, Cg, HW;
+  int64_t M() const { return Cg * HW; }
+};
+
+GnDims gn_dims(const Tensor& x, int64_t groups) {
+  GnDims d{x.shape()[0], x.shape()[1], groups, x.shape()[1] / groups, 1};
+  for (int64_t k = 2; k < x.dim(); ++k) d.HW *= x.shape()[size_t(k)];
+  return d;
+}
+
+// weight[c] (1 when there is no weight) and bias[c] (0 when there is none), as doubles.
+template <class T>
+std::vector<double> per_channel(const Tensor& t, int64_t C, double dflt) {
+  std::vector<double> v(size_t(C), dflt);
+  if (!t.defined()) return v;
+  const T* p = static_cast<const T*>(t.data_ptr());
+  for (int64_t c = 0; c < C; ++c) v[size_t(c)] = double(static_cast<compute_t<T>>(p[c]));
+  return v;
+}
+
+template <class T, class S>
+void group_norm_typed(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
+                      double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) {
+  const T* xp = static_cast<const T*>(x.data_ptr());
+  T* op = static_cast<T*>(out.data_ptr());
+  S* mp = static_cast<S*>(mean.data_ptr());
+  S* rp = static_cast<S*>(rstd.data_ptr());
+  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0),
+                            b = per_channel<T>(bias, d.C, 0.0);
+  const int64_t M = d.M();
+  parallel_for(d.N * d.G, 3 * M, [&](int64_t ng) {
+    const T* xg = xp + ng * M;
+    T* og = op + ng * M;
+    double mu = 0, var = 0;
+    if (M > 0) {
+      for (int64_t i = 0; i < M; ++i) mu += double(static_cast<compute_t<T>>(xg[i]));
+      mu /= double(M);
+      // Second pass: Σ e and Σ e² with e = x − mean. Σ e (zero in exact arithmetic) corrects the
+      // rounding of the first pass, for the mean and the variance alike.
+      double s1 = 0, s2 = 0;
+      for (int64_t i = 0; i < M; ++i) {
+        const double e = double(static_cast<compute_t<T>>(xg[i])) - mu;
+        s1 += e;
+        s2 += e * e;
+      }
+      mu += s1 / double(M);
+      var = std::max(0.0, (s2 - s1 * s1 / double(M)) / double(M));
+    }
+    const double r = 1.0 / std::sqrt(var + eps);
+    mp[ng] = S(mu);
+    rp[ng] = S(r);
+    const int64_t c0 = (ng % d.G) * d.Cg;
+    for (int64_t j = 0; j < d.Cg; ++j) {
+      const double scale = r * w[size_t(c0 + j)], shift = b[size_t(c0 + j)];
+      const T* xc = xg + j * d.HW;
+      T* oc = og + j * d.HW;
+      for (int64_t i = 0; i < d.HW; ++i)
+        oc[i] = convert<T>((double(static_cast<compute_t<T>>(xc[i])) - mu) * scale + shift);
+    }
+  });
+}
+
+template <class T, class S>
+void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                               const Tensor& mean, const Tensor& rstd, const GnDims& d,
+                               const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  const T* gp = static_cast<const T*>(grad_out.data_ptr());
+  const T* xp = static_cast<const T*>(x.data_ptr());
+  const S* mp = static_cast<const S*>(mean.data_ptr());
+  const S* rp = static_cast<const S*>(rstd.data_ptr());
+  T* gxp = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
+  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0);
+  const int64_t M = d.M();
+  // Per (n, c): Σ_hw dy·x̂ and Σ_hw dy.
+  std::vector<double> sum_dy_xhat(size_t(d.N * d.C)), sum_dy(size_t(d.N * d.C));
+  parallel_for(d.N * d.G, 3 * M, [&](int64_t ng) {
+    const double mu = double(mp[ng]), r = double(rp[ng]);
+    const int64_t n = ng / d.G, c0 = (ng % d.G) * d.Cg;
+    double a = 0, bsum = 0;  // Σ w·dy and Σ w·dy·x̂ over the group
+    for (int64_t j = 0; j < d.Cg; ++j) {
+      const int64_t off = ng * M + j * d.HW;
+      double sdx = 0, sd = 0;
+      for (int64_t i = 0; i < d.HW; ++i) {
+        const double dy = double(static_cast<compute_t<T>>(gp[off + i]));
+        sd += dy;
+        sdx += dy * (double(static_cast<compute_t<T>>(xp[off + i])) - mu);
+      }
+      sdx *= r;
+      sum_dy_xhat[size_t(n * d.C + c0 + j)] = sdx;
+      sum_dy[size_t(n * d.C + c0 + j)] = sd;
+      a += w[size_t(c0 + j)] * sd;
+      bsum += w[size_t(c0 + j)] * sdx;
+    }
+    if (!gxp || M == 0) return;
+    const double ma = a / double(M), mb = bsum / double(M);
+    for (int64_t j = 0; j < d.Cg; ++j) {
+      const int64_t off = ng * M + j * d.HW;
+      const double wc = w[size_t(c0 + j)];
+      for (int64_t i = 0; i < d.HW; ++i) {
+        const double dy = double(static_cast<compute_t<T>>(gp[off + i]));
+        const double xhat = (double(static_cast<compute_t<T>>(xp[off + i])) - mu) * r;
+        gxp[off + i] = convert<T>(r * (wc * dy - ma - xhat * mb));
+      }
+    }
+  });
+  // dweight and dbias: the per-(n, c) sums added over n in order.
+  auto over_n = [&](const std::vector<double>& per_nc, const Tensor& dst) {
+    if (!dst.defined()) return;
+    T* p = static_cast<T*>(dst.data_ptr());
+    for (int64_t c = 0; c < d.C; ++c) {
+      double s = 0;
+      for (int64_t n = 0; n < d.N; ++n) s += per_nc[size_t(n * d.C + c)];
+      p[c] = convert<T>(s);
+    }
+  };
+  over_n(sum_dy_xhat, grad_w);
+  over_n(sum_dy, grad_b);
+}
+
+// The kernels take contiguous operands (the op layer makes them so).
+void check_contiguous(std::initializer_list<Tensor> ts, const char* op) {
+  for (const Tensor& t : ts)
+    CM_CHECK(!t.defined() || t.is_contiguous(), op, ": operands must be contiguous");
+}
+
+}  // namespace
+
+void CpuBackend::group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                            int64_t groups, double eps, const Tensor& out, const Tensor& mean,
+                            const Tensor& rstd) {
+  check_contiguous({x, weight, bias, out, mean, rstd}, "group_norm");
+  const GnDims d = gn_dims(x, groups);
+  CM_DISPATCH_FLOAT(x.dtype(), "group_norm", [&] {
+    if (mean.dtype() == DType::f64)
+      group_norm_typed<scalar_t, double>(x, weight, bias, d, eps, out, mean, rstd);
+    else
+      group_norm_typed<scalar_t, float>(x, weight, bias, d, eps, out, mean, rstd);
+  });
+}
+
+void CpuBackend::group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                     const Tensor& mean, const Tensor& rstd, int64_t groups,
+                                     const Tensor& grad_x, const Tensor& grad_w,
+                                     const Tensor& grad_b) {
+  check_contiguous({grad_out, x, weight, mean, rstd, grad_x, grad_w, grad_b},
+                   "group_norm_backward");
+  const GnDims d = gn_dims(x, groups);
+  CM_DISPATCH_FLOAT(x.dtype(), "group_norm_backward", [&] {
+    if (mean.dtype() == DType::f64)
+      group_norm_backward_typed<scalar_t, double>(grad_out, x, weight, mean, rstd, d, grad_x,
+                                                  grad_w, grad_b);
+    else
+      group_norm_backward_typed<scalar_t, float>(grad_out, x, weight, mean, rstd, d, grad_x, grad_w,
+                                                 grad_b);
+  });
+}
+
+}  // namespace cm::cpu

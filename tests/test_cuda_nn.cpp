@@ -1,0 +1,235 @@
+// GPU parity for group_norm and the neural-network functions (linear, embedding, dropout,
+// upsample_nearest2d, upsample_bilinear2d, avg_pool2d, scaled_dot_product_attention): CUDA against
+// CPU, forward and backward, in every layout and float dtype; group_norm with large means and
+// bit-for-bit repeatability; dropout masks identical on both devices. Each case exits with code 77
+// (CTest "skipped") where no GPU is present.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tests/helpers.h"
+
+using namespace cm;
+using namespace cm::test;
+
+namespace {
+
+void require_gpu() {
+  if (!cuda::is_available()) {
+    MESSAGE("no CUDA device: skipped");
+    std::fflush(stdout);
+    std::_Exit(77);
+  }
+}
+
+const Device kGpu = Device::cuda(0);
+
+// Tolerance of a comparison between devices, by dtype (as tests/test_cuda.cpp).
+double tol(DType t) {
+  switch (t) {
+    case DType::f64:
+      return 1e-10;
+    case DType::f32:
+      return 2e-5;
+    case DType::f16:
+      return 2e-2;
+    case DType::bf16:
+      return 5e-2;
+    default:
+      return 0;
+  }
+}
+
+// a (CPU) and b (any device) agree within rtol on the scale of a.
+void check_close(const Tensor& a, const Tensor& b, double rtol, const std::string& what) {
+  REQUIRE_MESSAGE(a.shape() == b.shape(), what, ": shapes ", shape_str(a.shape()), " vs ",
+                  shape_str(b.shape()));
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double scale = 1e-3;
+  for (double v : x)
+    if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
+  double worst = 0;
+  size_t at = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    if (x[i] == y[i]) continue;
+    const double e = std::fabs(x[i] - y[i]) / scale;
+    if (!(e <= worst)) {
+      worst = e;
+      at = i;
+    }
+  }
+  CHECK_MESSAGE(worst <= rtol, what, ": max relative difference ", worst, " at element ", at,
+                " (cpu ", x.empty() ? 0 : x[at], ", gpu ", y.empty() ? 0 : y[at], ")");
+}
+
+using V = const std::vector<Tensor>&;
+
+struct OpCase {
+  std::string name;
+  std::vector<Shape> shapes;
+  std::function<Tensor(V)> f;
+  double shift = 0;  // added to the inputs
+  double scale = 1;  // multiplies the inputs
+};
+
+Tensor index_on(const std::vector<int64_t>& v, const Shape& s, const Tensor& like) {
+  return from_vector(v, s, {.dtype = DType::i64, .device = like.device()});
+}
+
+std::vector<OpCase> op_cases() {
+  return {
+      {"group_norm_affine",
+       {{2, 6, 3, 4}, {6}, {6}},
+       [](V x) { return group_norm(x[0], 3, x[1], x[2]); }},
+      {"group_norm_no_spatial",
+       {{3, 4}, {4}, {4}},
+       [](V x) { return group_norm(x[0], 2, x[1], x[2], 1e-3); }},
+      {"group_norm_groups_eq_c", {{2, 8, 5}}, [](V x) { return group_norm(x[0], 8); }},
+      {"group_norm_one_group_3d",
+       {{1, 4, 2, 2, 3}, {4}},
+       [](V x) { return group_norm(x[0], 1, x[1]); }},
+      // more than one block's worth of elements per group and per channel, odd sizes
+      {"group_norm_large_hw",
+       {{2, 4, 33, 17}, {4}, {4}},
+       [](V x) { return group_norm(x[0], 2, x[1], x[2]); }},
+      // N above the block size of the dweight / dbias reduction over n
+      {"group_norm_large_n",
+       {{300, 4}, {4}, {4}},
+       [](V x) { return group_norm(x[0], 2, x[1], x[2]); }},
+      {"linear", {{3, 5, 4}, {6, 4}, {6}}, [](V x) { return linear(x[0], x[1], x[2]); }},
+      {"linear_no_bias", {{7, 4}, {3, 4}}, [](V x) { return linear(x[0], x[1]); }},
+      {"embedding",
+       {{6, 5}},
+       [](V x) {
+         return embedding(x[0], index_on({5, 0, 2, 2, 5, 1}, {2, 3}, x[0]));
+       }},
+      {"dropout",
+       {{9, 13}},
+       [](V x) {
+         Generator g(17, 3);
+         return dropout(x[0], 0.3, true, g);
+       }},
+      {"upsample_nearest2d", {{2, 3, 4, 5}}, [](V x) { return upsample_nearest2d(x[0], 3); }},
+      {"upsample_bilinear2d_up",
+       {{2, 3, 4, 5}},
+       [](V x) { return upsample_bilinear2d(x[0], 9, 7); }},
+      {"upsample_bilinear2d_down",
+       {{2, 3, 7, 9}},
+       [](V x) { return upsample_bilinear2d(x[0], 3, 4); }},
+      {"upsample_bilinear2d_align",
+       {{2, 3, 4, 5}},
+       [](V x) { return upsample_bilinear2d(x[0], 7, 3, true); }},
+      {"avg_pool2d", {{2, 3, 6, 6}}, [](V x) { return avg_pool2d(x[0], 2); }},
+      {"avg_pool2d_padded", {{2, 3, 7, 6}}, [](V x) { return avg_pool2d(x[0], 3, 2, 1); }},
+      {"sdpa",
+       {{2, 3, 5, 8}, {2, 3, 6, 8}, {2, 3, 6, 4}},
+       [](V x) { return scaled_dot_product_attention(x[0], x[1], x[2]); }},
+      {"sdpa_broadcast_scale",
+       {{2, 1, 5, 8}, {1, 3, 6, 8}, {1, 3, 6, 4}},
+       [](V x) { return scaled_dot_product_attention(x[0], x[1], x[2], 0.2); }},
+      // group_norm near 100 ± 1 in f32 (near 1e6 ± 0.01 in f64 below): the statistics must not
+      // cancel
+      {"group_norm_large_mean",
+       {{2, 4, 6, 5}, {4}},
+       [](V x) { return group_norm(x[0], 2, x[1]); },
+       100.0},
+  };
+}
+
+// Runs case `oc` in dtype `dt` with inputs in `layout` on CPU and GPU; compares outputs and the
+// gradients of sum(out · w).
+void run_parity(const OpCase& oc, DType dt, Layout layout) {
+  const std::string what = oc.name + " " + dtype_name(dt) + " " + layout_name(layout);
+  std::vector<Tensor> xc, xg;
+  for (size_t i = 0; i < oc.shapes.size(); ++i) {
+    Tensor base = randn_input(oc.shapes[i], 100 + i, Layout::Contiguous, dt, oc.scale,
+                              i == 0 ? oc.shift : 0.0);
+    Tensor c = with_layout(base, layout), g = with_layout(to(base, kGpu), layout);
+    c.set_requires_grad(true);
+    g.set_requires_grad(true);
+    xc.push_back(c);
+    xg.push_back(g);
+  }
+  Tensor yc = oc.f(xc), yg = oc.f(xg);
+  CHECK(yg.device() == kGpu);
+  CHECK(yg.dtype() == dt);
+  check_close(yc, yg, tol(dt), what + " forward");
+  Tensor w = randn_input(yc.shape(), 7, Layout::Contiguous, dt);
+  sum(mul(yc, w)).backward();
+  sum(mul(yg, to(w, kGpu))).backward();
+  for (size_t i = 0; i < xc.size(); ++i) {
+    REQUIRE_MESSAGE(xc[i].grad().defined(), what, ": CPU gradient of input ", i, " missing");
+    REQUIRE_MESSAGE(xg[i].grad().defined(), what, ": GPU gradient of input ", i, " missing");
+    CHECK(xg[i].grad().device() == kGpu);
+    check_close(xc[i].grad(), xg[i].grad(), 4 * tol(dt),
+                what + " gradient of input " + std::to_string(i));
+  }
+}
+
+}  // namespace
+
+TEST_SUITE("gpu") {
+  TEST_CASE("cuda nn: every function matches the CPU, forward and backward, in every layout") {
+    require_gpu();
+    for (const OpCase& oc : op_cases())
+      for (DType dt : {DType::f32, DType::f64})
+        for (Layout l : kLayouts) run_parity(oc, dt, l);
+  }
+
+  TEST_CASE("cuda nn: 16-bit dtypes match the CPU within their precision") {
+    require_gpu();
+    for (const OpCase& oc : op_cases()) {
+      if (oc.name == "group_norm_large_mean") continue;  // 100 ± 1 is not a 16-bit regime
+      for (DType dt : {DType::f16, DType::bf16}) run_parity(oc, dt, Layout::Transposed);
+    }
+  }
+
+  TEST_CASE("cuda nn: group_norm statistics stay exact for f64 inputs near 1e6 ± 0.01") {
+    require_gpu();
+    Tensor x = randn_input({2, 4, 6, 5}, 5, Layout::Transposed, DType::f64, 1e-2, 1e6);
+    Tensor xg = to(x, kGpu).set_requires_grad(true);
+    x.set_requires_grad(true);
+    Tensor yc = group_norm(x, 2), yg = group_norm(xg, 2);
+    // x − mean is exact to ~ulp(1e6)/2 = 6e-11, i.e. 6e-9 of the 1e-2 spread
+    check_close(yc, yg, 1e-7, "forward");
+    Tensor w = randn_input(yc.shape(), 6);
+    sum(mul(yc, w)).backward();
+    sum(mul(yg, to(w, kGpu))).backward();
+    check_close(x.grad(), xg.grad(), 1e-7, "gradient");
+  }
+
+  TEST_CASE("cuda nn: group_norm forward and backward are bit-for-bit repeatable") {
+    require_gpu();
+    Tensor x = to(randn_input({4, 32, 16, 16}, 8, Layout::Contiguous, DType::f32), kGpu);
+    Tensor w = to(randn_input({32}, 9, Layout::Contiguous, DType::f32), kGpu);
+    Tensor b = to(randn_input({32}, 10, Layout::Contiguous, DType::f32), kGpu);
+    Tensor dy = to(randn_input({4, 32, 16, 16}, 11, Layout::Contiguous, DType::f32), kGpu);
+    std::vector<std::vector<float>> runs[2];
+    for (auto& r : runs) {
+      Tensor xl = clone(x).set_requires_grad(true), wl = clone(w).set_requires_grad(true);
+      Tensor bl = clone(b).set_requires_grad(true);
+      Tensor y = group_norm(xl, 8, wl, bl);
+      sum(mul(y, dy)).backward();
+      for (const Tensor& t : {y, xl.grad(), wl.grad(), bl.grad()})
+        r.push_back(t.to_vector<float>());
+    }
+    for (size_t i = 0; i < runs[0].size(); ++i)
+      CHECK_MESSAGE(std::memcmp(runs[0][i].data(), runs[1][i].data(), runs[0][i].size() * 4) == 0,
+                    "output ", i, " differs between two runs");
+  }
+
+  TEST_CASE("cuda nn: dropout draws the same mask on the GPU as on the CPU") {
+    require_gpu();
+    for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
+      Tensor x = randn_input({33, 65}, 12, Layout::Transposed, dt);
+      Generator gc(41, 5), gg(41, 5);
+      Tensor yc = dropout(x, 0.4, true, gc), yg = dropout(to(x, kGpu), 0.4, true, gg);
+      CHECK(gc.offset() == gg.offset());
+      CHECK_MESSAGE(yc.to_vector<double>() == yg.to_vector<double>(), dtype_name(dt));
+    }
+  }
+}

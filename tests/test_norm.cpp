@@ -1,0 +1,295 @@
+// group_norm: forward against an f64 reference loop (shapes with and without spatial dims, groups
+// 1 / between / C, every layout, with and without weight and bias, several eps), 16-bit dtypes,
+// numerical stability with large means, gradcheck for x, weight and bias, parameter gradients
+// without dx, and the error paths.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "helpers.h"
+
+using namespace cm;
+using cm::test::grad_input;
+using cm::test::kLayouts;
+using cm::test::Layout;
+using cm::test::randn_input;
+using cm::test::values;
+
+namespace {
+
+std::string tname(DType t) {
+  return dtype_name(t);
+}
+std::string lname(Layout l) {
+  return cm::test::layout_name(l);
+}
+
+// The spacing of dtype t's values near v (one unit in the last place).
+double ulp(double v, DType t) {
+  int mant = 52, emin = -1022;
+  if (t == DType::f32) mant = 23, emin = -126;
+  if (t == DType::f16) mant = 10, emin = -14;
+  if (t == DType::bf16) mant = 7, emin = -126;
+  const int e = (v == 0 || !std::isfinite(v)) ? emin : std::max(std::ilogb(v), emin);
+  return std::ldexp(1.0, e - mant);
+}
+
+// Group normalisation of x's values (row-major, shape s) in long double, two-pass per group.
+// w and b may be empty (no affine transform).
+std::vector<double> ref_group_norm(const std::vector<double>& x, const Shape& s, int64_t G,
+                                   const std::vector<double>& w, const std::vector<double>& b,
+                                   double eps) {
+  const int64_t N = s[0], C = s[1];
+  int64_t HW = 1;
+  for (size_t d = 2; d < s.size(); ++d) HW *= s[d];
+  const int64_t M = C / G * HW;
+  std::vector<double> y(x.size());
+  for (int64_t ng = 0; ng < N * G; ++ng) {
+    const size_t base = size_t(ng * M);
+    long double mu = 0, var = 0;
+    for (int64_t i = 0; i < M; ++i) mu += x[base + size_t(i)];
+    mu /= M;
+    for (int64_t i = 0; i < M; ++i) var += (x[base + size_t(i)] - mu) * (x[base + size_t(i)] - mu);
+    var /= M;
+    const long double r = 1 / std::sqrt(var + eps);
+    for (int64_t i = 0; i < M; ++i) {
+      const int64_t c = (ng % G) * (C / G) + i / HW;
+      long double v = (x[base + size_t(i)] - mu) * r;
+      if (!w.empty()) v *= w[size_t(c)];
+      if (!b.empty()) v += b[size_t(c)];
+      y[base + size_t(i)] = double(v);
+    }
+  }
+  return y;
+}
+
+// |got − ref| ≤ ulps·ulp(ref) + abs everywhere; reports the first mismatch.
+void check_values(const Tensor& got, const std::vector<double>& ref, double ulps, double abs,
+                  const std::string& what) {
+  INFO(what);
+  const std::vector<double> g = values(got);
+  REQUIRE(g.size() == ref.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    const double tol = ulps * ulp(ref[i], got.dtype()) + abs;
+    if (!(std::fabs(g[i] - ref[i]) <= tol)) {
+      FAIL_CHECK("element " << i << ": got " << g[i] << ", reference " << ref[i] << " (tol " << tol
+                            << ")");
+      return;
+    }
+  }
+}
+
+struct GnCase {
+  Shape shape;
+  int64_t groups;
+};
+const std::vector<GnCase> kCases = {
+    {{2, 6, 3, 4}, 1}, {{2, 6, 3, 4}, 2}, {{2, 6, 3, 4}, 3}, {{2, 6, 3, 4}, 6},    {{3, 4}, 1},
+    {{3, 4}, 2},       {{3, 4}, 4},       {{2, 4, 5}, 2},    {{1, 8, 2, 2, 3}, 4},
+};
+
+// Runs group_norm on a (dtype, layout) version of the case and checks it against the reference
+// computed from the same (rounded) input values.
+void check_forward(const GnCase& gc, DType dt, Layout layout, bool affine, double eps, double ulps,
+                   double shift = 0, double scale = 1.5) {
+  const std::string what = shape_str(gc.shape) + " groups " + std::to_string(gc.groups) + " " +
+                           tname(dt) + " " + lname(layout) + (affine ? " affine" : "") + " eps " +
+                           std::to_string(eps);
+  const int64_t C = gc.shape[1];
+  Tensor x = randn_input(gc.shape, 11, layout, dt, scale, shift);
+  Tensor w = affine ? randn_input({C}, 12, Layout::Strided, dt, 0.5, 1.0) : Tensor();
+  Tensor b = affine ? randn_input({C}, 13, Layout::Contiguous, dt, 0.5) : Tensor();
+  Tensor y = group_norm(x, gc.groups, w, b, eps);
+  CHECK(y.dtype() == dt);
+  CHECK(y.shape() == gc.shape);
+  const std::vector<double> ref =
+      ref_group_norm(values(x), gc.shape, gc.groups, affine ? values(w) : std::vector<double>{},
+                     affine ? values(b) : std::vector<double>{}, eps);
+  check_values(y, ref, ulps, dt == DType::f64 ? 1e-14 : 0, what);
+}
+
+}  // namespace
+
+TEST_SUITE("nn") {
+  TEST_CASE(
+      "group_norm: f64 forward matches the reference in every layout, shape and group count") {
+    for (const GnCase& gc : kCases)
+      for (Layout l : kLayouts)
+        for (bool affine : {false, true})
+          for (double eps : {1e-5, 0.1}) check_forward(gc, DType::f64, l, affine, eps, 64);
+  }
+
+  TEST_CASE("group_norm: f32, f16 and bf16 round the exact result once") {
+    // The CPU kernel computes in f64 and rounds the output once: within one ulp of the dtype.
+    for (DType dt : {DType::f32, DType::f16, DType::bf16})
+      for (const GnCase& gc : kCases)
+        for (bool affine : {false, true})
+          check_forward(gc, dt, Layout::Transposed, affine, 1e-5, 1);
+  }
+
+  TEST_CASE(
+      "group_norm: per-group outputs have mean 0 and variance 1/(1 + eps/var) without affine") {
+    // A closed form independent of the reference loop.
+    Tensor x = randn_input({2, 6, 5, 3}, 3, Layout::Contiguous, DType::f64, 3.0, -2.0);
+    const double eps = 0.01;
+    Tensor y = group_norm(x, 3, {}, {}, eps);
+    const std::vector<double> xv = values(x), yv = values(y);
+    const int64_t M = 2 * 15;
+    for (int64_t ng = 0; ng < 6; ++ng) {
+      double mx = 0, vx = 0, my = 0, vy = 0;
+      for (int64_t i = 0; i < M; ++i) mx += xv[size_t(ng * M + i)] / M;
+      for (int64_t i = 0; i < M; ++i) my += yv[size_t(ng * M + i)] / M;
+      for (int64_t i = 0; i < M; ++i) vx += std::pow(xv[size_t(ng * M + i)] - mx, 2) / M;
+      for (int64_t i = 0; i < M; ++i) vy += std::pow(yv[size_t(ng * M + i)] - my, 2) / M;
+      CHECK(std::fabs(my) < 1e-14);
+      CHECK(vy == doctest::Approx(vx / (vx + eps)).epsilon(1e-12));
+    }
+  }
+
+  TEST_CASE("group_norm: large means with a small spread stay accurate (two-pass statistics)") {
+    // E[x²] − E[x]² would cancel catastrophically here: for f64 at 1e6 ± 1e-2 it loses every
+    // digit of the variance; for f32 at 1e4 ± 0.1 likewise in f32 arithmetic.
+    const GnCase gc{{2, 4, 6, 5}, 2};
+    for (Layout l : kLayouts) {
+      // x − mean is exact to ~ulp(1e6) = 1.2e-10 relative to a spread of 1e-2: 1e-8 absolute.
+      Tensor x = randn_input(gc.shape, 21, l, DType::f64, 1e-2, 1e6);
+      Tensor y = group_norm(x, gc.groups, {}, {}, 1e-12);
+      check_values(y, ref_group_norm(values(x), gc.shape, gc.groups, {}, {}, 1e-12), 0, 1e-7,
+                   "f64 around 1e6 " + lname(l));
+    }
+    check_forward(gc, DType::f32, Layout::Contiguous, true, 1e-8, 1, 1e4, 0.1);
+    check_forward(gc, DType::f32, Layout::Transposed, false, 1e-8, 1, -3e4, 0.5);
+  }
+
+  TEST_CASE("group_norm: gradcheck for x, weight and bias in every layout") {
+    for (Layout l : kLayouts) {
+      INFO(lname(l));
+      Tensor x = grad_input({2, 4, 3}, 31, l, 1.5, 0.3);
+      Tensor w = grad_input({4}, 32, Layout::Contiguous, 0.5, 1.0);
+      Tensor b = grad_input({4}, 33, Layout::Strided);
+      CHECK_GRADCHECK(
+          [](const std::vector<Tensor>& v) { return group_norm(v[0], 2, v[1], v[2], 1e-3); },
+          {x, w, b});
+    }
+    // no spatial dims, groups = C, and groups = 1
+    Tensor x2 = grad_input({3, 4}, 34, Layout::Transposed);
+    Tensor w2 = grad_input({4}, 35, Layout::Contiguous, 0.5, 1.0);
+    Tensor b2 = grad_input({4}, 36);
+    CHECK_GRADCHECK([](const std::vector<Tensor>& v) { return group_norm(v[0], 2, v[1], v[2]); },
+                    {x2, w2, b2});
+    Tensor x3 = grad_input({2, 3, 2, 2}, 37);
+    CHECK_GRADCHECK([](const std::vector<Tensor>& v) { return group_norm(v[0], 3); }, {x3});
+    CHECK_GRADCHECK([](const std::vector<Tensor>& v) { return group_norm(v[0], 1, v[1]); },
+                    {grad_input({2, 3, 4}, 38), grad_input({3}, 39)});
+    // x needs no gradient: only the parameters' columns of the Jacobian
+    Tensor xc = randn_input({2, 4, 3}, 40);
+    CHECK_GRADCHECK([xc](const std::vector<Tensor>& v) { return group_norm(xc, 2, v[0], v[1]); },
+                    {grad_input({4}, 41), grad_input({4}, 42)});
+    // a large mean with a small spread
+    CHECK_GRADCHECK(
+        [](const std::vector<Tensor>& v) { return group_norm(v[0], 2, v[1]); },
+        {grad_input({2, 4, 3}, 43, Layout::Contiguous, 0.5, 100.0), grad_input({4}, 44)});
+  }
+
+  TEST_CASE("group_norm: parameter gradients alone equal those computed with dx") {
+    Tensor x = randn_input({3, 6, 4, 5}, 50);
+    Tensor dy = randn_input({3, 6, 4, 5}, 51, Layout::Transposed);
+    Tensor w1 = randn_input({6}, 52).set_requires_grad(true),
+           b1 = randn_input({6}, 53).set_requires_grad(true);
+    Tensor w2 = clone(detach(w1)).set_requires_grad(true);
+    Tensor b2 = clone(detach(b1)).set_requires_grad(true);
+    Tensor xg = clone(x).set_requires_grad(true);
+    sum(mul(group_norm(xg, 3, w1, b1), dy)).backward();
+    sum(mul(group_norm(x, 3, w2, b2), dy)).backward();
+    CHECK(max_abs_diff(w1.grad(), w2.grad()) == 0);
+    CHECK(max_abs_diff(b1.grad(), b2.grad()) == 0);
+    // closed forms: dbias = Σ dy over n and spatial dims, dweight = Σ dy·x̂ (x̂ = the plain norm)
+    Tensor xhat = group_norm(x, 3);
+    CHECK(max_abs_diff(b2.grad(), sum(dy, {0, 2, 3})) < 1e-12);
+    CHECK(max_abs_diff(w2.grad(), sum(mul(dy, xhat), {0, 2, 3})) < 1e-12);
+    // only the bias needs a gradient
+    Tensor b3 = clone(detach(b1)).set_requires_grad(true);
+    sum(mul(group_norm(x, 3, detach(w1), b3), dy)).backward();
+    CHECK(max_abs_diff(b3.grad(), b1.grad()) == 0);
+  }
+
+  TEST_CASE("group_norm: 16-bit gradients match the f64 op on the same values") {
+    for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+      INFO(tname(dt));
+      Tensor x = randn_input({2, 4, 3, 5}, 60, Layout::Transposed, dt, 2.0, 1.0);
+      Tensor w = randn_input({4}, 61, Layout::Contiguous, dt, 0.5, 1.0);
+      Tensor b = randn_input({4}, 62, Layout::Contiguous, dt);
+      Tensor dy = randn_input({2, 4, 3, 5}, 63, Layout::Contiguous, dt);
+      std::vector<Tensor> lo = {x, w, b}, hi;
+      for (Tensor& t : lo) {
+        hi.push_back(to(t, DType::f64).set_requires_grad(true));
+        t.set_requires_grad(true);
+      }
+      Tensor ylo = group_norm(lo[0], 2, lo[1], lo[2]);
+      Tensor yhi = group_norm(hi[0], 2, hi[1], hi[2]);
+      sum(mul(ylo, dy)).backward();
+      sum(mul(yhi, to(dy, DType::f64))).backward();
+      for (size_t i = 0; i < 3; ++i) {
+        INFO("input ", i);
+        REQUIRE(lo[i].grad().dtype() == dt);
+        // f64 arithmetic, f32 statistics, one rounding to dt; dweight/dbias sum 30 terms.
+        check_values(lo[i].grad(), values(hi[i].grad()), 1, 1e-5, "gradient");
+      }
+    }
+  }
+
+  TEST_CASE("group_norm: large-mean f32 gradients are limited only by the f32 mean") {
+    // The saved mean is f32: near 1e4 it is off by up to half an ulp (4.9e-4), which moves x̂ by
+    // that much times rstd (here ~1). Gradients must agree with the f64 op to that order.
+    Tensor x64 = randn_input({2, 4, 8}, 70, Layout::Contiguous, DType::f64, 1.0, 1e4);
+    Tensor x32 = to(x64, DType::f32);
+    x64 = to(x32, DType::f64).set_requires_grad(true);
+    x32.set_requires_grad(true);
+    Tensor dy = randn_input({2, 4, 8}, 71);
+    sum(mul(group_norm(x32, 2), to(dy, DType::f32))).backward();
+    sum(mul(group_norm(x64, 2), dy)).backward();
+    const double scale = max_abs_diff(x64.grad(), zeros_like(x64.grad()));
+    CHECK(max_abs_diff(to(x32.grad(), DType::f64), x64.grad()) <= 2e-3 * scale);
+  }
+
+  TEST_CASE("group_norm: no graph under no-grad, and saved x is protected from in-place edits") {
+    Tensor x = grad_input({2, 4, 3}, 80);
+    {
+      NoGradGuard ng;
+      CHECK_FALSE(group_norm(x, 2).requires_grad());
+    }
+    Tensor xs = mul(x, 1.0);
+    Tensor y = group_norm(xs, 2);
+    CHECK(y.requires_grad());
+    {
+      NoGradGuard ng;
+      add_(xs, 1.0);
+    }
+    CHECK_THROWS_AS(sum(y).backward(), cm::Error);
+  }
+
+  TEST_CASE("group_norm: errors name the op and the offending shapes") {
+    Tensor x = randn_input({2, 6, 3}, 90);
+    auto check_msg = [](auto&& f, const std::string& piece) {
+      try {
+        f();
+        FAIL_CHECK("no error (expected one mentioning '" << piece << "')");
+      } catch (const cm::Error& e) {
+        const std::string msg = e.what();
+        CHECK_MESSAGE(msg.find("group_norm") != std::string::npos, msg);
+        CHECK_MESSAGE(msg.find(piece) != std::string::npos, msg);
+      }
+    };
+    check_msg([&] { group_norm(x, 4); }, "not divisible into 4 groups");
+    check_msg([&] { group_norm(x, 0); }, "0 groups");
+    check_msg([&] { group_norm(randn_input({6}, 1), 1); }, "[N, C, *]");
+    check_msg([&] { group_norm(x, 2, randn_input({5}, 1)); }, "weight must have shape [6]");
+    check_msg([&] { group_norm(x, 2, {}, randn_input({6, 1}, 1)); }, "bias must have shape [6]");
+    check_msg([&] { group_norm(x, 2, randn_input({6}, 1, Layout::Contiguous, DType::f32)); },
+              "weight has dtype f32");
+    check_msg([&] { group_norm(to(x, DType::i64), 2); }, "floating");
+    check_msg([&] { group_norm(x, 2, {}, {}, -1.0); }, "eps");
+  }
+}

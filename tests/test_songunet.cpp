@@ -1,0 +1,187 @@
+// SongUNet against the reference: exact parameter counts of the benchmark networks, EDM's
+// state-dict names, and outputs and gradients matching EDM's own PyTorch implementation (golden
+// files made by tools/gen_songunet_golden.py from NVlabs/edm's training/networks.py).
+#include <nlohmann/json.hpp>
+
+#include <set>
+
+#include "nn/safetensors.h"
+#include "nn/songunet.h"
+#include "tests/helpers.h"
+
+using namespace cm;
+using namespace cm::nn;
+
+namespace {
+
+const std::string kGolden = std::string(CM_SOURCE_DIR) + "/tests/golden/";
+
+SongUNetConfig config_from_json(const std::string& text) {
+  const nlohmann::json j = nlohmann::json::parse(text);
+  SongUNetConfig c;
+  c.img_resolution = j.at("img_resolution");
+  c.in_channels = j.at("in_channels");
+  c.out_channels = j.at("out_channels");
+  c.label_dim = j.value("label_dim", 0);
+  c.model_channels = j.at("model_channels");
+  c.channel_mult = j.at("channel_mult").get<std::vector<int64_t>>();
+  c.num_blocks = j.at("num_blocks");
+  c.attn_resolutions = j.at("attn_resolutions").get<std::vector<int64_t>>();
+  c.dropout = j.at("dropout");
+  c.embedding_type = j.at("embedding_type");
+  c.channel_mult_noise = j.at("channel_mult_noise");
+  c.encoder_type = j.at("encoder_type");
+  c.decoder_type = j.at("decoder_type");
+  c.resample_filter = j.at("resample_filter").get<std::vector<double>>();
+  return c;
+}
+
+// max |a − b| / max |b|
+double rel_err(const Tensor& a, const Tensor& b) {
+  REQUIRE(a.shape() == b.shape());
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  double num = 0, den = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    num = std::max(num, std::fabs(x[i] - y[i]));
+    den = std::max(den, std::fabs(y[i]));
+  }
+  return num / std::max(den, 1e-30);
+}
+
+struct Golden {
+  SongUNetConfig cfg;
+  std::map<std::string, Tensor> tensors;
+};
+
+Golden load_golden(const std::string& flavour) {
+  const std::string path = kGolden + "songunet_" + flavour + ".safetensors";
+  SafetensorsFile f(path);
+  Golden g;
+  g.cfg = config_from_json(f.metadata().at("config"));
+  for (const std::string& n : f.names()) g.tensors[n] = f.get(n);
+  return g;
+}
+
+// Runs the golden case in `dtype`; checks the output and gradients.
+void check_against_edm(const std::string& flavour, DType dtype, double out_tol, double grad_tol) {
+  Golden g = load_golden(flavour);
+  Generator gen(7);
+  SongUNet net(g.cfg, gen);
+  net.eval();
+  std::map<std::string, Tensor> weights;
+  for (auto& [n, t] : g.tensors)
+    if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output") weights[n] = t;
+  net.load_state_dict(weights, true);
+  net.to(dtype);
+  Tensor x = to(g.tensors.at("input.x"), dtype);
+  x.set_requires_grad(true);
+  Tensor labels;
+  if (g.tensors.count("input.class_labels")) labels = g.tensors.at("input.class_labels");
+  Tensor out = net.forward(x, to(g.tensors.at("input.noise_labels"), dtype), labels);
+  const double e = rel_err(out, g.tensors.at("output"));
+  CHECK_MESSAGE(e <= out_tol, flavour, " ", dtype_name(dtype), ": output relative error ", e);
+  sum(mul(out, to(g.tensors.at("input.weights"), dtype))).backward();
+  const double ex = rel_err(x.grad(), g.tensors.at("grad.x"));
+  CHECK_MESSAGE(ex <= grad_tol, flavour, " ", dtype_name(dtype), ": input gradient relative error ",
+                ex);
+  int checked = 0;
+  for (auto& [n, p] : net.named_parameters()) {
+    auto it = g.tensors.find("grad." + n);
+    if (it == g.tensors.end()) continue;
+    REQUIRE_MESSAGE(p.grad().defined(), n, " has no gradient");
+    const double ep = rel_err(p.grad(), it->second);
+    CHECK_MESSAGE(ep <= grad_tol, flavour, " ", dtype_name(dtype), ": gradient of ", n,
+                  " relative error ", ep);
+    ++checked;
+  }
+  CHECK(checked >= 4);
+}
+
+}  // namespace
+
+TEST_SUITE("nn") {
+  TEST_CASE("SongUNet presets have the exact parameter counts of the benchmark table") {
+    const std::vector<std::pair<std::string, int64_t>> expected = {
+        {"ddpmpp-cifar10", 55732739},
+        {"ncsnpp-cifar10", 56395523},
+        {"ddpmpp-cifar10-cond", 55734147},
+        {"ddpmpp-small-28", 6987585},
+        {"ddpmpp-digits-8", 1032353}};
+    for (const auto& [name, count] : expected) {
+      Generator gen(0);
+      SongUNet net(songunet_preset(name), gen);
+      CHECK_MESSAGE(net.num_parameters() == count, name, ": ", net.num_parameters(),
+                    " parameters, expected ", count);
+      if (name == "ncsnpp-cifar10") {
+        // the 128 frozen Fourier frequencies are a buffer, not a parameter
+        bool found = false;
+        for (auto& [n, b] : net.named_buffers())
+          if (n == "map_noise.freqs") {
+            found = true;
+            CHECK(b.numel() == 128);
+          }
+        CHECK(found);
+      }
+    }
+    CHECK_THROWS_WITH_AS(songunet_preset("ddpmpp-cifar100"), doctest::Contains("ddpmpp-cifar10"),
+                         Error);
+  }
+
+  TEST_CASE("SongUNet's parameter and buffer names are EDM's state-dict keys") {
+    for (const std::string flavour : {"ddpmpp", "ncsnpp", "skipcond"}) {
+      Golden g = load_golden(flavour);
+      Generator gen(0);
+      SongUNet net(g.cfg, gen);
+      std::set<std::string> ours, theirs;
+      for (auto& [n, t] : net.state_dict()) ours.insert(n);
+      for (auto& [n, t] : g.tensors)
+        if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output")
+          theirs.insert(n);
+      CHECK(ours == theirs);
+      for (auto& [n, t] : net.state_dict())
+        if (g.tensors.count(n)) CHECK_MESSAGE(t.shape() == g.tensors.at(n).shape(), n);
+    }
+  }
+
+  TEST_CASE("SongUNet matches EDM's PyTorch SongUNet in f32 and f64") {
+    for (const std::string flavour : {"ddpmpp", "ncsnpp", "skipcond"}) {
+      check_against_edm(flavour, DType::f64, 1e-10, 1e-9);
+      check_against_edm(flavour, DType::f32, 1e-5, 1e-4);
+    }
+  }
+
+  TEST_CASE("SongUNet rejects inputs of the wrong shape and bad configurations") {
+    Generator gen(0);
+    SongUNet net(songunet_preset("ddpmpp-digits-8"), gen);
+    CHECK_THROWS_WITH_AS(net.forward(zeros({2, 1, 9, 9}), zeros({2})),
+                         doctest::Contains("expected [N, 1, 8, 8]"), Error);
+    SongUNetConfig bad = songunet_preset("ddpmpp-digits-8");
+    bad.encoder_type = "fancy";
+    CHECK_THROWS_WITH_AS(SongUNet(bad, gen), doctest::Contains("encoder_type"), Error);
+    bad = songunet_preset("ddpmpp-digits-8");
+    bad.img_resolution = 6;
+    bad.channel_mult = {1, 2, 2};
+    CHECK_THROWS_WITH_AS(SongUNet(bad, gen), doctest::Contains("img_resolution"), Error);
+  }
+
+  TEST_CASE("dropout in SongUNet replays with a generator in the same state") {
+    Generator gen(0);
+    SongUNetConfig cfg = songunet_preset("ddpmpp-digits-8");
+    cfg.dropout = 0.3;
+    SongUNet net(cfg, gen);
+    net.train();
+    Generator data(5);
+    Tensor x = randn({2, 1, 8, 8}, {}, &data), s = randn({2}, {}, &data);
+    Generator a(42, 10), b(42, 10), c(43, 10);
+    NoGradGuard ng;
+    Tensor ya = net.forward(x, s, {}, {}, {.dropout = &a});
+    Tensor yb = net.forward(x, s, {}, {}, {.dropout = &b});
+    Tensor yc = net.forward(x, s, {}, {}, {.dropout = &c});
+    CHECK(max_abs_diff(ya, yb) == 0);
+    CHECK(max_abs_diff(ya, yc) > 0);
+    net.eval();
+    Tensor e1 = net.forward(x, s, {}, {}, {.dropout = &a}),
+           e2 = net.forward(x, s, {}, {}, {.dropout = &c});
+    CHECK(max_abs_diff(e1, e2) == 0);
+  }
+}
