@@ -197,13 +197,16 @@ namespace cm {
 
 // The value of element i of a random fill (see the layout at the top of this file). T is the
 // storage type; `first_block` the generator offset reserved for the fill.
+// Values per Philox block for storage type T: 2 for 64-bit types (two lanes each), else 4.
 template <class T>
-CM_HD inline T random_element(RandomKind kind, uint64_t seed, uint64_t first_block, int64_t i,
-                              double a, double b) {
+CM_HD constexpr int64_t random_per_block() {
+  return sizeof(T) == 8 ? 2 : 4;
+}
+
+// The value of the element at `lane` of block r (see random_element).
+template <class T>
+CM_HD inline T random_from_block(RandomKind kind, const Philox4& r, int lane, double a, double b) {
   constexpr bool wide = sizeof(T) == 8;  // f64 and i64 draw from two lanes per value
-  const int64_t per_block = wide ? 2 : 4;
-  const Philox4 r = philox_block(seed, first_block + uint64_t(i / per_block));
-  const int lane = int(i % per_block);
   switch (kind) {
     case RandomKind::Uniform: {
       // As many random bits as T has significand bits (as PyTorch), so that u is exact in T: 24
@@ -250,6 +253,14 @@ CM_HD inline T random_element(RandomKind kind, uint64_t seed, uint64_t first_blo
     }
   }
   return T{};
+}
+
+template <class T>
+CM_HD inline T random_element(RandomKind kind, uint64_t seed, uint64_t first_block, int64_t i,
+                              double a, double b) {
+  constexpr int64_t per_block = random_per_block<T>();
+  return random_from_block<T>(kind, philox_block(seed, first_block + uint64_t(i / per_block)),
+                              int(i % per_block), a, b);
 }
 
 }  // namespace cm

@@ -17,13 +17,12 @@
 // K = kh·kw would be all overhead. Every output element is computed by one item in a fixed order,
 // so results do not depend on the thread count.
 // f16/bf16 compute in f32; non-contiguous operands are copied to contiguous ones first.
-#include <cblas.h>
-
 #include <algorithm>
 #include <climits>
 #include <cstring>
 #include <vector>
 
+#include "tensor/cpu/blas.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/loops.h"
 
@@ -85,13 +84,10 @@ Range valid_range(int64_t n_out, int64_t n_in, int64_t s, int64_t off) {
 template <class T>
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* a, int64_t lda, const T* b,
           int64_t ldb, T beta, T* c, int64_t ldc) {
-  const auto TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, TA, TB, int(M), int(N), int(K), 1.0f, a, int(lda), b, int(ldb), beta,
-                c, int(ldc));
+    blas::sgemm(ta, tb, M, N, K, 1.0f, a, lda, b, ldb, beta, c, ldc);
   else
-    cblas_dgemm(CblasRowMajor, TA, TB, int(M), int(N), int(K), 1.0, a, int(lda), b, int(ldb), beta,
-                c, int(ldc));
+    blas::dgemm(ta, tb, M, N, K, 1.0, a, lda, b, ldb, beta, c, ldc);
 }
 
 // ---- im2col / col2im --------------------------------------------------------------------------
@@ -113,6 +109,11 @@ void im2col_row(const ConvGeom& g, const T* xg, int64_t r, int64_t oh0, int64_t 
       continue;
     }
     const T* xr = xc + ih * g.W;
+    if (g.Wo <= 32) {  // short rows (small images): one plain loop beats three library calls
+      for (int64_t ow = 0; ow < g.Wo; ++ow)
+        o[ow] = (ow >= rw.lo && ow < rw.hi) ? xr[ow * sw + offw] : T(0);
+      continue;
+    }
     std::fill(o, o + rw.lo, T(0));
     if (sw == 1)
       std::memcpy(o + rw.lo, xr + rw.lo + offw, size_t(rw.hi - rw.lo) * sizeof(T));
@@ -231,23 +232,6 @@ void run_items(int64_t n, int64_t cost_per_item, F&& f) {
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t i = 0; i < n; ++i) f(i, int64_t(omp_get_thread_num()));
 }
-
-// Holds OpenBLAS to one thread for a scope: each item's products then run on the OpenMP thread
-// that owns the item, and OpenBLAS's own pool stays asleep instead of fighting OpenMP's.
-class BlasOneThread {
- public:
-  BlasOneThread() : prev_(openblas_get_num_threads()) {
-    if (prev_ != 1) openblas_set_num_threads(1);
-  }
-  ~BlasOneThread() {
-    if (prev_ != 1) openblas_set_num_threads(prev_);
-  }
-  BlasOneThread(const BlasOneThread&) = delete;
-  BlasOneThread& operator=(const BlasOneThread&) = delete;
-
- private:
-  int prev_;
-};
 
 // Per-thread scratch of `per_thread` elements each.
 template <class T>
@@ -452,7 +436,7 @@ void forward(const ConvGeom& g, const T* x, const T* w, T* out) {
   const bool x_is_col = g.pointwise() && s.nb == 1;  // x_g[Cg, H·W] is col itself
   const int64_t width = s.nb * P;
   Scratch<T> cols(x_is_col ? 0 : K * width), outs(s.nb > 1 ? g.Cog * width : 0);
-  BlasOneThread blas;
+  blas::OneThread blas;
   run_items(s.items(g), g.Cog * K * width / s.blocks, [&](int64_t t, int64_t thread) {
     const int64_t chunk = t / (g.G * s.blocks), grp = (t / s.blocks) % g.G;
     const Range rows = piece(t % s.blocks, s.blocks, g.Ho);
@@ -491,7 +475,7 @@ void backward_input(const ConvGeom& g, const T* gout, const T* w, T* gx) {
   const bool direct = g.pointwise() && s.nb == 1;  // the product writes gx_g itself
   const int64_t width = s.nb * P, block_rows = ceil_div(g.Cg, s.blocks) * taps;
   Scratch<T> cols(direct ? 0 : block_rows * width), gouts(s.nb > 1 ? g.Cog * width : 0);
-  BlasOneThread blas;
+  blas::OneThread blas;
   run_items(s.items(g), g.Cog * K * width / s.blocks, [&](int64_t t, int64_t thread) {
     const int64_t chunk = t / (g.G * s.blocks), grp = (t / s.blocks) % g.G;
     const Range ch = piece(t % s.blocks, s.blocks, g.Cg);
@@ -542,7 +526,7 @@ void backward_weight(const ConvGeom& g, const T* x, const T* gout, T* gw) {
   Tensor partial_buf = parts > 1 ? empty({parts * nw}, {.dtype = dtype_v<T>}) : Tensor();
   T* partial = parts > 1 ? partial_buf.data<T>() : gw;
   const int64_t items = parts * g.G * s.blocks;
-  BlasOneThread blas;
+  blas::OneThread blas;
   run_items(items, g.N * P * g.Cog * K / items, [&](int64_t t, int64_t thread) {
     const int64_t part = t / (g.G * s.blocks), grp = (t / s.blocks) % g.G;
     const Range ch = piece(t % s.blocks, s.blocks, g.Cg);

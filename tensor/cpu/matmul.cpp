@@ -2,10 +2,9 @@
 // Large products go to BLAS (sgemm/dgemm) directly on the operands' strides when they are
 // row- or column-major with a leading dimension; other layouts are copied once. Many small
 // products run in parallel over the batch with a plain i-k-j loop. f16/bf16 compute in f32.
-#include <cblas.h>
-
 #include <vector>
 
+#include "tensor/cpu/blas.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/loops.h"
 
@@ -29,13 +28,10 @@ BlasView blas_view(int64_t rows, int64_t cols, int64_t sr, int64_t sc) {
 template <class T>
 void gemm_blas(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* a, int64_t lda,
                const T* b, int64_t ldb, T* c, int64_t ldc) {
-  const auto TA = ta ? CblasTrans : CblasNoTrans, TB = tb ? CblasTrans : CblasNoTrans;
   if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, TA, TB, int(M), int(N), int(K), 1.0f, a, int(lda), b, int(ldb), 0.0f,
-                c, int(ldc));
+    blas::sgemm(ta, tb, M, N, K, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
   else
-    cblas_dgemm(CblasRowMajor, TA, TB, int(M), int(N), int(K), 1.0, a, int(lda), b, int(ldb), 0.0,
-                c, int(ldc));
+    blas::dgemm(ta, tb, M, N, K, 1.0, a, lda, b, ldb, 0.0, c, ldc);
 }
 
 // c[M, N] = a · b with arbitrary strides, accumulating in T.

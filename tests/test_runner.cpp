@@ -1,0 +1,245 @@
+// The runner: configuration validation (unknown keys with suggestions, types, ranges, fields of the
+// wrong mode, all problems at once), exact resume (N + resume + N steps give bit-identical weights
+// to 2N steps on the CPU), loading networks back from checkpoints, and the image outputs (grids,
+// quantisation, .npz).
+#include <filesystem>
+#include <fstream>
+
+#include "datasets/dataset.h"
+#include "datasets/zip.h"
+#include "nn/safetensors.h"
+#include "runner/config.h"
+#include "runner/images.h"
+#include "runner/trainer.h"
+#include "tests/helpers.h"
+
+using namespace cm;
+using namespace cm::runner;
+namespace fs = std::filesystem;
+
+namespace {
+
+json tiny(const std::string& mode) {
+  json j = {{"mode", mode},
+            {"seed", 3},
+            {"data", {{"dataset", "digits"}}},
+            {"network",
+             {{"preset", "ddpmpp-digits-8"},
+              {"model_channels", 8},
+              {"channel_mult", {1, 2}},
+              {"num_blocks", 1},
+              {"attn_resolutions", {4}},
+              {"dropout", 0.2}}},
+            {"train",
+             {{"steps", 6},
+              {"batch", 4},
+              {"lr", 1e-3},
+              {"ema", {0.9, 0.5}},
+              {"log_every", 1},
+              {"checkpoint_every", 100},
+              {"sample_every", 100}}},
+            {"sample", {{"grid", 4}}}};
+  if (mode == "ct") j["consistency"] = {{"schedule", "adaptive"}, {"total_steps", 6}};
+  return j;
+}
+
+std::string problems(const json& user) {
+  try {
+    resolve_config(user, "test.json");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+fs::path temp_dir(const std::string& name) {
+  fs::path p =
+      fs::temp_directory_path() / ("cm_test_runner_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(p);
+  fs::create_directories(p);
+  return p;
+}
+
+// Every tensor of two checkpoints is bit-identical (metadata "step" aside).
+void check_same_checkpoints(const std::string& a, const std::string& b) {
+  nn::SafetensorsFile fa(a), fb(b);
+  REQUIRE(fa.names() == fb.names());
+  for (const std::string& n : fa.names()) {
+    const Tensor x = fa.get(n), y = fb.get(n);
+    REQUIRE(x.shape() == y.shape());
+    CHECK_MESSAGE(std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0, n,
+                  " differs after resume");
+  }
+  for (const char* k : {"gen", "dropout", "loader_epoch", "loader_index", "emas", "target_updates"})
+    CHECK_MESSAGE(fa.metadata().at(k) == fb.metadata().at(k), k);
+}
+
+void check_resume_is_exact(const std::string& mode) {
+  const RunConfig cfg = typed_config(resolve_config(tiny(mode), "test.json"));
+  const fs::path dir = temp_dir(mode);
+  {
+    Trainer straight(cfg, std::nullopt, nullptr);
+    for (int i = 0; i < 6; ++i) straight.train_step();
+    straight.save_checkpoint((dir / "straight.safetensors").string());
+  }
+  {
+    Trainer first(cfg, std::nullopt, nullptr);
+    for (int i = 0; i < 3; ++i) first.train_step();
+    first.save_checkpoint((dir / "half.safetensors").string());
+  }
+  {
+    Trainer resumed(cfg, (dir / "half.safetensors").string(), nullptr);
+    CHECK(resumed.step() == 3);
+    for (int i = 0; i < 3; ++i) resumed.train_step();
+    resumed.save_checkpoint((dir / "resumed.safetensors").string());
+  }
+  check_same_checkpoints((dir / "straight.safetensors").string(),
+                         (dir / "resumed.safetensors").string());
+  fs::remove_all(dir);
+}
+
+}  // namespace
+
+TEST_SUITE("runner") {
+  TEST_CASE("a valid configuration resolves with every default filled in") {
+    const json r = resolve_config(tiny("ct"), "test.json");
+    CHECK(r["train"]["optimizer"] == "radam");
+    CHECK(r["consistency"]["mu0"] == 0.9);
+    CHECK(r["noise"]["sigma_max"] == 80.0);
+    CHECK(r["device"] == "cpu");
+    CHECK_FALSE(r.contains("edm"));  // the EDM section does not apply to CT
+    const RunConfig c = typed_config(r);
+    CHECK(c.cons.schedule.total_steps == 6);
+    CHECK(c.network.model_channels == 8);
+    CHECK(c.network.num_blocks == 1);
+  }
+
+  TEST_CASE("configuration errors name the file, the JSON path and the value") {
+    json j = tiny("ct");
+    j["train"]["lrr"] = 0.1;
+    CHECK(problems(j).find("test.json: /train/lrr: unknown key (did you mean \"lr\"?)") !=
+          std::string::npos);
+    j = tiny("ct");
+    j["train"]["lr"] = "1e-4";
+    CHECK(problems(j).find("/train/lr: expected a number, got \"1e-4\" (string)") !=
+          std::string::npos);
+    j = tiny("ct");
+    j["train"]["batch"] = 2.5;
+    CHECK(problems(j).find("/train/batch: expected an integer") != std::string::npos);
+    j = tiny("ct");
+    j["train"]["steps"] = 0;
+    CHECK(problems(j).find("/train/steps: value 0 is out of range") != std::string::npos);
+    j = tiny("ct");
+    j["consistency"]["teacher"] = "runs/00001";
+    CHECK(problems(j).find("/consistency/teacher: does not apply to mode \"ct\" (only to cd)") !=
+          std::string::npos);
+    j = tiny("edm");
+    j["consistency"] = {{"s1", 100}};
+    CHECK(problems(j).find("/consistency: does not apply to mode \"edm\"") != std::string::npos);
+    j = tiny("cd");
+    CHECK(problems(j).find("/consistency/teacher: missing") != std::string::npos);
+    j = tiny("ct");
+    j["consistency"]["distance"] = "lpipss";
+    CHECK(problems(j).find("\"lpipss\" is not one of l2, l1, pseudo_huber") != std::string::npos);
+    j = tiny("ct");
+    j.erase("mode");
+    CHECK(problems(j).find("/mode: missing") != std::string::npos);
+    j = tiny("ct");
+    j["precision"] = "bf16";
+    CHECK(problems(j).find("/precision: \"bf16\" needs a GPU device") != std::string::npos);
+    j = tiny("ct");
+    j["device"] = "gpu";
+    CHECK(problems(j).find("/device: invalid device \"gpu\"") != std::string::npos);
+    j = tiny("ct");
+    j["network"]["preset"] = "unet";
+    CHECK(problems(j).find("/network/preset: unknown network \"unet\"") != std::string::npos);
+    // several problems are reported together
+    j = tiny("ct");
+    j["train"]["lrr"] = 1;
+    j["seed"] = -1;
+    j["bogus"] = true;
+    const std::string all = problems(j);
+    CHECK(all.find("3 problems") != std::string::npos);
+    CHECK(all.find("/seed") != std::string::npos);
+    CHECK(all.find("/bogus: unknown key") != std::string::npos);
+  }
+
+  TEST_CASE("--set overrides reach nested fields and parse JSON values") {
+    json j = tiny("ct");
+    apply_overrides(j, {"train.lr=2e-4", "consistency.schedule=fixed", "network.channel_mult=[1,1]",
+                        "name=x y"});
+    CHECK(j["train"]["lr"] == 2e-4);
+    CHECK(j["consistency"]["schedule"] == "fixed");
+    CHECK(j["network"]["channel_mult"] == json::array({1, 1}));
+    CHECK(j["name"] == "x y");
+    CHECK_THROWS_WITH_AS(apply_overrides(j, {"train.lr"}), doctest::Contains("expected key=value"),
+                         Error);
+  }
+
+  TEST_CASE("a resumed CT run is bit-identical to an uninterrupted one") {
+    check_resume_is_exact("ct");
+  }
+
+  TEST_CASE("a resumed EDM teacher run is bit-identical to an uninterrupted one") {
+    check_resume_is_exact("edm");
+  }
+
+  TEST_CASE("CD distils from a teacher checkpoint and starts from its weights") {
+    const fs::path dir = temp_dir("cd");
+    const RunConfig teacher_cfg = typed_config(resolve_config(tiny("edm"), "test.json"));
+    const std::string ckpt = (dir / "teacher.safetensors").string();
+    {
+      Trainer t(teacher_cfg, std::nullopt, nullptr);
+      t.train_step();
+      t.save_checkpoint(ckpt);
+    }
+    json j = tiny("cd");
+    j["consistency"] = {{"teacher", ckpt}, {"schedule", "fixed"}, {"n", 18}, {"mu", 0.0}};
+    const RunConfig cfg = typed_config(resolve_config(j, "test.json"));
+    Trainer cd(cfg, std::nullopt, nullptr);
+    const LoadedNetwork teacher = load_network(ckpt, "ema", Device::cpu());
+    // the student starts from the teacher's first eval EMA
+    for (auto& [n, p] : cd.online().named_parameters()) {
+      Tensor tp;
+      for (auto& [m, q] : teacher.net->named_parameters())
+        if (m == n) tp = q;
+      CHECK_MESSAGE(max_abs_diff(p, tp) == 0, n);
+    }
+    const StepStats s = cd.train_step();
+    CHECK(std::isfinite(s.loss));
+    CHECK(s.n == 18);
+    CHECK_THROWS_WITH_AS(load_network(ckpt, "ema:0.123", Device::cpu()),
+                         doctest::Contains("no eval EMA \"0.123\""), Error);
+    fs::remove_all(dir);
+  }
+
+  TEST_CASE("image outputs: quantisation, grids and .npz") {
+    const Tensor x = from_vector<float>({-1.0f, -0.999f, 0.0f, 0.5f, 1.0f, 2.0f}, {1, 1, 2, 3});
+    CHECK(quantize(x, Quantization::Floor).to_vector<uint8_t>() ==
+          std::vector<uint8_t>{0, 0, 127, 191, 255, 255});
+    CHECK(quantize(x, Quantization::Round).to_vector<uint8_t>() ==
+          std::vector<uint8_t>{0, 0, 128, 191, 255, 255});
+    const Tensor imgs =
+        to(arange(5 * 1 * 2 * 2, {.dtype = DType::i64}).reshape({5, 1, 2, 2}), DType::u8);
+    const Tensor grid = make_grid(imgs, 3, 1, 9);
+    CHECK(grid.shape() == Shape{1, 7, 10});  // 2 rows of 3: 2·(2+1)+1 by 3·(2+1)+1
+    auto px = [&](int64_t r, int64_t c) {
+      return select(select(select(grid, 0, 0), 0, r), 0, c).item<uint8_t>();
+    };
+    CHECK(px(0, 0) == 9);   // padding
+    CHECK(px(1, 1) == 0);   // image 0, pixel (0, 0)
+    CHECK(px(2, 5) == 7);   // image 1, pixel (1, 1)
+    CHECK(px(4, 1) == 12);  // image 3, pixel (0, 0)
+    CHECK(px(4, 7) == 9);   // no image 5: padding
+    const fs::path dir = temp_dir("npz");
+    const std::string path = (dir / "s.npz").string();
+    write_npz(path, imgs, from_vector<int64_t>({0, 1, 2, 3, 4}, {5}));
+    data::ZipReader zip(path);
+    const std::vector<uint8_t> arr = zip.read("arr_0.npy");
+    const data::NpyHeader h = data::parse_npy_header(arr.data(), arr.size(), "arr_0.npy");
+    CHECK(h.descr == "|u1");
+    CHECK(h.shape == Shape{5, 2, 2, 1});  // NHWC
+    CHECK(arr[h.data_offset + 5] == 5);
+    fs::remove_all(dir);
+  }
+}
