@@ -24,6 +24,10 @@ Tensor quantize(const Tensor& images, Quantization q = Quantization::Floor);
 Tensor make_grid(const Tensor& images, int64_t nrow = 0, int64_t padding = 2,
                  uint8_t pad_value = 0);
 
+// Enlarges an image [C, H, W] (any dtype) by an integer factor, each pixel repeated factor×factor
+// times, so that small images (8×8 digits) are visible in a grid.
+Tensor upscale_nearest(const Tensor& image, int64_t factor);
+
 // Writes u8 [N, C, H, W] as an .npz with arr_0 = uint8 [N, H, W, C] (NHWC, what openai's
 // evaluator and clean-fid read) and, when labels is defined, arr_1 = i64 [N]. Written atomically.
 void write_npz(const std::string& path, const Tensor& images_u8, const Tensor& labels = {});

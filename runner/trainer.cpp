@@ -393,7 +393,9 @@ std::vector<std::string> Trainer::write_sample_grids(const std::string& dir) con
   auto write = [&](const Tensor& images, const std::string& kind) {
     const std::string p =
         (fs::path(dir) / ("grid-" + std::string(step) + "-" + kind + ".png")).string();
-    data::write_png(p, make_grid(quantize(images)));
+    // small images are enlarged so that the grid is at least 256 pixels wide
+    const Tensor grid = make_grid(quantize(images));
+    data::write_png(p, upscale_nearest(grid, std::max<int64_t>(1, 256 / grid.size(2))));
     paths.push_back(p);
   };
   if (cfg_.mode == "edm") {

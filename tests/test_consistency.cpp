@@ -196,7 +196,12 @@ TEST_SUITE("consistency") {
     const SampleOptions two_step{.taus = {0.8}};
     const Tensor batch = consistency_sample(f, {11, 12, 13}, img, {}, two_step, Device::cpu());
     const Tensor single = consistency_sample(f, {12}, img, {}, two_step, Device::cpu());
-    CHECK(max_abs_diff(select(batch, 0, 1), select(single, 0, 0)) == 0);
+    // the noise is bit-identical; the network's arithmetic may round differently in another batch
+    // (BLAS blocks the products by their sizes), so the images agree to f32 precision
+    for (int64_t draw = 0; draw < 2; ++draw)
+      CHECK(max_abs_diff(select(per_image_noise({11, 12, 13}, img, draw, Device::cpu()), 0, 1),
+                         select(per_image_noise({12}, img, draw, Device::cpu()), 0, 0)) == 0);
+    CHECK(max_abs_diff(select(batch, 0, 1), select(single, 0, 0)) < 1e-5);
     CHECK(amax(abs(batch)).item<double>() <= 1.0);  // clipped to [−1, 1]
     const Tensor other = consistency_sample(f, {14}, img, {}, two_step, Device::cpu());
     CHECK(max_abs_diff(other, single) > 0);

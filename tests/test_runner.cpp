@@ -164,6 +164,16 @@ TEST_SUITE("runner") {
     CHECK(all.find("/bogus: unknown key") != std::string::npos);
   }
 
+  TEST_CASE("every shipped configuration validates") {
+    int n = 0;
+    for (const auto& e : fs::directory_iterator(std::string(CM_SOURCE_DIR) + "/configs")) {
+      if (e.path().extension() != ".json") continue;
+      CHECK_NOTHROW(typed_config(resolve_config(read_json_file(e.path().string()), e.path().string())));
+      ++n;
+    }
+    CHECK(n >= 8);
+  }
+
   TEST_CASE("--set overrides reach nested fields and parse JSON values") {
     json j = tiny("ct");
     apply_overrides(j, {"train.lr=2e-4", "consistency.schedule=fixed", "network.channel_mult=[1,1]",
