@@ -7,44 +7,21 @@
 
 #include "consistency/sampling.h"
 #include "consistency/training.h"
-#include "nn/safetensors.h"
-#include "tests/helpers.h"
+#include "tests/golden_util.h"
 
 using namespace cm;
 using namespace cm::consistency;
+using namespace cm::test;
 
 namespace {
 
-const std::string kGolden = std::string(CM_SOURCE_DIR) + "/tests/golden/";
-
-double rel_err(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num = std::max(num, std::fabs(x[i] - y[i]));
-    den = std::max(den, std::fabs(y[i]));
-  }
-  return num / std::max(den, 1e-30);
-}
-
 // The tiny DDPM++ of tests/golden/songunet_ddpmpp.safetensors, its weights scaled by `scale`.
 std::unique_ptr<nn::SongUNet> golden_net(double scale, DType dtype) {
-  nn::SafetensorsFile f(kGolden + "songunet_ddpmpp.safetensors");
-  nn::SongUNetConfig cfg = nn::songunet_preset("ddpmpp-digits-8");
-  cfg.img_resolution = 8;
-  cfg.in_channels = cfg.out_channels = 2;
-  cfg.model_channels = 8;
-  cfg.channel_mult = {1, 2};
-  cfg.num_blocks = 1;
-  cfg.attn_resolutions = {4};
-  cfg.dropout = 0;
+  nn::SafetensorsFile f(kGoldenDir + "songunet_ddpmpp.safetensors");
   Generator gen(0);
-  auto net = std::make_unique<nn::SongUNet>(cfg, gen);
-  std::map<std::string, Tensor> w;
-  for (const std::string& n : f.names())
-    if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output") w[n] = f.get(n);
-  net->load_state_dict(w);
+  auto net =
+      std::make_unique<nn::SongUNet>(songunet_config_from_json(f.metadata().at("config")), gen);
+  net->load_state_dict(golden_weights(f));
   net->to(dtype);
   {
     NoGradGuard ng;
@@ -141,7 +118,7 @@ TEST_SUITE("consistency") {
   }
 
   TEST_CASE("distances and weightings in closed form") {
-    Tensor a = test::randn_input({3, 2, 4, 4}, 1), b = test::randn_input({3, 2, 4, 4}, 2);
+    Tensor a = randn_input({3, 2, 4, 4}, 1), b = randn_input({3, 2, 4, 4}, 2);
     const std::vector<double> va = a.to_vector<double>(), vb = b.to_vector<double>();
     const std::vector<double> l2 = distance(a, b, Distance::L2).to_vector<double>();
     const std::vector<double> l1 = distance(a, b, Distance::L1).to_vector<double>();
@@ -208,7 +185,7 @@ TEST_SUITE("consistency") {
   }
 
   TEST_CASE("CT and CD losses and gradients match openai/consistency_models") {
-    nn::SafetensorsFile g(kGolden + "consistency.safetensors");
+    nn::SafetensorsFile g(kGoldenDir + "consistency.safetensors");
     const int64_t num_scales = std::stoll(g.metadata().at("num_scales"));
     const std::vector<double> sigmas = karras_sigmas(num_scales, {});
     const Tensor x = g.get("input.x"), z = g.get("input.noise");
@@ -246,7 +223,7 @@ TEST_SUITE("consistency") {
   }
 
   TEST_CASE("EDM's loss and Heun sampler match EDM") {
-    nn::SafetensorsFile g(kGolden + "consistency.safetensors");
+    nn::SafetensorsFile g(kGoldenDir + "consistency.safetensors");
     // EDMPrecond runs its network in f32 (it casts x to float32), so these agree to f32 precision.
     auto teacher = golden_net(1.1, DType::f32);
     Denoiser D(*teacher, Parameterization::Edm, NoiseLabels::EdmLog4, {});

@@ -4,61 +4,13 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "tests/helpers.h"
+#include "tests/golden_util.h"
+#include "tests/gpu_helpers.h"
 
 using namespace cm;
 using namespace cm::test;
 
 namespace {
-
-void require_gpu() {
-  if (!cuda::is_available()) {
-    MESSAGE("no CUDA device: skipped");
-    std::fflush(stdout);
-    std::_Exit(77);
-  }
-}
-
-const Device kGpu = Device::cuda(0);
-
-// Tolerance of a comparison between devices, by dtype.
-double tol(DType t) {
-  switch (t) {
-    case DType::f64:
-      return 1e-10;
-    case DType::f32:
-      return 2e-5;
-    case DType::f16:
-      return 2e-2;
-    case DType::bf16:
-      return 5e-2;
-    default:
-      return 0;
-  }
-}
-
-// True when a (CPU) and b (any device) agree within rtol on the scale of a.
-void check_close(const Tensor& a, const Tensor& b, double rtol, const std::string& what) {
-  REQUIRE_MESSAGE(a.shape() == b.shape(), what, ": shapes ", shape_str(a.shape()), " vs ",
-                  shape_str(b.shape()));
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double scale = 1e-3;
-  for (double v : x)
-    if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
-  double worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (std::isnan(x[i]) && std::isnan(y[i])) continue;
-    if (x[i] == y[i]) continue;
-    const double e = std::fabs(x[i] - y[i]) / scale;
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-    }
-  }
-  CHECK_MESSAGE(worst <= rtol, what, ": max relative difference ", worst, " at element ", at,
-                " (cpu ", x.empty() ? 0 : x[at], ", gpu ", y.empty() ? 0 : y[at], ")");
-}
 
 // An op under test: inputs (shapes and value domains) and the function.
 struct OpCase {
@@ -215,7 +167,7 @@ void run_parity(const OpCase& oc, DType dt, Layout layout) {
   }
   Tensor yc = oc.f(xc), yg = oc.f(xg);
   CHECK(yg.device() == kGpu);
-  check_close(yc, yg, tol(dt), what + " forward");
+  check_close(yc, yg, device_tol(dt), what + " forward");
   if (!yc.requires_grad()) return;
   Tensor w = randn_input(yc.shape(), 7, Layout::Contiguous, dt);
   sum(mul(yc, w)).backward();
@@ -224,7 +176,7 @@ void run_parity(const OpCase& oc, DType dt, Layout layout) {
     if (!xc[i].grad().defined()) continue;
     REQUIRE_MESSAGE(xg[i].grad().defined(), what, ": GPU gradient of input ", i, " missing");
     CHECK(xg[i].grad().device() == kGpu);
-    check_close(xc[i].grad(), xg[i].grad(), 4 * tol(dt),
+    check_close(xc[i].grad(), xg[i].grad(), 4 * device_tol(dt),
                 what + " gradient of input " + std::to_string(i));
   }
 }
@@ -332,7 +284,7 @@ TEST_SUITE("gpu") {
     Tensor ref = matmul(a, b);
     for (DType dt : {DType::f32, DType::f16, DType::bf16, DType::f64}) {
       Tensor c = matmul(to(to(a, dt), kGpu), to(to(b, dt), kGpu));
-      check_close(ref, to(c, DType::f64), dt == DType::f64 ? 1e-12 : 4 * tol(dt),
+      check_close(ref, to(c, DType::f64), dt == DType::f64 ? 1e-12 : 4 * device_tol(dt),
                   std::string("matmul ") + dtype_name(dt));
     }
     set_matmul_tf32(true);
@@ -393,5 +345,30 @@ TEST_SUITE("gpu") {
     CHECK_THROWS_WITH_AS(add(a, b), doctest::Contains("different devices"), Error);
     CHECK_THROWS_WITH_AS(to(b, Device::cuda(cuda::device_count())),
                          doctest::Contains("does not exist"), Error);
+  }
+}
+
+// SongUNet on the GPU against EDM's PyTorch outputs (the CPU test is tests/test_songunet.cpp).
+TEST_SUITE("gpu") {
+  TEST_CASE("cuda: SongUNet matches EDM's outputs and gradients on the GPU") {
+    require_gpu();
+    for (const std::string flavour : {"ddpmpp", "ncsnpp"}) {
+      nn::SafetensorsFile f(kGoldenDir + "songunet_" + flavour + ".safetensors");
+      const nn::SongUNetConfig c = songunet_config_from_json(f.metadata().at("config"));
+      Generator gen(0);
+      nn::SongUNet net(c, gen);
+      net.load_state_dict(golden_weights(f));
+      net.to(kGpu);
+      net.eval();
+      Tensor x = to(f.get("input.x"), kGpu);
+      x.set_requires_grad(true);
+      Tensor out = net.forward(x, to(f.get("input.noise_labels"), kGpu));
+      check_close(f.get("output"), out, 1e-5, flavour + " output");
+      sum(mul(out, to(f.get("input.weights"), kGpu))).backward();
+      check_close(f.get("grad.x"), x.grad(), 1e-4, flavour + " input gradient");
+      for (auto& [n, p] : net.named_parameters())
+        if (f.contains("grad." + n))
+          check_close(f.get("grad." + n), p.grad(), 1e-4, flavour + " gradient of " + n);
+    }
   }
 }

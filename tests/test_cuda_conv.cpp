@@ -5,26 +5,16 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "tests/helpers.h"
+#include "tests/gpu_helpers.h"
 
 using namespace cm;
 using namespace cm::test;
 
 namespace {
 
-void require_gpu() {
-  if (!cuda::is_available()) {
-    MESSAGE("no CUDA device: skipped");
-    std::fflush(stdout);
-    std::_Exit(77);
-  }
-}
-
-const Device kGpu = Device::cuda(0);
-
 // Tolerance relative to the largest reference value, by dtype (f32: cuDNN may pick Winograd or FFT
 // algorithms, exact to a few f32 ulps of the largest term rather than of each output).
-double tol(DType t) {
+double conv_tol(DType t) {
   switch (t) {
     case DType::f64:
       return 1e-10;
@@ -37,26 +27,6 @@ double tol(DType t) {
     default:
       return 0;
   }
-}
-
-// max |a − b| ≤ rtol · max |a|, a on the CPU (f64 reference), b on any device and dtype.
-void check_close(const Tensor& a, const Tensor& b, double rtol, const std::string& what) {
-  REQUIRE_MESSAGE(b.defined(), what, ": missing");
-  REQUIRE_MESSAGE(a.shape() == b.shape(), what, ": shapes ", shape_str(a.shape()), " vs ",
-                  shape_str(b.shape()));
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double scale = 1e-3, worst = 0;
-  size_t at = 0;
-  for (double v : x) scale = std::max(scale, std::fabs(v));
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double e = std::fabs(x[i] - y[i]) / scale;
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-    }
-  }
-  CHECK_MESSAGE(worst <= rtol, what, ": max relative difference ", worst, " at element ", at,
-                " (cpu ", x.empty() ? 0 : x[at], ", gpu ", y.empty() ? 0 : y[at], ")");
 }
 
 struct ConvCase {
@@ -124,13 +94,13 @@ void run_parity(const ConvCase& c, DType dt, Layout layout, uint64_t seed) {
   const Tensor yc = c(xc, wc, bc), yg = c(xg, wg, bg);
   CHECK(yg.device() == kGpu);
   CHECK(yg.dtype() == dt);
-  check_close(yc, yg, tol(dt), what + " forward");
+  check_close(yc, yg, conv_tol(dt), what + " forward");
   const Tensor gy = rounded(yc.shape(), seed + 3, dt);
   yc.backward(gy);
   yg.backward(to(to(gy, dt), kGpu));
-  check_close(xc.grad(), xg.grad(), 2 * tol(dt), what + " dx");
-  check_close(wc.grad(), wg.grad(), 2 * tol(dt), what + " dw");
-  check_close(bc.grad(), bg.grad(), 2 * tol(dt), what + " db");
+  check_close(xc.grad(), xg.grad(), 2 * conv_tol(dt), what + " dx");
+  check_close(wc.grad(), wg.grad(), 2 * conv_tol(dt), what + " dw");
+  check_close(bc.grad(), bg.grad(), 2 * conv_tol(dt), what + " db");
 }
 
 }  // namespace
@@ -162,7 +132,7 @@ TEST_SUITE("gpu") {
     check_close(ref, y, 5e-3, "conv2d tf32");
     // off again: exact f32 (a different cached algorithm choice)
     const Tensor y32 = conv2d(to(to(x, DType::f32), kGpu), to(to(w, DType::f32), kGpu), {}, c.p);
-    check_close(ref, y32, tol(DType::f32), "conv2d f32 after tf32");
+    check_close(ref, y32, conv_tol(DType::f32), "conv2d f32 after tf32");
   }
 
   TEST_CASE("cuda conv: gradients are reproducible run to run") {
@@ -194,8 +164,8 @@ TEST_SUITE("gpu") {
       for (Tensor* t : {&xc, &wc, &xg, &wg}) t->set_requires_grad(true);
       sum(c(xc, wc, {})).backward();  // the gradient reaching the conv is ones expanded
       sum(c(xg, wg, {})).backward();
-      check_close(xc.grad(), xg.grad(), tol(DType::f64), c.name + " dx from sum");
-      check_close(wc.grad(), wg.grad(), tol(DType::f64), c.name + " dw from sum");
+      check_close(xc.grad(), xg.grad(), conv_tol(DType::f64), c.name + " dx from sum");
+      check_close(wc.grad(), wg.grad(), conv_tol(DType::f64), c.name + " dw from sum");
     }
     Shape empty_batch = cases()[0].xs;
     empty_batch[0] = 0;

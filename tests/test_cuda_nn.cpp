@@ -11,60 +11,12 @@
 #include <string>
 #include <vector>
 
-#include "tests/helpers.h"
+#include "tests/gpu_helpers.h"
 
 using namespace cm;
 using namespace cm::test;
 
 namespace {
-
-void require_gpu() {
-  if (!cuda::is_available()) {
-    MESSAGE("no CUDA device: skipped");
-    std::fflush(stdout);
-    std::_Exit(77);
-  }
-}
-
-const Device kGpu = Device::cuda(0);
-
-// Tolerance of a comparison between devices, by dtype (as tests/test_cuda.cpp).
-double tol(DType t) {
-  switch (t) {
-    case DType::f64:
-      return 1e-10;
-    case DType::f32:
-      return 2e-5;
-    case DType::f16:
-      return 2e-2;
-    case DType::bf16:
-      return 5e-2;
-    default:
-      return 0;
-  }
-}
-
-// a (CPU) and b (any device) agree within rtol on the scale of a.
-void check_close(const Tensor& a, const Tensor& b, double rtol, const std::string& what) {
-  REQUIRE_MESSAGE(a.shape() == b.shape(), what, ": shapes ", shape_str(a.shape()), " vs ",
-                  shape_str(b.shape()));
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double scale = 1e-3;
-  for (double v : x)
-    if (std::isfinite(v)) scale = std::max(scale, std::fabs(v));
-  double worst = 0;
-  size_t at = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    if (x[i] == y[i]) continue;
-    const double e = std::fabs(x[i] - y[i]) / scale;
-    if (!(e <= worst)) {
-      worst = e;
-      at = i;
-    }
-  }
-  CHECK_MESSAGE(worst <= rtol, what, ": max relative difference ", worst, " at element ", at,
-                " (cpu ", x.empty() ? 0 : x[at], ", gpu ", y.empty() ? 0 : y[at], ")");
-}
 
 using V = const std::vector<Tensor>&;
 
@@ -157,7 +109,7 @@ void run_parity(const OpCase& oc, DType dt, Layout layout) {
   Tensor yc = oc.f(xc), yg = oc.f(xg);
   CHECK(yg.device() == kGpu);
   CHECK(yg.dtype() == dt);
-  check_close(yc, yg, tol(dt), what + " forward");
+  check_close(yc, yg, device_tol(dt), what + " forward");
   Tensor w = randn_input(yc.shape(), 7, Layout::Contiguous, dt);
   sum(mul(yc, w)).backward();
   sum(mul(yg, to(w, kGpu))).backward();
@@ -165,7 +117,7 @@ void run_parity(const OpCase& oc, DType dt, Layout layout) {
     REQUIRE_MESSAGE(xc[i].grad().defined(), what, ": CPU gradient of input ", i, " missing");
     REQUIRE_MESSAGE(xg[i].grad().defined(), what, ": GPU gradient of input ", i, " missing");
     CHECK(xg[i].grad().device() == kGpu);
-    check_close(xc[i].grad(), xg[i].grad(), 4 * tol(dt),
+    check_close(xc[i].grad(), xg[i].grad(), 4 * device_tol(dt),
                 what + " gradient of input " + std::to_string(i));
   }
 }

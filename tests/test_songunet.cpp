@@ -1,52 +1,15 @@
 // SongUNet against the reference: exact parameter counts of the benchmark networks, EDM's
 // state-dict names, and outputs and gradients matching EDM's own PyTorch implementation (golden
 // files made by tools/gen_songunet_golden.py from NVlabs/edm's training/networks.py).
-#include <nlohmann/json.hpp>
-
 #include <set>
 
-#include "nn/safetensors.h"
-#include "nn/songunet.h"
-#include "tests/helpers.h"
+#include "tests/golden_util.h"
 
 using namespace cm;
 using namespace cm::nn;
+using namespace cm::test;
 
 namespace {
-
-const std::string kGolden = std::string(CM_SOURCE_DIR) + "/tests/golden/";
-
-SongUNetConfig config_from_json(const std::string& text) {
-  const nlohmann::json j = nlohmann::json::parse(text);
-  SongUNetConfig c;
-  c.img_resolution = j.at("img_resolution");
-  c.in_channels = j.at("in_channels");
-  c.out_channels = j.at("out_channels");
-  c.label_dim = j.value("label_dim", 0);
-  c.model_channels = j.at("model_channels");
-  c.channel_mult = j.at("channel_mult").get<std::vector<int64_t>>();
-  c.num_blocks = j.at("num_blocks");
-  c.attn_resolutions = j.at("attn_resolutions").get<std::vector<int64_t>>();
-  c.dropout = j.at("dropout");
-  c.embedding_type = j.at("embedding_type");
-  c.channel_mult_noise = j.at("channel_mult_noise");
-  c.encoder_type = j.at("encoder_type");
-  c.decoder_type = j.at("decoder_type");
-  c.resample_filter = j.at("resample_filter").get<std::vector<double>>();
-  return c;
-}
-
-// max |a − b| / max |b|
-double rel_err(const Tensor& a, const Tensor& b) {
-  REQUIRE(a.shape() == b.shape());
-  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
-  double num = 0, den = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    num = std::max(num, std::fabs(x[i] - y[i]));
-    den = std::max(den, std::fabs(y[i]));
-  }
-  return num / std::max(den, 1e-30);
-}
 
 struct Golden {
   SongUNetConfig cfg;
@@ -54,10 +17,10 @@ struct Golden {
 };
 
 Golden load_golden(const std::string& flavour) {
-  const std::string path = kGolden + "songunet_" + flavour + ".safetensors";
+  const std::string path = kGoldenDir + "songunet_" + flavour + ".safetensors";
   SafetensorsFile f(path);
   Golden g;
-  g.cfg = config_from_json(f.metadata().at("config"));
+  g.cfg = songunet_config_from_json(f.metadata().at("config"));
   for (const std::string& n : f.names()) g.tensors[n] = f.get(n);
   return g;
 }
