@@ -4,35 +4,10 @@
 // in the index add up in a fixed order.
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/indexer.h"
 
 namespace cm::cpu {
 namespace {
-
-// Offsets of linear index i (row-major over `shape`, skipping dim `skip`) in up to three tensors.
-struct Indexer {
-  int nd = 0;
-  int64_t shape[kMaxDims] = {};
-  int64_t st[3][kMaxDims] = {};
-  int64_t numel = 1;
-  Indexer(const Shape& s, int64_t skip, std::initializer_list<const Shape*> strides) {
-    for (int64_t d = 0; d < int64_t(s.size()); ++d) {
-      if (d == skip) continue;
-      shape[nd] = s[size_t(d)];
-      int k = 0;
-      for (const Shape* t : strides) st[k++][nd] = (*t)[size_t(d)];
-      numel *= s[size_t(d)];
-      ++nd;
-    }
-  }
-  void offsets(int64_t i, int64_t* o) const {
-    o[0] = o[1] = o[2] = 0;
-    for (int d = nd - 1; d >= 0; --d) {
-      int64_t q = i % shape[d];
-      i /= shape[d];
-      for (int k = 0; k < 3; ++k) o[k] += q * st[k][d];
-    }
-  }
-};
 
 template <class F>
 void dispatch_index_dtype(DType t, const char* op, F&& f) {

@@ -3,35 +3,10 @@
 // order, so duplicate indices accumulate deterministically without atomics.
 #include "tensor/cuda/cuda_backend.h"
 #include "tensor/cuda/cuda_common.h"
+#include "tensor/indexer.h"
 
 namespace cm::cuda_impl {
 namespace {
-
-// Offsets of linear index i (row-major over the dims of `shape` except `skip`) in up to 3 tensors.
-struct Indexer {
-  int nd = 0;
-  int64_t shape[kMaxDims] = {};
-  int64_t st[3][kMaxDims] = {};
-  int64_t numel = 1;
-  Indexer(const Shape& s, int64_t skip, std::initializer_list<const Shape*> strides) {
-    for (int64_t d = 0; d < int64_t(s.size()); ++d) {
-      if (d == skip) continue;
-      shape[nd] = s[size_t(d)];
-      int k = 0;
-      for (const Shape* t : strides) st[k++][nd] = (*t)[size_t(d)];
-      numel *= s[size_t(d)];
-      ++nd;
-    }
-  }
-  __device__ void offsets(int64_t i, int64_t* o) const {
-    o[0] = o[1] = o[2] = 0;
-    for (int d = nd - 1; d >= 0; --d) {
-      const int64_t q = i % shape[d];
-      i /= shape[d];
-      for (int k = 0; k < 3; ++k) o[k] += q * st[k][d];
-    }
-  }
-};
 
 #define CM_GRID_LOOP(i, n)                                                  \
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < (n); \
