@@ -213,9 +213,17 @@ Tensor upsample_nearest2d(const Tensor& x, int64_t scale);
 // x [N, C, H, W] -> [N, C, out_h, out_w], bilinear, as torch's interpolate(mode="bilinear").
 Tensor upsample_bilinear2d(const Tensor& x, int64_t out_h, int64_t out_w,
                            bool align_corners = false);
-// x [N, C, H, W] averaged over kernel×kernel windows (stride defaults to kernel; zero padding
-// counted, as torch's avg_pool2d with count_include_pad=true).
-Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t padding = 0);
+// x [N, C, H, W] averaged over kernel×kernel windows (stride defaults to kernel; floor-mode output
+// sizes). With count_include_pad the zero padding counts in the divisor (kernel²), as torch's
+// avg_pool2d default; without it each window is divided by the number of its elements inside the
+// input (torch's count_include_pad=False, TensorFlow's SAME-padded average pool).
+Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t padding = 0,
+                  bool count_include_pad = true);
+// x [N, C, H, W] -> the maximum of each kernel×kernel window (stride defaults to kernel; padding
+// with −∞, never chosen; floor-mode sizes), as torch's max_pool2d with dilation 1. The gradient
+// goes to the window's maximum; tied maxima in one window share it evenly (as amax), where PyTorch
+// gives it all to the first.
+Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t padding = 0);
 // softmax(q·kᵀ·scale)·v over the last two dims: q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv];
 // the softmax is computed in f32 whatever the input dtype. scale defaults to 1/√D.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -73,7 +73,8 @@ Distance parse_distance(const std::string& s) {
   if (s == "l2") return Distance::L2;
   if (s == "l1") return Distance::L1;
   if (s == "pseudo_huber") return Distance::PseudoHuber;
-  CM_FAIL("unknown distance \"", s, "\" (expected l2, l1 or pseudo_huber)");
+  if (s == "lpips") return Distance::Lpips;
+  CM_FAIL("unknown distance \"", s, "\" (expected l2, l1, pseudo_huber or lpips)");
 }
 
 Weighting parse_weighting(const std::string& s) {
@@ -101,7 +102,16 @@ Solver parse_solver(const std::string& s) {
 
 // ---- pieces of the loss
 // ------------------------------------------------------------------------------------------
-Tensor distance(const Tensor& a, const Tensor& b, Distance d, std::optional<double> huber_c) {
+Tensor distance(const Tensor& a, const Tensor& b, Distance d, std::optional<double> huber_c,
+                const DistanceFn& learned) {
+  if (d == Distance::Lpips) {
+    CM_CHECK(learned != nullptr,
+             "distance: lpips needs the LPIPS network (LossOptions::learned_distance)");
+    const Tensor r = learned(a, b);
+    CM_CHECK(r.dim() == 1 && r.size(0) == a.size(0), "distance: the learned distance returned ",
+             shape_str(r.shape()), " for a batch of ", a.size(0), " (expected [N])");
+    return r;
+  }
   const Tensor diff = sub(a, b);
   const Shape per_pixel = {1, 2, 3};
   switch (d) {
@@ -114,6 +124,8 @@ Tensor distance(const Tensor& a, const Tensor& b, Distance d, std::optional<doub
       const double c = huber_c.value_or(0.00054 * std::sqrt(dim));
       return sub(sqrt(add(sum(square(diff), per_pixel), c * c)), c);
     }
+    case Distance::Lpips:
+      break;  // handled above
   }
   CM_FAIL("distance: unknown kind");
 }
@@ -208,7 +220,7 @@ StepLoss finish(const Denoiser& online, const Denoiser& target, const Tensor& x_
     tgt = detach(target(x_lo, s.lo, labels, {.dropout = &replay}));
   }
   const Tensor per = mul(weighting(s.hi, s.lo, o.weighting, online.constants().sigma_data),
-                         distance(out, tgt, o.distance, o.huber_c));
+                         distance(out, tgt, o.distance, o.huber_c, o.learned_distance));
   return {mean(per), detach(per), std::move(idx), n};
 }
 

@@ -4,6 +4,7 @@
 // §7). The training loop around it (optimizer, target and eval EMAs, checkpoints) is the runner's.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -42,6 +43,7 @@ enum class Distance {
   L2,           // mean over pixels of (a − b)²
   L1,           // mean over pixels of |a − b|
   PseudoHuber,  // √(‖a − b‖² + c²) − c over all pixels (iCT)
+  Lpips,        // LPIPS (eval/lpips.h), given as LossOptions::learned_distance
 };
 enum class Weighting {
   Uniform,       // λ ≡ 1 (all reported CM runs)
@@ -59,17 +61,23 @@ Distance parse_distance(const std::string& s);
 Weighting parse_weighting(const std::string& s);
 IndexSampling parse_index_sampling(const std::string& s);
 
+// A per-sample distance computed by a network, d(a, b) [N] for images a, b [N, C, H, W],
+// differentiable in a. cm_consistency does not depend on the networks' library (cm_eval): the
+// caller binds one (the runner binds eval::Lpips for distance "lpips").
+using DistanceFn = std::function<Tensor(const Tensor& a, const Tensor& b)>;
+
 struct LossOptions {
   Distance distance = Distance::L2;
   Weighting weighting = Weighting::Uniform;
   IndexSampling sampling = IndexSampling::Uniform;
   std::optional<double> huber_c = std::nullopt;  // default 0.00054·√d, d = C·H·W
   double p_mean = -1.1, p_std = 2.0;             // lognormal index sampling (iCT)
+  DistanceFn learned_distance = nullptr;         // Distance::Lpips: the network (required)
 };
 
-// Per-sample distance d(a, b) [N].
+// Per-sample distance d(a, b) [N]; Distance::Lpips calls `learned` (an error when it is empty).
 Tensor distance(const Tensor& a, const Tensor& b, Distance d,
-                std::optional<double> huber_c = std::nullopt);
+                std::optional<double> huber_c = std::nullopt, const DistanceFn& learned = nullptr);
 // Per-sample weights λ [N] for the pair (σ_n > σ_{n+1}).
 Tensor weighting(const Tensor& sigma_hi, const Tensor& sigma_lo, Weighting w, double sigma_data);
 // Grid indices j (0..N−2) for a batch, drawn from `gen` on the host.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -214,9 +215,36 @@ std::vector<Field> build_schema() {
        "l2",
        -inf,
        inf,
-       {"l2", "l1", "pseudo_huber"},
+       {"l2", "l1", "pseudo_huber", "lpips"},
        kConsistencyModes,
-       ""},
+       "d of the loss; lpips needs consistency.lpips.weights"},
+      {"/consistency/lpips",
+       Kind::Object,
+       nullptr,
+       -inf,
+       inf,
+       {},
+       kConsistencyModes,
+       "the LPIPS network of distance lpips",
+       true},
+      {"/consistency/lpips/weights",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {},
+       kConsistencyModes,
+       "an LPIPS weights file made by tools/convert_lpips.py (required for distance lpips)",
+       true},
+      {"/consistency/lpips/variant",
+       Kind::String,
+       "piq",
+       -inf,
+       inf,
+       {"piq", "original"},
+       kConsistencyModes,
+       "piq: average pools and ImageNet mean/std (openai/consistency_models); original: max pools "
+       "and the LPIPS scaling layer (the JAX code)"},
       {"/consistency/weighting",
        Kind::String,
        "uniform",
@@ -577,6 +605,22 @@ json resolve_config(const json& user, const std::string& source) {
       }
       if (out["consistency"]["s1"].get<double>() < out["consistency"]["s0"].get<double>())
         err("/consistency/s1", "must be >= s0");
+      const json& k = out["consistency"];
+      if (k["distance"] == "lpips") {
+        if (!k.contains("lpips") || !k["lpips"].contains("weights")) {
+          err("/consistency/lpips/weights",
+              "missing: distance \"lpips\" needs an LPIPS weights file (make one with "
+              "tools/convert_lpips.py)");
+        } else {
+          const std::string w = k["lpips"]["weights"];
+          if (!std::filesystem::is_regular_file(w))
+            err("/consistency/lpips/weights",
+                "no such file: \"" + w + "\" (make one with tools/convert_lpips.py)");
+        }
+      } else if (k.contains("lpips")) {
+        err("/consistency/lpips", "applies only to distance \"lpips\" (distance is \"" +
+                                      k["distance"].get<std::string>() + "\")");
+      }
     }
     try {
       const json net = out["network"];
@@ -680,6 +724,10 @@ RunConfig typed_config(const json& r) {
     o.weighting = consistency::parse_weighting(k.at("weighting"));
     o.sampling = consistency::parse_index_sampling(k.at("index_sampling"));
     if (k.contains("huber_c")) o.huber_c = k["huber_c"].get<double>();
+    if (k.contains("lpips")) {
+      c.cons.lpips_weights = k["lpips"].at("weights");
+      c.cons.lpips_variant = k["lpips"].at("variant");
+    }
     o.p_mean = k.at("p_mean");
     o.p_std = k.at("p_std");
     if (c.mode == "cd") {

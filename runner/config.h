@@ -68,6 +68,10 @@ struct ConsistencyConfig {
   consistency::LossOptions loss;
   consistency::Solver solver = consistency::Solver::Heun;
   std::string teacher;  // CD: a teacher run directory or checkpoint file
+  // distance lpips: the weights file (tools/convert_lpips.py) and "piq" or "original"; the
+  // trainer binds the network as loss.learned_distance.
+  std::string lpips_weights;
+  std::string lpips_variant = "piq";
 };
 
 struct SampleConfig {

@@ -1,12 +1,9 @@
 #include "runner/images.h"
 
-#include <zlib.h>
-
 #include <cmath>
-#include <cstring>
 
 #include "autograd/ops.h"
-#include "nn/atomic_file.h"
+#include "datasets/npz.h"
 
 namespace cm::runner {
 
@@ -59,108 +56,13 @@ Tensor upscale_nearest(const Tensor& image, int64_t factor) {
   return index_select(index_select(image, 1, repeat_index(image.size(1))), 2, repeat_index(image.size(2)));
 }
 
-namespace {
-
-// A .npy file: magic, version 1.0, header dict padded to a multiple of 64 bytes, raw data.
-std::vector<uint8_t> npy_bytes(const std::string& descr, const Shape& shape, const void* data,
-                               size_t nbytes) {
-  std::string shape_s = "(";
-  for (size_t i = 0; i < shape.size(); ++i)
-    shape_s += std::to_string(shape[i]) + (shape.size() == 1 || i + 1 < shape.size() ? "," : "");
-  shape_s += ")";
-  std::string header =
-      "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape_s + ", }";
-  const size_t total = 10 + header.size() + 1;
-  header.append((64 - total % 64) % 64, ' ');
-  header += '\n';
-  const uint8_t magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
-  std::vector<uint8_t> out(10 + header.size() + nbytes);
-  std::memcpy(out.data(), magic, 8);
-  out[8] = uint8_t(header.size() & 0xff);
-  out[9] = uint8_t(header.size() >> 8);
-  std::memcpy(out.data() + 10, header.data(), header.size());
-  if (nbytes) std::memcpy(out.data() + 10 + header.size(), data, nbytes);
-  return out;
-}
-
-void put16(std::vector<uint8_t>& b, uint32_t v) {
-  b.push_back(uint8_t(v));
-  b.push_back(uint8_t(v >> 8));
-}
-void put32(std::vector<uint8_t>& b, uint32_t v) {
-  put16(b, v & 0xffff);
-  put16(b, v >> 16);
-}
-
-// A ZIP archive of stored (uncompressed) entries, as numpy.savez writes.
-std::vector<uint8_t> zip_stored(
-    const std::vector<std::pair<std::string, std::vector<uint8_t>>>& entries) {
-  std::vector<uint8_t> out, central;
-  for (const auto& [name, data] : entries) {
-    CM_CHECK(data.size() < 0xffffffffull, "write_npz: entry ", name,
-             " is too large for a ZIP without ZIP64");
-    const uint32_t crc = uint32_t(crc32(0L, data.data(), uInt(data.size())));
-    const uint32_t offset = uint32_t(out.size());
-    put32(out, 0x04034b50);
-    put16(out, 20);
-    put16(out, 0);
-    put16(out, 0);  // stored
-    put16(out, 0);
-    put16(out, 0x21);  // 1980-01-01
-    put32(out, crc);
-    put32(out, uint32_t(data.size()));
-    put32(out, uint32_t(data.size()));
-    put16(out, uint16_t(name.size()));
-    put16(out, 0);
-    out.insert(out.end(), name.begin(), name.end());
-    out.insert(out.end(), data.begin(), data.end());
-    put32(central, 0x02014b50);
-    put16(central, 20);
-    put16(central, 20);
-    put16(central, 0);
-    put16(central, 0);
-    put16(central, 0);
-    put16(central, 0x21);
-    put32(central, crc);
-    put32(central, uint32_t(data.size()));
-    put32(central, uint32_t(data.size()));
-    put16(central, uint16_t(name.size()));
-    put16(central, 0);
-    put16(central, 0);
-    put16(central, 0);
-    put16(central, 0);
-    put32(central, 0);
-    put32(central, offset);
-    central.insert(central.end(), name.begin(), name.end());
-  }
-  const uint32_t cd_offset = uint32_t(out.size());
-  out.insert(out.end(), central.begin(), central.end());
-  put32(out, 0x06054b50);
-  put16(out, 0);
-  put16(out, 0);
-  put16(out, uint16_t(entries.size()));
-  put16(out, uint16_t(entries.size()));
-  put32(out, uint32_t(central.size()));
-  put32(out, cd_offset);
-  put16(out, 0);
-  return out;
-}
-
-}  // namespace
-
 void write_npz(const std::string& path, const Tensor& images_u8, const Tensor& labels) {
   CM_CHECK(images_u8.dim() == 4 && images_u8.dtype() == DType::u8,
            "write_npz: expected u8 [N, C, H, W]");
-  const Tensor nhwc = contiguous(permute(to(images_u8, Device::cpu()), {0, 2, 3, 1}));
-  std::vector<std::pair<std::string, std::vector<uint8_t>>> entries;
-  entries.emplace_back("arr_0.npy", npy_bytes("|u1", nhwc.shape(), nhwc.data_ptr(), nhwc.nbytes()));
-  if (labels.defined()) {
-    const Tensor l = contiguous(to(to(labels, DType::i64), Device::cpu()));
-    entries.emplace_back("arr_1.npy", npy_bytes("<i8", l.shape(), l.data_ptr(), l.nbytes()));
-  }
-  const std::vector<uint8_t> bytes = zip_stored(entries);
-  nn::write_atomic(path,
-                   std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()));
+  std::vector<std::pair<std::string, Tensor>> arrays;
+  arrays.emplace_back("arr_0", permute(images_u8, {0, 2, 3, 1}));
+  if (labels.defined()) arrays.emplace_back("arr_1", to(labels, DType::i64));
+  data::write_npz(path, arrays);
 }
 
 }  // namespace cm::runner

@@ -5,6 +5,7 @@
 
 #include "consistency/sampling.h"
 #include "datasets/png.h"
+#include "eval/lpips.h"
 #include "nn/safetensors.h"
 #include "runner/images.h"
 
@@ -112,6 +113,16 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
           "/network: the student must have the teacher's architecture to start from its weights: ",
           e.what());
     }
+  }
+  if ((cfg.mode == "ct" || cfg.mode == "cd") &&
+      cfg.cons.loss.distance == consistency::Distance::Lpips) {
+    // The frozen LPIPS network, bound as the loss's distance (it keeps the network alive).
+    std::shared_ptr<const eval::Lpips> lpips = eval::load_lpips(
+        cfg.cons.lpips_weights, eval::LpipsOptions::variant(cfg.cons.lpips_variant), dev);
+    cfg_.cons.loss.learned_distance = [lpips](const Tensor& a, const Tensor& b) {
+      return lpips->forward(a, b);
+    };
+    if (log_) log_->line("lpips: " + cfg.cons.lpips_weights + " (" + cfg.cons.lpips_variant + ")");
   }
   if ((cfg.mode == "ct" || cfg.mode == "cd") && target_needs_network(cfg.cons.schedule)) {
     Generator unused(0);

@@ -227,6 +227,22 @@ TEST_SUITE("ops") {
     check_product(matmul(v, w), v, w, "1-D·2-D large");
   }
 
+  TEST_CASE("large products of small batches split into column or row blocks") {
+    // ≥ 2²¹ multiply-adds with a batch below 8: each product runs as blocks of output columns
+    // (N ≥ M) or rows (M > N), on row-major and transposed views of both operands
+    for (DType t : {DType::f32, DType::f64})
+      for (Layout la : {Layout::Contiguous, Layout::Transposed})
+        for (Layout lb : {Layout::Contiguous, Layout::Transposed}) {
+          const std::string what = tname(t) + " " + lname(la) + "·" + lname(lb);
+          const Tensor a = randn_input({100, 150}, 31, la, t),
+                       b = randn_input({150, 400}, 32, lb, t);
+          check_product(matmul(a, b), a, b, "column blocks 100x150·150x400 " + what);
+          const Tensor c = randn_input({2, 300, 100}, 33, la, t),
+                       d = randn_input({100, 200}, 34, lb, t);
+          check_product(matmul(c, d), c, d, "row blocks 2x300x100·100x200 " + what);
+        }
+  }
+
   TEST_CASE("matmul promotes mixed float dtypes") {
     const Tensor a = randn_input({3, 4}, 17, Layout::Contiguous, DType::f32);
     const Tensor b = randn_input({4, 2}, 18, Layout::Contiguous, DType::f64);

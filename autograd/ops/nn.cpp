@@ -1,7 +1,9 @@
 // Neural-network functions composed from differentiable primitives (matmul, index_select, views,
 // elementwise ops, softmax), so each gets its gradient from theirs: no backward is written here.
 // Each follows the PyTorch function of the same name; shapes are in the comments.
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "autograd/ops/common.h"
 
@@ -132,32 +134,82 @@ Tensor upsample_bilinear2d(const Tensor& x, int64_t out_h, int64_t out_w, bool a
   return add(mul(index_select(t, 2, th.i0), l0h), mul(index_select(t, 2, th.i1), l1h));
 }
 
-// x [N, C, H, W] -> [N, C, Ho, Wo], Ho = (H + 2·padding − kernel)/stride + 1: x zero-padded, then
-// the sum of the kernel² strided views xp[:, :, i::stride, j::stride] (added row by row, as PyTorch
-// sums a window) divided by kernel² (padding counted, and with floor-mode output sizes no window
-// reaches past the padding).
-Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
-  check_nchw(x, "avg_pool2d");
-  if (stride == 0) stride = kernel;
-  CM_CHECK(kernel > 0 && stride > 0, "avg_pool2d: kernel and stride must be positive, got kernel ",
+namespace {
+// The windows of a 2-D pooling: x padded with `pad_value` and the kernel² strided views
+// xp[:, :, i::stride, j::stride] of the output's size, in row-major window order (the order in
+// which PyTorch visits a window). Checks the geometry; errors name `op`.
+struct PoolWindows {
+  std::vector<Tensor> views;  // kernel² views [N, C, Ho, Wo]
+  int64_t Ho = 0, Wo = 0;
+};
+PoolWindows pool_windows(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding,
+                         double pad_value, const char* op) {
+  check_nchw(x, op);
+  CM_CHECK(kernel > 0 && stride > 0, op, ": kernel and stride must be positive, got kernel ",
            kernel, ", stride ", stride);
-  CM_CHECK(padding >= 0 && 2 * padding <= kernel, "avg_pool2d: padding ", padding,
+  CM_CHECK(padding >= 0 && 2 * padding <= kernel, op, ": padding ", padding,
            " must be in [0, kernel/2] for kernel ", kernel);
   const int64_t Hp = x.size(2) + 2 * padding, Wp = x.size(3) + 2 * padding;
-  CM_CHECK(Hp >= kernel && Wp >= kernel, "avg_pool2d: kernel ", kernel,
+  CM_CHECK(Hp >= kernel && Wp >= kernel, op, ": kernel ", kernel,
            " is larger than the padded input (shape ", shape_str(x.shape()), ", padding ", padding,
            ")");
-  const int64_t Ho = (Hp - kernel) / stride + 1, Wo = (Wp - kernel) / stride + 1;
-  const Tensor xp = padding > 0 ? pad(x, {padding, padding, padding, padding}) : x;
-  Tensor acc;
+  PoolWindows w;
+  w.Ho = (Hp - kernel) / stride + 1;
+  w.Wo = (Wp - kernel) / stride + 1;
+  const Tensor xp =
+      padding > 0 ? pad(x, {padding, padding, padding, padding}, PadMode::Constant, pad_value) : x;
   for (int64_t i = 0; i < kernel; ++i) {
-    const Tensor rows = slice(xp, 2, i, i + stride * (Ho - 1) + 1, stride);
-    for (int64_t j = 0; j < kernel; ++j) {
-      const Tensor win = slice(rows, 3, j, j + stride * (Wo - 1) + 1, stride);
-      acc = acc.defined() ? add(acc, win) : win;
-    }
+    const Tensor rows = slice(xp, 2, i, i + stride * (w.Ho - 1) + 1, stride);
+    for (int64_t j = 0; j < kernel; ++j)
+      w.views.push_back(slice(rows, 3, j, j + stride * (w.Wo - 1) + 1, stride));
   }
-  return div(acc, double(kernel * kernel));
+  return w;
+}
+
+// The number of input elements (not padding) under each window along one dim: window o covers
+// input positions [o·stride − padding, o·stride − padding + kernel) ∩ [0, in).
+std::vector<double> window_counts(int64_t in, int64_t out, int64_t kernel, int64_t stride,
+                                  int64_t padding) {
+  std::vector<double> c(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) {
+    const int64_t lo = o * stride - padding;
+    c[size_t(o)] = double(std::min(lo + kernel, in) - std::max<int64_t>(lo, 0));
+  }
+  return c;
+}
+}  // namespace
+
+// x [N, C, H, W] -> [N, C, Ho, Wo], Ho = (H + 2·padding − kernel)/stride + 1: the sum of the
+// kernel² strided views of the zero-padded x (added row by row, as PyTorch sums a window) divided
+// by kernel² (padding counted; with floor-mode sizes no window reaches past the padding), or by
+// the per-window count of input elements, count_h[o_h]·count_w[o_w] (padding not counted).
+Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding,
+                  bool count_include_pad) {
+  if (stride == 0) stride = kernel;
+  const PoolWindows w = pool_windows(x, kernel, stride, padding, 0.0, "avg_pool2d");
+  Tensor acc;
+  for (const Tensor& v : w.views) acc = acc.defined() ? add(acc, v) : v;
+  if (count_include_pad || padding == 0) return div(acc, double(kernel * kernel));
+  const std::vector<double> ch = window_counts(x.size(2), w.Ho, kernel, stride, padding);
+  const std::vector<double> cw = window_counts(x.size(3), w.Wo, kernel, stride, padding);
+  std::vector<double> counts(static_cast<size_t>(w.Ho * w.Wo));
+  for (int64_t i = 0; i < w.Ho; ++i)
+    for (int64_t j = 0; j < w.Wo; ++j) counts[size_t(i * w.Wo + j)] = ch[size_t(i)] * cw[size_t(j)];
+  return div(acc, from_vector(counts, {w.Ho, w.Wo}, {.dtype = x.dtype(), .device = x.device()}));
+}
+
+// x [N, C, H, W] -> [N, C, Ho, Wo] (sizes as avg_pool2d): the maximum over the kernel² strided
+// views of the −∞-padded x. Without a gradient to record, a running maximum (memory of two
+// outputs); with one, amax over the views stacked on a last dim, whose backward sends the
+// gradient to the window's maximum (shared evenly between ties).
+Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t padding) {
+  if (stride == 0) stride = kernel;
+  const PoolWindows w = pool_windows(x, kernel, stride, padding,
+                                     -std::numeric_limits<double>::infinity(), "max_pool2d");
+  if (needs_grad({x})) return amax(stack(w.views, -1), {-1});
+  Tensor acc = w.views[0];
+  for (size_t i = 1; i < w.views.size(); ++i) acc = maximum(acc, w.views[i]);
+  return w.views.size() == 1 ? clone(acc) : acc;  // a 1×1 kernel: a copy, never an alias of x
 }
 
 // q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv] -> [..., Lq, Dv] (batch dims broadcast):

@@ -2,8 +2,11 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "tensor/error.h"
 
@@ -20,6 +23,14 @@ using DgemmFn = void (*)(int, int, int, int, int, int, double, const double*, in
 using SetThreadsFn = void (*)(int);
 using GetThreadsFn = int (*)();
 using CoreNameFn = char* (*)();
+// LAPACK's Fortran dsyevd_ (gfortran ABI: arguments by pointer, then the hidden lengths of the two
+// character arguments).
+using DsyevdFn = void (*)(const char* jobz, const char* uplo, const int* n, double* a,
+                          const int* lda, double* w, double* work, const int* lwork, int* iwork,
+                          const int* liwork, int* info, size_t jobz_len, size_t uplo_len);
+using DgesddFn = void (*)(const char* jobz, const int* m, const int* n, double* a, const int* lda,
+                          double* s, double* u, const int* ldu, double* vt, const int* ldvt,
+                          double* work, const int* lwork, int* iwork, int* info, size_t jobz_len);
 
 struct Lib {
   SgemmFn sgemm = nullptr;
@@ -27,6 +38,8 @@ struct Lib {
   SetThreadsFn set_threads = nullptr;
   GetThreadsFn get_threads = nullptr;
   CoreNameFn core_name = nullptr;
+  DsyevdFn dsyevd = nullptr;  // these two are null in an OpenBLAS built without LAPACK
+  DgesddFn dgesdd = nullptr;
 };
 
 const Lib& lib() {
@@ -53,6 +66,8 @@ const Lib& lib() {
     l.set_threads = reinterpret_cast<SetThreadsFn>(dlsym(h, "openblas_set_num_threads"));
     l.get_threads = reinterpret_cast<GetThreadsFn>(dlsym(h, "openblas_get_num_threads"));
     l.core_name = reinterpret_cast<CoreNameFn>(dlsym(h, "openblas_get_corename"));
+    l.dsyevd = reinterpret_cast<DsyevdFn>(dlsym(h, "dsyevd_"));
+    l.dgesdd = reinterpret_cast<DgesddFn>(dlsym(h, "dgesdd_"));
     CM_CHECK(l.sgemm && l.dgemm && l.set_threads && l.get_threads,
              "matmul: the loaded OpenBLAS lacks cblas_sgemm, ",
              "cblas_dgemm or openblas_set_num_threads");
@@ -79,6 +94,64 @@ void dgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, double alpha, cons
   lib().dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, as_int(M, "M"),
               as_int(N, "N"), as_int(K, "K"), alpha, A, as_int(lda, "lda"), B, as_int(ldb, "ldb"),
               beta, C, as_int(ldc, "ldc"));
+}
+
+namespace {
+void check_lapack(bool found, const char* routine, const char* op) {
+  CM_CHECK(found, op, ": the loaded OpenBLAS has no LAPACK (", routine,
+           "); install Debian's libopenblas0, which ships it");
+}
+void check_lapack_size(int64_t m, int64_t n, const char* op) {
+  CM_CHECK(m >= 0 && n >= 0 && m <= 32000 && n <= 32000, op, ": a ", m, "×", n,
+           " matrix exceeds LAPACK's 32-bit workspace sizes (≤ 32000 rows and columns)");
+}
+}  // namespace
+
+void dsyevd(bool vectors, int64_t n64, double* a, double* w, const char* op) {
+  const Lib& l = lib();
+  check_lapack(l.dsyevd != nullptr, "dsyevd_", op);
+  check_lapack_size(n64, n64, op);
+  if (n64 == 0) return;
+  const int n = int(n64);
+  const char jobz = vectors ? 'V' : 'N', uplo = 'L';
+  // A workspace query (lwork = liwork = −1), then the decomposition.
+  int info = 0, lwork = -1, liwork = -1, iwork_size = 0;
+  double work_size = 0;
+  l.dsyevd(&jobz, &uplo, &n, a, &n, w, &work_size, &lwork, &iwork_size, &liwork, &info, 1, 1);
+  CM_CHECK(info == 0, op, ": LAPACK dsyevd's workspace query failed (info ", info, ")");
+  lwork = int(work_size);
+  liwork = iwork_size;
+  std::vector<double> work(static_cast<size_t>(std::max(lwork, 1)));
+  std::vector<int> iwork(static_cast<size_t>(std::max(liwork, 1)));
+  l.dsyevd(&jobz, &uplo, &n, a, &n, w, work.data(), &lwork, iwork.data(), &liwork, &info, 1, 1);
+  CM_CHECK(info == 0, op, ": LAPACK dsyevd ",
+           info < 0 ? "rejected argument " + std::to_string(-info)
+                    : "did not converge (" + std::to_string(info) + " off-diagonal elements)",
+           " for a ", n, "×", n, " matrix");
+}
+
+void dgesdd(int64_t m64, int64_t n64, double* a, double* s, const char* op) {
+  const Lib& l = lib();
+  check_lapack(l.dgesdd != nullptr, "dgesdd_", op);
+  check_lapack_size(m64, n64, op);
+  if (m64 == 0 || n64 == 0) return;
+  // The row-major a is the column-major aᵀ [n, m], which has the same singular values.
+  const int m = int(n64), n = int(m64), one = 1;
+  const char jobz = 'N';
+  int info = 0, lwork = -1;
+  double work_size = 0, unused = 0;
+  std::vector<int> iwork(static_cast<size_t>(8 * std::min(m, n)));
+  l.dgesdd(&jobz, &m, &n, a, &m, s, &unused, &one, &unused, &one, &work_size, &lwork, iwork.data(),
+           &info, 1);
+  CM_CHECK(info == 0, op, ": LAPACK dgesdd's workspace query failed (info ", info, ")");
+  lwork = int(work_size);
+  std::vector<double> work(static_cast<size_t>(std::max(lwork, 1)));
+  l.dgesdd(&jobz, &m, &n, a, &m, s, &unused, &one, &unused, &one, work.data(), &lwork, iwork.data(),
+           &info, 1);
+  CM_CHECK(
+      info == 0, op, ": LAPACK dgesdd ",
+      info < 0 ? "rejected argument " + std::to_string(-info) : std::string("did not converge"),
+      " for a ", m64, "×", n64, " matrix");
 }
 
 int num_threads() {

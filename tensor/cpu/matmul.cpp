@@ -2,6 +2,11 @@
 // Large products go to BLAS (sgemm/dgemm) directly on the operands' strides when they are
 // row- or column-major with a leading dimension; other layouts are copied once. Many small
 // products run in parallel over the batch with a plain i-k-j loop. f16/bf16 compute in f32.
+// BLAS runs on one thread inside OpenMP items (products of the batch, and for small batches
+// column or row blocks of each product, a split decided by the shapes alone): waking OpenBLAS's
+// own thread pool leaves its threads spinning for a while after every call, and on few cores they
+// then fight the OpenMP threads of the next kernels (tensor/cpu/conv.cpp does the same).
+#include <algorithm>
 #include <vector>
 
 #include "tensor/cpu/blas.h"
@@ -23,6 +28,15 @@ BlasView blas_view(int64_t rows, int64_t cols, int64_t sr, int64_t sc) {
   if ((sr == 1 || rows == 1) && sc >= std::max<int64_t>(rows, 1)) return {true, true, sc};
   if (rows == 1 && cols == 1) return {true, false, 1};
   return {};
+}
+
+// Items to aim for when splitting products over threads, and the fewest multiply-adds a block of
+// a split product should have.
+constexpr int64_t kMinItems = 8;
+constexpr int64_t kMinBlockWork = int64_t(1) << 20;
+
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
 }
 
 template <class T>
@@ -102,7 +116,18 @@ void matmul_typed(const Tensor& a, const Tensor& b, const Tensor& out) {
   }
   const T* ap2 = static_cast<const T*>(ac.data_ptr());
   const T* bp2 = static_cast<const T*>(bc.data_ptr());
-  for (int64_t i = 0; i < batch; ++i) {
+  // Items: (batch index, block). A batch too small to keep a few threads busy splits each
+  // product into blocks of output columns (or rows, whichever dim is longer), at least 64 wide.
+  const bool by_cols = N >= M;
+  const int64_t len = by_cols ? N : M;
+  const int64_t blocks =
+      batch >= kMinItems
+          ? 1
+          : std::clamp<int64_t>(std::min(ceil_div(kMinItems, batch), M * N * K / kMinBlockWork), 1,
+                                std::max<int64_t>(len / 64, 1));
+  blas::OneThread one;
+  parallel_for(batch * blocks, M * N * K / blocks, [&](int64_t t) {
+    const int64_t i = t / blocks, k = t % blocks;
     int64_t ao = 0, bo = 0, i2 = i;
     for (int64_t d = nd - 3; d >= 0; --d) {
       int64_t q = i2 % out.shape()[d];
@@ -110,8 +135,15 @@ void matmul_typed(const Tensor& a, const Tensor& b, const Tensor& out) {
       ao += q * ac.strides()[d];
       bo += q * bc.strides()[d];
     }
-    gemm_blas<T>(va.trans, vb.trans, M, N, K, ap2 + ao, va.ld, bp2 + bo, vb.ld, cp + i * M * N, N);
-  }
+    const int64_t lo = k * len / blocks, hi = (k + 1) * len / blocks;
+    T* c = cp + i * M * N;
+    if (by_cols)  // c[:, lo:hi] = a · b[:, lo:hi]
+      gemm_blas<T>(va.trans, vb.trans, M, hi - lo, K, ap2 + ao, va.ld,
+                   bp2 + bo + lo * (vb.trans ? vb.ld : 1), vb.ld, c + lo, N);
+    else  // c[lo:hi, :] = a[lo:hi, :] · b
+      gemm_blas<T>(va.trans, vb.trans, hi - lo, N, K, ap2 + ao + lo * (va.trans ? 1 : va.ld), va.ld,
+                   bp2 + bo, vb.ld, c + lo * N, N);
+  });
 }
 
 }  // namespace
