@@ -1,10 +1,11 @@
 // The `cm` command.
-//   cm train CONFIG [--set key=value ...] [--out DIR]     train (CT, CD or an EDM teacher)
-//   cm train --resume RUN_DIR [--set train.steps=N]        continue a run exactly where it stopped
-//   cm sample RUN_DIR|CHECKPOINT [options]                 images (PNG, grid, .npz) from a trained
-//   model cm info CONFIG|--preset NAME                           network summary with parameter
-//   counts cm bench [options]                                     speed of forward / CT step /
-//   sampling
+//   cm train CONFIG [--set key=value ...] [--out DIR]   train (CT, CD or an EDM teacher)
+//   cm train --resume RUN_DIR [--set train.steps=N]      continue a run exactly where it stopped
+//   cm sample RUN_DIR|CHECKPOINT [options]               images (PNG, grid, .npz) from a model
+//   cm eval RUN_DIR|CHECKPOINT [options]                 FID, IS or the domain metric of a model
+//   cm classifier train --data digits|fashion-mnist      the domain metric's classifier
+//   cm info CONFIG|--preset NAME                         network summary with parameter counts
+//   cm bench [options]                                   speed of forward / CT step / sampling
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -16,6 +17,7 @@
 #include "consistency/sampling.h"
 #include "datasets/png.h"
 #include "runner/bench.h"
+#include "runner/evaluate.h"
 #include "runner/images.h"
 #include "runner/trainer.h"
 
@@ -32,6 +34,10 @@ const char* kUsage =
     "  cm sample RUN_DIR|CHECKPOINT [--n N] [--seeds A-B] [--steps 1|2] [--sigmas s1,s2,...]\n"
     "            [--weights ema|ema:RATE|online|target] [--device D] [--out DIR] [--quantize "
     "floor|round]\n"
+    "  cm eval RUN_DIR|CHECKPOINT [--metric domain|fid|is] [--n N | --seeds A-B] [--steps 1|2]\n"
+    "          [--classifier PATH] [--inception PATH] [--ref STATS.npz] [--device D] [--batch B]\n"
+    "  cm eval --ref-only --data SPEC --out STATS.npz [--metric fid|domain] [--inception PATH]\n"
+    "  cm classifier train --data digits|fashion-mnist [--steps N] [--out PATH]\n"
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16] [--case "
     "forward|ct|sample]\n"
@@ -217,42 +223,6 @@ int cmd_train(int argc, char** argv) {
   return 0;
 }
 
-std::vector<uint64_t> parse_seeds(const std::string& s) {
-  std::vector<uint64_t> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    const size_t dash = part.find('-');
-    try {
-      if (dash == std::string::npos) {
-        out.push_back(std::stoull(part));
-      } else {
-        const uint64_t a = std::stoull(part.substr(0, dash)),
-                       b = std::stoull(part.substr(dash + 1));
-        CM_CHECK(a <= b, "--seeds ", s, ": range ", part, " is empty");
-        for (uint64_t x = a; x <= b; ++x) out.push_back(x);
-      }
-    } catch (const std::logic_error&) {
-      CM_FAIL("--seeds ", s, ": expected numbers and ranges like 0-63,100");
-    }
-  }
-  return out;
-}
-
-std::vector<double> parse_numbers(const std::string& s, const char* what) {
-  std::vector<double> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    try {
-      out.push_back(std::stod(part));
-    } catch (const std::logic_error&) {
-      CM_FAIL(what, " ", s, ": \"", part, "\" is not a number");
-    }
-  }
-  return out;
-}
-
 int cmd_sample(int argc, char** argv) {
   Args a = parse_args(argc, argv, 2,
                       {"n", "seeds", "steps", "sigmas", "weights", "device", "out", "quantize"},
@@ -271,39 +241,10 @@ int cmd_sample(int argc, char** argv) {
     for (int64_t i = 0; i < n; ++i) seeds.push_back(uint64_t(i));
   }
   const Quantization q = parse_quantization(a.get("quantize", "floor"));
-  const RunConfig& c = m.config;
-  const Shape img = {c.network.in_channels, c.network.img_resolution, c.network.img_resolution};
-  std::vector<double> taus;
-  if (a.has("sigmas"))
-    taus = parse_numbers(a.get("sigmas"), "--sigmas");
-  else if (a.get("steps", "1") == "2" && c.mode != "edm")
-    taus = c.sample.two_step_taus;
-  else
-    CM_CHECK(a.get("steps", "1") == "1" || c.mode == "edm",
-             "--steps must be 1 or 2 (or give --sigmas)");
+  const Sampler sampler = choose_sampler(m.config, a.get("steps", "1"), a.get("sigmas"));
   const fs::path out = a.get("out", (fs::path(a.positional[0]).parent_path() / "samples").string());
   fs::create_directories(out);
-  std::vector<Tensor> all;
-  const size_t chunk = 256;
-  for (size_t i = 0; i < seeds.size(); i += chunk) {
-    std::vector<uint64_t> part(seeds.begin() + long(i),
-                               seeds.begin() + long(std::min(seeds.size(), i + chunk)));
-    Tensor images;
-    if (c.mode == "edm") {
-      consistency::Denoiser D(*m.net, consistency::Parameterization::Edm,
-                              consistency::NoiseLabels::EdmLog4, c.noise);
-      images =
-          clamp(consistency::edm_heun_sample(D, consistency::per_image_noise(part, img, 0, dev), {},
-                                             c.sample.teacher_steps),
-                -1.0, 1.0);
-    } else {
-      consistency::Denoiser f(*m.net, consistency::Parameterization::Consistency,
-                              consistency::NoiseLabels::EdmLog4, c.noise);
-      images = consistency::consistency_sample(f, part, img, {}, {.taus = taus}, dev);
-    }
-    all.push_back(quantize(images, q));
-  }
-  const Tensor u8 = cat(all, 0);
+  const Tensor u8 = generate_images(m, seeds, sampler, q, dev, 256);
   for (size_t i = 0; i < seeds.size(); ++i) {
     char name[32];
     std::snprintf(name, sizeof name, "%06llu.png", (unsigned long long)seeds[i]);
@@ -311,14 +252,14 @@ int cmd_sample(int argc, char** argv) {
   }
   data::write_png((out / "grid.png").string(), make_grid(u8));
   write_npz((out / "samples.npz").string(), u8);
-  json recipe = {
-      {"weights", m.weights},
-      {"mode", c.mode},
-      {"n", seeds.size()},
-      {"seeds", a.get("seeds", "0-" + std::to_string(seeds.size() - 1))},
-      {"sigmas", taus},
-      {"quantization", quantization_name(q)},
-      {"nfe", c.mode == "edm" ? 2 * c.sample.teacher_steps - 1 : int64_t(taus.size()) + 1}};
+  json recipe = {{"weights", m.weights},
+                 {"mode", m.config.mode},
+                 {"n", seeds.size()},
+                 {"seeds", a.get("seeds", "0-" + std::to_string(seeds.size() - 1))},
+                 {"sampler", sampler.name},
+                 {"sigmas", sampler.taus},
+                 {"quantization", quantization_name(q)},
+                 {"nfe", sampler.nfe}};
   std::ofstream(out / "recipe.json") << recipe.dump(2) << "\n";
   std::printf("wrote %zu images to %s (grid.png, samples.npz, recipe.json)\n", seeds.size(),
               out.c_str());
@@ -367,6 +308,8 @@ int main(int argc, char** argv) {
     if (cmd == "sample") return cmd_sample(argc, argv);
     if (cmd == "info") return cmd_info(argc, argv);
     if (cmd == "bench") return cmd_bench(argc, argv);
+    if (cmd == "eval") return cmd_eval(argc, argv);
+    if (cmd == "classifier") return cmd_classifier(argc, argv);
     std::fprintf(stderr, "cm: unknown command \"%s\"\n%s\n", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

@@ -7,16 +7,16 @@
 //   backward weight  gw_g[Cog, K]  += gout_g · colᵀ                 col = im2col(x_g)
 // with col[(c, i, j), (oh, ow)] = x[c, oh·sh − ph + i·dh, ow·sw − pw + j·dw] (0 outside x).
 // The work is cut into independent items (chunks of samples × groups × blocks of output rows or
-// input channels; see Split), run on OpenMP threads with OpenBLAS held to one thread, so each
-// item's products run on its own thread: calling the pthreads OpenBLAS from several OpenMP threads
-// would oversubscribe the cores, and alternating between the two pools leaves each spinning while
-// the other works. A chunk puts several samples' columns side by side in one product, so the small
-// low-resolution layers still hand BLAS wide products; 1×1 stride-1 unpadded convolutions skip
-// im2col (col is x itself) for one-sample chunks. Channel-wise convolutions (one input channel per
-// group: depthwise, EDM's resampling filters) run direct loops instead, as a product with
-// K = kh·kw would be all overhead. Every output element is computed by one item in a fixed order,
-// so results do not depend on the thread count.
-// f16/bf16 compute in f32; non-contiguous operands are copied to contiguous ones first.
+// input channels; see Split), run on the backend's threads (loops.h) with OpenBLAS held to one
+// thread, so each item's products run on its own thread: calling the pthreads OpenBLAS from
+// several threads would oversubscribe the cores, and alternating between the two pools leaves each
+// spinning while the other works. A chunk puts several samples' columns side by side in one
+// product, so the small low-resolution layers still hand BLAS wide products; 1×1 stride-1 unpadded
+// convolutions skip im2col (col is x itself) for one-sample chunks. Channel-wise convolutions (one
+// input channel per group: depthwise, EDM's resampling filters) run direct loops instead, as a
+// product with K = kh·kw would be all overhead. Every output element is computed by one item in a
+// fixed order, so results do not depend on the thread count. f16/bf16 compute in f32;
+// non-contiguous operands are copied to contiguous ones first.
 #include <algorithm>
 #include <climits>
 #include <cstring>
@@ -92,63 +92,82 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* a, int64_t
 
 // ---- im2col / col2im --------------------------------------------------------------------------
 
-// Row r = (c, i, j) of col for one sample and group, output rows [oh0, oh1):
-// crow[(oh − oh0)·Wo + ow] = x_g[c, oh·sh − ph + i·dh, ow·sw − pw + j·dw] (0 outside x).
+// The output positions whose input position lies inside x, per tap: rows oh with
+// oh·sh − ph + i·dh in [0, H) for kernel row i, columns ow with ow·sw − pw + j·dw in [0, W) for
+// kernel column j (and those offsets, off = i·dh − ph or j·dw − pw).
+struct TapRanges {
+  std::vector<Range> rows, cols;
+  std::vector<int64_t> offh, offw;
+  explicit TapRanges(const ConvGeom& g) {
+    for (int64_t i = 0; i < g.kh; ++i) {
+      offh.push_back(i * g.p.dil_h - g.p.pad_h);
+      rows.push_back(valid_range(g.Ho, g.H, g.p.stride_h, offh.back()));
+    }
+    for (int64_t j = 0; j < g.kw; ++j) {
+      offw.push_back(j * g.p.dil_w - g.p.pad_w);
+      cols.push_back(valid_range(g.Wo, g.W, g.p.stride_w, offw.back()));
+    }
+  }
+};
+
+// Row (c, i, j) of col for one sample and group, output rows [oh0, oh1):
+// crow[(oh − oh0)·Wo + ow] = x_g[c, oh·sh + offh, ow·sw + offw] (0 outside x), xc = x_g[c].
 template <class T>
-void im2col_row(const ConvGeom& g, const T* xg, int64_t r, int64_t oh0, int64_t oh1, T* crow) {
-  const int64_t c = r / (g.kh * g.kw), i = (r / g.kw) % g.kh, j = r % g.kw;
-  const int64_t sh = g.p.stride_h, sw = g.p.stride_w;
-  const int64_t offh = i * g.p.dil_h - g.p.pad_h, offw = j * g.p.dil_w - g.p.pad_w;
-  const Range rw = valid_range(g.Wo, g.W, sw, offw);
-  const T* xc = xg + c * g.HW();
+void im2col_row(const ConvGeom& g, const TapRanges& tr, const T* xc, int64_t i, int64_t j,
+                int64_t oh0, int64_t oh1, T* crow) {
+  const int64_t sh = g.p.stride_h, sw = g.p.stride_w, Wo = g.Wo;
+  const Range rh = tr.rows[size_t(i)], rw = tr.cols[size_t(j)];
+  const int64_t offh = tr.offh[size_t(i)], offw = tr.offw[size_t(j)];
   for (int64_t oh = oh0; oh < oh1; ++oh) {
-    T* o = crow + (oh - oh0) * g.Wo;
-    const int64_t ih = oh * sh + offh;
-    if (ih < 0 || ih >= g.H) {
-      std::fill(o, o + g.Wo, T(0));
+    T* o = crow + (oh - oh0) * Wo;
+    if (oh < rh.lo || oh >= rh.hi) {
+      std::fill(o, o + Wo, T(0));
       continue;
     }
-    const T* xr = xc + ih * g.W;
-    if (g.Wo <= 32) {  // short rows (small images): one plain loop beats three library calls
-      for (int64_t ow = 0; ow < g.Wo; ++ow)
-        o[ow] = (ow >= rw.lo && ow < rw.hi) ? xr[ow * sw + offw] : T(0);
-      continue;
-    }
-    std::fill(o, o + rw.lo, T(0));
+    const T* xr = xc + (oh * sh + offh) * g.W;
+    for (int64_t ow = 0; ow < rw.lo; ++ow) o[ow] = T(0);
     if (sw == 1)
-      std::memcpy(o + rw.lo, xr + rw.lo + offw, size_t(rw.hi - rw.lo) * sizeof(T));
+      for (int64_t ow = rw.lo; ow < rw.hi; ++ow) o[ow] = xr[ow + offw];
     else
       for (int64_t ow = rw.lo; ow < rw.hi; ++ow) o[ow] = xr[ow * sw + offw];
-    std::fill(o + rw.hi, o + g.Wo, T(0));
+    for (int64_t ow = rw.hi; ow < Wo; ++ow) o[ow] = T(0);
   }
 }
 
 // col rows [r0, r1) for samples n0 .. n0 + nb of group grp, output rows [oh0, oh1): sample b's
 // columns start at b·cols (cols = (oh1 − oh0)·Wo) in rows of stride ld = nb·cols.
 template <class T>
-void im2col(const ConvGeom& g, const T* x, int64_t n0, int64_t nb, int64_t grp, int64_t r0,
-            int64_t r1, int64_t oh0, int64_t oh1, T* col) {
-  const int64_t cols = (oh1 - oh0) * g.Wo, ld = nb * cols;
+void im2col(const ConvGeom& g, const TapRanges& tr, const T* x, int64_t n0, int64_t nb, int64_t grp,
+            int64_t r0, int64_t r1, int64_t oh0, int64_t oh1, T* col) {
+  const int64_t cols = (oh1 - oh0) * g.Wo, ld = nb * cols, taps = g.kh * g.kw;
   for (int64_t b = 0; b < nb; ++b) {
     const T* xg = x + ((n0 + b) * g.C + grp * g.Cg) * g.HW();
-    for (int64_t r = r0; r < r1; ++r)
-      im2col_row(g, xg, r, oh0, oh1, col + (r - r0) * ld + b * cols);
+    // r = (c, i, j), walked with counters
+    int64_t c = r0 / taps, i = (r0 % taps) / g.kw, j = r0 % g.kw;
+    for (int64_t r = r0; r < r1; ++r) {
+      im2col_row(g, tr, xg + c * g.HW(), i, j, oh0, oh1, col + (r - r0) * ld + b * cols);
+      if (++j == g.kw) {
+        j = 0;
+        if (++i == g.kh) {
+          i = 0;
+          ++c;
+        }
+      }
+    }
   }
 }
 
 // gx_c[H, W] += the rows (c, ·, ·) of col (row stride ld), for one channel of one sample.
 template <class T>
-void col2im_channel(const ConvGeom& g, const T* col, int64_t ld, T* gxc) {
+void col2im_channel(const ConvGeom& g, const TapRanges& tr, const T* col, int64_t ld, T* gxc) {
   const int64_t sh = g.p.stride_h, sw = g.p.stride_w;
   for (int64_t i = 0; i < g.kh; ++i)
     for (int64_t j = 0; j < g.kw; ++j) {
       const T* crow = col + (i * g.kw + j) * ld;
-      const int64_t offh = i * g.p.dil_h - g.p.pad_h, offw = j * g.p.dil_w - g.p.pad_w;
-      const Range rw = valid_range(g.Wo, g.W, sw, offw);
-      for (int64_t oh = 0; oh < g.Ho; ++oh) {
-        const int64_t ih = oh * sh + offh;
-        if (ih < 0 || ih >= g.H) continue;
-        T* gr = gxc + ih * g.W;
+      const Range rh = tr.rows[size_t(i)], rw = tr.cols[size_t(j)];
+      const int64_t offh = tr.offh[size_t(i)], offw = tr.offw[size_t(j)];
+      for (int64_t oh = rh.lo; oh < rh.hi; ++oh) {
+        T* gr = gxc + (oh * sh + offh) * g.W;
         const T* cr = crow + oh * g.Wo;
         if (sw == 1)
           for (int64_t ow = rw.lo; ow < rw.hi; ++ow) gr[ow + offw] += cr[ow];
@@ -221,16 +240,12 @@ Range piece(int64_t k, int64_t n, int64_t size) {
   return {k * size / n, (k + 1) * size / n};
 }
 
-// Runs f(item, thread) for every item on OpenMP threads (thread < omp_get_max_threads()); serially
-// when the work is small.
+// Runs f(item, thread) for every item on the backend's threads (thread < max_threads(); see
+// loops.h); serially when the work is small.
 template <class F>
-void run_items(int64_t n, int64_t cost_per_item, F&& f) {
-  if (n < 2 || n * cost_per_item < 4 * kGrain || omp_in_parallel()) {
-    for (int64_t i = 0; i < n; ++i) f(i, int64_t(0));
-    return;
-  }
-#pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t i = 0; i < n; ++i) f(i, int64_t(omp_get_thread_num()));
+void run_conv_items(int64_t n, int64_t cost_per_item, F&& f) {
+  run_items(n, n * cost_per_item >= 4 * kGrain,
+            [&](int64_t i, int thread) { f(i, int64_t(thread)); });
 }
 
 // Per-thread scratch of `per_thread` elements each.
@@ -239,7 +254,7 @@ struct Scratch {
   Tensor buf;
   int64_t per_thread;
   explicit Scratch(int64_t n) : per_thread(n) {
-    buf = empty({std::max<int64_t>(n, 1) * omp_get_max_threads()}, {.dtype = dtype_v<T>});
+    buf = empty({std::max<int64_t>(n, 1) * max_threads()}, {.dtype = dtype_v<T>});
   }
   T* at(int64_t thread) const { return buf.data<T>() + thread * per_thread; }
 };
@@ -334,7 +349,7 @@ void forward_channelwise(const ConvGeom& g, const T* x, const T* w, T* out) {
   const int64_t P = g.P(), taps = g.kh * g.kw;
   const PhasePlane pp = phase_plane(g);
   Scratch<T> planes(pp.size());
-  run_items(g.N * g.C, g.Cog * P * taps, [&](int64_t t, int64_t thread) {
+  run_conv_items(g.N * g.C, g.Cog * P * taps, [&](int64_t t, int64_t thread) {
     T* buf = planes.at(thread);
     to_phases(g, pp, x + t * g.HW(), buf);
     const int64_t n = t / g.C, c = t % g.C;
@@ -361,7 +376,7 @@ void backward_input_channelwise(const ConvGeom& g, const T* gout, const T* w, T*
   const int64_t P = g.P(), taps = g.kh * g.kw;
   const PhasePlane pp = phase_plane(g);
   Scratch<T> planes(pp.size());
-  run_items(g.N * g.C, g.Cog * P * taps, [&](int64_t t, int64_t thread) {
+  run_conv_items(g.N * g.C, g.Cog * P * taps, [&](int64_t t, int64_t thread) {
     T* buf = planes.at(thread);
     std::fill(buf, buf + pp.size(), T(0));
     const int64_t n = t / g.C, c = t % g.C;
@@ -390,7 +405,7 @@ void backward_weight_channelwise(const ConvGeom& g, const T* x, const T* gout, T
   const int64_t P = g.P(), taps = g.kh * g.kw;
   const PhasePlane pp = phase_plane(g);
   Scratch<T> planes(pp.size()), sums(g.Cog * taps * g.Wo);
-  run_items(g.C, g.N * g.Cog * P * taps, [&](int64_t c, int64_t thread) {
+  run_conv_items(g.C, g.N * g.Cog * P * taps, [&](int64_t c, int64_t thread) {
     T* buf = planes.at(thread);
     T* acc = sums.at(thread);
     std::fill(acc, acc + g.Cog * taps * g.Wo, T(0));
@@ -436,8 +451,9 @@ void forward(const ConvGeom& g, const T* x, const T* w, T* out) {
   const bool x_is_col = g.pointwise() && s.nb == 1;  // x_g[Cg, H·W] is col itself
   const int64_t width = s.nb * P;
   Scratch<T> cols(x_is_col ? 0 : K * width), outs(s.nb > 1 ? g.Cog * width : 0);
+  const TapRanges tr(g);
   blas::OneThread blas;
-  run_items(s.items(g), g.Cog * K * width / s.blocks, [&](int64_t t, int64_t thread) {
+  run_conv_items(s.items(g), g.Cog * K * width / s.blocks, [&](int64_t t, int64_t thread) {
     const int64_t chunk = t / (g.G * s.blocks), grp = (t / s.blocks) % g.G;
     const Range rows = piece(t % s.blocks, s.blocks, g.Ho);
     const int64_t n0 = chunk * s.nb, nb = std::min(s.nb, g.N - n0);
@@ -446,7 +462,7 @@ void forward(const ConvGeom& g, const T* x, const T* w, T* out) {
     const T* col = x + (n0 * g.C + grp * g.Cg) * g.HW() + rows.lo * g.Wo;
     int64_t ldcol = P;
     if (!x_is_col) {
-      im2col(g, x, n0, nb, grp, 0, K, rows.lo, rows.hi, cols.at(thread));
+      im2col(g, tr, x, n0, nb, grp, 0, K, rows.lo, rows.hi, cols.at(thread));
       col = cols.at(thread);
       ldcol = ld;
     }
@@ -475,8 +491,9 @@ void backward_input(const ConvGeom& g, const T* gout, const T* w, T* gx) {
   const bool direct = g.pointwise() && s.nb == 1;  // the product writes gx_g itself
   const int64_t width = s.nb * P, block_rows = ceil_div(g.Cg, s.blocks) * taps;
   Scratch<T> cols(direct ? 0 : block_rows * width), gouts(s.nb > 1 ? g.Cog * width : 0);
+  const TapRanges tr(g);
   blas::OneThread blas;
-  run_items(s.items(g), g.Cog * K * width / s.blocks, [&](int64_t t, int64_t thread) {
+  run_conv_items(s.items(g), g.Cog * K * width / s.blocks, [&](int64_t t, int64_t thread) {
     const int64_t chunk = t / (g.G * s.blocks), grp = (t / s.blocks) % g.G;
     const Range ch = piece(t % s.blocks, s.blocks, g.Cg);
     const int64_t n0 = chunk * s.nb, nb = std::min(s.nb, g.N - n0), ld = nb * P;
@@ -499,7 +516,7 @@ void backward_input(const ConvGeom& g, const T* gout, const T* w, T* gx) {
       for (int64_t c = ch.lo; c < ch.hi; ++c) {
         T* plane = gxg + (b * g.C + c) * g.HW();
         std::fill(plane, plane + g.HW(), T(0));
-        col2im_channel(g, col + (c - ch.lo) * taps * ld + b * P, ld, plane);
+        col2im_channel(g, tr, col + (c - ch.lo) * taps * ld + b * P, ld, plane);
       }
   });
 }
@@ -526,8 +543,9 @@ void backward_weight(const ConvGeom& g, const T* x, const T* gout, T* gw) {
   Tensor partial_buf = parts > 1 ? empty({parts * nw}, {.dtype = dtype_v<T>}) : Tensor();
   T* partial = parts > 1 ? partial_buf.data<T>() : gw;
   const int64_t items = parts * g.G * s.blocks;
+  const TapRanges tr(g);
   blas::OneThread blas;
-  run_items(items, g.N * P * g.Cog * K / items, [&](int64_t t, int64_t thread) {
+  run_conv_items(items, g.N * P * g.Cog * K / items, [&](int64_t t, int64_t thread) {
     const int64_t part = t / (g.G * s.blocks), grp = (t / s.blocks) % g.G;
     const Range ch = piece(t % s.blocks, s.blocks, g.Cg);
     const Range chunks = piece(part, parts, s.chunks);
@@ -537,7 +555,7 @@ void backward_weight(const ConvGeom& g, const T* x, const T* gout, T* gw) {
       const int64_t n0 = chunk * s.nb, nb = std::min(s.nb, g.N - n0), ld = nb * P;
       const T* col = x + (n0 * g.C + grp * g.Cg + ch.lo) * g.HW();
       if (!x_is_col) {
-        im2col(g, x, n0, nb, grp, ch.lo * taps, ch.hi * taps, 0, g.Ho, cols.at(thread));
+        im2col(g, tr, x, n0, nb, grp, ch.lo * taps, ch.hi * taps, 0, g.Ho, cols.at(thread));
         col = cols.at(thread);
       }
       const T* go = gout + (n0 * g.Co + grp * g.Cog) * P;

@@ -1,4 +1,4 @@
-// The CPU backend: OpenMP-parallel loops with a contiguous fast path, BLAS for matrix products.
+// The CPU backend: parallel loops (loops.h) with a contiguous fast path, BLAS for matrix products.
 // Each family of kernels has its own file in this folder (elementwise, reduce, matmul, index,
 // random); this class only gathers them behind the Backend interface.
 #pragma once

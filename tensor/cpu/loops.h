@@ -1,7 +1,14 @@
 // Strided loops for the CPU kernels over a LoopPlan (tensor/loop_plan.h). The loop hands the
 // kernel "rows": a pointer per operand, the inner stride of each, and a count.
-// Work is split over OpenMP threads in fixed chunks of the linear index, so results never depend
-// on the thread count.
+// Work is split in fixed chunks of the linear index, so results never depend on the thread count.
+//
+// The chunks run on the CPU backend's thread pool (run_items below), as many threads as OpenMP's
+// setting allows (omp_get_max_threads: OMP_NUM_THREADS, omp_set_num_threads). Not on OpenMP
+// itself: libgomp's threads spin at every barrier, and on a machine whose cores are shared (or
+// beside OpenBLAS's own pool) a spinning thread holds the core its partner needs, which made
+// small-image training steps 3–15× slower under load. The pool's threads spin only briefly
+// before sleeping, and the calling thread never waits for a thread that has not started: items
+// are handed out one at a time, so a late or descheduled helper simply finds less to do.
 #pragma once
 
 #include <omp.h>
@@ -10,6 +17,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <type_traits>
 
 #include "tensor/loop_plan.h"
 
@@ -17,6 +25,35 @@ namespace cm::cpu {
 
 // Elements per parallel chunk: below two chunks a loop runs on one thread.
 inline constexpr int64_t kGrain = 32768;
+
+// The number of threads the CPU kernels may use (omp_get_max_threads()).
+int max_threads();
+// True inside an item run by run_items (nested calls then run serially on the calling thread).
+bool in_parallel();
+
+namespace detail {
+using ItemFn = void (*)(void* ctx, int64_t item, int thread);
+// Runs fn(ctx, i, thread) for i in [0, n) on up to `threads` threads of the pool, the caller
+// being thread 0; rethrows the first exception an item threw.
+void run_pool(int64_t n, int threads, void* ctx, ItemFn fn);
+}  // namespace detail
+
+// Runs f(item, thread) for every item in [0, n), on up to max_threads() threads when `parallel`
+// (thread < max_threads(), for per-thread scratch), else in order on the calling thread. Items
+// are handed out one at a time, in increasing order, to whichever thread asks next.
+template <class F>
+void run_items(int64_t n, bool parallel, F&& f) {
+  if (n <= 0) return;
+  const int threads = parallel && n >= 2 && !in_parallel() ? max_threads() : 1;
+  if (threads < 2) {
+    for (int64_t i = 0; i < n; ++i) f(i, 0);
+    return;
+  }
+  using Fn = std::remove_reference_t<F>;
+  detail::run_pool(n, int(std::min<int64_t>(threads, n)),
+                   const_cast<void*>(static_cast<const void*>(&f)),
+                   [](void* ctx, int64_t i, int thread) { (*static_cast<Fn*>(ctx))(i, thread); });
+}
 
 using cm::kMaxOperands;
 using cm::LoopPlan;
@@ -65,24 +102,28 @@ void for_each_row(const LoopPlan& p, Row&& row) {
   };
 
   const int64_t nchunks = (p.numel + kGrain - 1) / kGrain;
-  if (nchunks < 2 || omp_in_parallel()) {
+  if (nchunks < 2) {
     run_range(0, p.numel);
     return;
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < nchunks; ++c) run_range(c * kGrain, std::min(p.numel, (c + 1) * kGrain));
+  run_items(nchunks, true,
+            [&](int64_t c, int) { run_range(c * kGrain, std::min(p.numel, (c + 1) * kGrain)); });
 }
 
-// Runs f(i) for i in [0, n) over OpenMP threads when n·cost is large enough.
+// Runs f(i) for i in [0, n) over the threads when n·cost is large enough, in blocks of
+// consecutive i (about kGrain cost each, at most 16 per thread).
 template <class F>
 void parallel_for(int64_t n, int64_t cost_per_item, F&& f) {
   if (n <= 0) return;
-  if (n * cost_per_item < 2 * kGrain || n < 2 || omp_in_parallel()) {
+  if (n * cost_per_item < 2 * kGrain || n < 2 || in_parallel()) {
     for (int64_t i = 0; i < n; ++i) f(i);
     return;
   }
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < n; ++i) f(i);
+  const int64_t by_cost = n * std::max<int64_t>(cost_per_item, 1) / kGrain;
+  const int64_t blocks = std::clamp<int64_t>(by_cost, 1, std::min<int64_t>(n, 16 * max_threads()));
+  run_items(blocks, true, [&](int64_t b, int) {
+    for (int64_t i = b * n / blocks, end = (b + 1) * n / blocks; i < end; ++i) f(i);
+  });
 }
 
 }  // namespace cm::cpu

@@ -1,0 +1,71 @@
+// `cm eval` and `cm classifier`, and the sampling that `cm sample` shares with `cm eval`.
+//
+//   cm eval RUN_DIR|CHECKPOINT [--metric domain|fid|is] [--n N | --seeds A-B] [--steps 1|2 |
+//           --sigmas s1,s2,...] [--weights ema|ema:RATE|online|target] [--quantize floor|round]
+//           [--classifier PATH] [--inception PATH] [--ref STATS.npz] [--device D] [--batch B]
+//           [--out FILE]
+//     samples N images from the run's eval EMA (runner::load_network), quantises them, and
+//     computes the metric:
+//       domain  the Fréchet distance between the penultimate features of a classifier trained by
+//               `cm classifier train` (eval/classifier.h) on the generated images and on the
+//               classifier's real test split. Without --ref the reference statistics are computed
+//               once and cached beside the classifier as <classifier>.ref-<split>.npz (mu, sigma
+//               and the classifier's SHA-256, recomputed when the classifier file changes).
+//       fid     FID with the FID Inception weights (--inception, tools/convert_fid_inception.py)
+//               against --ref (a .npz of mu and sigma: EDM's or clean-fid's, or one made by
+//               `cm eval --ref-only`); needs N ≥ 2048.
+//       is      the Inception Score (torch-fidelity's 10 splits) with --inception.
+//     and writes <run>/eval-<step>-<metric>-<nfe>step.json (or --out) with the value(s) and the
+//     whole recipe: checkpoint and its SHA-256, weights, sampler, time points, NFE, N, seeds,
+//     quantisation, the metric network and reference statistics with their SHA-256, device, batch,
+//     date and cm's revision.
+//
+//   cm eval --ref-only --data SPEC --out STATS.npz [--metric fid|domain] [--inception PATH |
+//           --classifier PATH] [--device D] [--batch B]
+//     the reference statistics of a data set (as EDM's `fid.py ref`); FID refuses fewer than 2048
+//     images (a rank-deficient covariance, the pitfall of the reference tools).
+//
+//   cm classifier train --data digits|fashion-mnist [--steps N] [--batch B] [--lr LR] [--seed S]
+//           [--device D] [--out PATH]
+//     trains the domain metric's classifier on the train split, measures its accuracy on the test
+//     split, and saves both (with the configuration) in a safetensors checkpoint.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runner/images.h"
+#include "runner/trainer.h"
+
+namespace cm::runner {
+
+// "0-63,100" -> 0, 1, ..., 63, 100; errors name the option text.
+std::vector<uint64_t> parse_seeds(const std::string& s);
+// "1.2,0.4" -> {1.2, 0.4}; errors name `what` (the option) and the bad entry.
+std::vector<double> parse_numbers(const std::string& s, const char* what);
+
+// How a run's images are drawn: consistency sampling through the time points `taus` (one step when
+// empty), or EDM's Heun sampler for a teacher run (mode edm).
+struct Sampler {
+  std::string name;          // "consistency one-step", "consistency multistep", "edm heun"
+  std::vector<double> taus;  // intermediate time points (consistency)
+  int64_t heun_steps = 0;    // EDM
+  int64_t nfe = 0;           // network evaluations per image
+};
+// From the options of `cm sample` and `cm eval`: --steps "1" or "2" (the run's
+// sample.two_step_taus) or --sigmas (explicit time points, checked against the noise range).
+// EDM runs always use their sample.teacher_steps Heun steps.
+Sampler choose_sampler(const RunConfig& c, const std::string& steps, const std::string& sigmas);
+
+// u8 images [len(seeds), C, H, W] on the CPU, drawn `batch` seeds at a time (image k depends only
+// on seeds[k]) and quantised with `q`.
+Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seeds, const Sampler& s,
+                       Quantization q, Device device, int64_t batch);
+
+// The commands (argv as main's; argv[1] is "eval" or "classifier"). Argument and input errors
+// throw cm::Error with a message naming the option; the return value is the exit code.
+int cmd_eval(int argc, char** argv);
+int cmd_classifier(int argc, char** argv);
+
+}  // namespace cm::runner
