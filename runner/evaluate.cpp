@@ -270,6 +270,9 @@ const char* kEvalUsage =
     "          [--weights ema|ema:RATE|online|target] [--quantize floor|round] [--classifier "
     "PATH]\n"
     "          [--inception PATH] [--ref STATS.npz] [--device D] [--batch B] [--out FILE]\n"
+    "  cm eval --data SPEC [--n N] [--metric ...] ...   the same metric of the first N real images "
+    "of SPEC\n"
+    "          (the floor a model is measured against), written to --out\n"
     "  cm eval --ref-only --data SPEC --out STATS.npz [--metric fid|domain] [--inception PATH | "
     "--classifier PATH]\n"
     "          [--device D] [--batch B]\n"
@@ -347,20 +350,31 @@ int cmd_eval(int argc, char** argv) {
     return 0;
   }
   if (a.has("ref-only")) return eval_ref_only(a);
-  CM_CHECK(a.positional.size() == 1, "cm eval needs exactly one RUN_DIR or CHECKPOINT\n",
-           kEvalUsage);
-  CM_CHECK(!a.has("data"), "--data belongs to cm eval --ref-only");
+  // The images to score: a model's samples (RUN_DIR or CHECKPOINT) or, with --data, real images.
+  const bool real = a.has("data");
+  CM_CHECK(!(real && !a.positional.empty()),
+           "cm eval: give a RUN_DIR/CHECKPOINT or --data, not both");
+  CM_CHECK(real || a.positional.size() == 1,
+           "cm eval needs exactly one RUN_DIR or CHECKPOINT (or --data SPEC)\n", kEvalUsage);
   CM_CHECK(!(a.has("n") && a.has("seeds")), "give --n or --seeds, not both");
+  if (real) {
+    for (const char* k : {"seeds", "steps", "sigmas", "weights", "quantize"})
+      CM_CHECK(!a.has(k), "--", k, " is for a model's samples, not for --data");
+    CM_CHECK(a.has("out"), "cm eval --data needs --out FILE (there is no run directory)");
+  }
   const std::string metric = default_metric(a);
   const Device dev = Device::parse(a.get("device", "cpu"));
   const int64_t batch = positive_int(a, "batch", 64);
   const Quantization q = parse_quantization(a.get("quantize", "floor"));
 
   // What to evaluate and with what: check every input before the slow part.
-  const std::string source = a.positional[0];
-  fs::path checkpoint = source;
-  if (fs::is_directory(source)) checkpoint = RunDir::open(source).latest_checkpoint();
-  CM_CHECK(fs::is_regular_file(checkpoint), source, ": no such checkpoint or run directory");
+  fs::path checkpoint;
+  if (!real) {
+    const std::string source = a.positional[0];
+    checkpoint = source;
+    if (fs::is_directory(source)) checkpoint = RunDir::open(source).latest_checkpoint();
+    CM_CHECK(fs::is_regular_file(checkpoint), source, ": no such checkpoint or run directory");
+  }
   std::vector<uint64_t> seeds;
   if (a.has("seeds")) {
     seeds = parse_seeds(a.get("seeds"));
@@ -398,13 +412,30 @@ int cmd_eval(int argc, char** argv) {
   if (a.has("ref")) require_file(a.get("ref"), "--ref");
 
   const auto t0 = std::chrono::steady_clock::now();
-  const LoadedNetwork m = load_network(checkpoint.string(), a.get("weights", "ema"), dev);
-  const RunConfig& c = m.config;
-  const Sampler sampler = choose_sampler(c, a.get("steps", "1"), a.get("sigmas"));
+  std::optional<LoadedNetwork> m;
+  std::optional<Sampler> sampler;
+  Tensor real_images;
+  int64_t channels = 0, resolution = 0;
+  std::string source_name;
+  if (real) {
+    const data::ImageDataset d = eval::load_split(a.get("data"));
+    CM_CHECK(n <= d.size(), "--n ", n, ": --data ", a.get("data"), " has only ", d.size(),
+             " images");
+    real_images = narrow(d.images, 0, 0, n).contiguous();
+    channels = d.channels();
+    resolution = d.height();
+    source_name = "--data " + a.get("data");
+  } else {
+    m = load_network(checkpoint.string(), a.get("weights", "ema"), dev);
+    sampler = choose_sampler(m->config, a.get("steps", "1"), a.get("sigmas"));
+    channels = m->config.network.in_channels;
+    resolution = m->config.network.img_resolution;
+    source_name = "the run (" + m->config.data.dataset + ")";
+  }
 
   json rec = {{"metric", metric}};
   json values;
-  const std::string checkpoint_sha = sha256_file(checkpoint.string());
+  const std::string checkpoint_sha = real ? std::string() : sha256_file(checkpoint.string());
 
   // The metric network and the reference, loaded before sampling so that a mismatch fails fast.
   std::optional<eval::LoadedClassifier> clf;
@@ -414,8 +445,7 @@ int cmd_eval(int argc, char** argv) {
   if (metric == "domain") {
     const std::string path = a.get("classifier");
     clf = eval::load_classifier(path, dev);
-    check_classifier_fits(clf->net->config(), c.network.in_channels, c.network.img_resolution, path,
-                          "the run (" + c.data.dataset + ")");
+    check_classifier_fits(clf->net->config(), channels, resolution, path, source_name);
     const std::string clf_sha = sha256_file(path);
     json net = {{"path", fs::absolute(path).string()},
                 {"sha256", clf_sha},
@@ -465,10 +495,13 @@ int cmd_eval(int argc, char** argv) {
     }
   }
 
-  std::printf("sampling %lld images (%s, NFE %lld) from %s\n", (long long)n, sampler.name.c_str(),
-              (long long)sampler.nfe, m.weights.c_str());
   const auto t_sample = std::chrono::steady_clock::now();
-  const Tensor images = generate_images(m, seeds, sampler, q, dev, batch);
+  Tensor images = real_images;
+  if (!real) {
+    std::printf("sampling %lld images (%s, NFE %lld) from %s\n", (long long)n,
+                sampler->name.c_str(), (long long)sampler->nfe, m->weights.c_str());
+    images = generate_images(*m, seeds, *sampler, q, dev, batch);
+  }
   const double sample_s = seconds_since(t_sample);
   const auto t_metric = std::chrono::steady_clock::now();
   double value = 0;
@@ -495,20 +528,29 @@ int cmd_eval(int argc, char** argv) {
   rec["value"] = value;
   rec["values"] = values;
   if (!reference.is_null()) rec["reference"] = reference;
-  rec["run"] = fs::absolute(run_dir_of(checkpoint)).string();
-  rec["checkpoint"] = {{"path", fs::absolute(checkpoint).string()},
-                       {"sha256", checkpoint_sha},
-                       {"step", m.step},
-                       {"weights", m.weights}};
-  rec["mode"] = c.mode;
-  rec["data"] = c.data.dataset;
-  rec["n"] = n;
-  rec["seeds"] = a.get("seeds", "0-" + std::to_string(n - 1));
-  rec["sampler"] = sampler.name;
-  rec["time_points"] = sampler.taus;
-  if (c.mode == "edm") rec["heun_steps"] = sampler.heun_steps;
-  rec["nfe"] = sampler.nfe;
-  rec["quantization"] = quantization_name(q);
+  if (real) {
+    rec["source"] = "data";
+    rec["data"] = a.get("data");
+    rec["n"] = n;
+    rec["images"] = "the first " + std::to_string(n) + " images of " + a.get("data");
+  } else {
+    const RunConfig& c = m->config;
+    rec["source"] = "model";
+    rec["run"] = fs::absolute(run_dir_of(checkpoint)).string();
+    rec["checkpoint"] = {{"path", fs::absolute(checkpoint).string()},
+                         {"sha256", checkpoint_sha},
+                         {"step", m->step},
+                         {"weights", m->weights}};
+    rec["mode"] = c.mode;
+    rec["data"] = c.data.dataset;
+    rec["n"] = n;
+    rec["seeds"] = a.get("seeds", "0-" + std::to_string(n - 1));
+    rec["sampler"] = sampler->name;
+    rec["time_points"] = sampler->taus;
+    if (c.mode == "edm") rec["heun_steps"] = sampler->heun_steps;
+    rec["nfe"] = sampler->nfe;
+    rec["quantization"] = quantization_name(q);
+  }
   rec["device"] = dev.str();
   rec["batch"] = batch;
   rec["date"] = utc_now();
@@ -518,15 +560,19 @@ int cmd_eval(int argc, char** argv) {
 
   const fs::path out =
       a.has("out") ? fs::path(a.get("out"))
-                   : run_dir_of(checkpoint) / ("eval-" + std::to_string(m.step) + "-" + metric +
-                                               "-" + std::to_string(sampler.nfe) + "step.json");
+                   : run_dir_of(checkpoint) / ("eval-" + std::to_string(m->step) + "-" + metric +
+                                               "-" + std::to_string(sampler->nfe) + "step.json");
   {
     std::ofstream f(out);
     CM_CHECK(f, "cm eval: cannot write ", out.string());
     f << rec.dump(2) << "\n";
   }
-  std::printf("%s = %.6g (%lld images, %s, step %lld); wrote %s\n", metric.c_str(), value,
-              (long long)n, sampler.name.c_str(), (long long)m.step, out.c_str());
+  if (real)
+    std::printf("%s = %.6g (%lld real images of %s); wrote %s\n", metric.c_str(), value,
+                (long long)n, a.get("data").c_str(), out.c_str());
+  else
+    std::printf("%s = %.6g (%lld images, %s, step %lld); wrote %s\n", metric.c_str(), value,
+                (long long)n, sampler->name.c_str(), (long long)m->step, out.c_str());
   return 0;
 }
 

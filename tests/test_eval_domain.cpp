@@ -502,6 +502,22 @@ TEST_SUITE("eval") {
     const json r3 = read_json(dir / "r.json");
     CHECK(std::fabs(r3.at("value").get<double>() - value) < 1e-6 * value);
     CHECK(r3.at("reference").at("sha256") == runner::sha256_file(stats));
+
+    // --data scores real images the same way: the first N of the split against the same reference
+    // (the floor a model is measured against); well below the tiny run's samples.
+    const fs::path real_out = dir / "real.json";
+    REQUIRE(run_cm({"eval", "--data", "digits:train", "--n", "300", "--classifier", t.path, "--ref",
+                    stats, "--out", real_out.string()}) == 0);
+    const json rr = read_json(real_out);
+    const data::ImageDataset train = eval::load_split("digits:train");
+    const double real_direct = eval::frechet_distance(
+        eval::classifier_stats(*t.net, narrow(train.images, 0, 0, 300).contiguous(), 256), ref);
+    CHECK(rr.at("source") == "data");
+    CHECK(rr.at("data") == "digits:train");
+    CHECK(rr.at("n") == 300);
+    CHECK(std::fabs(rr.at("value").get<double>() - real_direct) < 1e-6 * real_direct);
+    CHECK(rr.at("value").get<double>() < 0.5 * value);
+    CHECK_FALSE(rr.contains("checkpoint"));
     fs::remove_all(dir);
     fs::remove(cache);
   }
@@ -517,6 +533,13 @@ TEST_SUITE("eval") {
       check_error([&] { run_cm(args); }, pieces);
     };
     fails({"eval"}, {"needs exactly one RUN_DIR or CHECKPOINT"});
+    fails({"eval", r, "--data", "digits:test", "--classifier", t.path, "--out", fake},
+          {"a RUN_DIR/CHECKPOINT or --data, not both"});
+    fails({"eval", "--data", "digits:test", "--classifier", t.path}, {"--data needs --out"});
+    fails({"eval", "--data", "digits:test", "--steps", "2", "--classifier", t.path, "--out", fake},
+          {"--steps is for a model's samples"});
+    fails({"eval", "--data", "digits:test", "--n", "100000", "--classifier", t.path, "--out", fake},
+          {"--n 100000", "has only 359 images"});
     fails({"eval", r, "--bogus"}, {"unknown option --bogus"});
     fails({"eval", r, "--n"}, {"option --n needs a value"});
     fails({"eval", r, "--n", "0", "--classifier", t.path}, {"--n 0: expected a positive integer"});
