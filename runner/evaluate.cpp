@@ -18,9 +18,7 @@
 #include "eval/inception.h"
 #include "runner/sha256.h"
 
-#ifndef CM_GIT_REVISION
-#define CM_GIT_REVISION "unknown"
-#endif
+#include "cm_revision.h"  // CM_GIT_REVISION, written at build time by runner/revision.cmake
 
 namespace fs = std::filesystem;
 
