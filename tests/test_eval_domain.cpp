@@ -13,6 +13,7 @@
 #include <set>
 
 #include "eval/classifier.h"
+#include "eval/inception.h"
 #include "nn/safetensors.h"
 #include "runner/config.h"
 #include "runner/evaluate.h"
@@ -520,6 +521,45 @@ TEST_SUITE("eval") {
     CHECK_FALSE(rr.contains("checkpoint"));
     fs::remove_all(dir);
     fs::remove(cache);
+  }
+
+  TEST_CASE("cm eval --metric is: the Inception Score of a run's samples, as from the parts") {
+    // A full-width FID Inception with random weights (real ones cannot be downloaded here): the
+    // value must be the one eval::inception_score gives on the same images' logits.
+    const fs::path dir = temp_dir("is");
+    const fs::path run = tiny_run(dir);
+    eval::FidInceptionV3 net;
+    {
+      NoGradGuard ng;
+      Generator gen(5);
+      for (auto& [name, p] : net.named_parameters())
+        if (p.dim() > 1)  // variance-preserving scale 1/√fan_in, so that 90 layers stay finite
+          copy_(p, mul(randn_like(p, &gen), 1.0 / std::sqrt(double(p.numel() / p.shape()[0]))));
+    }
+    const std::string weights = (dir / "inception.safetensors").string();
+    nn::save_module(weights, net);
+    const fs::path out = dir / "is.json";
+    REQUIRE(run_cm({"eval", run.string(), "--metric", "is", "--n", "12", "--inception", weights,
+                    "--batch", "5", "--out", out.string()}) == 0);
+    const json r = read_json(out);
+    CHECK(r.at("metric") == "is");
+    CHECK(r.at("inception").at("sha256") == runner::sha256_file(weights));
+    CHECK_FALSE(r.contains("reference"));
+
+    const auto loaded = eval::load_fid_inception(weights);
+    const runner::LoadedNetwork m = runner::load_network(
+        runner::RunDir::open(run.string()).latest_checkpoint().string(), "ema", Device::cpu());
+    std::vector<uint64_t> seeds;
+    for (uint64_t s = 0; s < 12; ++s) seeds.push_back(s);
+    const Tensor images =
+        runner::generate_images(m, seeds, runner::choose_sampler(m.config, "1", ""),
+                                runner::Quantization::Floor, Device::cpu(), 12);
+    NoGradGuard ng;
+    const eval::InceptionScore want = eval::inception_score(loaded->forward_images(images).logits);
+    CHECK(want.mean > 1.0);  // random weights still tell the images apart
+    CHECK(std::fabs(r.at("values").at("is_mean").get<double>() - want.mean) < 1e-6 * want.mean);
+    CHECK(std::fabs(r.at("values").at("is_std").get<double>() - want.std) < 1e-5 * want.mean);
+    fs::remove_all(dir);
   }
 
   TEST_CASE("cm eval and cm classifier: argument and input errors are clear") {
