@@ -75,6 +75,18 @@ inline std::vector<double> values(const Tensor& t) {
   return t.to_vector<double>();
 }
 
+// Checks that f throws cm::Error whose message contains every piece.
+inline void check_error(const std::function<void()>& f, const std::vector<std::string>& pieces) {
+  try {
+    f();
+    FAIL_CHECK("no error (expected one mentioning '" << pieces[0] << "')");
+  } catch (const cm::Error& e) {
+    const std::string msg = e.what();
+    for (const std::string& p : pieces)
+      CHECK_MESSAGE(msg.find(p) != std::string::npos, "'", p, "' not in: ", msg);
+  }
+}
+
 }  // namespace cm::test
 
 // CHECK_GRADCHECK(f, inputs[, options]): f maps a std::vector<Tensor> to a Tensor.

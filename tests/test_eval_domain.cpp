@@ -36,17 +36,6 @@ fs::path temp_dir(const std::string& name) {
   return p;
 }
 
-void check_error(const std::function<void()>& f, const std::vector<std::string>& pieces) {
-  try {
-    f();
-    FAIL_CHECK("no error (expected one mentioning '" << pieces[0] << "')");
-  } catch (const cm::Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : pieces)
-      CHECK_MESSAGE(msg.find(p) != std::string::npos, "'", p, "' not in: ", msg);
-  }
-}
-
 // Runs `cm <args...>` through the command functions, as main does.
 int run_cm(std::vector<std::string> args) {
   args.insert(args.begin(), "cm");

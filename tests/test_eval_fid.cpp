@@ -22,17 +22,6 @@ using V = std::vector<Tensor>;
 
 namespace {
 
-void check_error(const std::function<void()>& f, const std::vector<std::string>& pieces) {
-  try {
-    f();
-    FAIL_CHECK("no error (expected one mentioning '" << pieces[0] << "')");
-  } catch (const cm::Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : pieces)
-      CHECK_MESSAGE(msg.find(p) != std::string::npos, "'", p, "' not in: ", msg);
-  }
-}
-
 std::map<std::string, Tensor> load_all(const std::string& file) {
   return nn::load_safetensors(kGoldenDir + file);
 }

@@ -19,6 +19,7 @@
 #include "helpers.h"
 
 using namespace cm;
+using cm::test::check_error;
 using cm::test::grad_input;
 using cm::test::kLayouts;
 using cm::test::Layout;
@@ -47,18 +48,6 @@ void check_values(const Tensor& got, const std::vector<double>& ref, double tol,
       FAIL_CHECK("element " << i << ": got " << g[i] << ", reference " << ref[i]);
       return;
     }
-  }
-}
-
-// Checks that f throws cm::Error whose message contains every piece.
-void check_error(const std::function<void()>& f, const std::vector<std::string>& pieces) {
-  try {
-    f();
-    FAIL_CHECK("no error (expected one mentioning '" << pieces[0] << "')");
-  } catch (const cm::Error& e) {
-    const std::string msg = e.what();
-    for (const std::string& p : pieces)
-      CHECK_MESSAGE(msg.find(p) != std::string::npos, "'", p, "' not in: ", msg);
   }
 }
 
