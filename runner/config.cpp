@@ -42,9 +42,10 @@ std::vector<Field> build_schema() {
        "f32",
        -inf,
        inf,
-       {"f32", "bf16", "f16"},
+       {"f32", "tf32", "bf16", "f16"},
        {},
-       "compute dtype of the network (master weights stay f32); bf16/f16 need a GPU"},
+       "compute dtype of the network (master weights stay f32); tf32 (f32 data, TF32 matrix "
+       "products and convolutions), bf16 and f16 need a GPU"},
 
       {"/data", Kind::Object, json::object(), -inf, inf, {}, {}, "the training images"},
       {"/data/dataset",
@@ -648,6 +649,7 @@ RunConfig typed_config(const json& r) {
   c.device = Device::parse(r.at("device").get<std::string>());
   const std::string prec = r.at("precision");
   c.precision = prec == "bf16" ? DType::bf16 : prec == "f16" ? DType::f16 : DType::f32;
+  c.tf32 = prec == "tf32";
 
   const json& d = r.at("data");
   c.data = {d.at("dataset"), d.at("flip"), d.at("labels")};

@@ -86,6 +86,7 @@ struct RunConfig {
   uint64_t seed = 0;
   Device device;
   DType precision = DType::f32;  // compute dtype of the network
+  bool tf32 = false;             // f32 matrix products and convolutions in TF32 (precision "tf32")
   DataConfig data;
   nn::SongUNetConfig network;
   std::string network_preset;

@@ -137,9 +137,9 @@ int cmd_train(int argc, char** argv) {
   Trainer trainer(cfg, checkpoint, &log);
   log.line("network " + cfg.network_preset + ": " +
            std::to_string(trainer.online().num_parameters()) + " parameters; mode " + cfg.mode +
-           "; device " + cfg.device.str() + "; " + dtype_name(cfg.precision) + "; data " +
-           cfg.data.dataset + " (" + std::to_string(trainer.loader().dataset().images.size(0)) +
-           " images)");
+           "; device " + cfg.device.str() + "; " + (cfg.tf32 ? "tf32" : dtype_name(cfg.precision)) +
+           "; data " + cfg.data.dataset + " (" +
+           std::to_string(trainer.loader().dataset().images.size(0)) + " images)");
   MetricsWriter metrics(run.path() / "metrics.jsonl", checkpoint.has_value());
   const auto t_start = std::chrono::steady_clock::now();
   auto last = t_start;

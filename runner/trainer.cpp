@@ -160,6 +160,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
   else
     opt_ = std::make_unique<nn::Adam>(online_->parameters(), ao);
   if (cfg.precision == DType::f16) scaler_ = std::make_unique<nn::DynamicLossScaler>();
+  set_matmul_tf32(cfg.tf32);  // process-wide, as torch.backends.cuda.matmul.allow_tf32
 
   if (checkpoint) restore(*checkpoint);
 }

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
@@ -14,6 +15,26 @@
 #include "autograd/ops.h"
 
 namespace cm::test {
+
+// The device of the device-generic suites (the autograd engine's, tests/test_autograd.cpp and
+// tests/test_inplace.cpp, and every input made by randn_input): the CPU, or the device named by the
+// environment variable CM_TEST_DEVICE (e.g. cuda), so that the same suites also run on the GPU
+// (tools/gpu_device_run.sh). tests/main.cpp skips a run asking for a GPU where there is none.
+inline Device test_device() {
+  static const Device d = [] {
+    const char* e = std::getenv("CM_TEST_DEVICE");
+    return e && *e ? Device::parse(e) : Device::cpu();
+  }();
+  return d;
+}
+
+// t on the test device; a leaf that requires grad stays a leaf that requires grad.
+inline Tensor on_test_device(const Tensor& t) {
+  if (t.device() == test_device()) return t;
+  Tensor moved = to(detach(t), test_device());
+  if (t.requires_grad()) moved.set_requires_grad(true);
+  return moved;
+}
 
 // How a test input is laid out in memory. Values are the same whatever the layout.
 enum class Layout {
@@ -60,7 +81,7 @@ inline Tensor randn_input(const Shape& s, uint64_t seed, Layout layout = Layout:
   Generator g(seed);
   Tensor t = randn(s, {.dtype = DType::f64}, &g);
   t = add(mul(t, scale), shift);
-  return with_layout(to(t, dtype), layout);
+  return with_layout(on_test_device(to(t, dtype)), layout);
 }
 
 // A leaf requiring grad (f64), in the given layout.

@@ -17,7 +17,7 @@ using namespace cm::test;
 namespace {
 
 Tensor vec(const std::vector<double>& v, bool requires_grad = false) {
-  Tensor t = from_vector(v, {int64_t(v.size())});
+  Tensor t = on_test_device(from_vector(v, {int64_t(v.size())}));
   if (requires_grad) t.set_requires_grad(true);
   return t;
 }
@@ -36,7 +36,7 @@ bool contains(const std::string& s, const std::string& part) {
 }
 
 int64_t allocated_bytes() {
-  return allocator_for(Device::cpu()).stats().allocated;
+  return allocator_for(test_device()).stats().allocated;
 }
 
 }  // namespace
@@ -153,11 +153,11 @@ TEST_SUITE("autograd") {
     }
     SUBCASE("integer tensors cannot require grad") {
       for (DType dt : {DType::i32, DType::i64, DType::u8, DType::b8}) {
-        Tensor t = zeros({2}, {.dtype = dt});
+        Tensor t = on_test_device(zeros({2}, {.dtype = dt}));
         CHECK_THROWS_WITH_AS(t.set_requires_grad(true), doctest::Contains("floating"), Error);
         CHECK(!t.requires_grad());
       }
-      Tensor f16 = zeros({2}, {.dtype = DType::f16});
+      Tensor f16 = on_test_device(zeros({2}, {.dtype = DType::f16}));
       f16.set_requires_grad(true);
       CHECK(f16.requires_grad());
     }
@@ -233,7 +233,8 @@ TEST_SUITE("autograd") {
       x.zero_grad();
       Tensor a = x * 3.0;
       Tensor b = a * a;
-      backward({a, b}, {ones({3}, {.dtype = DType::f64}), ones({3}, {.dtype = DType::f64})});
+      backward({a, b}, {on_test_device(ones({3}, {.dtype = DType::f64})),
+                        on_test_device(ones({3}, {.dtype = DType::f64}))});
       // 3 + 2a·3 = 3 + 18x
       CHECK(values(x.grad()) == std::vector<double>{21, 39, 57});
     }
@@ -371,7 +372,7 @@ TEST_SUITE("autograd") {
   }
 
   TEST_CASE("sum_to_shape") {
-    Tensor g = arange(0.0, 24.0, 1.0, {.dtype = DType::f64}).reshape({2, 3, 4});
+    Tensor g = on_test_device(arange(0.0, 24.0, 1.0, {.dtype = DType::f64})).reshape({2, 3, 4});
     auto ref = [](int a, int b, int c) { return double(a * 12 + b * 4 + c); };
     {
       std::vector<double> want(3, 0.0);
@@ -454,7 +455,7 @@ TEST_SUITE("autograd") {
     // Builds loss = sum(exp(x ⊗ x)) where exp's saved output (n×n) is held only by the graph;
     // returns the change in allocated bytes across backward.
     auto delta_over_backward = [&](bool retain) {
-      Tensor x = rand({n}, {.requires_grad = true});
+      Tensor x = on_test_device(rand({n}, {.requires_grad = true}));
       Tensor loss;
       {
         Tensor outer = x.unsqueeze(1) * x.unsqueeze(0);
@@ -476,7 +477,7 @@ TEST_SUITE("autograd") {
     SUBCASE("a graph that is dropped without backward frees everything (no cycles)") {
       const int64_t base = allocated_bytes();
       {
-        Tensor x = rand({n}, {.requires_grad = true});
+        Tensor x = on_test_device(rand({n}, {.requires_grad = true}));
         Tensor loss = exp(x.unsqueeze(1) * x.unsqueeze(0)).sum();
         CHECK(allocated_bytes() - base >= big);
       }

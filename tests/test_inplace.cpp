@@ -159,24 +159,24 @@ TEST_SUITE("autograd") {
     }
     CHECK_THROWS_WITH_AS(
         [] {
-          Tensor x = zeros({2});
+          Tensor x = on_test_device(zeros({2}));
           clamp_(x, std::nullopt, std::nullopt);
         }(),
         doctest::Contains("clamp_"), Error);
     // clamp_ keeps NaN
-    Tensor n = from_vector(std::vector<double>{NAN, 5.0}, {2});
+    Tensor n = on_test_device(from_vector(std::vector<double>{NAN, 5.0}, {2}));
     clamp_(n, 0.0, 1.0);
     CHECK(std::isnan(values(n)[0]));
     CHECK(values(n)[1] == 1.0);
   }
 
   TEST_CASE("in-place updates write only the view's elements") {
-    Tensor base = zeros({4, 6}, {.dtype = DType::f64});
+    Tensor base = on_test_device(zeros({4, 6}, {.dtype = DType::f64}));
     Tensor cols = slice(base, 1, 1, 6, 2);  // columns 1, 3, 5
     fill_(cols, 3.0);
     Tensor rows = base.narrow(0, 1, 2).transpose(0, 1);  // rows 1, 2, transposed view
-    add_(rows,
-         from_vector(std::vector<double>{10, 20}, {2}));  // broadcast along the view's last dim
+    add_(rows, on_test_device(from_vector(std::vector<double>{10, 20},
+                                          {2})));  // broadcast along the view's last dim
     std::vector<double> want(24, 0.0);
     for (int r = 0; r < 4; ++r)
       for (int c = 0; c < 6; ++c) {
@@ -191,18 +191,18 @@ TEST_SUITE("autograd") {
 
   TEST_CASE("operand dtypes, integer destinations and self-aliasing") {
     SUBCASE("an f64 operand into f32 and f16 destinations") {
-      Tensor x = from_vector(std::vector<float>{1, 2, 3}, {3});
-      add_(x, from_vector(std::vector<double>{0.1, 0.2, 0.3}, {3}));
+      Tensor x = on_test_device(from_vector(std::vector<float>{1, 2, 3}, {3}));
+      add_(x, on_test_device(from_vector(std::vector<double>{0.1, 0.2, 0.3}, {3})));
       CHECK(x.dtype() == DType::f32);
       CHECK(x.to_vector<float>() == std::vector<float>{1 + 0.1f, 2 + 0.2f, 3 + 0.3f});
-      Tensor h = zeros({2}, {.dtype = DType::f16});
-      add_(h, from_vector(std::vector<double>{1.0 / 3, 1e5}, {2}));
+      Tensor h = on_test_device(zeros({2}, {.dtype = DType::f16}));
+      add_(h, on_test_device(from_vector(std::vector<double>{1.0 / 3, 1e5}, {2})));
       CHECK(h.to_vector<Half>()[0].bits == Half(1.0f / 3).bits);
       CHECK(std::isinf(h.to_vector<float>()[1]));
     }
     SUBCASE("integer destinations") {
-      Tensor i = from_vector(std::vector<int64_t>{1, -2, 3}, {3});
-      add_(i, from_vector(std::vector<int64_t>{10, 20, 30}, {3}), 2);
+      Tensor i = on_test_device(from_vector(std::vector<int64_t>{1, -2, 3}, {3}));
+      add_(i, on_test_device(from_vector(std::vector<int64_t>{10, 20, 30}, {3})), 2);
       CHECK(i.to_vector<int64_t>() == std::vector<int64_t>{21, 38, 63});
       mul_(i, 2.0);
       CHECK(i.to_vector<int64_t>() == std::vector<int64_t>{42, 76, 126});
@@ -212,7 +212,7 @@ TEST_SUITE("autograd") {
       CHECK(i.to_vector<int64_t>() == std::vector<int64_t>(3, 7));
     }
     SUBCASE("the destination as its own operand") {
-      Tensor x = from_vector(std::vector<double>{1, -2, 3}, {3});
+      Tensor x = on_test_device(from_vector(std::vector<double>{1, -2, 3}, {3}));
       add_(x, x);
       CHECK(values(x) == std::vector<double>{2, -4, 6});
       mul_(x, x);
@@ -223,7 +223,9 @@ TEST_SUITE("autograd") {
   }
 
   TEST_CASE("operands that overlap the destination are read before it is written") {
-    auto m = [] { return arange(0.0, 9.0, 1.0, {.dtype = DType::f64}).reshape({3, 3}); };
+    auto m = [] {
+      return on_test_device(arange(0.0, 9.0, 1.0, {.dtype = DType::f64})).reshape({3, 3});
+    };
     auto at = [](int r, int c) { return double(r * 3 + c); };
     SUBCASE("a transposed view of the destination") {
       Tensor x = m();
@@ -254,21 +256,21 @@ TEST_SUITE("autograd") {
       CHECK(values(y) == want);
     }
     SUBCASE("a shifted view") {
-      Tensor x = arange(0.0, 6.0, 1.0, {.dtype = DType::f64});
+      Tensor x = on_test_device(arange(0.0, 6.0, 1.0, {.dtype = DType::f64}));
       Tensor head = x.narrow(0, 1, 5);
       copy_(head, x.narrow(0, 0, 5));  // shift right by one
       CHECK(values(x) == std::vector<double>{0, 0, 1, 2, 3, 4});
     }
     SUBCASE("an expanded destination is refused") {
-      Tensor b = zeros({3, 1}, {.dtype = DType::f64});
+      Tensor b = on_test_device(zeros({3, 1}, {.dtype = DType::f64}));
       Tensor e = b.expand({3, 4});
-      CHECK_THROWS_WITH_AS(add_(e, arange(0.0, 4.0, 1.0, {.dtype = DType::f64})),
+      CHECK_THROWS_WITH_AS(add_(e, on_test_device(arange(0.0, 4.0, 1.0, {.dtype = DType::f64}))),
                            doctest::Contains("several elements at one memory location"), Error);
       CHECK_THROWS_WITH_AS(fill_(e, 1.0), doctest::Contains("fill_"), Error);
-      CHECK_THROWS_AS(copy_(e, zeros({3, 4})), Error);
+      CHECK_THROWS_AS(copy_(e, on_test_device(zeros({3, 4}))), Error);
       CHECK(values(b) == std::vector<double>(3, 0.0));
       // a size-1 expansion is not an overlap
-      Tensor one = zeros({1}).expand({1, 1});
+      Tensor one = on_test_device(zeros({1})).expand({1, 1});
       fill_(one, 2.0);
       CHECK(one.item<float>() == 2.0f);
     }
@@ -276,24 +278,25 @@ TEST_SUITE("autograd") {
 
   TEST_CASE("copy_ converts, broadcasts and writes strided destinations") {
     SUBCASE("dtype conversion") {
-      Tensor d = zeros({4}, {.dtype = DType::i32});
-      copy_(d, from_vector(std::vector<double>{1.9, -1.9, 0.5, 100.0}, {4}));
+      Tensor d = on_test_device(zeros({4}, {.dtype = DType::i32}));
+      copy_(d, on_test_device(from_vector(std::vector<double>{1.9, -1.9, 0.5, 100.0}, {4})));
       CHECK(d.to_vector<int32_t>() == std::vector<int32_t>{1, -1, 0, 100});
-      Tensor b = zeros({3}, {.dtype = DType::b8});
-      copy_(b, from_vector(std::vector<float>{0.0f, -0.5f, 2.0f}, {3}));
+      Tensor b = on_test_device(zeros({3}, {.dtype = DType::b8}));
+      copy_(b, on_test_device(from_vector(std::vector<float>{0.0f, -0.5f, 2.0f}, {3})));
       CHECK(b.to_vector<bool>() == std::vector<bool>{false, true, true});
-      Tensor f = zeros({3});
+      Tensor f = on_test_device(zeros({3}));
       copy_(f, b);
       CHECK(f.to_vector<float>() == std::vector<float>{0, 1, 1});
-      Tensor h = zeros({2}, {.dtype = DType::bf16});
-      copy_(h, from_vector(std::vector<float>{1.0f + std::ldexp(1.0f, -8), 3.0f}, {2}));
+      Tensor h = on_test_device(zeros({2}, {.dtype = DType::bf16}));
+      copy_(h, on_test_device(
+                   from_vector(std::vector<float>{1.0f + std::ldexp(1.0f, -8), 3.0f}, {2})));
       CHECK(h.to_vector<BFloat16>()[0].bits == 0x3F80);
     }
     SUBCASE("broadcast source into a non-contiguous destination") {
       for (Layout l : kLayouts) {
         CAPTURE(std::string(layout_name(l)));
         Tensor d = randn_input({3, 4}, 9, l, DType::f32);
-        Tensor src = from_vector(std::vector<double>{1, 2, 3}, {3, 1});
+        Tensor src = on_test_device(from_vector(std::vector<double>{1, 2, 3}, {3, 1}));
         copy_(d, src);
         check_close(values(d), broadcast_ref({1, 2, 3}, {3, 1}, {3, 4}));
         Tensor s2 = randn_input({3, 4}, 10, Layout::Transposed);
@@ -302,10 +305,11 @@ TEST_SUITE("autograd") {
       }
     }
     SUBCASE("shape errors") {
-      Tensor d = zeros({3, 4});
-      CHECK_THROWS_WITH_AS(copy_(d, zeros({4, 3})), doctest::Contains("copy_"), Error);
-      CHECK_THROWS_WITH_AS(copy_(d, zeros({2, 3, 4})), doctest::Contains("does not broadcast"),
+      Tensor d = on_test_device(zeros({3, 4}));
+      CHECK_THROWS_WITH_AS(copy_(d, on_test_device(zeros({4, 3}))), doctest::Contains("copy_"),
                            Error);
+      CHECK_THROWS_WITH_AS(copy_(d, on_test_device(zeros({2, 3, 4}))),
+                           doctest::Contains("does not broadcast"), Error);
     }
   }
 
@@ -323,9 +327,9 @@ TEST_SUITE("autograd") {
     };
     for (const auto& [name, update] : updates) {
       CAPTURE(std::string(name));
-      Tensor w = from_vector(std::vector<double>{1, 2}, {2}).set_requires_grad();
-      Tensor c = from_vector(std::vector<double>{3, 4}, {2});
-      Tensor plain = from_vector(std::vector<double>{5, 6}, {2});
+      Tensor w = on_test_device(from_vector(std::vector<double>{1, 2}, {2})).set_requires_grad();
+      Tensor c = on_test_device(from_vector(std::vector<double>{3, 4}, {2}));
+      Tensor plain = on_test_device(from_vector(std::vector<double>{5, 6}, {2}));
       // the destination requires grad
       std::string msg = message_of([&] { update(w, c); });
       CHECK(msg.find(name) != std::string::npos);
@@ -351,7 +355,7 @@ TEST_SUITE("autograd") {
       CHECK(w.requires_grad());
       CHECK(w.is_leaf());
     }
-    Tensor w = from_vector(std::vector<double>{1, 2}, {2}).set_requires_grad();
+    Tensor w = on_test_device(from_vector(std::vector<double>{1, 2}, {2})).set_requires_grad();
     for (auto f : std::vector<std::function<void()>>{[&] { add_(w, 1.0); }, [&] { mul_(w, 2.0); },
                                                      [&] { clamp_(w, 0.0, 1.0); },
                                                      [&] { fill_(w, 1.0); }, [&] { zero_(w); }}) {
@@ -361,7 +365,7 @@ TEST_SUITE("autograd") {
   }
 
   TEST_CASE("an SGD-style update under NoGradGuard, then a fresh forward") {
-    Tensor w = from_vector(std::vector<double>{1.0, -2.0}, {2}).set_requires_grad();
+    Tensor w = on_test_device(from_vector(std::vector<double>{1.0, -2.0}, {2})).set_requires_grad();
     (w * w).sum().backward();  // grad 2w
     {
       NoGradGuard ng;
@@ -374,24 +378,25 @@ TEST_SUITE("autograd") {
   }
 
   TEST_CASE("operands must broadcast to the destination's shape") {
-    Tensor x = zeros({2, 3}, {.dtype = DType::f64});
-    CHECK_THROWS_WITH_AS(add_(x, zeros({4}, {.dtype = DType::f64})), doctest::Contains("add_"),
-                         Error);
-    CHECK_THROWS_WITH_AS(mul_(x, zeros({2, 2, 3}, {.dtype = DType::f64})),
+    Tensor x = on_test_device(zeros({2, 3}, {.dtype = DType::f64}));
+    CHECK_THROWS_WITH_AS(add_(x, on_test_device(zeros({4}, {.dtype = DType::f64}))),
+                         doctest::Contains("add_"), Error);
+    CHECK_THROWS_WITH_AS(mul_(x, on_test_device(zeros({2, 2, 3}, {.dtype = DType::f64}))),
                          doctest::Contains("mul_"), Error);
-    CHECK_THROWS_WITH_AS(sub_(x, zeros({2, 1, 1}, {.dtype = DType::f64})),
+    CHECK_THROWS_WITH_AS(sub_(x, on_test_device(zeros({2, 1, 1}, {.dtype = DType::f64}))),
                          doctest::Contains("sub_"), Error);
-    CHECK_THROWS_WITH_AS(lerp_(x, zeros({3, 3}, {.dtype = DType::f64}), 0.5),
+    CHECK_THROWS_WITH_AS(lerp_(x, on_test_device(zeros({3, 3}, {.dtype = DType::f64})), 0.5),
                          doctest::Contains("lerp_"), Error);
-    CHECK_THROWS_AS(div_(x, zeros({2}, {.dtype = DType::f64})), Error);
-    CHECK_THROWS_AS(
-        addcmul_(x, zeros({3}, {.dtype = DType::f64}), zeros({4}, {.dtype = DType::f64})), Error);
-    CHECK_THROWS_AS(
-        addcdiv_(x, ones({2, 3, 1}, {.dtype = DType::f64}), ones({3}, {.dtype = DType::f64})),
-        Error);
+    CHECK_THROWS_AS(div_(x, on_test_device(zeros({2}, {.dtype = DType::f64}))), Error);
+    CHECK_THROWS_AS(addcmul_(x, on_test_device(zeros({3}, {.dtype = DType::f64})),
+                             on_test_device(zeros({4}, {.dtype = DType::f64}))),
+                    Error);
+    CHECK_THROWS_AS(addcdiv_(x, on_test_device(ones({2, 3, 1}, {.dtype = DType::f64})),
+                             on_test_device(ones({3}, {.dtype = DType::f64}))),
+                    Error);
     // the destination's shape never grows
-    Tensor row = zeros({3}, {.dtype = DType::f64});
-    CHECK_THROWS_WITH_AS(add_(row, ones({2, 3}, {.dtype = DType::f64})),
+    Tensor row = on_test_device(zeros({3}, {.dtype = DType::f64}));
+    CHECK_THROWS_WITH_AS(add_(row, on_test_device(ones({2, 3}, {.dtype = DType::f64}))),
                          doctest::Contains("does not broadcast"), Error);
     CHECK(values(row) == std::vector<double>(3, 0.0));
     CHECK(row.version() == 0);

@@ -147,6 +147,10 @@ TEST_SUITE("runner") {
     j = tiny("ct");
     j["precision"] = "bf16";
     CHECK(problems(j).find("/precision: \"bf16\" needs a GPU device") != std::string::npos);
+    j["precision"] = "tf32";
+    CHECK(problems(j).find("/precision: \"tf32\" needs a GPU device") != std::string::npos);
+    j["precision"] = "fp32";
+    CHECK(problems(j).find("\"fp32\" is not one of f32, tf32, bf16, f16") != std::string::npos);
     j = tiny("ct");
     j["device"] = "gpu";
     CHECK(problems(j).find("/device: invalid device \"gpu\"") != std::string::npos);
@@ -168,7 +172,8 @@ TEST_SUITE("runner") {
     int n = 0;
     for (const auto& e : fs::directory_iterator(std::string(CM_SOURCE_DIR) + "/configs")) {
       if (e.path().extension() != ".json") continue;
-      CHECK_NOTHROW(typed_config(resolve_config(read_json_file(e.path().string()), e.path().string())));
+      CHECK_NOTHROW(
+          typed_config(resolve_config(read_json_file(e.path().string()), e.path().string())));
       ++n;
     }
     CHECK(n >= 8);

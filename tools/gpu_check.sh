@@ -31,6 +31,10 @@ say "== GPU test suites (ctest -L gpu)"
 if (cd "$build_dir" && ctest -L gpu --output-on-failure) >>"$log" 2>&1; then r=PASS; else r=FAIL; fi
 summary+=("gpu tests: $r ($(grep -E 'tests passed|tests failed' "$log" | tail -1))")
 
+say "== the autograd suites on the GPU (CM_TEST_DEVICE=cuda ctest -L autograd)"
+if (cd "$build_dir" && CM_TEST_DEVICE=cuda ctest -L autograd --output-on-failure) >>"$log" 2>&1; then r=PASS; else r=FAIL; fi
+summary+=("autograd suites on the GPU: $r ($(grep -E 'tests passed|tests failed' "$log" | tail -1))")
+
 say "== all CPU suites on this machine (ctest -LE gpu)"
 if (cd "$build_dir" && ctest -LE gpu -j 8) >>"$log" 2>&1; then r=PASS; else r=FAIL; fi
 summary+=("cpu tests: $r ($(grep -E 'tests passed|tests failed' "$log" | tail -1))")

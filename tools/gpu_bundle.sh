@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Packs what tools/gpu_device_run.sh needs on a GPU machine into one small folder (default .gpu/):
+# the CUDA build's cm, cm_bench_ops and GPU test binaries (stripped, one xz archive: they share
+# most of their bytes, so 70 MB of binaries pack into about 3 MB) and Fashion-MNIST's test split,
+# which the device script turns into a CIFAR-10-format stand-in (tools/fashion_as_cifar10.py).
+#   bash tools/gpu_bundle.sh [--build-dir build-cuda] [--out .gpu]
+# Build first: cmake -S . -B build-cuda -DCM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 &&
+#   cmake --build build-cuda --target cm cm_bench_ops cm_test_cuda cm_test_cuda_conv cm_test_cuda_nn \
+#     cm_test_autograd cm_test_inplace
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build_dir=build-cuda
+out=.gpu
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) build_dir="$2"; shift 2 ;;
+    --out) out="$2"; shift 2 ;;
+    *) echo "gpu_bundle.sh: unknown argument '$1'" >&2; exit 2 ;;
+  esac
+done
+bins=("$build_dir/runner/cm" "$build_dir/bench/cm_bench_ops" "$build_dir/tests/cm_test_cuda"
+      "$build_dir/tests/cm_test_cuda_conv" "$build_dir/tests/cm_test_cuda_nn"
+      "$build_dir/tests/cm_test_autograd" "$build_dir/tests/cm_test_inplace")
+for b in "${bins[@]}"; do
+  [ -x "$b" ] || { echo "gpu_bundle.sh: '$b' is missing; build it first (see the header)" >&2; exit 1; }
+done
+fashion=/usr/share/datasets/fashion-mnist
+for f in t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz; do
+  [ -f "$fashion/$f" ] || { echo "gpu_bundle.sh: '$fashion/$f' is missing (apt-get install dataset-fashion-mnist)" >&2; exit 1; }
+done
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+mkdir -p "$stage/bin" "$out"
+cp "${bins[@]}" "$stage/bin/"
+strip "$stage"/bin/*
+tar -C "$stage" -cf - bin | xz -9e --lzma2=dict=192MiB -T1 > "$out/bin.tar.xz"
+cp "$fashion/t10k-images-idx3-ubyte.gz" "$fashion/t10k-labels-idx1-ubyte.gz" "$out/"
+git describe --always --dirty > "$out/revision.txt" 2>/dev/null || true
+pwd > "$out/source_dir.txt"  # the test binaries read their golden files below this path
+ls -la "$out"
