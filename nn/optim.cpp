@@ -271,15 +271,18 @@ void RAdam::update(Tensor& param, const Tensor& grad, ParamState& s) {
 
 double grad_norm(const std::vector<Tensor>& params) {
   NoGradGuard ng;
-  // As torch: the norm of each gradient, then the norm of those norms.
-  double total_sq = 0;
+  // As torch: the norm of each gradient (in f64), then the norm of those norms. The norms stay on
+  // the gradients' device and reach the host once, at the end: one synchronisation per call, not
+  // one per parameter.
+  std::vector<Tensor> norms;
   for (const Tensor& p : params) {
     const Tensor g = p.defined() ? p.grad() : Tensor();
     if (!g.defined()) continue;
-    const double n = std::sqrt(sum(square(to(g, DType::f64))).item<double>());
-    total_sq += n * n;
+    Tensor n = sqrt(sum(square(to(g, DType::f64))));
+    norms.push_back(norms.empty() ? n : to(n, norms.front().device()));
   }
-  return std::sqrt(total_sq);
+  if (norms.empty()) return 0.0;
+  return std::sqrt(sum(square(stack(norms, 0))).item<double>());
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
@@ -298,12 +301,15 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
 
 bool grads_finite(const std::vector<Tensor>& params) {
   NoGradGuard ng;
+  // The count of non-finite elements of each gradient stays on its device; one transfer at the end.
+  std::vector<Tensor> bad;
   for (const Tensor& p : params) {
     const Tensor g = p.defined() ? p.grad() : Tensor();
     if (!g.defined() || !is_floating(g.dtype())) continue;
-    if (sum(isfinite(g)).item<int64_t>() != g.numel()) return false;
+    Tensor n = sum(logical_not(isfinite(g)));
+    bad.push_back(bad.empty() ? n : to(n, bad.front().device()));
   }
-  return true;
+  return bad.empty() || sum(stack(bad, 0)).item<int64_t>() == 0;
 }
 
 double warmup_lr(double base_lr, double progress, double warmup) {

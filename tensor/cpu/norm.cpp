@@ -8,7 +8,11 @@
 //   x̂ = (x − mean)·rstd,  dx = rstd·(w[c]·dy − (Σ w·dy)/M − x̂·(Σ w·dy·x̂)/M),
 //   dweight[c] = Σ_{n, hw} dy·x̂,  dbias[c] = Σ_{n, hw} dy,
 // with the per-(n, c) sums Σ dy·x̂ and Σ dy computed once and shared by the three gradients.
+// Every sum runs over kLanes interleaved f64 partial sums added in a fixed order at the end
+// (LaneSums below): the same result on every run and thread count, and vectorisable, unlike one
+// accumulator's chain of dependent additions.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -17,6 +21,33 @@
 
 namespace cm::cpu {
 namespace {
+
+constexpr int kLanes = 8;
+
+// Sums of f(i) for i in [0, n), each over kLanes interleaved partial sums (element i goes to lane
+// i mod kLanes) combined pairwise in a fixed order. F returns K values at once (K sums in one
+// pass).
+template <int K>
+struct LaneSums {
+  double lane[K][kLanes] = {};
+  template <class F>
+  LaneSums(int64_t n, F f) {
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int l = 0; l < kLanes; ++l) {
+        const std::array<double, K> v = f(i + l);
+        for (int k = 0; k < K; ++k) lane[k][l] += v[size_t(k)];
+      }
+    for (; i < n; ++i) {
+      const std::array<double, K> v = f(i);
+      for (int k = 0; k < K; ++k) lane[k][i % kLanes] += v[size_t(k)];
+    }
+  }
+  double operator[](int k) const {
+    const double* a = lane[k];
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  }
+};
 
 // The geometry of a group_norm call.
 struct GnDims {
@@ -55,16 +86,18 @@ void group_norm_typed(const Tensor& x, const Tensor& weight, const Tensor& bias,
     T* og = op + ng * M;
     double mu = 0, var = 0;
     if (M > 0) {
-      for (int64_t i = 0; i < M; ++i) mu += double(static_cast<compute_t<T>>(xg[i]));
-      mu /= double(M);
+      mu = LaneSums<1>(M,
+                       [&](int64_t i) {
+                         return std::array<double, 1>{double(static_cast<compute_t<T>>(xg[i]))};
+                       })[0] /
+           double(M);
       // Second pass: Σ e and Σ e² with e = x − mean. Σ e (zero in exact arithmetic) corrects the
       // rounding of the first pass, for the mean and the variance alike.
-      double s1 = 0, s2 = 0;
-      for (int64_t i = 0; i < M; ++i) {
+      const LaneSums<2> e12(M, [&](int64_t i) {
         const double e = double(static_cast<compute_t<T>>(xg[i])) - mu;
-        s1 += e;
-        s2 += e * e;
-      }
+        return std::array<double, 2>{e, e * e};
+      });
+      const double s1 = e12[0], s2 = e12[1];
       mu += s1 / double(M);
       var = std::max(0.0, (s2 - s1 * s1 / double(M)) / double(M));
     }
@@ -101,13 +134,12 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
     double a = 0, bsum = 0;  // Σ w·dy and Σ w·dy·x̂ over the group
     for (int64_t j = 0; j < d.Cg; ++j) {
       const int64_t off = ng * M + j * d.HW;
-      double sdx = 0, sd = 0;
-      for (int64_t i = 0; i < d.HW; ++i) {
+      const LaneSums<2> sums(d.HW, [&](int64_t i) {
         const double dy = double(static_cast<compute_t<T>>(gp[off + i]));
-        sd += dy;
-        sdx += dy * (double(static_cast<compute_t<T>>(xp[off + i])) - mu);
-      }
-      sdx *= r;
+        return std::array<double, 2>{dy,
+                                     dy * (double(static_cast<compute_t<T>>(xp[off + i])) - mu)};
+      });
+      const double sd = sums[0], sdx = sums[1] * r;
       sum_dy_xhat[size_t(n * d.C + c0 + j)] = sdx;
       sum_dy[size_t(n * d.C + c0 + j)] = sd;
       a += w[size_t(c0 + j)] * sd;
