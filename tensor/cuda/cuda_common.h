@@ -66,13 +66,19 @@ struct OffsetCalc {
   }
 
 #if defined(__CUDACC__)
-  __device__ void offsets(int64_t i, int64_t* off) const {
-    for (int k = 0; k < kMaxOperands; ++k) off[k] = contiguous ? i : 0;
+  // Element offsets of index i for every operand, in index type I: int64_t always works; int32_t
+  // (several times cheaper divisions) where every index and offset of the plan fits.
+  template <class I>
+  __device__ __forceinline__ void offsets(I i, I* off) const {
+#pragma unroll
+    for (int k = 0; k < kMaxOperands; ++k) off[k] = contiguous ? i : I(0);
     if (contiguous) return;
     for (int d = ndim - 1; d >= 0; --d) {
-      const int64_t q = i % shape[d];
-      i /= shape[d];
-      for (int k = 0; k < nops; ++k) off[k] += q * strides[k][d];
+      const I s = I(shape[d]);
+      const I q = i / s;
+      const I r = i - q * s;
+      i = q;
+      for (int k = 0; k < nops; ++k) off[k] += r * I(strides[k][d]);
     }
   }
 #endif

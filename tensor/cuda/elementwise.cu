@@ -46,36 +46,32 @@ bool fits_int32(const LoopPlan& p) {
   return true;
 }
 
-// Element offsets of index i for every operand, in index type I (int32_t or int64_t).
-template <class I>
-__device__ __forceinline__ void offsets_of(const OffsetCalc& oc, I i, I* off) {
-#pragma unroll
-  for (int k = 0; k < kMaxOperands; ++k) off[k] = oc.contiguous ? i : I(0);
-  if (oc.contiguous) return;
-  for (int d = oc.ndim - 1; d >= 0; --d) {
-    const I s = I(oc.shape[d]);
-    const I q = i / s;
-    const I r = i - q * s;
-    i = q;
-    for (int k = 0; k < oc.nops; ++k) off[k] += r * I(oc.strides[k][d]);
-  }
-}
+// One input element to one output element: a scalar functor of scalar_ops.h applied in the input's
+// compute type (unary ops), or a plain conversion (copy).
+template <class TI, class TO, class F>
+struct ApplyInComputeType {
+  F f;
+  __device__ TO operator()(TI x) const { return convert<TO>(f(static_cast<compute_t<TI>>(x))); }
+};
+template <class TI, class TO>
+struct Convert {
+  __device__ TO operator()(TI x) const { return convert<TO>(x); }
+};
 
-// ---- vectorised kernels over contiguous, aligned operands (n < 2^31)
+// ---- vectorised kernels over contiguous, aligned operands (n < 2^30)
 
-template <int N, class TI, class TO, class F>
-__global__ void map1_vec_kernel(int32_t n, TO* out, const TI* in, F f) {
-  using C = compute_t<TI>;
+template <int N, class TI, class TO, class Op>
+__global__ void unary_vec_kernel(int32_t n, TO* out, const TI* in, Op op) {
   const int32_t nv = n / N, step = int32_t(gridDim.x * blockDim.x);
   const int32_t first = int32_t(blockIdx.x * blockDim.x + threadIdx.x);
   for (int32_t v = first; v < nv; v += step) {
     const Vec<TI, N> x = reinterpret_cast<const Vec<TI, N>*>(in)[v];
     Vec<TO, N> r;
 #pragma unroll
-    for (int j = 0; j < N; ++j) r.v[j] = convert<TO>(f(static_cast<C>(x.v[j])));
+    for (int j = 0; j < N; ++j) r.v[j] = op(x.v[j]);
     reinterpret_cast<Vec<TO, N>*>(out)[v] = r;
   }
-  for (int32_t i = nv * N + first; i < n; i += step) out[i] = convert<TO>(f(static_cast<C>(in[i])));
+  for (int32_t i = nv * N + first; i < n; i += step) out[i] = op(in[i]);
 }
 
 template <int N, class TI, class TO, class F>
@@ -96,20 +92,6 @@ __global__ void map2_vec_kernel(int32_t n, TO* out, const TI* a, const TI* b, F 
     out[i] = convert<TO>(f(static_cast<C>(a[i]), static_cast<C>(b[i])));
 }
 
-template <int N, class TI, class TO>
-__global__ void copy_vec_kernel(int32_t n, TO* out, const TI* in) {
-  const int32_t nv = n / N, step = int32_t(gridDim.x * blockDim.x);
-  const int32_t first = int32_t(blockIdx.x * blockDim.x + threadIdx.x);
-  for (int32_t v = first; v < nv; v += step) {
-    const Vec<TI, N> x = reinterpret_cast<const Vec<TI, N>*>(in)[v];
-    Vec<TO, N> r;
-#pragma unroll
-    for (int j = 0; j < N; ++j) r.v[j] = convert<TO>(x.v[j]);
-    reinterpret_cast<Vec<TO, N>*>(out)[v] = r;
-  }
-  for (int32_t i = nv * N + first; i < n; i += step) out[i] = convert<TO>(in[i]);
-}
-
 template <int N, class T>
 __global__ void fill_vec_kernel(int32_t n, T* out, T value) {
   const int32_t nv = n / N, step = int32_t(gridDim.x * blockDim.x);
@@ -123,14 +105,13 @@ __global__ void fill_vec_kernel(int32_t n, T* out, T value) {
 
 // ---- grid-stride kernels over any plan, indexing in I
 
-template <class I, class TI, class TO, class F>
-__global__ void map1_kernel(OffsetCalc oc, I n, TO* out, const TI* in, F f) {
-  using C = compute_t<TI>;
+template <class I, class TI, class TO, class Op>
+__global__ void unary_kernel(OffsetCalc oc, I n, TO* out, const TI* in, Op op) {
   for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n;
        i += I(gridDim.x) * blockDim.x) {
     I o[kMaxOperands];
-    offsets_of(oc, i, o);
-    out[o[0]] = convert<TO>(f(static_cast<C>(in[o[1]])));
+    oc.offsets(i, o);
+    out[o[0]] = op(in[o[1]]);
   }
 }
 
@@ -140,7 +121,7 @@ __global__ void map2_kernel(OffsetCalc oc, I n, TO* out, const TI* a, const TI* 
   for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n;
        i += I(gridDim.x) * blockDim.x) {
     I o[kMaxOperands];
-    offsets_of(oc, i, o);
+    oc.offsets(i, o);
     out[o[0]] = convert<TO>(f(static_cast<C>(a[o[1]]), static_cast<C>(b[o[2]])));
   }
 }
@@ -150,18 +131,8 @@ __global__ void where_kernel(OffsetCalc oc, I n, T* out, const bool* c, const T*
   for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n;
        i += I(gridDim.x) * blockDim.x) {
     I o[kMaxOperands];
-    offsets_of(oc, i, o);
+    oc.offsets(i, o);
     out[o[0]] = c[o[1]] ? a[o[2]] : b[o[3]];
-  }
-}
-
-template <class I, class TI, class TO>
-__global__ void copy_kernel(OffsetCalc oc, I n, TO* out, const TI* in) {
-  for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n;
-       i += I(gridDim.x) * blockDim.x) {
-    I o[kMaxOperands];
-    offsets_of(oc, i, o);
-    out[o[0]] = convert<TO>(in[o[1]]);
   }
 }
 
@@ -170,7 +141,7 @@ __global__ void fill_kernel(OffsetCalc oc, I n, T* out, T v) {
   for (I i = I(blockIdx.x) * I(blockDim.x) + I(threadIdx.x); i < n;
        i += I(gridDim.x) * blockDim.x) {
     I o[kMaxOperands];
-    offsets_of(oc, i, o);
+    oc.offsets(i, o);
     out[o[0]] = v;
   }
 }
@@ -185,8 +156,8 @@ void with_index_type(const LoopPlan& p, G&& generic) {
 }
 
 // Launch helpers over a plan on the output's device.
-template <class TI, class TO, class F>
-void map1(const LoopPlan& p, int dev, F f) {
+template <class TI, class TO, class Op>
+void unary_launch(const LoopPlan& p, int dev, Op op) {
   if (p.numel == 0) return;
   const OffsetCalc oc(p);
   TO* out = reinterpret_cast<TO*>(p.base[0]);
@@ -194,15 +165,21 @@ void map1(const LoopPlan& p, int dev, F f) {
   constexpr int N = vec_width<TI, TO>();
   if (oc.contiguous && p.numel < kInt32Limit && aligned_for_vec<TO, N>(out) &&
       aligned_for_vec<TI, N>(in)) {
-    map1_vec_kernel<N, TI, TO, F><<<blocks_for((p.numel + N - 1) / N), kThreads, 0, stream(dev)>>>(
-        int32_t(p.numel), out, in, f);
+    unary_vec_kernel<N, TI, TO, Op>
+        <<<blocks_for((p.numel + N - 1) / N), kThreads, 0, stream(dev)>>>(int32_t(p.numel), out, in,
+                                                                          op);
   } else {
     with_index_type(p, [&]<class I>() {
-      map1_kernel<I, TI, TO, F>
-          <<<blocks_for(p.numel), kThreads, 0, stream(dev)>>>(oc, I(p.numel), out, in, f);
+      unary_kernel<I, TI, TO, Op>
+          <<<blocks_for(p.numel), kThreads, 0, stream(dev)>>>(oc, I(p.numel), out, in, op);
     });
   }
   CUDA_CHECK_LAUNCH();
+}
+
+template <class TI, class TO, class F>
+void map1(const LoopPlan& p, int dev, F f) {
+  unary_launch<TI, TO>(p, dev, ApplyInComputeType<TI, TO, F>{f});
 }
 
 template <class TI, class TO, class F>
@@ -307,25 +284,11 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
     return;
   }
   LoopPlan p = make_plan({&dst, &src});
-  const OffsetCalc oc(p);
   CM_DISPATCH_ALL(dst.dtype(), "copy", [&] {
     using TO = scalar_t;
     CM_DISPATCH_ALL(src.dtype(), "copy", [&] {
       using TI = scalar_t;
-      TO* out = reinterpret_cast<TO*>(p.base[0]);
-      const TI* in = reinterpret_cast<const TI*>(p.base[1]);
-      constexpr int N = vec_width<TI, TO>();
-      if (oc.contiguous && p.numel < kInt32Limit && aligned_for_vec<TO, N>(out) &&
-          aligned_for_vec<TI, N>(in)) {
-        copy_vec_kernel<N, TI, TO><<<blocks_for((p.numel + N - 1) / N), kThreads, 0, stream(dev)>>>(
-            int32_t(p.numel), out, in);
-      } else {
-        with_index_type(p, [&]<class I>() {
-          copy_kernel<I, TI, TO>
-              <<<blocks_for(p.numel), kThreads, 0, stream(dev)>>>(oc, I(p.numel), out, in);
-        });
-      }
-      CUDA_CHECK_LAUNCH();
+      unary_launch<TI, TO>(p, dev, Convert<TI, TO>{});
     });
   });
 }
