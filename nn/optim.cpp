@@ -269,20 +269,32 @@ void RAdam::update(Tensor& param, const Tensor& grad, ParamState& s) {
 // ---- gradient utilities
 // ---------------------------------------------------------------------------------------------
 
-double grad_norm(const std::vector<Tensor>& params) {
-  NoGradGuard ng;
-  // As torch: the norm of each gradient (in f64), then the norm of those norms. The norms stay on
-  // the gradients' device and reach the host once, at the end: one synchronisation per call, not
-  // one per parameter.
-  std::vector<Tensor> norms;
+namespace {
+
+// f(g), a 0-dim tensor, for each defined gradient g of params (skipped where f returns an undefined
+// tensor), stacked on the first one's device; undefined when there is none. The per-parameter
+// values stay on the device and reach the host in one transfer: one synchronisation per call, not
+// one per parameter.
+template <class F>
+Tensor stacked_over_grads(const std::vector<Tensor>& params, F f) {
+  std::vector<Tensor> v;
   for (const Tensor& p : params) {
     const Tensor g = p.defined() ? p.grad() : Tensor();
     if (!g.defined()) continue;
-    Tensor n = sqrt(sum(square(to(g, DType::f64))));
-    norms.push_back(norms.empty() ? n : to(n, norms.front().device()));
+    Tensor r = f(g);
+    if (r.defined()) v.push_back(v.empty() ? r : to(r, v.front().device()));
   }
-  if (norms.empty()) return 0.0;
-  return std::sqrt(sum(square(stack(norms, 0))).item<double>());
+  return v.empty() ? Tensor() : stack(v, 0);
+}
+
+}  // namespace
+
+double grad_norm(const std::vector<Tensor>& params) {
+  NoGradGuard ng;
+  // As torch: the norm of each gradient (in f64), then the norm of those norms.
+  const Tensor norms = stacked_over_grads(
+      params, [](const Tensor& g) { return sqrt(sum(square(to(g, DType::f64)))); });
+  return norms.defined() ? std::sqrt(sum(square(norms)).item<double>()) : 0.0;
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
@@ -301,15 +313,11 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
 
 bool grads_finite(const std::vector<Tensor>& params) {
   NoGradGuard ng;
-  // The count of non-finite elements of each gradient stays on its device; one transfer at the end.
-  std::vector<Tensor> bad;
-  for (const Tensor& p : params) {
-    const Tensor g = p.defined() ? p.grad() : Tensor();
-    if (!g.defined() || !is_floating(g.dtype())) continue;
-    Tensor n = sum(logical_not(isfinite(g)));
-    bad.push_back(bad.empty() ? n : to(n, bad.front().device()));
-  }
-  return bad.empty() || sum(stack(bad, 0)).item<int64_t>() == 0;
+  // The count of non-finite elements of each floating-point gradient.
+  const Tensor bad = stacked_over_grads(params, [](const Tensor& g) {
+    return is_floating(g.dtype()) ? sum(logical_not(isfinite(g))) : Tensor();
+  });
+  return !bad.defined() || sum(bad).item<int64_t>() == 0;
 }
 
 double warmup_lr(double base_lr, double progress, double warmup) {

@@ -86,18 +86,17 @@ mkdir -p "$runs"
 data_set=(--set "data.dataset=cifar10:$data:train")
 
 # ---- the GPU test suites
+# suite LABEL BINARY: runs one doctest binary into tests.log and says its counts.
+suite() {
+  box 200 "$2" --duration=true >>"$out/tests.log" 2>&1
+  local rc=$?
+  say "$1: rc $rc; $(grep -E '^\[doctest\] (test cases|assertions)' "$out/tests.log" | tail -2 | tr '\n' ' ')"
+}
 if has tests; then
   say "== GPU test suites"
-  for t in cm_test_cuda cm_test_cuda_conv cm_test_cuda_nn; do
-    box 200 "$bin/$t" --duration=true >>"$out/tests.log" 2>&1
-    rc=$?
-    say "$t: rc $rc; $(grep -E '^\[doctest\] (test cases|assertions)' "$out/tests.log" | tail -2 | tr '\n' ' ')"
-  done
+  for t in cm_test_cuda cm_test_cuda_conv cm_test_cuda_nn; do suite "$t" "$bin/$t"; done
   for t in cm_test_autograd cm_test_inplace; do
-    [ -x "$bin/$t" ] || continue
-    CM_TEST_DEVICE=cuda box 200 "$bin/$t" --duration=true >>"$out/tests.log" 2>&1
-    rc=$?
-    say "CM_TEST_DEVICE=cuda $t: rc $rc; $(grep -E '^\[doctest\] (test cases|assertions)' "$out/tests.log" | tail -2 | tr '\n' ' ')"
+    [ -x "$bin/$t" ] && CM_TEST_DEVICE=cuda suite "CM_TEST_DEVICE=cuda $t" "$bin/$t"
   done
 fi
 
