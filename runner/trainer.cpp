@@ -428,7 +428,8 @@ std::vector<std::string> Trainer::write_sample_grids(const std::string& dir) con
 
 // ---- loading a network from a run
 // ----------------------------------------------------------------------------
-LoadedNetwork load_network(const std::string& source, const std::string& which, Device device) {
+LoadedNetwork load_network(const std::string& source, const std::string& which, Device device,
+                           bool allow_nonfinite) {
   std::string path = source;
   if (fs::is_directory(source)) path = RunDir::open(source).latest_checkpoint().string();
   CM_CHECK(fs::exists(path), source, ": no such checkpoint or run directory");

@@ -88,7 +88,8 @@ class Trainer {
 
 // Loads a network and its weights from a checkpoint of a run: the run's configuration comes from
 // the checkpoint's metadata; `which` is "ema" (the first eval EMA), "ema:<rate>", "online" or
-// "target". Used by CD (the teacher), `cm sample` and `cm eval`.
+// "target". Used by CD (the teacher), `cm sample` and `cm eval`. Non-finite weights (NaN, Inf) in
+// the tensors loaded are an error naming them, unless `allow_nonfinite` (forensics).
 struct LoadedNetwork {
   std::unique_ptr<nn::SongUNet> net;
   RunConfig config;
@@ -96,6 +97,6 @@ struct LoadedNetwork {
   std::string weights;  // which weights were loaded, spelled out
 };
 LoadedNetwork load_network(const std::string& checkpoint_or_run_dir, const std::string& which,
-                           Device device);
+                           Device device, bool allow_nonfinite = false);
 
 }  // namespace cm::runner
