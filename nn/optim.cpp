@@ -320,6 +320,25 @@ bool grads_finite(const std::vector<Tensor>& params) {
   return !bad.defined() || sum(bad).item<int64_t>() == 0;
 }
 
+std::vector<int64_t> count_nonfinite(const std::vector<Tensor>& tensors) {
+  NoGradGuard ng;
+  std::vector<int64_t> out(tensors.size(), 0);
+  std::vector<Tensor> counts;
+  std::vector<size_t> which;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i];
+    if (!t.defined() || !is_floating(t.dtype()) || t.numel() == 0) continue;
+    Tensor c = sum(logical_not(isfinite(t)));
+    counts.push_back(counts.empty() ? c : to(c, counts.front().device()));
+    which.push_back(i);
+  }
+  if (counts.empty()) return out;
+  const std::vector<int64_t> v =
+      to(to(stack(counts, 0), DType::i64), Device::cpu()).contiguous().to_vector<int64_t>();
+  for (size_t k = 0; k < which.size(); ++k) out[which[k]] = v[k];
+  return out;
+}
+
 double warmup_lr(double base_lr, double progress, double warmup) {
   if (!(warmup > 0)) return base_lr;
   return base_lr * std::min(progress / warmup, 1.0);

@@ -153,6 +153,11 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
 // True when every element of every defined gradient is finite (no inf, no NaN).
 bool grads_finite(const std::vector<Tensor>& params);
 
+// For each tensor, the number of its elements that are NaN or infinite (0 for undefined and
+// integer tensors), counted on the tensors' device with one transfer to the host. What a run
+// reports when it finds non-finite values: which tensors, and how much of each.
+std::vector<int64_t> count_nonfinite(const std::vector<Tensor>& tensors);
+
 // The linear learning-rate warm-up of EDM (training_loop.py: lr·min(cur_nimg / rampup_nimg, 1)):
 // base_lr·min(progress / warmup, 1), with progress and warmup in one unit (steps or images) and
 // progress counted before the current step (so the first step has lr 0). warmup ≤ 0 means no

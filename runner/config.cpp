@@ -5,8 +5,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
+
+#include "consistency/sampling.h"
+#include "nn/file_io.h"
 
 namespace cm::runner {
 
@@ -173,6 +177,15 @@ std::vector<Field> build_schema() {
       {"/train/sample_every", Kind::Int, 1000, 1, 1e12, {}, {}, ""},
       {"/train/layer_stats_every", Kind::Int, 0, 0, 1e12, {}, {}, "per-layer statistics (0: off)"},
       {"/train/keep_checkpoints", Kind::Int, 3, 0, 1e6, {}, {}, "checkpoints kept (0: all)"},
+      {"/train/max_skipped_steps",
+       Kind::Int,
+       20,
+       0,
+       1e12,
+       {},
+       {},
+       "consecutive steps with non-finite gradients after which the run stops with an error (0: "
+       "never)"},
 
       {"/consistency",
        Kind::Object,
@@ -476,15 +489,7 @@ const std::vector<Field>& config_schema() {
 }
 
 json read_json_file(const std::string& path) {
-  std::ifstream in(path);
-  CM_CHECK(in.good(), path, ": cannot open the file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    CM_FAIL(path, ": invalid JSON: ", e.what());
-  }
+  return nn::parse_json(nn::read_file_text(path, "configuration"), path);
 }
 
 void apply_overrides(json& user, const std::vector<std::string>& sets) {
@@ -493,10 +498,15 @@ void apply_overrides(json& user, const std::vector<std::string>& sets) {
     CM_CHECK(eq != std::string::npos && eq > 0, "--set ", s,
              ": expected key=value (e.g. train.lr=1e-4)");
     const std::string key = s.substr(0, eq), text = s.substr(eq + 1);
+    // JSON when it is JSON; a bare word is a string; a number JSON cannot hold is an error.
     json value;
     try {
-      value = json::parse(text);
-    } catch (const json::parse_error&) {
+      value = nn::parse_json(text, "--set " + s);
+    } catch (const Error& e) {
+      static const std::regex number(R"(-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?)");
+      CM_CHECK(!std::regex_match(text, number), "--set ", s, ": the number ", text,
+               " is out of range");
+      CM_CHECK(text.empty() || (text[0] != '[' && text[0] != '{' && text[0] != '"'), e.what());
       value = text;  // a bare word: a string
     }
     json* node = &user;
@@ -594,6 +604,16 @@ json resolve_config(const json& user, const std::string& source) {
     } catch (const Error& e) {
       err("/device", e.what());
     }
+    const json& z = out["noise"];
+    if (z["sigma_min"].get<double>() >= z["sigma_max"].get<double>())
+      err("/noise/sigma_min", "must be below noise.sigma_max (" + z["sigma_min"].dump() +
+                                  " >= " + z["sigma_max"].dump() + ")");
+    else if ((mode == "ct" || mode == "cd") &&
+             !(out["sample"]["two_step_sigma"].get<double>() > z["sigma_min"].get<double>() &&
+               out["sample"]["two_step_sigma"].get<double>() < z["sigma_max"].get<double>()))
+      err("/sample/two_step_sigma", "must lie in (noise.sigma_min, noise.sigma_max) = (" +
+                                        z["sigma_min"].dump() + ", " + z["sigma_max"].dump() +
+                                        "), got " + out["sample"]["two_step_sigma"].dump());
     if (out["precision"] != "f32" && out["device"] == "cpu")
       err("/precision", "\"" + out["precision"].get<std::string>() +
                             "\" needs a GPU device (the CPU computes in f32)");
@@ -629,6 +649,15 @@ json resolve_config(const json& user, const std::string& source) {
       (void)c;
     } catch (const Error& e) {
       err("/network/preset", e.what());
+    }
+    if (errors.empty()) {
+      // every other rule the typed configuration checks (the network's channel multipliers and
+      // attention resolutions, the schedule), reported here, before anything is created
+      try {
+        (void)typed_config(out);
+      } catch (const Error& e) {
+        err("/", e.what());
+      }
     }
   }
   if (!errors.empty()) {
@@ -709,6 +738,7 @@ RunConfig typed_config(const json& r) {
   tc.sample_every = t.at("sample_every").get<int64_t>();
   tc.layer_stats_every = t.at("layer_stats_every").get<int64_t>();
   tc.keep_checkpoints = t.at("keep_checkpoints").get<int64_t>();
+  tc.max_skipped_steps = t.value("max_skipped_steps", int64_t(20));
 
   if (c.mode == "ct" || c.mode == "cd") {
     const json& k = r.at("consistency");

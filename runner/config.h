@@ -61,6 +61,8 @@ struct TrainConfig {
   double ema_rampup_ratio = 0.05;
   int64_t log_every = 0, checkpoint_every = 0, sample_every = 0, layer_stats_every = 0;
   int64_t keep_checkpoints = 0;  // 0: keep all
+  int64_t max_skipped_steps =
+      20;  // consecutive skipped (non-finite) steps that stop a run; 0: never
 };
 
 struct ConsistencyConfig {

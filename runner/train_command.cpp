@@ -5,7 +5,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
+#include "nn/atomic_file.h"
+#include "nn/file_io.h"
+#include "nn/safetensors.h"
 #include "runner/trainer.h"
 
 namespace fs = std::filesystem;
@@ -31,16 +35,61 @@ std::string format_duration(double s) {
   return buf;
 }
 
+// The resolved configuration, written atomically, so that a kill leaves the old file or the new.
+void write_config(const RunDir& run, const RunConfig& cfg) {
+  nn::write_atomic(run.config_path().string(), cfg.resolved.dump(2) + "\n");
+}
+
+// A resumed run's configuration: config.json, or, when a kill or a disk error left it missing,
+// empty or corrupt, the copy every checkpoint carries in its metadata.
+json resumed_config(const RunDir& run, const fs::path& checkpoint, Logger& log) {
+  std::string problem;
+  if (fs::exists(run.config_path())) {
+    try {
+      return read_json_file(run.config_path().string());
+    } catch (const Error& e) {
+      problem = e.what();
+    }
+  } else {
+    problem = run.config_path().string() + ": no such file";
+  }
+  const nn::SafetensorsFile f(checkpoint.string());
+  auto it = f.metadata().find("config");
+  CM_CHECK(it != f.metadata().end(), problem, "; and ", checkpoint.string(),
+           " carries no configuration to recover it from");
+  log.line("warning: " + problem + "; the configuration is recovered from " + checkpoint.string());
+  return nn::parse_json(it->second, checkpoint.string() + " (metadata \"config\")");
+}
+
+// The step of a checkpoint, from its metadata, which must agree with its file name.
+int64_t checkpoint_step(const std::pair<int64_t, fs::path>& named) {
+  const nn::SafetensorsFile f(named.second.string());
+  auto it = f.metadata().find("step");
+  CM_CHECK(it != f.metadata().end(), named.second.string(),
+           ": not a cm training checkpoint (metadata \"step\" missing)");
+  CM_CHECK(it->second == std::to_string(named.first), named.second.string(),
+           ": metadata \"step\" is \"", it->second, "\", but the file is named for step ",
+           named.first);
+  return named.first;
+}
+
 }  // namespace
 
 int run_train(const TrainCommand& c) {
   const std::vector<std::string>& sets = c.sets;
+  Logger log;  // lines before the run directory exists go into its log.txt once it does
   RunDir run;
   RunConfig cfg;
   std::optional<std::string> checkpoint;
+  std::unique_ptr<Trainer> trainer_ptr;
   if (c.resume) {
     run = RunDir::open(*c.resume);
-    json user = read_json_file(run.config_path().string());
+    const auto all = run.checkpoints();
+    CM_CHECK(!all.empty(), run.path().string(), ": the run has no checkpoint to resume from (",
+             run.checkpoint_dir().string(), " is empty)");
+    checkpoint = all.back().second.string();
+    const int64_t at = checkpoint_step(all.back());
+    json user = resumed_config(run, all.back().second, log);
     for (const std::string& s : sets)
       CM_CHECK(
           s.rfind("train.steps=", 0) == 0 || s.rfind("train.log_every=", 0) == 0 ||
@@ -49,23 +98,30 @@ int run_train(const TrainCommand& c) {
           ": a resumed run can change only train.steps and the log/checkpoint/sample intervals");
     apply_overrides(user, sets);
     cfg = typed_config(resolve_config(user, run.config_path().string()));
-    checkpoint = run.latest_checkpoint().string();
+    CM_CHECK(cfg.train.steps >= at, run.path().string(), ": train.steps = ", cfg.train.steps,
+             " is below the step of the latest checkpoint (", at, ", ", *checkpoint,
+             "); a resumed run goes on from there to a later step");
+    trainer_ptr = std::make_unique<Trainer>(cfg, checkpoint, &log);
+    // every check passed: now the run directory changes
+    log.open(run.log_path());
+    for (const fs::path& p : run.remove_stale_temporaries())
+      log.line("removed " + p.string() + " (left by a writer that was killed)");
+    run.truncate_metrics_after(at);
+    write_config(run, cfg);
+    log.line("cm train: " + run.path().string() + " (resuming from " + *checkpoint + ")");
   } else {
     CM_CHECK(c.config.has_value(), "cm train needs a CONFIG file or --resume RUN_DIR");
     json user = read_json_file(*c.config);
     apply_overrides(user, sets);
     cfg = typed_config(resolve_config(user, *c.config));
+    // the data, the teacher and the networks are checked before the run directory is made
+    trainer_ptr = std::make_unique<Trainer>(cfg, std::nullopt, &log);
     run = RunDir::create(c.out, describe(cfg));
+    write_config(run, cfg);
+    log.open(run.log_path());
+    log.line("cm train: " + run.path().string());
   }
-  {
-    // the resolved configuration, with every default filled in
-    std::ofstream out(run.config_path());
-    out << cfg.resolved.dump(2) << "\n";
-  }
-  Logger log(run.path() / "log.txt");
-  log.line("cm train: " + run.path().string() +
-           (checkpoint ? " (resuming from " + *checkpoint + ")" : ""));
-  Trainer trainer(cfg, checkpoint, &log);
+  Trainer& trainer = *trainer_ptr;
   log.line("network " + cfg.network_preset + ": " +
            std::to_string(trainer.online().num_parameters()) + " parameters; mode " + cfg.mode +
            "; device " + cfg.device.str() + "; " + (cfg.tf32 ? "tf32" : dtype_name(cfg.precision)) +
@@ -78,6 +134,17 @@ int run_train(const TrainCommand& c) {
   int64_t last_step = first;
   double loss_sum = 0;
   int64_t loss_count = 0;
+  // A kill between a checkpoint and its sample grids: the grids of the step resumed from.
+  if (checkpoint) {
+    const int64_t k = trainer.step();
+    bool missing = false;
+    for (const std::string& p : trainer.sample_grid_paths(run.sample_dir().string()))
+      missing = missing || !fs::exists(p);
+    if (missing && (k % cfg.train.sample_every == 0 || k == cfg.train.steps))
+      for (const std::string& p : trainer.write_sample_grids(run.sample_dir().string()))
+        log.line("samples " + p + " (missing after the stop)");
+    if (k == cfg.train.steps) log.line("the run is complete at step " + std::to_string(k));
+  }
   while (trainer.step() < cfg.train.steps) {
     const StepStats st = trainer.train_step();
     loss_sum += st.loss;

@@ -1,11 +1,13 @@
 #include "runner/trainer.h"
 
+#include <charconv>
 #include <cmath>
 #include <filesystem>
 
 #include "consistency/sampling.h"
 #include "datasets/png.h"
 #include "eval/lpips.h"
+#include "nn/file_io.h"
 #include "nn/safetensors.h"
 #include "runner/images.h"
 
@@ -28,11 +30,127 @@ enum Stream : uint64_t { kInit = 1, kTrain = 2, kDropout = 3, kData = 4 };
 std::string gen_str(const Generator& g) {
   return std::to_string(g.seed()) + "," + std::to_string(g.offset());
 }
-Generator gen_parse(const std::string& s, const std::string& what) {
-  const size_t comma = s.find(',');
-  CM_CHECK(comma != std::string::npos, "checkpoint: malformed generator state for ", what, ": \"",
-           s, "\"");
-  return Generator(std::stoull(s.substr(0, comma)), std::stoull(s.substr(comma + 1)));
+
+// A whole string of decimal digits as an unsigned integer (no sign, space or trailing text).
+std::optional<uint64_t> whole_u64(const std::string& s) {
+  if (s.empty() || s.size() > 20 || s.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  uint64_t v = 0;
+  const auto [end, err] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (err != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+// A checkpoint's metadata, read strictly: every field's problem names the file and the field.
+class CheckpointMeta {
+ public:
+  CheckpointMeta(const std::string& path, const std::map<std::string, std::string>& meta)
+      : path_(path), meta_(meta) {}
+
+  const std::string& text(const std::string& key) const {
+    auto it = meta_.find(key);
+    CM_CHECK(it != meta_.end(), path_, ": not a cm training checkpoint (metadata \"", key,
+             "\" missing)");
+    return it->second;
+  }
+  bool has(const std::string& key) const { return meta_.count(key) > 0; }
+
+  void check_format() const {
+    CM_CHECK(text("format") == "cm-checkpoint-1", path_,
+             ": metadata \"format\": unknown checkpoint format \"", text("format"),
+             "\" (this cm reads cm-checkpoint-1)");
+  }
+
+  // An integer in [lo, hi].
+  int64_t integer(const std::string& key, int64_t lo, int64_t hi) const {
+    const std::string& s = text(key);
+    const auto v = whole_u64(s);
+    CM_CHECK(v && *v >= uint64_t(lo) && *v <= uint64_t(hi), path_, ": metadata \"", key, "\": \"",
+             s, "\" is not an integer in [", lo, ", ", hi, "]");
+    return int64_t(*v);
+  }
+  uint64_t u64(const std::string& key) const {
+    const std::string& s = text(key);
+    const auto v = whole_u64(s);
+    CM_CHECK(v.has_value(), path_, ": metadata \"", key, "\": \"", s,
+             "\" is not a non-negative integer");
+    return *v;
+  }
+  // "seed,offset" of a Philox generator.
+  Generator generator(const std::string& key) const {
+    const std::string& s = text(key);
+    const size_t comma = s.find(',');
+    const auto seed = whole_u64(s.substr(0, comma));
+    const auto offset = comma == std::string::npos ? std::nullopt : whole_u64(s.substr(comma + 1));
+    CM_CHECK(seed && offset, path_, ": metadata \"", key, "\": \"", s,
+             "\" is not a generator state \"<seed>,<offset>\" of two non-negative integers");
+    return Generator(*seed, *offset);
+  }
+  nlohmann::json json(const std::string& key) const {
+    return nn::parse_json(text(key), path_ + ": metadata \"" + key + "\"");
+  }
+  // The run's configuration, validated as a configuration file is.
+  RunConfig config() const {
+    const std::string where = path_ + " (metadata \"config\")";
+    return typed_config(resolve_config(json("config"), where));
+  }
+  // The eval EMAs' records: [{"name": string, "updates": integer, "images_seen": number}, ...],
+  // updates and images seen bounded by the step.
+  nlohmann::json emas(int64_t step) const {
+    const nlohmann::json e = json("emas");
+    const std::string where = path_ + ": metadata \"emas\"";
+    CM_CHECK(e.is_array(), where, ": expected a list of EMA records, got ", e.dump());
+    for (size_t k = 0; k < e.size(); ++k) {
+      const nlohmann::json& r = e[k];
+      CM_CHECK(r.is_object() && r.size() == 3 && r.contains("name") && r.contains("updates") &&
+                   r.contains("images_seen"),
+               where, "[", k, "]: expected {\"name\", \"updates\", \"images_seen\"}, got ",
+               r.dump());
+      CM_CHECK(r["name"].is_string() && !r["name"].get<std::string>().empty(), where, "[", k,
+               "].name: expected a non-empty string, got ", r["name"].dump());
+      CM_CHECK(r["updates"].is_number_integer() && r["updates"].get<int64_t>() >= 0 &&
+                   r["updates"].get<int64_t>() <= step,
+               where, "[", k, "].updates: expected an integer in [0, ", step, "], got ",
+               r["updates"].dump());
+      CM_CHECK(r["images_seen"].is_number() && std::isfinite(r["images_seen"].get<double>()) &&
+                   r["images_seen"].get<double>() >= 0,
+               where, "[", k, "].images_seen: expected a non-negative number, got ",
+               r["images_seen"].dump());
+      for (size_t j = 0; j < k; ++j)
+        CM_CHECK(e[j]["name"] != r["name"], where, ": two EMAs are named ", r["name"].dump());
+    }
+    return e;
+  }
+
+ private:
+  const std::string& path_;
+  const std::map<std::string, std::string>& meta_;
+};
+
+// The tensors of `f` whose names start with one of `prefixes` (all when empty) that hold NaN or
+// Inf, as "name (k of n values)"; at most `limit` of them, then a count of the rest.
+std::string nonfinite_report(const nn::SafetensorsFile& f, const std::vector<std::string>& prefixes,
+                             size_t* found) {
+  std::vector<std::string> names;
+  std::vector<Tensor> tensors;
+  for (const std::string& n : f.names()) {
+    bool take = prefixes.empty();
+    for (const std::string& p : prefixes) take = take || n.rfind(p, 0) == 0;
+    if (!take) continue;
+    names.push_back(n);
+    tensors.push_back(f.get(n));
+  }
+  const std::vector<int64_t> bad = nn::count_nonfinite(tensors);
+  std::string out;
+  *found = 0;
+  for (size_t i = 0; i < bad.size(); ++i) {
+    if (bad[i] == 0) continue;
+    if (++*found <= 5)
+      out += std::string(out.empty() ? "" : ", ") + names[i] + " (" + std::to_string(bad[i]) +
+             " of " + std::to_string(tensors[i].numel()) + " values)";
+  }
+  if (*found > 5) out += ", and " + std::to_string(*found - 5) + " more";
+  return out;
 }
 
 bool target_needs_network(const consistency::Schedule& s) {
@@ -247,9 +365,12 @@ StepStats Trainer::train_step() {
     opt_->step();
     if (target_ema_) target_ema_->update(st.mu);
     for (auto& e : emas_) e->step(cfg_.train.batch);
+    consecutive_skipped_ = 0;
   } else {
     ++skipped_;
+    ++consecutive_skipped_;
     st.skipped = true;
+    report_skipped_step(st.loss);
   }
   if (stats_due) {
     // per-parameter gradient and weight norms and the relative size of this step's update
@@ -272,6 +393,45 @@ StepStats Trainer::train_step() {
   opt_->zero_grad();
   ++step_;
   return st;
+}
+
+// A step whose gradients are not finite was skipped: say which tensors, and stop the run when it
+// cannot recover (the weights themselves are not finite) or has skipped too many steps in a row.
+void Trainer::report_skipped_step(double loss) {
+  const auto named = online_->named_parameters();
+  std::vector<Tensor> grads, weights;
+  for (const auto& [n, p] : named) {
+    grads.push_back(p.grad());
+    weights.push_back(p);
+  }
+  auto list = [&](const std::vector<int64_t>& bad, const char* what) {
+    std::string s;
+    size_t found = 0;
+    for (size_t i = 0; i < bad.size(); ++i)
+      if (bad[i] > 0 && ++found <= 3)
+        s += std::string(s.empty() ? "" : ", ") + what + " of " + named[i].first + " (" +
+             std::to_string(bad[i]) + " values)";
+    if (found > 3) s += " and " + std::to_string(found - 3) + " more tensors";
+    return std::make_pair(found, s);
+  };
+  const auto [bad_weights, weights_text] = list(nn::count_nonfinite(weights), "the weights");
+  const long long k = static_cast<long long>(step_ + 1);
+  CM_CHECK(bad_weights == 0, "step ", k, ": the network's weights are not finite: ", weights_text,
+           "; the run diverged (learning rate too high? Adam's eps 0?) and stops here. No "
+           "checkpoint holds these weights: resume from the last one with other settings");
+  if (scaler_) return;  // f16: the loss scaler halves its scale and tries again, as designed
+  const auto [bad_grads, grads_text] = list(nn::count_nonfinite(grads), "the gradient");
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", loss);
+  const std::string what = "step " + std::to_string(k) + ": loss " + buf + ", non-finite " +
+                           (bad_grads ? grads_text : std::string("gradients")) +
+                           "; the update was skipped (" + std::to_string(consecutive_skipped_) +
+                           " in a row)";
+  if (log_) log_->line(what);
+  const int64_t limit = cfg_.train.max_skipped_steps;
+  CM_CHECK(limit == 0 || consecutive_skipped_ < limit, what, ": ", limit,
+           " steps in a row had non-finite gradients (train.max_skipped_steps), so the run stops "
+           "here; the last checkpoint holds the state before they began");
 }
 
 // ---- checkpoints
@@ -306,20 +466,41 @@ void Trainer::save_checkpoint(const std::string& path) const {
       {"emas", emas.dump()},
       {"target_updates", std::to_string(target_ema_ ? target_ema_->updates() : 0)},
   };
+  {
+    // never a checkpoint of a diverged state, over or beside good ones
+    std::vector<std::string> names;
+    std::vector<Tensor> tensors;
+    for (const auto& [n, v] : t) {
+      names.push_back(n);
+      tensors.push_back(v);
+    }
+    const std::vector<int64_t> bad = nn::count_nonfinite(tensors);
+    std::string list;
+    size_t found = 0;
+    for (size_t i = 0; i < bad.size(); ++i)
+      if (bad[i] > 0 && ++found <= 5)
+        list += (list.empty() ? "" : ", ") + names[i] + " (" + std::to_string(bad[i]) + " values)";
+    CM_CHECK(found == 0, "step ", step_, ": not writing the checkpoint ", path, ": ", found,
+             " tensor", found > 1 ? "s hold" : " holds", " non-finite values: ", list,
+             found > 5 ? " and more" : "", "; the earlier checkpoints are kept");
+  }
   nn::save_safetensors(path, t, meta);
 }
 
 void Trainer::restore(const std::string& path) {
+  nn::require_regular_file(path, "checkpoint");
   nn::SafetensorsFile f(path);
-  const auto& meta = f.metadata();
-  auto need = [&](const std::string& k) -> const std::string& {
-    auto it = meta.find(k);
-    CM_CHECK(it != meta.end(), path, ": not a cm training checkpoint (metadata \"", k,
-             "\" missing)");
-    return it->second;
-  };
-  CM_CHECK(need("format") == "cm-checkpoint-1", path, ": unknown checkpoint format \"",
-           need("format"), "\"");
+  const CheckpointMeta meta(path, f.metadata());
+  meta.check_format();
+  const int64_t step = meta.integer("step", 0, int64_t(1e12));
+  {
+    size_t n = 0;
+    const std::string bad = nonfinite_report(f, {}, &n);
+    CM_CHECK(n == 0, path, ": ", n, " tensor", n > 1 ? "s hold" : " holds",
+             " non-finite values (NaN or Inf): ", bad,
+             "; a diverged state cannot be resumed (remove this checkpoint to resume from an "
+             "earlier one)");
+  }
   const Device dev = cfg_.device;
   auto prefixed = [&](const std::string& prefix) {
     std::map<std::string, Tensor> out;
@@ -345,14 +526,19 @@ void Trainer::restore(const std::string& path) {
       st[std::to_string(i) + ".shadow"] = it->second;
     }
     st["updates"] =
-        scalar_tensor(double(std::stoll(need("target_updates"))), {.dtype = DType::i64});
+        scalar_tensor(double(meta.integer("target_updates", 0, step)), {.dtype = DType::i64});
     st["images_seen"] = scalar_tensor(0, {.dtype = DType::f64});
     target_ema_->load_state(st);
+  } else {
+    (void)meta.integer("target_updates", 0, step);
   }
-  const nlohmann::json emas = nlohmann::json::parse(need("emas"));
-  CM_CHECK(emas.size() == emas_.size(), path, ": the checkpoint has ", emas.size(),
-           " eval EMAs, the configuration ", emas_.size());
+  const nlohmann::json emas = meta.emas(step);
+  CM_CHECK(emas.size() == emas_.size(), path, ": metadata \"emas\": the checkpoint has ",
+           emas.size(), " eval EMAs, the configuration ", emas_.size());
   for (size_t k = 0; k < emas_.size(); ++k) {
+    const std::string want = ema_name(*emas_[k], cfg_.train, k);
+    CM_CHECK(emas[k]["name"] == want, path, ": metadata \"emas\"[", k, "].name is ",
+             emas[k]["name"].dump(), ", but the configuration's EMA ", k, " is \"", want, "\"");
     std::map<std::string, Tensor> w = prefixed("ema" + std::to_string(k) + ".");
     std::map<std::string, Tensor> st;
     for (size_t i = 0; i < named.size(); ++i) {
@@ -360,19 +546,19 @@ void Trainer::restore(const std::string& path) {
       CM_CHECK(it != w.end(), path, ": EMA ", k, " weight \"", named[i].first, "\" missing");
       st[std::to_string(i) + ".shadow"] = it->second;
     }
-    st["updates"] =
-        scalar_tensor(double(emas[k].at("updates").get<int64_t>()), {.dtype = DType::i64});
-    st["images_seen"] =
-        scalar_tensor(emas[k].at("images_seen").get<double>(), {.dtype = DType::f64});
+    st["updates"] = scalar_tensor(double(emas[k]["updates"].get<int64_t>()), {.dtype = DType::i64});
+    st["images_seen"] = scalar_tensor(emas[k]["images_seen"].get<double>(), {.dtype = DType::f64});
     emas_[k]->load_state(st);
   }
   opt_->load_state(prefixed("opt."));
   if (scaler_) scaler_->load_state(prefixed("scaler."));
-  gen_ = gen_parse(need("gen"), "gen");
-  dropout_ = gen_parse(need("dropout"), "dropout");
-  loader_->set_state({std::stoull(need("loader_epoch")), std::stoull(need("loader_index"))});
-  step_ = std::stoll(need("step"));
-  skipped_ = std::stoll(need("skipped_steps"));
+  gen_ = meta.generator("gen");
+  dropout_ = meta.generator("dropout");
+  const uint64_t epoch = meta.u64("loader_epoch");
+  const int64_t index = meta.integer("loader_index", 0, loader_->batches_per_epoch() - 1);
+  loader_->set_state({epoch, uint64_t(index)});
+  step_ = step;
+  skipped_ = meta.integer("skipped_steps", 0, step);
 }
 
 // ---- sampling
@@ -383,6 +569,16 @@ const nn::SongUNet& Trainer::eval_network() const {
   if (!emas_.empty()) emas_[0]->copy_to(*scratch_);
   scratch_->eval();
   return *scratch_;
+}
+
+std::vector<std::string> Trainer::sample_grid_paths(const std::string& dir) const {
+  char step[32];
+  std::snprintf(step, sizeof step, "%08lld", static_cast<long long>(step_));
+  std::vector<std::string> out;
+  for (const char* kind : cfg_.mode == "edm" ? std::vector<const char*>{"heun"}
+                                             : std::vector<const char*>{"1step", "2step"})
+    out.push_back((fs::path(dir) / ("grid-" + std::string(step) + "-" + kind + ".png")).string());
+  return out;
 }
 
 std::vector<std::string> Trainer::write_sample_grids(const std::string& dir) const {
@@ -405,6 +601,10 @@ std::vector<std::string> Trainer::write_sample_grids(const std::string& dir) con
   auto write = [&](const Tensor& images, const std::string& kind) {
     const std::string p =
         (fs::path(dir) / ("grid-" + std::string(step) + "-" + kind + ".png")).string();
+    const int64_t bad = nn::count_nonfinite({images})[0];
+    CM_CHECK(bad == 0, "step ", step_, ": the ", kind, " samples of the eval network hold ", bad,
+             " non-finite values of ", images.numel(), "; not writing ", p,
+             " (the weights are finite: the network overflows)");
     // small images are enlarged so that the grid is at least 256 pixels wide
     const Tensor grid = make_grid(quantize(images));
     data::write_png(p, upscale_nearest(grid, std::max<int64_t>(1, 256 / grid.size(2))));
@@ -433,27 +633,24 @@ LoadedNetwork load_network(const std::string& source, const std::string& which, 
   std::string path = source;
   if (fs::is_directory(source)) path = RunDir::open(source).latest_checkpoint().string();
   CM_CHECK(fs::exists(path), source, ": no such checkpoint or run directory");
+  nn::require_regular_file(path, "checkpoint");
   nn::SafetensorsFile f(path);
-  const auto& meta = f.metadata();
-  CM_CHECK(meta.count("config") && meta.count("format"), path,
+  CM_CHECK(f.metadata().count("config") && f.metadata().count("format"), path,
            ": not a cm checkpoint (no configuration in its metadata)");
+  const CheckpointMeta meta(path, f.metadata());
+  meta.check_format();
   LoadedNetwork out;
-  out.config = typed_config(nlohmann::json::parse(meta.at("config")));
-  out.step = std::stoll(meta.at("step"));
-  Generator unused(0);
-  out.net = std::make_unique<nn::SongUNet>(out.config.network, unused);
-  std::map<std::string, Tensor> model;
-  for (const std::string& n : f.names())
-    if (n.rfind("model.", 0) == 0) model[n.substr(6)] = f.get(n, std::nullopt, device);
-  out.net->to(device);
-  out.net->load_state_dict(model, true);
-  const nlohmann::json emas = nlohmann::json::parse(meta.count("emas") ? meta.at("emas") : "[]");
+  out.config = meta.config();
+  out.step = meta.integer("step", 0, int64_t(1e12));
+  const nlohmann::json emas = meta.has("emas") ? meta.emas(out.step) : nlohmann::json::array();
+  const size_t configured =
+      out.config.train.ema_halflife_kimg > 0 ? 1 : out.config.train.ema.size();
+  CM_CHECK(emas.size() == configured, path, ": metadata \"emas\" lists ", emas.size(),
+           " eval EMAs, but the run's configuration keeps ", configured);
   std::string prefix;
   if (which == "online") {
     out.weights = "online weights";
   } else if (which == "target") {
-    CM_CHECK(f.contains("target." + out.net->named_parameters().front().first), path,
-             ": the run has no separate target network (its target is the online network)");
     prefix = "target.";
     out.weights = "target network";
   } else if (which == "ema" || which.rfind("ema:", 0) == 0) {
@@ -466,24 +663,60 @@ LoadedNetwork load_network(const std::string& source, const std::string& which, 
         const std::string want = which.substr(4);
         bool found = false;
         for (size_t i = 0; i < emas.size(); ++i)
-          if (emas[i].at("name") == want) k = i, found = true;
+          if (emas[i]["name"] == want) k = i, found = true;
         std::string names;
         for (const auto& e : emas)
-          names += (names.empty() ? "" : ", ") + e.at("name").get<std::string>();
+          names += (names.empty() ? "" : ", ") + e["name"].get<std::string>();
         CM_CHECK(found, path, ": no eval EMA \"", want, "\" (the run has ", names, ")");
       }
       prefix = "ema" + std::to_string(k) + ".";
-      out.weights = "eval EMA " + emas[k].at("name").get<std::string>();
+      out.weights = "eval EMA " + emas[k]["name"].get<std::string>();
     }
   } else {
     CM_FAIL("weights \"", which, "\": expected ema, ema:<rate>, online or target");
   }
+  // The tensors this network is made of: the model's buffers and weights, and the chosen copy.
+  {
+    size_t n = 0;
+    const std::string bad =
+        nonfinite_report(f,
+                         prefix.empty() ? std::vector<std::string>{"model."}
+                                        : std::vector<std::string>{"model.", prefix},
+                         &n);
+    if (n > 0) {
+      const std::string msg = path + ": " + std::to_string(n) + " tensor" +
+                              (n > 1 ? "s hold" : " holds") +
+                              " non-finite values (NaN or Inf): " + bad;
+      CM_CHECK(allow_nonfinite, msg,
+               "; the run diverged before this checkpoint (pass --allow-nonfinite to load it "
+               "anyway, for forensics)");
+      std::fprintf(stderr, "warning: %s (loaded anyway: --allow-nonfinite)\n", msg.c_str());
+    }
+  }
+  Generator unused(0);
+  out.net = std::make_unique<nn::SongUNet>(out.config.network, unused);
+  std::map<std::string, Tensor> model;
+  for (const std::string& n : f.names())
+    if (n.rfind("model.", 0) == 0) model[n.substr(6)] = f.get(n, std::nullopt, device);
+  out.net->to(device);
+  try {
+    out.net->load_state_dict(model, true);
+  } catch (const Error& e) {
+    CM_FAIL(path,
+            ": the checkpoint's model does not match its configuration's network: ", e.what());
+  }
+  if (prefix == "target.")
+    CM_CHECK(f.contains("target." + out.net->named_parameters().front().first), path,
+             ": the run has no separate target network (its target is the online network)");
   if (!prefix.empty()) {
     NoGradGuard ng;
     for (auto& [n, p] : out.net->named_parameters()) {
       CM_CHECK(f.contains(prefix + n), path, ": ", out.weights, " weight \"", n, "\" missing");
+      const Tensor w = f.get(prefix + n, p.dtype(), device);
+      CM_CHECK(w.shape() == p.shape(), path, ": ", out.weights, " weight \"", n, "\" has shape ",
+               shape_str(w.shape()), ", the network's is ", shape_str(p.shape()));
       Tensor dst = p;
-      copy_(dst, f.get(prefix + n, p.dtype(), device));
+      copy_(dst, w);
     }
   }
   out.weights += " at step " + std::to_string(out.step) + " of " + path;

@@ -36,17 +36,21 @@ class Trainer {
   Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpoint, Logger* log);
   ~Trainer();
 
-  // One optimisation step at step() (then step() advances by one).
+  // One optimisation step at step() (then step() advances by one). A step whose gradients are
+  // not finite is skipped (logged with the tensors named); it throws when the weights themselves
+  // are not finite, or after train.max_skipped_steps skipped steps in a row.
   StepStats train_step();
   int64_t step() const { return step_; }
 
-  // Saves the whole state atomically.
+  // Saves the whole state atomically; throws, writing nothing, when a tensor is not finite.
   void save_checkpoint(const std::string& path) const;
 
   // The sample grids of the current weights (eval EMA when there is one), written as PNGs
   // into `dir`: "grid-<step>-1step.png" and "grid-<step>-2step.png" (CT/CD), or
   // "grid-<step>-heun.png" (EDM). Returns the paths.
   std::vector<std::string> write_sample_grids(const std::string& dir) const;
+  // The paths write_sample_grids writes at the current step.
+  std::vector<std::string> sample_grid_paths(const std::string& dir) const;
 
   // Per-layer statistics (gradient and weight norms, update/weight ratio, activation mean and std
   // of every U-Net stage) of the last step that computed them (every train.layer_stats_every
@@ -56,10 +60,13 @@ class Trainer {
   const nn::SongUNet& online() const { return *online_; }
   const RunConfig& config() const { return cfg_; }
   int64_t skipped_steps() const { return skipped_; }
+  // Steps skipped in a row up to now (0 after a step that updated the weights).
+  int64_t consecutive_skipped_steps() const { return consecutive_skipped_; }
   const data::Loader& loader() const { return *loader_; }
 
  private:
   void restore(const std::string& checkpoint);
+  void report_skipped_step(double loss);
   consistency::Denoiser denoiser(const nn::SongUNet& net, consistency::Parameterization p) const;
   // The network to evaluate and sample from: the first eval EMA written into a scratch network.
   const nn::SongUNet& eval_network() const;
@@ -68,6 +75,7 @@ class Trainer {
   Logger* log_;
   int64_t step_ = 0;
   int64_t skipped_ = 0;
+  int64_t consecutive_skipped_ = 0;
   Generator gen_;      // indices, noise levels and noise of the losses
   Generator dropout_;  // dropout masks (replayed for the target)
 

@@ -45,6 +45,7 @@ enum class UnaryOp : uint8_t {
   RPowScalar,  // a^x
   AddScalar,   // x + a
   MulScalar,   // x * a
+  DivScalar,   // x / a (a true division, not x · (1/a))
   RSubScalar,  // a - x
   RDivScalar,  // a / x
   MaxScalar,   // max(x, a)

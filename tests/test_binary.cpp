@@ -367,6 +367,34 @@ TEST_SUITE("ops") {
     CHECK((z * 3.0).item<double>() == 6.0);
   }
 
+  TEST_CASE("division by a scalar is a true division, bit for bit, not a product by 1/s") {
+    // x · (1/s) differs from x / s in the last bit for many x when s is not a power of two (EDM's
+    // positional embedding divides by half − 1 = 7, 15, ...): the oracle is the host's division.
+    for (const double s : {3.0, 7.0, 15.0, 0.1, 1.7, 127.5}) {
+      const Tensor a = randn_input({997}, 5, Layout::Strided, DType::f64, 10.0);
+      const std::vector<double> x = values(a), y = values(div(a, s));
+      const Tensor a32 = to(a, DType::f32);
+      const std::vector<float> x32 = contiguous(a32).to_vector<float>(),
+                               y32 = contiguous(div(a32, s)).to_vector<float>();
+      size_t wrong64 = 0, wrong32 = 0, reciprocal_differs = 0;
+      for (size_t i = 0; i < x.size(); ++i) {
+        wrong64 += y[i] != x[i] / s;
+        wrong32 += y32[i] != x32[i] / float(s);
+        reciprocal_differs += x[i] * (1.0 / s) != x[i] / s;
+      }
+      CAPTURE(s);
+      CHECK(wrong64 == 0);
+      CHECK(wrong32 == 0);
+      // the oracle can tell the two apart for these divisors
+      if (s != 0.1) CHECK(reciprocal_differs > 0);
+    }
+    // integers promote to f32 and divide there
+    const Tensor i = from_vector(std::vector<int64_t>{1, 2, 3, 10}, {4}, {.dtype = DType::i64});
+    const std::vector<float> q = div(i, 3.0).to_vector<float>();
+    for (size_t k = 0; k < q.size(); ++k)
+      CHECK(q[k] == float(std::vector<int>{1, 2, 3, 10}[k]) / 3.0f);
+  }
+
   TEST_CASE("maximum and minimum with a scalar pass the whole gradient on ties, like clamp") {
     Tensor a = vec({-1.0, 0.25, 2.0});
     a.set_requires_grad(true);

@@ -37,6 +37,17 @@ fs::path temp_dir(const std::string& name) {
 }
 
 // Runs `cm <args...>` through the command functions, as main does.
+// Statistics of f32 features computed in batches of different sizes: sgemm blocks them
+// differently, and the blocking differs between OpenBLAS's kernel families (Haswell, SkylakeX,
+// Zen) and thread counts, so they agree to f32 rounding of the values, not to the bit (the
+// accumulation itself is f64 in a fixed order). The bound is relative to the largest value.
+bool f32_stats_close(const Tensor& got, const Tensor& want) {
+  const double scale = std::max(1.0, amax(abs(to(want, DType::f64))).item<double>());
+  const double d = max_abs_diff(got, want);
+  INFO("max |difference| ", d, " with values up to ", scale);
+  return d <= 1e-6 * scale;
+}
+
 int run_cm(std::vector<std::string> args) {
   args.insert(args.begin(), "cm");
   std::vector<char*> argv;
@@ -478,15 +489,15 @@ TEST_SUITE("eval") {
                       (dir / "o2.json").string()}) == 0);
       const json o2 = read_json(dir / "o2.json");
       CHECK(o2.at("reference").at("cached") == false);
-      CHECK(max_abs_diff(eval::load_stats_npz(o2.at("reference").at("path")).mu, want.mu) < 1e-9);
+      CHECK(f32_stats_close(eval::load_stats_npz(o2.at("reference").at("path")).mu, want.mu));
     }
 
     // --ref-only writes the same statistics; --ref uses them
     const std::string stats = (dir / "digits-test.npz").string();
     REQUIRE(run_cm({"eval", "--ref-only", "--data", "digits:test", "--metric", "domain",
                     "--classifier", t.path, "--out", stats}) == 0);
-    CHECK(max_abs_diff(eval::load_stats_npz(stats).mu, want.mu) < 1e-9);
-    CHECK(max_abs_diff(eval::load_stats_npz(stats).sigma, want.sigma) < 1e-9);
+    CHECK(f32_stats_close(eval::load_stats_npz(stats).mu, want.mu));
+    CHECK(f32_stats_close(eval::load_stats_npz(stats).sigma, want.sigma));
     REQUIRE(run_cm({"eval", run.string(), "--n", "40", "--classifier", t.path, "--ref", stats,
                     "--batch", "7", "--out", (dir / "r.json").string()}) == 0);
     const json r3 = read_json(dir / "r.json");

@@ -113,6 +113,29 @@ TEST_SUITE("nn") {
     }
   }
 
+  TEST_CASE("the positional embedding's frequencies are EDM's: f32 i / (half - 1), divided") {
+    // EDM: freqs = arange(half, f32) / (half − 1); freqs = (1 / max_positions) ** freqs; then
+    // x.ger(freqs) and [cos, sin]. For every width a network may use (the goldens have 8 noise
+    // channels, where multiplying by 1/(half − 1) happens to agree), f64 outputs are bit-exact.
+    for (const int64_t channels : {8, 16, 32, 64, 128, 256}) {
+      const PositionalEmbedding pe(channels, 10000, true);
+      const std::vector<double> sigmas = {-3.1, -0.25, 0.0, 0.7, 1.2};
+      const Tensor x = from_vector(sigmas, {5}, {.dtype = DType::f64});
+      const std::vector<double> y = contiguous(pe.forward(x)).to_vector<double>();
+      const int64_t half = channels / 2;
+      size_t wrong = 0;
+      for (size_t r = 0; r < sigmas.size(); ++r)
+        for (int64_t i = 0; i < half; ++i) {
+          const float f = std::pow(float(1.0 / 10000.0), float(i) / float(half - 1));
+          const double o = sigmas[r] * double(f);
+          wrong += y[r * size_t(channels) + size_t(i)] != std::cos(o);
+          wrong += y[r * size_t(channels) + size_t(half + i)] != std::sin(o);
+        }
+      CAPTURE(channels);
+      CHECK(wrong == 0);
+    }
+  }
+
   TEST_CASE("SongUNet rejects inputs of the wrong shape and bad configurations") {
     Generator gen(0);
     SongUNet net(songunet_preset("ddpmpp-digits-8"), gen);

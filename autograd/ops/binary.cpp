@@ -203,9 +203,14 @@ Tensor mul(const Tensor& a0, double s) {
   return y;
 }
 
-// Division by a scalar multiplies by its reciprocal (as PyTorch's CUDA kernels do).
-Tensor div(const Tensor& a, double s) {
-  return mul(promote_for_scalar(a, s, true), 1.0 / s);
+// A true division x / s in the compute type (as PyTorch's CPU kernels and EDM's f64 code do), not
+// x · (1/s): the two differ in the last bit for most s that are not powers of two.
+Tensor div(const Tensor& a0, double s) {
+  const Tensor a = promote_for_scalar(a0, s, true);
+  Tensor y = unary_raw(UnaryOp::DivScalar, a, s);
+  if (needs_grad({a}))
+    record("div_scalar", {a}, {y}, [s](const Grads& g) { return Grads{div(g[0], s)}; });
+  return y;
 }
 
 Tensor rdiv(double s, const Tensor& a0) {
