@@ -83,7 +83,7 @@ RunDir RunDir::create(const std::string& root, const std::string& description) {
   for (int attempt = 0;; ++attempt, ++next) {
     CM_CHECK(next <= 99999 && attempt < 1000, root, ": cannot claim a new run number (", next,
              " runs?)");
-    char id[16];
+    char id[32];
     std::snprintf(id, sizeof id, "%05lld", static_cast<long long>(next));
     r.path_ = fs::path(root) / (std::string(id) + "-" + sanitize(description));
     if (::mkdir(r.path_.c_str(), 0755) == 0) break;
