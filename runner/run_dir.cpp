@@ -68,33 +68,50 @@ bool process_alive(long pid) {
 }
 }  // namespace
 
-RunDir RunDir::create(const std::string& root, const std::string& description) {
+RunDir RunDir::create(const std::string& root, const std::string& description,
+                      const std::string& config_json) {
   std::error_code ec;
   fs::create_directories(root, ec);
   CM_CHECK(!ec, root, ": cannot create the runs directory (", ec.message(), ")");
   CM_CHECK(fs::is_directory(root), root, ": not a directory");
   const RootLock lock(root);
   int64_t next = 0;
-  for (const auto& e : fs::directory_iterator(root))
-    next = std::max(next, run_number(e.path().filename().string()) + 1);
+  static const std::regex staging_re("\\.staging-([0-9]{1,10})-.*");
+  for (const auto& e : fs::directory_iterator(root)) {
+    const std::string name = e.path().filename().string();
+    next = std::max(next, run_number(name) + 1);
+    std::smatch m;
+    if (std::regex_match(name, m, staging_re) && !process_alive(std::stol(m[1])))
+      fs::remove_all(e.path(), ec);  // a creator killed before its directory was complete
+  }
+  // The directory is assembled under a staging name (config.json, checkpoints/, samples/) and
+  // renamed into place, so that a run directory is never seen half made, even after a kill.
+  const fs::path staging =
+      fs::path(root) / (".staging-" + std::to_string(::getpid()) + "-" + sanitize(description));
+  fs::remove_all(staging, ec);
+  fs::create_directories(staging / "checkpoints", ec);
+  CM_CHECK(!ec, staging.string(), ": cannot create the run directory (", ec.message(), ")");
+  fs::create_directories(staging / "samples", ec);
+  CM_CHECK(!ec, staging.string(), ": cannot create the run directory (", ec.message(), ")");
+  if (!config_json.empty()) nn::write_atomic((staging / "config.json").string(), config_json);
   RunDir r;
-  // Exclusive mkdir: a directory that already exists (a writer that does not take the lock, an
-  // older cm) is never shared; the next number is tried instead.
+  // Never onto an existing name (a writer that does not take the lock, an older cm): the next
+  // number is tried instead.
   for (int attempt = 0;; ++attempt, ++next) {
     CM_CHECK(next <= 99999 && attempt < 1000, root, ": cannot claim a new run number (", next,
              " runs?)");
     char id[32];
     std::snprintf(id, sizeof id, "%05lld", static_cast<long long>(next));
     r.path_ = fs::path(root) / (std::string(id) + "-" + sanitize(description));
-    if (::mkdir(r.path_.c_str(), 0755) == 0) break;
-    CM_CHECK(errno == EEXIST, r.path_.string(), ": cannot create the run directory (",
-             std::strerror(errno), ")");
+    int rc = ::renameat2(AT_FDCWD, staging.c_str(), AT_FDCWD, r.path_.c_str(), RENAME_NOREPLACE);
+    if (rc != 0 && errno == EINVAL) {  // a file system without RENAME_NOREPLACE: the lock guards
+      if (fs::exists(r.path_)) continue;
+      rc = std::rename(staging.c_str(), r.path_.c_str());
+    }
+    if (rc == 0) break;
+    CM_CHECK(errno == EEXIST || errno == ENOTEMPTY, r.path_.string(),
+             ": cannot create the run directory (", std::strerror(errno), ")");
   }
-  fs::create_directories(r.checkpoint_dir(), ec);
-  CM_CHECK(!ec, r.path_.string(), ": cannot create the run directory (", ec.message(), ")");
-  fs::create_directories(r.sample_dir(), ec);
-  CM_CHECK(!ec, r.sample_dir().string(), ": cannot create the samples directory (", ec.message(),
-           ")");
   return r;
 }
 

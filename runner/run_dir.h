@@ -19,9 +19,12 @@ namespace cm::runner {
 
 class RunDir {
  public:
-  // Creates the next numbered directory under `root` for a new run: the number is claimed under
-  // an flock on <root>/.cm-runs.lock with an exclusive mkdir, so racing runs never share one.
-  static RunDir create(const std::string& root, const std::string& description);
+  // Creates the next numbered directory under `root` for a new run, with config.json holding
+  // `config_json` (none when empty): it is assembled under a staging name and renamed into place
+  // (never over an existing directory), under an flock on <root>/.cm-runs.lock, so that racing
+  // runs never share a number and a kill never leaves a run directory without its config.json.
+  static RunDir create(const std::string& root, const std::string& description,
+                       const std::string& config_json = "");
   // Opens an existing run directory (for resume, sampling, evaluation); checks that it has a
   // config.json or a checkpoints/ folder (a lost config.json is recovered from a checkpoint).
   static RunDir open(const std::string& path);

@@ -85,11 +85,20 @@ int run_train(const TrainCommand& c) {
   if (c.resume) {
     run = RunDir::open(*c.resume);
     const auto all = run.checkpoints();
-    CM_CHECK(!all.empty(), run.path().string(), ": the run has no checkpoint to resume from (",
-             run.checkpoint_dir().string(), " is empty)");
-    checkpoint = all.back().second.string();
-    const int64_t at = checkpoint_step(all.back());
-    json user = resumed_config(run, all.back().second, log);
+    int64_t at = 0;
+    json user;
+    if (all.empty()) {
+      // stopped before its first checkpoint: the run starts again from step 0 (the same run)
+      CM_CHECK(fs::exists(run.config_path()), run.path().string(),
+               ": nothing to resume (no checkpoint and no config.json)");
+      user = read_json_file(run.config_path().string());
+      log.line("no checkpoint yet in " + run.checkpoint_dir().string() +
+               ": the run starts again from step 0");
+    } else {
+      checkpoint = all.back().second.string();
+      at = checkpoint_step(all.back());
+      user = resumed_config(run, all.back().second, log);
+    }
     for (const std::string& s : sets)
       CM_CHECK(
           s.rfind("train.steps=", 0) == 0 || s.rfind("train.log_every=", 0) == 0 ||
@@ -108,7 +117,8 @@ int run_train(const TrainCommand& c) {
       log.line("removed " + p.string() + " (left by a writer that was killed)");
     run.truncate_metrics_after(at);
     write_config(run, cfg);
-    log.line("cm train: " + run.path().string() + " (resuming from " + *checkpoint + ")");
+    log.line("cm train: " + run.path().string() +
+             (checkpoint ? " (resuming from " + *checkpoint + ")" : " (from the start)"));
   } else {
     CM_CHECK(c.config.has_value(), "cm train needs a CONFIG file or --resume RUN_DIR");
     json user = read_json_file(*c.config);
@@ -116,8 +126,7 @@ int run_train(const TrainCommand& c) {
     cfg = typed_config(resolve_config(user, *c.config));
     // the data, the teacher and the networks are checked before the run directory is made
     trainer_ptr = std::make_unique<Trainer>(cfg, std::nullopt, &log);
-    run = RunDir::create(c.out, describe(cfg));
-    write_config(run, cfg);
+    run = RunDir::create(c.out, describe(cfg), cfg.resolved.dump(2) + "\n");
     log.open(run.log_path());
     log.line("cm train: " + run.path().string());
   }
