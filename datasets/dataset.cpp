@@ -11,7 +11,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <iterator>
 #include <map>
@@ -22,6 +21,7 @@
 #include "autograd/ops.h"
 #include "datasets/png.h"
 #include "datasets/zip.h"
+#include "nn/file_io.h"
 
 namespace fs = std::filesystem;
 
@@ -32,17 +32,13 @@ namespace {
 // Larger label values than this are taken for corrupt data (the one-hot vectors would not fit).
 constexpr int64_t kMaxClasses = int64_t(1) << 20;
 
+// Larger decompressed gzip files than this are refused (a gzip bomb); Fashion-MNIST's training
+// images, the largest IDX file in use, are 47 MB.
+constexpr size_t kMaxGunzipBytes = size_t(4) << 30;
+
+// The whole file; a FIFO, a device or a directory is refused naming the path (never blocks).
 std::vector<uint8_t> read_file(const std::string& path, const char* op) {
-  std::ifstream f(path, std::ios::binary);
-  CM_CHECK(f.good(), op, ": cannot open '", path, "': ", std::strerror(errno));
-  f.seekg(0, std::ios::end);
-  const std::streamoff size = f.tellg();
-  CM_CHECK(size >= 0, op, ": cannot determine the size of '", path, "'");
-  f.seekg(0, std::ios::beg);
-  std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  f.read(reinterpret_cast<char*>(bytes.data()), size);
-  CM_CHECK(f.gcount() == size, op, ": error reading '", path, "'");
-  return bytes;
+  return nn::read_file_bytes(path, op);
 }
 
 bool has_gzip_magic(const uint8_t* p, size_t n) {
@@ -59,10 +55,14 @@ std::vector<uint8_t> gunzip(const std::vector<uint8_t>& in, const std::string& p
   CM_CHECK(inflateInit2(&z.zs, 16 + MAX_WBITS) == Z_OK, op, ": '", path,
            "': cannot initialise zlib");
   constexpr size_t kChunk = size_t(1) << 30;  // z_stream counts are 32-bit
-  std::vector<uint8_t> out(std::max<size_t>(in.size() * 4, 1 << 16));
+  std::vector<uint8_t> out(std::min(std::max<size_t>(in.size() * 4, 1 << 16), kMaxGunzipBytes));
   size_t in_pos = 0, produced = 0;
   for (;;) {
-    if (produced == out.size()) out.resize(out.size() * 2);
+    if (produced == out.size()) {
+      CM_CHECK(out.size() < kMaxGunzipBytes, op, ": '", path, "' decompresses to more than ",
+               kMaxGunzipBytes, " bytes (the limit; a gzip bomb?)");
+      out.resize(std::min(out.size() * 2, kMaxGunzipBytes));
+    }
     const size_t in_chunk = std::min(in.size() - in_pos, kChunk);
     const size_t out_chunk = std::min(out.size() - produced, kChunk);
     z.zs.next_in = const_cast<Bytef*>(in.data() + in_pos);
@@ -132,12 +132,8 @@ FileKind classify(const std::string& rel) {
 std::vector<int64_t> parse_edm_labels(const std::string& text,
                                       const std::vector<std::string>& names,
                                       const std::string& json_name, const char* op) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    CM_FAIL(op, ": '", json_name, "' is not valid JSON: ", e.what());
-  }
+  // Bounded nesting: a file nested 100,000 arrays deep is an error, not a stack overflow.
+  const nlohmann::json j = nn::parse_json(text, std::string(op) + ": '" + json_name + "'");
   CM_CHECK(j.is_object() && j.contains("labels"), op, ": '", json_name,
            "' must be an object with a \"labels\" key");
   const nlohmann::json& labels = j["labels"];
@@ -535,7 +531,8 @@ ImageDataset load_cifar10_bin(const std::string& directory, const std::string& s
   std::vector<std::vector<uint8_t>> contents;
   size_t n = 0;
   for (const std::string& f : files) {
-    CM_CHECK(fs::is_regular_file(f), op, ": '", f,
+    std::error_code ec;
+    CM_CHECK(fs::exists(f, ec), op, ": '", f,
              "' does not exist (expected the binary version, "
              "cifar-10-batches-bin)");
     contents.push_back(read_file(f, op));
@@ -574,8 +571,14 @@ ImageDataset load_image_folder(const std::string& dir) {
   std::vector<std::string> names;
   std::optional<std::string> json;
   for (const fs::directory_entry& e : fs::recursive_directory_iterator(dir)) {
-    if (!e.is_regular_file()) continue;
+    if (e.is_directory()) continue;
     const std::string rel = e.path().lexically_relative(dir).generic_string();
+    // A FIFO, socket or device named like an image or dataset.json is refused (it would block
+    // or fail later); other names are skipped, as other regular files are.
+    if (!e.is_regular_file()) {
+      if (classify(rel) != FileKind::Other) nn::require_regular_file(e.path().string(), op);
+      continue;
+    }
     switch (classify(rel)) {
       case FileKind::Png:
         names.push_back(rel);

@@ -10,11 +10,10 @@
 #include <csetjmp>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 
 #include "autograd/ops.h"
 #include "nn/atomic_file.h"
+#include "nn/file_io.h"
 
 namespace cm::data {
 
@@ -94,13 +93,10 @@ bool read_rows(ReadStructs* s, png_bytepp rows) {
 // otherwise ask for terabytes).
 constexpr size_t kMaxDecodedBytes = size_t(1) << 32;
 
-std::vector<uint8_t> read_file_bytes(const std::string& path, const char* what) {
-  std::ifstream f(path, std::ios::binary);
-  CM_CHECK(f.good(), what, ": cannot open '", path, "': ", std::strerror(errno));
-  std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  CM_CHECK(!f.bad(), what, ": error reading '", path, "'");
-  return bytes;
-}
+// zlib cannot inflate more than about 1032 bytes from one byte of IDAT: an image whose filtered
+// rows (rowbytes + 1 per row) need more than that from the whole file is refused before its pixel
+// buffer is allocated (a 10-byte IHDR could otherwise ask for gigabytes).
+constexpr size_t kMaxInflateRatio = 1032;
 
 // ---- writing ---------------------------------------------------------------------------------
 
@@ -160,6 +156,9 @@ Tensor decode_png(const uint8_t* data, size_t size, const std::string& name) {
            h.rowbytes, " bytes)");
   CM_CHECK(h.rowbytes * h.height <= kMaxDecodedBytes, "read_png: '", name, "': image of ", h.width,
            "x", h.height, " is too large");
+  CM_CHECK((h.rowbytes + 1) * h.height <= size * kMaxInflateRatio, "read_png: '", name,
+           "' is corrupt or truncated: its ", size, " bytes cannot hold an image of ", h.width, "x",
+           h.height, " (", h.channels, " channels)");
 
   std::vector<uint8_t> pixels(h.rowbytes * h.height);  // interleaved, as libpng writes it
   std::vector<png_bytep> rows(h.height);
@@ -176,7 +175,7 @@ Tensor decode_png(const uint8_t* data, size_t size, const std::string& name) {
 }
 
 Tensor read_png(const std::string& path) {
-  const std::vector<uint8_t> bytes = read_file_bytes(path, "read_png");
+  const std::vector<uint8_t> bytes = nn::read_file_bytes(path, "read_png");
   return decode_png(bytes.data(), bytes.size(), path);
 }
 

@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "nn/file_io.h"
 #include "tensor/error.h"
 
 namespace cm::data {
@@ -39,12 +40,11 @@ uint32_t le32(const uint8_t* p) {
 }  // namespace
 
 ZipReader::ZipReader(const std::string& path) : path_(path) {
-  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  CM_CHECK(fd_ >= 0, "zip: cannot open '", path, "': ", std::strerror(errno));
+  // Never blocks: a FIFO, a device or a directory is refused naming the path.
+  fd_ = nn::open_regular_file(path, "zip");
   try {
     struct stat st;
     CM_CHECK(::fstat(fd_, &st) == 0, "zip: cannot stat '", path, "': ", std::strerror(errno));
-    CM_CHECK(S_ISREG(st.st_mode), "zip: '", path, "' is not a regular file");
     file_size_ = uint64_t(st.st_size);
     CM_CHECK(file_size_ >= kEndRecordSize, "zip: '", path, "' is not a zip archive (", file_size_,
              " bytes, too short for an end-of-central-directory record)");
@@ -113,7 +113,14 @@ ZipReader::ZipReader(const std::string& path) : path_(path) {
                "' uses ZIP64 sizes or offsets, which are not supported");
       CM_CHECK(le16(h + 34) == 0, "zip: '", path, "': entry '", e.name,
                "' starts on another disk (split archives are not supported)");
-      index_.emplace(e.name, entries_.size());
+      // Two entries of one name would make find() (and numpy, and EDM's loader) pick one of them
+      // silently: refused.
+      CM_CHECK(index_.emplace(e.name, entries_.size()).second, "zip: '", path,
+               "' holds two entries named '", e.name, "' (entries ", index_.at(e.name), " and ", i,
+               "): refused as ambiguous");
+      CM_CHECK(e.uncompressed_size <= kMaxEntryBytes, "zip: '", path, "': entry '", e.name,
+               "' declares ", e.uncompressed_size, " uncompressed bytes, over the limit of ",
+               kMaxEntryBytes);
       entries_.push_back(std::move(e));
       pos += kCentralHeaderSize + name_len + extra_len + comment_len;
     }

@@ -17,6 +17,7 @@
 #include <tuple>
 
 #include "nn/atomic_file.h"
+#include "nn/file_io.h"
 
 static_assert(std::endian::native == std::endian::little,
               "safetensors data is little-endian; cm reads and writes it as host memory");
@@ -28,8 +29,9 @@ namespace {
 using json = nlohmann::json;
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // the reference reader's limit
-constexpr int kMaxJsonDepth =
-    64;  // a valid header nests 3 deep; anything far deeper is rejected early
+// A valid header nests 3 deep; deeper nesting is refused while parsing (the SAX callback below),
+// before nlohmann builds, copies or destroys anything recursively.
+constexpr int kMaxHeaderDepth = 64;
 
 // ---- dtypes -------------------------------------------------------------------------------------
 // `rank` is the position in the reference's Dtype enum (BOOL < U8 < I8 < F8_E5M2 < F8_E4M3 < I16 <
@@ -83,17 +85,13 @@ struct Mapping {
 // Opens and maps the whole file: private and writable, so tensors aliasing it can be modified in
 // place without touching the file (copy on write); the file descriptor is read-only.
 std::shared_ptr<Mapping> map_file(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  CM_CHECK(fd >= 0, "safetensors '", path, "': cannot open: ", std::strerror(errno));
+  // Never blocks: a FIFO, a device or a directory is refused naming the path.
+  const int fd = open_regular_file(path, "safetensors");
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     const int err = errno;
     ::close(fd);
     CM_FAIL("safetensors '", path, "': cannot stat: ", std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    CM_FAIL("safetensors '", path, "': not a regular file");
   }
   const uint64_t size = uint64_t(st.st_size);
   if (size < 8) {
@@ -138,8 +136,8 @@ json parse_header(const std::string& path, const char* begin, const char* end) {
       case json::parse_event_t::object_start:
       case json::parse_event_t::array_start:
         keys.emplace_back();
-        CM_CHECK(int(keys.size()) <= kMaxJsonDepth, "safetensors '", path,
-                 "': header nests deeper than ", kMaxJsonDepth, " levels");
+        CM_CHECK(int(keys.size()) <= kMaxHeaderDepth, "safetensors '", path,
+                 "': header nests deeper than ", kMaxHeaderDepth, " levels");
         break;
       case json::parse_event_t::object_end:
       case json::parse_event_t::array_end:

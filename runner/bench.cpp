@@ -16,57 +16,26 @@ namespace cm::runner {
 
 namespace {
 
-struct Options {
-  std::string network = "ddpmpp-small-28";
-  std::string device = "cpu";
-  int64_t batch = 0;              // 0: 64 on the CPU, 128 on a GPU
-  std::string precision = "f32";  // f32, tf32 (f32 with TF32 matmul/conv), bf16, f16
-  std::vector<std::string> cases = {"forward", "ct", "sample"};
-  int repeats = 0;  // 0: 5 on the CPU, 20 on a GPU
-};
-
 double median(std::vector<double> v) {
+  CM_CHECK(!v.empty(), "cm bench: no timings (--repeats must be positive)");
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
 }
 
 }  // namespace
 
-int cmd_bench(int argc, char** argv) {
-  Options o;
-  for (int i = 2; i < argc; ++i) {
-    const std::string s = argv[i];
-    auto value = [&]() -> std::string {
-      CM_CHECK(i + 1 < argc, "cm bench: ", s, " needs a value");
-      return argv[++i];
-    };
-    if (s == "--network")
-      o.network = value();
-    else if (s == "--device")
-      o.device = value();
-    else if (s == "--batch")
-      o.batch = std::stoll(value());
-    else if (s == "--precision")
-      o.precision = value();
-    else if (s == "--case")
-      o.cases = {value()};
-    else if (s == "--repeats")
-      o.repeats = std::stoi(value());
-    else if (s == "--help") {
-      std::puts(
-          "cm bench [--network NAME] [--device cpu|cuda] [--batch B] [--precision "
-          "f32|tf32|bf16|f16]\n"
-          "         [--case forward|ct|sample] [--repeats R]");
-      return 0;
-    } else
-      CM_FAIL("cm bench: unknown argument ", s);
-  }
+int run_bench(const BenchCommand& command) {
+  BenchCommand o = command;
   const Device dev = Device::parse(o.device);
   CM_CHECK(o.precision == "f32" || o.precision == "tf32" || o.precision == "bf16" ||
                o.precision == "f16",
-           "cm bench: --precision must be f32, tf32, bf16 or f16, got ", o.precision);
-  CM_CHECK(o.precision == "f32" || dev.is_cuda(), "cm bench: --precision ", o.precision,
-           " needs a GPU");
+           "--precision ", o.precision, ": expected f32, tf32, bf16 or f16");
+  CM_CHECK(o.precision == "f32" || dev.is_cuda(), "--precision ", o.precision,
+           " needs a GPU (--device cuda)");
+  CM_CHECK(o.batch >= 0 && o.batch <= kMaxBatch, "--batch ", o.batch, ": expected 1 to ",
+           kMaxBatch);
+  CM_CHECK(o.repeats >= 0, "--repeats ", o.repeats, ": expected a positive integer");
+  CM_CHECK(!o.cases.empty(), "cm bench: no --case to run");
   if (o.batch == 0) o.batch = dev.is_cuda() ? 128 : 64;
   if (o.repeats == 0) o.repeats = dev.is_cuda() ? 20 : 5;
   set_matmul_tf32(o.precision == "tf32");
@@ -118,7 +87,7 @@ int cmd_bench(int argc, char** argv) {
     be.synchronize();
     allocator_for(dev).reset_peak();
     std::vector<double> ms;
-    for (int i = 0; i < o.repeats; ++i) {
+    for (int64_t i = 0; i < o.repeats; ++i) {
       const auto t0 = std::chrono::steady_clock::now();
       run();
       be.synchronize();
@@ -130,12 +99,23 @@ int cmd_bench(int argc, char** argv) {
     std::printf(
         "{\"bench\":\"cm\",\"case\":\"%s\",\"network\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
         "\"batch\":%lld,"
-        "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%d}\n",
+        "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld}\n",
         c.c_str(), o.network.c_str(), dev.str().c_str(), o.precision.c_str(), (long long)o.batch, m,
-        double(o.batch) / m * 1e3, (long long)mem.peak_allocated, o.repeats);
+        double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats);
     std::fflush(stdout);
   }
   return 0;
+}
+
+int cmd_bench(int argc, char** argv) {
+  const Command c = parse_command_line(argc, argv);
+  if (const Help* h = std::get_if<Help>(&c)) {
+    std::puts(h->text.c_str());
+    return 0;
+  }
+  const BenchCommand* b = std::get_if<BenchCommand>(&c);
+  CM_CHECK(b, "cmd_bench: argv[1] is not \"bench\"");
+  return run_bench(*b);
 }
 
 }  // namespace cm::runner

@@ -11,11 +11,14 @@
 #include <optional>
 #include <sstream>
 
+#include <sys/statvfs.h>
+
 #include "consistency/sampling.h"
 #include "datasets/npz.h"
 #include "eval/classifier.h"
 #include "eval/fid.h"
 #include "eval/inception.h"
+#include "nn/atomic_file.h"
 #include "runner/sha256.h"
 
 #include "cm_revision.h"  // CM_GIT_REVISION, written at build time by runner/revision.cmake
@@ -25,55 +28,6 @@ namespace fs = std::filesystem;
 namespace cm::runner {
 
 // ---- shared with `cm sample` -----------------------------------------------------------------
-
-namespace {
-// A whole string of decimal digits as an unsigned integer; nullopt otherwise (signs, spaces,
-// trailing characters, overflow).
-std::optional<uint64_t> parse_u64(const std::string& s) {
-  if (s.empty() || s.find_first_not_of("0123456789") != std::string::npos) return std::nullopt;
-  try {
-    return std::stoull(s);
-  } catch (const std::logic_error&) {
-    return std::nullopt;
-  }
-}
-}  // namespace
-
-std::vector<uint64_t> parse_seeds(const std::string& s) {
-  std::vector<uint64_t> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    const size_t dash = part.find('-');
-    const auto a = parse_u64(part.substr(0, dash));
-    const auto b = dash == std::string::npos ? a : parse_u64(part.substr(dash + 1));
-    CM_CHECK(a && b, "--seeds ", s, ": expected numbers and ranges like 0-63,100");
-    CM_CHECK(*a <= *b, "--seeds ", s, ": range ", part, " is empty");
-    CM_CHECK(*b - *a < (uint64_t(1) << 31), "--seeds ", s, ": range ", part, " is too long");
-    for (uint64_t x = *a;; ++x) {
-      out.push_back(x);
-      if (x == *b) break;
-    }
-  }
-  CM_CHECK(!out.empty(), "--seeds ", s, ": no seeds");
-  return out;
-}
-
-std::vector<double> parse_numbers(const std::string& s, const char* what) {
-  std::vector<double> out;
-  std::stringstream ss(s);
-  std::string part;
-  while (std::getline(ss, part, ',')) {
-    size_t used = 0;
-    try {
-      out.push_back(std::stod(part, &used));
-    } catch (const std::logic_error&) {
-      used = 0;
-    }
-    CM_CHECK(used > 0 && used == part.size(), what, " ", s, ": \"", part, "\" is not a number");
-  }
-  return out;
-}
 
 Sampler choose_sampler(const RunConfig& c, const std::string& steps, const std::string& sigmas) {
   Sampler s;
@@ -97,16 +51,31 @@ Sampler choose_sampler(const RunConfig& c, const std::string& steps, const std::
   return s;
 }
 
+namespace {
+// The seeds of a batch as a message lists them: "3, 7, 9" and "..." after `limit`.
+std::string seed_list(const std::vector<uint64_t>& seeds, size_t limit = 8) {
+  std::string s;
+  for (size_t i = 0; i < seeds.size() && i < limit; ++i)
+    s += (i ? ", " : "") + std::to_string(seeds[i]);
+  if (seeds.size() > limit) s += ", ...";
+  return s;
+}
+}  // namespace
+
 Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seeds, const Sampler& s,
-                       Quantization q, Device dev, int64_t batch) {
+                       Quantization q, Device dev, int64_t batch, bool allow_nonfinite) {
   CM_CHECK(batch > 0, "generate_images: the batch must be positive, got ", batch);
   NoGradGuard ng;
   const RunConfig& c = m.config;
   const Shape img = {c.network.in_channels, c.network.img_resolution, c.network.img_resolution};
-  std::vector<Tensor> all;
-  for (size_t i = 0; i < seeds.size(); i += size_t(batch)) {
-    const std::vector<uint64_t> part(
-        seeds.begin() + long(i), seeds.begin() + long(std::min(seeds.size(), i + size_t(batch))));
+  const int64_t n = int64_t(seeds.size());
+  const int64_t per_image = img[0] * img[1] * img[2];
+  Tensor out = empty({n, img[0], img[1], img[2]}, {.dtype = DType::u8});
+  int64_t nonfinite = 0;           // values, over every batch
+  std::vector<uint64_t> affected;  // seeds with a non-finite value (the first few)
+  for (int64_t i = 0; i < n; i += batch) {
+    const int64_t len = std::min(batch, n - i);
+    const std::vector<uint64_t> part(seeds.begin() + i, seeds.begin() + i + len);
     Tensor images;
     if (c.mode == "edm") {
       consistency::Denoiser D(*m.net, consistency::Parameterization::Edm,
@@ -119,10 +88,112 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
                               consistency::NoiseLabels::EdmLog4, c.noise);
       images = consistency::consistency_sample(f, part, img, {}, {.taus = s.taus}, dev);
     }
-    all.push_back(quantize(images, q));
+    // Non-finite values before quantisation, which would turn them into black pixels.
+    images = contiguous(to(to(images, DType::f32), Device::cpu()));
+    float* x = static_cast<float*>(images.data_ptr());
+    int64_t batch_bad = 0;
+    std::vector<uint64_t> batch_seeds;
+    for (int64_t k = 0; k < len; ++k) {
+      int64_t bad = 0;
+      for (int64_t j = 0; j < per_image; ++j) bad += !std::isfinite(x[k * per_image + j]);
+      if (bad > 0) batch_seeds.push_back(part[size_t(k)]);
+      batch_bad += bad;
+    }
+    if (batch_bad > 0) {
+      CM_CHECK(allow_nonfinite, "the model produced non-finite values (NaN or Inf): ", batch_bad,
+               " of ", len * per_image, " values in images of ", batch_seeds.size(), " of ", len,
+               " seeds (first seeds affected: ", seed_list(batch_seeds),
+               "); the weights may be diverged; see cm sample --allow-nonfinite");
+      nonfinite += batch_bad;
+      for (uint64_t sd : batch_seeds)
+        if (affected.size() <= 8) affected.push_back(sd);
+      // a defined quantisation (a cast of NaN to u8 is not): NaN and -Inf as -1, +Inf as 1
+      for (int64_t j = 0; j < len * per_image; ++j)
+        if (!std::isfinite(x[j])) x[j] = x[j] > 0 ? 1.0f : -1.0f;
+    }
+    Tensor dst = narrow(out, 0, i, len);
+    copy_(dst, quantize(images, q));
   }
-  if (all.empty()) return empty({0, img[0], img[1], img[2]}, {.dtype = DType::u8});
-  return cat(all, 0);
+  if (nonfinite > 0) {
+    std::fprintf(stderr,
+                 "warning: the model produced %lld non-finite values (NaN or Inf) in the images of "
+                 "seeds %s; with --allow-nonfinite they are quantised as -1 (NaN, -Inf: 0) or 1 "
+                 "(+Inf: 255)\n",
+                 (long long)nonfinite, seed_list(affected).c_str());
+    std::fflush(stderr);
+  }
+  return out;
+}
+
+// ---- memory and disk ---------------------------------------------------------------------------
+
+ImageFootprint image_footprint(int64_t n, int64_t channels, int64_t resolution, int64_t batch,
+                               bool files) {
+  const uint64_t N = uint64_t(std::max<int64_t>(n, 0)), C = uint64_t(channels),
+                 R = uint64_t(resolution);
+  const uint64_t image = C * R * R;
+  ImageFootprint f;
+  f.memory = N * image + 4 * std::min(uint64_t(std::max<int64_t>(batch, 1)), N) * image;
+  if (files) {
+    // a PNG: the rows with their filter bytes (stored uncompressed at worst) and ~100 bytes of
+    // signature, chunks and zlib framing; the grid the same over (R + 2)-pixel cells; the .npz
+    // the raw bytes and its headers; and a file system block per file at most in slack
+    const uint64_t png = R * (C * R + 1) + 128 + 4096;
+    const uint64_t cols = std::max<uint64_t>(1, uint64_t(std::ceil(std::sqrt(double(N)))));
+    const uint64_t rows = (N + cols - 1) / cols;
+    const uint64_t grid = (rows * (R + 2) + 2) * (C * (cols * (R + 2) + 2) + 1) + 128;
+    f.disk = N * png + grid + N * image + 4096;
+  }
+  return f;
+}
+
+std::optional<uint64_t> available_memory() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  uint64_t kb = 0;
+  std::string unit;
+  while (in >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return std::nullopt;
+}
+
+std::optional<uint64_t> available_disk(const std::string& dir) {
+  std::error_code ec;
+  fs::path p = fs::absolute(dir.empty() ? fs::path(".") : fs::path(dir), ec);
+  if (ec) return std::nullopt;
+  while (!fs::exists(p, ec) && p.has_parent_path() && p.parent_path() != p) p = p.parent_path();
+  struct statvfs st {};
+  if (::statvfs(p.c_str(), &st) != 0) return std::nullopt;
+  return uint64_t(st.f_bavail) * uint64_t(st.f_frsize);
+}
+
+namespace {
+std::string bytes_str(uint64_t b) {
+  char buf[32];
+  if (b >= (uint64_t(1) << 30))
+    std::snprintf(buf, sizeof buf, "%.1f GiB", double(b) / double(uint64_t(1) << 30));
+  else if (b >= (uint64_t(1) << 20))
+    std::snprintf(buf, sizeof buf, "%.1f MiB", double(b) / double(uint64_t(1) << 20));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f KiB", double(b) / 1024.0);
+  return buf;
+}
+}  // namespace
+
+void check_footprint(const std::string& what, const ImageFootprint& need,
+                     std::optional<uint64_t> memory, std::optional<uint64_t> disk,
+                     const std::string& dir) {
+  CM_CHECK(!memory || need.memory <= *memory, what, " need about ", bytes_str(need.memory), " (",
+           need.memory,
+           " bytes) of memory (every u8 image is held until the end, plus a float "
+           "batch), but only ",
+           bytes_str(*memory), " (", *memory,
+           " bytes) is available (MemAvailable, /proc/meminfo); draw fewer images (--n) or split "
+           "the job over --seeds ranges");
+  CM_CHECK(!disk || need.disk <= *disk, what, " need up to ", bytes_str(need.disk), " (", need.disk,
+           " bytes) on disk (a PNG each, grid.png and samples.npz), but only ", bytes_str(*disk),
+           " (", *disk, " bytes) is free on the file system of ", dir,
+           "; free some space, choose another --out, or draw fewer images");
 }
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -130,55 +201,6 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
 namespace {
 
 using json = nlohmann::json;
-
-// "--key value" options and "--flag"s of one command.
-struct Args {
-  std::vector<std::string> positional;
-  std::map<std::string, std::string> options;
-  bool has(const std::string& k) const { return options.count(k) > 0; }
-  std::string get(const std::string& k, const std::string& def = "") const {
-    auto it = options.find(k);
-    return it == options.end() ? def : it->second;
-  }
-};
-
-Args parse(int argc, char** argv, int first, const char* command,
-           const std::vector<std::string>& valued, const std::vector<std::string>& flags,
-           const char* usage) {
-  Args a;
-  for (int i = first; i < argc; ++i) {
-    const std::string s = argv[i];
-    if (s.rfind("--", 0) == 0) {
-      const std::string k = s.substr(2);
-      if (std::find(flags.begin(), flags.end(), k) != flags.end()) {
-        a.options[k] = "1";
-      } else if (std::find(valued.begin(), valued.end(), k) != valued.end()) {
-        CM_CHECK(i + 1 < argc, command, ": option --", k, " needs a value");
-        a.options[k] = argv[++i];
-      } else {
-        CM_FAIL(command, ": unknown option ", s, "\n", usage);
-      }
-    } else {
-      a.positional.push_back(s);
-    }
-  }
-  return a;
-}
-
-int64_t positive_int(const Args& a, const std::string& key, int64_t def) {
-  if (!a.has(key)) return def;
-  const std::string v = a.get(key);
-  size_t used = 0;
-  int64_t x = 0;
-  try {
-    x = std::stoll(v, &used);
-  } catch (const std::logic_error&) {
-    used = 0;
-  }
-  CM_CHECK(used > 0 && used == v.size() && x > 0, "--", key, " ", v,
-           ": expected a positive integer");
-  return x;
-}
 
 void require_file(const std::string& path, const std::string& option) {
   CM_CHECK(fs::is_regular_file(path), option, " ", path, ": no such file");
@@ -261,76 +283,38 @@ fs::path run_dir_of(const fs::path& checkpoint) {
   return parent.empty() ? fs::path(".") : parent;
 }
 
-const char* kEvalUsage =
-    "usage:\n"
-    "  cm eval RUN_DIR|CHECKPOINT [--metric domain|fid|is] [--n N | --seeds A-B] [--steps 1|2 | "
-    "--sigmas s1,...]\n"
-    "          [--weights ema|ema:RATE|online|target] [--quantize floor|round] [--classifier "
-    "PATH]\n"
-    "          [--inception PATH] [--ref STATS.npz] [--device D] [--batch B] [--out FILE]\n"
-    "  cm eval --data SPEC [--n N] [--metric ...] ...   the same metric of the first N real images "
-    "of SPEC\n"
-    "          (the floor a model is measured against), written to --out\n"
-    "  cm eval --ref-only --data SPEC --out STATS.npz [--metric fid|domain] [--inception PATH | "
-    "--classifier PATH]\n"
-    "          [--device D] [--batch B]\n"
-    "metrics: domain (Frechet distance of a `cm classifier` network's features; reference: the "
-    "classifier's test\n"
-    "split, cached beside it, or --ref), fid (--inception and --ref, N >= 2048), is (--inception)";
-
 constexpr int64_t kMinFidImages = 2048;
 
-std::string default_metric(const Args& a) {
-  if (a.has("metric")) {
-    const std::string m = a.get("metric");
-    CM_CHECK(m == "domain" || m == "fid" || m == "is", "--metric ", m,
-             ": expected domain, fid or is");
-    return m;
-  }
-  return a.has("classifier") || !a.has("inception") ? "domain" : "fid";
-}
-
-int eval_ref_only(const Args& a) {
-  CM_CHECK(a.positional.empty(), "cm eval --ref-only takes no RUN_DIR (it reads --data)");
-  CM_CHECK(a.has("data"),
-           "cm eval --ref-only needs --data SPEC (digits:test, fashion-mnist:test, "
-           "cifar10:DIR:train, folder:DIR, zip:PATH, ...)");
-  CM_CHECK(a.has("out"), "cm eval --ref-only needs --out STATS.npz");
-  const std::string metric = default_metric(a);
-  CM_CHECK(metric != "is", "--metric is: the Inception Score has no reference statistics");
-  const Device dev = Device::parse(a.get("device", "cpu"));
-  const int64_t batch = positive_int(a, "batch", 64);
-  if (metric == "fid") {
-    CM_CHECK(a.has("inception"),
-             "--metric fid needs --inception PATH (the FID Inception weights "
-             "converted by tools/convert_fid_inception.py)");
-    require_file(a.get("inception"), "--inception");
-  } else {
-    CM_CHECK(a.has("classifier"),
-             "--metric domain needs --classifier PATH (made by `cm "
-             "classifier train`)");
-    require_file(a.get("classifier"), "--classifier");
-  }
+// The argument checks of cm eval --ref-only are in runner/cli.cpp (check_eval).
+int eval_ref_only(const EvalCommand& a) {
+  const std::string& metric = a.metric;
+  const Device dev = Device::parse(a.device);
+  const int64_t batch = a.batch;
+  const std::string data = *a.data, out = *a.out;
+  if (metric == "fid")
+    require_file(*a.inception, "--inception");
+  else
+    require_file(*a.classifier, "--classifier");
   const auto t0 = std::chrono::steady_clock::now();
-  const data::ImageDataset d = eval::load_split(a.get("data"));
+  const data::ImageDataset d = eval::load_split(data);
   eval::FidStats stats;
   if (metric == "fid") {
-    CM_CHECK(d.size() >= kMinFidImages, "--data ", a.get("data"), ": ", d.size(),
+    CM_CHECK(d.size() >= kMinFidImages, "--data ", data, ": ", d.size(),
              " images; FID reference statistics need at least ", kMinFidImages,
              " (fewer make a rank-deficient 2048×2048 covariance and a meaningless FID)");
-    const auto net = eval::load_fid_inception(a.get("inception"), dev);
+    const auto net = eval::load_fid_inception(*a.inception, dev);
     stats = inception_stats(*net, d.images, batch, nullptr);
-    eval::save_stats_npz(a.get("out"), stats);
+    eval::save_stats_npz(out, stats);
   } else {
-    const eval::LoadedClassifier clf = eval::load_classifier(a.get("classifier"), dev);
-    check_classifier_fits(clf.net->config(), d.channels(), d.height(), a.get("classifier"),
-                          "--data " + a.get("data"));
+    const eval::LoadedClassifier clf = eval::load_classifier(*a.classifier, dev);
+    check_classifier_fits(clf.net->config(), d.channels(), d.height(), *a.classifier,
+                          "--data " + data);
     stats = eval::classifier_stats(*clf.net, d.images, batch);
-    save_domain_stats(a.get("out"), stats, sha256_file(a.get("classifier")));
+    save_domain_stats(out, stats, sha256_file(*a.classifier));
   }
-  std::printf("wrote %s: %s statistics (dim %lld) of %lld images of %s in %.1fs\n",
-              a.get("out").c_str(), metric.c_str(), (long long)stats.dim(), (long long)d.size(),
-              a.get("data").c_str(), seconds_since(t0));
+  std::printf("wrote %s: %s statistics (dim %lld) of %lld images of %s in %.1fs\n", out.c_str(),
+              metric.c_str(), (long long)stats.dim(), (long long)d.size(), data.c_str(),
+              seconds_since(t0));
   return 0;
 }
 
@@ -338,76 +322,29 @@ int eval_ref_only(const Args& a) {
 
 // ---- cm eval ---------------------------------------------------------------------------------
 
-int cmd_eval(int argc, char** argv) {
-  const Args a = parse(argc, argv, 2, "cm eval",
-                       {"n", "seeds", "steps", "sigmas", "weights", "metric", "classifier",
-                        "inception", "ref", "device", "batch", "quantize", "out", "data"},
-                       {"ref-only", "help"}, kEvalUsage);
-  if (a.has("help")) {
-    std::puts(kEvalUsage);
-    return 0;
-  }
-  if (a.has("ref-only")) return eval_ref_only(a);
+// The argument checks (combinations of options, the number of images each metric needs) are in
+// runner/cli.cpp (check_eval); here, what needs the files.
+int run_eval(const EvalCommand& a) {
+  if (a.ref_only) return eval_ref_only(a);
   // The images to score: a model's samples (RUN_DIR or CHECKPOINT) or, with --data, real images.
-  const bool real = a.has("data");
-  CM_CHECK(!(real && !a.positional.empty()),
-           "cm eval: give a RUN_DIR/CHECKPOINT or --data, not both");
-  CM_CHECK(real || a.positional.size() == 1,
-           "cm eval needs exactly one RUN_DIR or CHECKPOINT (or --data SPEC)\n", kEvalUsage);
-  CM_CHECK(!(a.has("n") && a.has("seeds")), "give --n or --seeds, not both");
-  if (real) {
-    for (const char* k : {"seeds", "steps", "sigmas", "weights", "quantize"})
-      CM_CHECK(!a.has(k), "--", k, " is for a model's samples, not for --data");
-    CM_CHECK(a.has("out"), "cm eval --data needs --out FILE (there is no run directory)");
-  }
-  const std::string metric = default_metric(a);
-  const Device dev = Device::parse(a.get("device", "cpu"));
-  const int64_t batch = positive_int(a, "batch", 64);
-  const Quantization q = parse_quantization(a.get("quantize", "floor"));
+  const bool real = a.data.has_value();
+  const std::string& metric = a.metric;
+  const Device dev = Device::parse(a.device);
+  const int64_t batch = a.batch;
+  const Quantization q = parse_quantization(a.quantize);
+  const int64_t n = a.n;
 
   // What to evaluate and with what: check every input before the slow part.
   fs::path checkpoint;
   if (!real) {
-    const std::string source = a.positional[0];
+    const std::string& source = *a.source;
     checkpoint = source;
     if (fs::is_directory(source)) checkpoint = RunDir::open(source).latest_checkpoint();
     CM_CHECK(fs::is_regular_file(checkpoint), source, ": no such checkpoint or run directory");
   }
-  std::vector<uint64_t> seeds;
-  if (a.has("seeds")) {
-    seeds = parse_seeds(a.get("seeds"));
-  } else {
-    const int64_t n = positive_int(a, "n", metric == "domain" ? 10000 : 50000);
-    for (int64_t i = 0; i < n; ++i) seeds.push_back(uint64_t(i));
-  }
-  const int64_t n = int64_t(seeds.size());
-  if (metric == "domain") {
-    CM_CHECK(a.has("classifier"),
-             "--metric domain needs --classifier PATH (made by `cm "
-             "classifier train`)");
-    CM_CHECK(!a.has("inception"), "--inception is for --metric fid or is, not domain");
-    require_file(a.get("classifier"), "--classifier");
-    CM_CHECK(n >= 2, "--metric domain needs at least 2 images for a covariance, got ", n);
-  } else {
-    CM_CHECK(a.has("inception"), "--metric ", metric,
-             " needs --inception PATH (the FID Inception "
-             "weights converted by tools/convert_fid_inception.py)");
-    CM_CHECK(!a.has("classifier"), "--classifier is for --metric domain, not ", metric);
-    require_file(a.get("inception"), "--inception");
-  }
-  if (metric == "fid") {
-    CM_CHECK(a.has("ref"),
-             "--metric fid needs --ref STATS.npz (reference statistics: EDM's or "
-             "clean-fid's .npz, or `cm eval --ref-only --data SPEC --inception PATH "
-             "--out STATS.npz`)");
-    CM_CHECK(n >= kMinFidImages, "--metric fid needs at least ", kMinFidImages,
-             " images (fewer make a rank-deficient 2048×2048 covariance), got ", n);
-  }
-  if (metric == "is") {
-    CM_CHECK(!a.has("ref"), "--ref: the Inception Score uses no reference statistics");
-    CM_CHECK(n >= 10, "--metric is needs at least 10 images (10 splits), got ", n);
-  }
-  if (a.has("ref")) require_file(a.get("ref"), "--ref");
+  if (a.classifier) require_file(*a.classifier, "--classifier");
+  if (a.inception) require_file(*a.inception, "--inception");
+  if (a.ref) require_file(*a.ref, "--ref");
 
   const auto t0 = std::chrono::steady_clock::now();
   std::optional<LoadedNetwork> m;
@@ -416,19 +353,22 @@ int cmd_eval(int argc, char** argv) {
   int64_t channels = 0, resolution = 0;
   std::string source_name;
   if (real) {
-    const data::ImageDataset d = eval::load_split(a.get("data"));
-    CM_CHECK(n <= d.size(), "--n ", n, ": --data ", a.get("data"), " has only ", d.size(),
-             " images");
+    const data::ImageDataset d = eval::load_split(*a.data);
+    CM_CHECK(n <= d.size(), "--n ", n, ": --data ", *a.data, " has only ", d.size(), " images");
     real_images = narrow(d.images, 0, 0, n).contiguous();
     channels = d.channels();
     resolution = d.height();
-    source_name = "--data " + a.get("data");
+    source_name = "--data " + *a.data;
   } else {
-    m = load_network(checkpoint.string(), a.get("weights", "ema"), dev);
-    sampler = choose_sampler(m->config, a.get("steps", "1"), a.get("sigmas"));
+    m = load_network(checkpoint.string(), a.weights, dev, a.allow_nonfinite);
+    sampler = choose_sampler(m->config, a.steps, a.sigmas);
     channels = m->config.network.in_channels;
     resolution = m->config.network.img_resolution;
     source_name = "the run (" + m->config.data.dataset + ")";
+    check_footprint("cm eval: " + std::to_string(n) + " images of " + std::to_string(channels) +
+                        "×" + std::to_string(resolution) + "×" + std::to_string(resolution),
+                    image_footprint(n, channels, resolution, batch, false), available_memory(),
+                    std::nullopt, "");
   }
 
   json rec = {{"metric", metric}};
@@ -441,7 +381,7 @@ int cmd_eval(int argc, char** argv) {
   eval::FidStats ref;
   json reference;
   if (metric == "domain") {
-    const std::string path = a.get("classifier");
+    const std::string path = *a.classifier;
     clf = eval::load_classifier(path, dev);
     check_classifier_fits(clf->net->config(), channels, resolution, path, source_name);
     const std::string clf_sha = sha256_file(path);
@@ -452,8 +392,8 @@ int cmd_eval(int argc, char** argv) {
       if (clf->metadata.count(k)) net[k] = clf->metadata.at(k);
     rec["classifier"] = net;
     std::string ref_path;
-    if (a.has("ref")) {
-      ref_path = a.get("ref");
+    if (a.ref) {
+      ref_path = *a.ref;
       ref = eval::load_stats_npz(ref_path);
       reference["cached"] = false;
     } else {
@@ -480,16 +420,14 @@ int cmd_eval(int argc, char** argv) {
     reference["path"] = fs::absolute(ref_path).string();
     reference["sha256"] = sha256_file(ref_path);
   } else {
-    const std::string path = a.get("inception");
+    const std::string path = *a.inception;
     inception = eval::load_fid_inception(path, dev);
     rec["inception"] = {{"path", fs::absolute(path).string()}, {"sha256", sha256_file(path)}};
     if (metric == "fid") {
-      ref = eval::load_stats_npz(a.get("ref"));
-      CM_CHECK(ref.dim() == inception->feature_dim(), "--ref ", a.get("ref"),
-               ": statistics of dim ", ref.dim(), ", but FID's pool3 features have ",
-               inception->feature_dim());
-      reference = {{"path", fs::absolute(a.get("ref")).string()},
-                   {"sha256", sha256_file(a.get("ref"))}};
+      ref = eval::load_stats_npz(*a.ref);
+      CM_CHECK(ref.dim() == inception->feature_dim(), "--ref ", *a.ref, ": statistics of dim ",
+               ref.dim(), ", but FID's pool3 features have ", inception->feature_dim());
+      reference = {{"path", fs::absolute(*a.ref).string()}, {"sha256", sha256_file(*a.ref)}};
     }
   }
 
@@ -498,7 +436,7 @@ int cmd_eval(int argc, char** argv) {
   if (!real) {
     std::printf("sampling %lld images (%s, NFE %lld) from %s\n", (long long)n,
                 sampler->name.c_str(), (long long)sampler->nfe, m->weights.c_str());
-    images = generate_images(*m, seeds, *sampler, q, dev, batch);
+    images = generate_images(*m, parse_seeds(a.seeds), *sampler, q, dev, batch, a.allow_nonfinite);
   }
   const double sample_s = seconds_since(t_sample);
   const auto t_metric = std::chrono::steady_clock::now();
@@ -528,9 +466,9 @@ int cmd_eval(int argc, char** argv) {
   if (!reference.is_null()) rec["reference"] = reference;
   if (real) {
     rec["source"] = "data";
-    rec["data"] = a.get("data");
+    rec["data"] = *a.data;
     rec["n"] = n;
-    rec["images"] = "the first " + std::to_string(n) + " images of " + a.get("data");
+    rec["images"] = "the first " + std::to_string(n) + " images of " + *a.data;
   } else {
     const RunConfig& c = m->config;
     rec["source"] = "model";
@@ -542,7 +480,7 @@ int cmd_eval(int argc, char** argv) {
     rec["mode"] = c.mode;
     rec["data"] = c.data.dataset;
     rec["n"] = n;
-    rec["seeds"] = a.get("seeds", "0-" + std::to_string(n - 1));
+    rec["seeds"] = a.seeds;
     rec["sampler"] = sampler->name;
     rec["time_points"] = sampler->taus;
     if (c.mode == "edm") rec["heun_steps"] = sampler->heun_steps;
@@ -557,17 +495,13 @@ int cmd_eval(int argc, char** argv) {
       {"sampling", sample_s}, {"metric", seconds_since(t_metric)}, {"total", seconds_since(t0)}};
 
   const fs::path out =
-      a.has("out") ? fs::path(a.get("out"))
-                   : run_dir_of(checkpoint) / ("eval-" + std::to_string(m->step) + "-" + metric +
-                                               "-" + std::to_string(sampler->nfe) + "step.json");
-  {
-    std::ofstream f(out);
-    CM_CHECK(f, "cm eval: cannot write ", out.string());
-    f << rec.dump(2) << "\n";
-  }
+      a.out ? fs::path(*a.out)
+            : run_dir_of(checkpoint) / ("eval-" + std::to_string(m->step) + "-" + metric + "-" +
+                                        std::to_string(sampler->nfe) + "step.json");
+  nn::write_atomic(out.string(), rec.dump(2) + "\n");
   if (real)
     std::printf("%s = %.6g (%lld real images of %s); wrote %s\n", metric.c_str(), value,
-                (long long)n, a.get("data").c_str(), out.c_str());
+                (long long)n, a.data->c_str(), out.c_str());
   else
     std::printf("%s = %.6g (%lld images, %s, step %lld); wrote %s\n", metric.c_str(), value,
                 (long long)n, sampler->name.c_str(), (long long)m->step, out.c_str());
@@ -576,42 +510,21 @@ int cmd_eval(int argc, char** argv) {
 
 // ---- cm classifier ---------------------------------------------------------------------------
 
-int cmd_classifier(int argc, char** argv) {
-  static const char* kUsage =
-      "usage:\n"
-      "  cm classifier train --data digits|fashion-mnist [--steps N] [--batch B] [--lr LR] "
-      "[--seed S]\n"
-      "                      [--device D] [--out PATH]\n"
-      "trains the domain metric's classifier (eval/classifier.h) on the train split and records "
-      "its test accuracy";
-  const Args a = parse(argc, argv, 2, "cm classifier",
-                       {"data", "steps", "batch", "lr", "seed", "device", "out"}, {"help"}, kUsage);
-  if (a.has("help")) {
-    std::puts(kUsage);
-    return 0;
-  }
-  CM_CHECK(a.positional.size() == 1 && a.positional[0] == "train",
-           "cm classifier: expected the subcommand train\n", kUsage);
-  CM_CHECK(a.has("data"), "cm classifier train needs --data digits|fashion-mnist");
-  const std::string data = a.get("data");
+int run_classifier(const ClassifierCommand& a) {
+  const std::string& data = a.data;
   const eval::ClassifierConfig cfg = eval::classifier_preset(data);
   eval::ClassifierTrainOptions o;
-  o.steps = positive_int(a, "steps", data == "digits" ? 2000 : 3000);
-  o.batch = positive_int(a, "batch", 64);
-  if (a.has("lr")) o.lr = parse_numbers(a.get("lr"), "--lr").at(0);
-  CM_CHECK(o.lr > 0, "--lr must be positive");
-  if (a.has("seed")) {
-    const auto seed = parse_u64(a.get("seed"));
-    CM_CHECK(seed, "--seed ", a.get("seed"), ": expected a non-negative integer");
-    o.seed = *seed;
-  }
-  o.device = Device::parse(a.get("device", "cpu"));
+  o.steps = a.steps > 0 ? a.steps : data == "digits" ? 2000 : 3000;
+  o.batch = a.batch;
+  o.lr = a.lr;
+  o.seed = a.seed;
+  o.device = Device::parse(a.device);
   o.log_every = std::max<int64_t>(1, o.steps / 20);
   o.log = [&](int64_t step, double loss) {
     std::printf("step %6lld/%lld  loss %.4f\n", (long long)step, (long long)o.steps, loss);
     std::fflush(stdout);
   };
-  const std::string out = a.get("out", "classifier-" + data + ".safetensors");
+  const std::string out = a.out.value_or("classifier-" + data + ".safetensors");
   const std::string train_split = data + ":train", test_split = data + ":test";
   const data::ImageDataset train = eval::load_split(train_split);
   const data::ImageDataset test = eval::load_split(test_split);
@@ -641,6 +554,30 @@ int cmd_classifier(int argc, char** argv) {
               100 * acc, (long long)test.size(), test_split.c_str(), (long long)o.steps, train_s,
               out.c_str());
   return 0;
+}
+
+// ---- from argv -------------------------------------------------------------------------------
+
+namespace {
+template <class C>
+int parse_and_run(int argc, char** argv, int (*run)(const C&), const char* name) {
+  const Command c = parse_command_line(argc, argv);
+  if (const Help* h = std::get_if<Help>(&c)) {
+    std::puts(h->text.c_str());
+    return 0;
+  }
+  const C* command = std::get_if<C>(&c);
+  CM_CHECK(command, "cmd_", name, ": argv[1] is not \"", name, "\"");
+  return run(*command);
+}
+}  // namespace
+
+int cmd_eval(int argc, char** argv) {
+  return parse_and_run<EvalCommand>(argc, argv, run_eval, "eval");
+}
+
+int cmd_classifier(int argc, char** argv) {
+  return parse_and_run<ClassifierCommand>(argc, argv, run_classifier, "classifier");
 }
 
 }  // namespace cm::runner

@@ -3,7 +3,7 @@
 //   cm eval RUN_DIR|CHECKPOINT [--metric domain|fid|is] [--n N | --seeds A-B] [--steps 1|2 |
 //           --sigmas s1,s2,...] [--weights ema|ema:RATE|online|target] [--quantize floor|round]
 //           [--classifier PATH] [--inception PATH] [--ref STATS.npz] [--device D] [--batch B]
-//           [--out FILE]
+//           [--out FILE] [--allow-nonfinite]
 //     samples N images from the run's eval EMA (runner::load_network), quantises them, and
 //     computes the metric:
 //       domain  the Fréchet distance between the penultimate features of a classifier trained by
@@ -32,18 +32,15 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "runner/cli.h"  // the commands' structs; parse_seeds, parse_numbers
 #include "runner/images.h"
 #include "runner/trainer.h"
 
 namespace cm::runner {
-
-// "0-63,100" -> 0, 1, ..., 63, 100; errors name the option text.
-std::vector<uint64_t> parse_seeds(const std::string& s);
-// "1.2,0.4" -> {1.2, 0.4}; errors name `what` (the option) and the bad entry.
-std::vector<double> parse_numbers(const std::string& s, const char* what);
 
 // How a run's images are drawn: consistency sampling through the time points `taus` (one step when
 // empty), or EDM's Heun sampler for a teacher run (mode edm).
@@ -59,12 +56,39 @@ struct Sampler {
 Sampler choose_sampler(const RunConfig& c, const std::string& steps, const std::string& sigmas);
 
 // u8 images [len(seeds), C, H, W] on the CPU, drawn `batch` seeds at a time (image k depends only
-// on seeds[k]) and quantised with `q`.
+// on seeds[k]) and quantised with `q`. Only the u8 images and one batch of floats are held. A
+// batch with non-finite values (NaN, Inf) is an error naming how many and the first seeds
+// affected, unless `allow_nonfinite`: then they quantise as quantize() does and a warning is
+// printed on stderr.
 Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seeds, const Sampler& s,
-                       Quantization q, Device device, int64_t batch);
+                       Quantization q, Device device, int64_t batch, bool allow_nonfinite = false);
 
-// The commands (argv as main's; argv[1] is "eval" or "classifier"). Argument and input errors
-// throw cm::Error with a message naming the option; the return value is the exit code.
+// What n images of C×H×W need: in memory, the u8 images generate_images holds (n·C·H·W bytes)
+// plus one float batch; on disk (with `files`, as `cm sample` writes them), one PNG per image, the
+// grid and samples.npz (upper bounds: uncompressed PNG rows).
+struct ImageFootprint {
+  uint64_t memory = 0;
+  uint64_t disk = 0;
+};
+ImageFootprint image_footprint(int64_t n, int64_t channels, int64_t resolution, int64_t batch,
+                               bool files);
+// MemAvailable of /proc/meminfo, in bytes; nullopt when unknown.
+std::optional<uint64_t> available_memory();
+// The space free to the user on the file system of `dir` (or of its nearest existing ancestor,
+// when it is yet to be made), in bytes; nullopt when unknown.
+std::optional<uint64_t> available_disk(const std::string& dir);
+// Refuses (cm::Error with both figures) when `need` exceeds what is available; `what` starts the
+// message ("cm sample: 64 images of 1×8×8"). An unknown availability is not checked.
+void check_footprint(const std::string& what, const ImageFootprint& need,
+                     std::optional<uint64_t> memory, std::optional<uint64_t> disk,
+                     const std::string& dir);
+
+// The commands. Input errors throw cm::Error with a message naming the option or the file; the
+// return value is the exit code.
+int run_eval(const EvalCommand& command);
+int run_classifier(const ClassifierCommand& command);
+// The same from argv as main's (argv[1] is "eval" or "classifier"): parse_command_line (usage
+// errors are UsageError, a cm::Error), then run.
 int cmd_eval(int argc, char** argv);
 int cmd_classifier(int argc, char** argv);
 

@@ -1,105 +1,47 @@
+// SHA-256 through OpenSSL's EVP digest interface (chosen over cm's former hand-written FIPS 180-4
+// code: several times faster on the multi-GiB checkpoints `cm eval` hashes, and one parser less to
+// keep). Files are opened with nn::open_regular_file, so a FIFO is refused instead of blocking.
 #include "runner/sha256.h"
 
-#include <algorithm>
+#include <openssl/evp.h>
+#include <unistd.h>
+
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 #include <vector>
 
-#include "tensor/tensor.h"
+#include "nn/file_io.h"
+#include "tensor/error.h"
 
 namespace cm::runner {
 
-namespace {
-// The first 32 bits of the fractional parts of the cube roots of the first 64 primes.
-constexpr uint32_t kRound[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-constexpr uint32_t rotr(uint32_t x, int n) {
-  return (x >> n) | (x << (32 - n));
+void Sha256::FreeCtx::operator()(evp_md_ctx_st* ctx) const {
+  EVP_MD_CTX_free(ctx);
 }
-}  // namespace
 
-Sha256::Sha256()
-    // The first 32 bits of the fractional parts of the square roots of the first 8 primes.
-    : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-             0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19} {}
-
-void Sha256::block(const uint8_t* p) {
-  uint32_t w[64];
-  for (int i = 0; i < 16; ++i)
-    w[i] = uint32_t(p[4 * i]) << 24 | uint32_t(p[4 * i + 1]) << 16 | uint32_t(p[4 * i + 2]) << 8 |
-           uint32_t(p[4 * i + 3]);
-  for (int i = 16; i < 64; ++i) {
-    const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-    const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-  }
-  uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3], e = state_[4], f = state_[5],
-           g = state_[6], h = state_[7];
-  for (int i = 0; i < 64; ++i) {
-    const uint32_t t1 =
-        h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + kRound[i] + w[i];
-    const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-    h = g;
-    g = f;
-    f = e;
-    e = d + t1;
-    d = c;
-    c = b;
-    b = a;
-    a = t1 + t2;
-  }
-  state_[0] += a;
-  state_[1] += b;
-  state_[2] += c;
-  state_[3] += d;
-  state_[4] += e;
-  state_[5] += f;
-  state_[6] += g;
-  state_[7] += h;
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  CM_CHECK(ctx_ != nullptr, "Sha256: EVP_MD_CTX_new failed (out of memory)");
+  CM_CHECK(EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) == 1,
+           "Sha256: EVP_DigestInit_ex(sha256) failed");
 }
+
+Sha256::~Sha256() = default;
+Sha256::Sha256(Sha256&&) noexcept = default;
+Sha256& Sha256::operator=(Sha256&&) noexcept = default;
 
 void Sha256::update(const void* data, size_t size) {
-  CM_CHECK(!finished_, "Sha256: update after digest");
-  const uint8_t* p = static_cast<const uint8_t*>(data);
-  length_ += size;
-  if (buffered_ > 0) {
-    const size_t take = std::min(size, size_t(64) - buffered_);
-    std::memcpy(buffer_.data() + buffered_, p, take);
-    buffered_ += take;
-    p += take;
-    size -= take;
-    if (buffered_ < 64) return;
-    block(buffer_.data());
-    buffered_ = 0;
-  }
-  for (; size >= 64; p += 64, size -= 64) block(p);
-  std::memcpy(buffer_.data(), p, size);
-  buffered_ = size;
+  CM_CHECK(ctx_ && !finished_, "Sha256: update after digest");
+  if (size > 0)
+    CM_CHECK(EVP_DigestUpdate(ctx_.get(), data, size) == 1, "Sha256: EVP_DigestUpdate failed");
 }
 
 std::array<uint8_t, 32> Sha256::digest() {
-  CM_CHECK(!finished_, "Sha256: digest taken twice");
-  // Padding: 0x80, zeros up to 56 mod 64, then the message length in bits, big-endian.
-  const uint64_t bits = length_ * 8;
-  const uint8_t one = 0x80, zero = 0;
-  update(&one, 1);
-  while (buffered_ != 56) update(&zero, 1);
-  uint8_t len[8];
-  for (int i = 0; i < 8; ++i) len[i] = uint8_t(bits >> (56 - 8 * i));
-  update(len, 8);
+  CM_CHECK(ctx_ && !finished_, "Sha256: digest taken twice");
+  std::array<uint8_t, 32> out{};
+  unsigned int n = 0;
+  CM_CHECK(EVP_DigestFinal_ex(ctx_.get(), out.data(), &n) == 1 && n == out.size(),
+           "Sha256: EVP_DigestFinal_ex failed");
   finished_ = true;
-  std::array<uint8_t, 32> out;
-  for (int i = 0; i < 8; ++i)
-    for (int j = 0; j < 4; ++j) out[size_t(4 * i + j)] = uint8_t(state_[size_t(i)] >> (24 - 8 * j));
   return out;
 }
 
@@ -120,15 +62,20 @@ std::string sha256_hex(std::string_view s) {
 }
 
 std::string sha256_file(const std::string& path) {
-  std::FILE* f = std::fopen(path.c_str(), "rb");
-  CM_CHECK(f, "sha256: cannot open '", path, "': ", std::strerror(errno));
+  const int fd = nn::open_regular_file(path, "sha256");
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
   Sha256 h;
   std::vector<uint8_t> buf(size_t(1) << 20);
-  size_t got;
-  while ((got = std::fread(buf.data(), 1, buf.size(), f)) > 0) h.update(buf.data(), got);
-  const bool failed = std::ferror(f);
-  std::fclose(f);
-  CM_CHECK(!failed, "sha256: error reading '", path, "'");
+  for (;;) {
+    const ssize_t got = ::read(fd, buf.data(), buf.size());
+    if (got < 0 && errno == EINTR) continue;
+    CM_CHECK(got >= 0, "sha256: error reading '", path, "': ", std::strerror(errno));
+    if (got == 0) break;
+    h.update(buf.data(), size_t(got));
+  }
   return h.hex_digest();
 }
 

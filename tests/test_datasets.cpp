@@ -3,6 +3,8 @@
 // files the test writes, with each malformed case, real Fashion-MNIST when installed, toy 2-D
 // distributions, and the batch Loader (scaling, one-hot labels, seeded order, flips, resume,
 // prefetch thread).
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -14,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <future>
 #include <map>
 #include <numbers>
 #include <set>
@@ -23,8 +26,10 @@
 
 #include "datasets/dataset.h"
 #include "datasets/loader.h"
+#include "datasets/npz.h"
 #include "datasets/png.h"
 #include "datasets/zip.h"
+#include "runner/sha256.h"
 #include "tests/helpers.h"
 
 using namespace cm;
@@ -90,6 +95,9 @@ Bytes gz_read_all(const std::string& path) {
 
 void put_be32(Bytes& b, uint32_t v) {
   for (int s = 24; s >= 0; s -= 8) b.push_back(uint8_t(v >> s));
+}
+void set_be32(Bytes& b, size_t at, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[at + size_t(i)] = uint8_t(v >> (24 - 8 * i));
 }
 void put_le16(Bytes& b, uint16_t v) {
   b.push_back(uint8_t(v));
@@ -1212,6 +1220,122 @@ TEST_SUITE("datasets") {
     CHECK(ok.data_offset == 10 + size_t(data[8] | (data[9] << 8)));
     CHECK(ok.data_offset % 64 == 0);
     CHECK_FALSE(ok.fortran_order);
+  }
+
+  // ---- parser hardening: FIFOs, deep JSON, duplicate entries, size bounds
+  // ------------------------------------------------------------------
+
+  // Runs `read` in a thread and returns its cm::Error message. A reader that blocks on the FIFO
+  // (open() waits for a writer) is released after 10 s by opening the FIFO's write end without
+  // blocking and closing it, so that it sees end of file: the test then fails instead of hanging.
+  std::string fifo_error(const std::string& fifo, std::function<void()> read) {
+    auto result = std::async(std::launch::async, [read] { return error_message(read); });
+    if (result.wait_for(std::chrono::seconds(10)) == std::future_status::timeout) {
+      while (result.wait_for(std::chrono::milliseconds(50)) == std::future_status::timeout) {
+        const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) ::close(fd);
+      }
+      FAIL_CHECK("reading '", fifo, "' blocked on the FIFO");
+    }
+    return result.get();
+  }
+
+  TEST_CASE("every file reader refuses a FIFO, naming it, without blocking") {
+    TempDir dir;
+    auto make_fifo = [&](const std::string& name) {
+      const std::string p = dir / name;
+      fs::create_directories(fs::path(p).parent_path());
+      REQUIRE(::mkfifo(p.c_str(), 0600) == 0);
+      return p;
+    };
+    auto check_fifo = [&](const std::string& fifo, std::function<void()> read) {
+      const std::string msg = fifo_error(fifo, std::move(read));
+      CHECK_MESSAGE(msg.find(fifo) != std::string::npos, msg);
+      CHECK_MESSAGE(msg.find("FIFO") != std::string::npos, msg);
+    };
+    // An ordinary labels file beside the FIFO, so that only the FIFO can fail.
+    const std::string lab = dir / "labels";
+    {
+      Bytes b;
+      put_be32(b, 0x801);
+      put_be32(b, 1);
+      b.push_back(3);
+      write_file(lab, b);
+    }
+    const std::string f = make_fifo("fifo");
+    check_fifo(f, [&] { load_idx(f, lab); });
+    check_fifo(f, [&] { load_dataset("idx:" + f + "," + lab); });
+    check_fifo(f, [&] { load_dataset("npz:" + f); });
+    check_fifo(f, [&] { load_dataset("zip:" + f); });
+    check_fifo(f, [&] { read_npz(f); });
+    check_fifo(f, [&] { ZipReader z(f); });
+    check_fifo(f, [&] { read_png(f); });
+    check_fifo(f, [&] { load_digits_csv(f); });
+    check_fifo(f, [&] { runner::sha256_file(f); });
+    const std::string batch = make_fifo("cifar/test_batch.bin");
+    check_fifo(batch, [&] { load_cifar10_bin(dir / "cifar", "test"); });
+    // A folder data set: a FIFO named like an image or like dataset.json is refused, not skipped.
+    write_file(dir / "folder/a.png", encode_png(pattern(3, 2, 2, 0)));
+    const std::string png_fifo = make_fifo("folder/x.png");
+    check_fifo(png_fifo, [&] { load_image_folder(dir / "folder"); });
+    write_file(dir / "folder2/a.png", encode_png(pattern(3, 2, 2, 0)));
+    const std::string json_fifo = make_fifo("folder2/dataset.json");
+    check_fifo(json_fifo, [&] { load_dataset("folder:" + dir / "folder2"); });
+  }
+
+  TEST_CASE("edm: a dataset.json nested 100,000 levels deep is a cm::Error, not a stack overflow") {
+    TempDir dir;
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
+    const std::string deep_obj = "{\"labels\": " + deep + "}";
+    write_file(dir / "ds/a.png", encode_png(pattern(3, 2, 2, 0)));
+    write_text(dir / "ds/dataset.json", deep);
+    CHECK_ERROR_MENTIONS(load_image_folder(dir / "ds"), dir / "ds/dataset.json", "nested");
+    write_text(dir / "ds/dataset.json", deep_obj);
+    CHECK_ERROR_MENTIONS(load_dataset("folder:" + dir / "ds"), dir / "ds/dataset.json", "nested");
+    const std::string z = dir / "deep.zip";
+    write_file(z, build_zip({{"a.png", encode_png(pattern(3, 2, 2, 0))},
+                             {"dataset.json", text_bytes(deep_obj), true}})
+                      .bytes);
+    CHECK_ERROR_MENTIONS(load_edm_zip(z), z + "/dataset.json", "nested");
+  }
+
+  TEST_CASE("zip: two entries of one name are refused when the archive is opened") {
+    TempDir dir;
+    const Bytes a = npy("|u1", "(2,)", {1, 2});
+    const std::string npz = dir / "dup.npz";
+    write_file(npz, build_zip({{"arr_0.npy", a}, {"x.npy", a}, {"arr_0.npy", a}}).bytes);
+    CHECK_ERROR_MENTIONS(ZipReader{npz}, npz, "two entries", "'arr_0.npy'");
+    CHECK_ERROR_MENTIONS(read_npz(npz), npz, "two entries", "'arr_0.npy'");
+    CHECK_ERROR_MENTIONS(read_npz(npz, {"x"}), npz, "two entries", "'arr_0.npy'");
+    const std::string edm = dir / "dup.zip";
+    const Bytes png = encode_png(pattern(3, 2, 2, 0));
+    write_file(edm, build_zip({{"a/img.png", png},
+                               {"dataset.json", text_bytes("{}")},
+                               {"dataset.json", text_bytes("{\"labels\": null}")}})
+                        .bytes);
+    CHECK_ERROR_MENTIONS(load_edm_zip(edm), edm, "two entries", "'dataset.json'");
+    CHECK_ERROR_MENTIONS(load_dataset("zip:" + edm), edm, "two entries", "'dataset.json'");
+  }
+
+  TEST_CASE("zip: an entry declaring more than kMaxEntryBytes is refused before allocating") {
+    TempDir dir;
+    const BuiltZip z = build_zip({{"big.bin", Bytes(3000, 7), true}});
+    Bytes b = z.bytes;
+    set_le32(b, z.central[0] + 24, 0xfffffff0u);  // uncompressed size, under the ZIP64 marker
+    const std::string p = dir / "bomb.zip";
+    write_file(p, b);
+    CHECK_ERROR_MENTIONS(ZipReader{p}, p, "'big.bin'", "over the limit");
+  }
+
+  TEST_CASE("png: a header asking for more pixels than the file can hold is refused early") {
+    // 30000×30000 gray (900 MB of pixels) from a few hundred bytes: refused before allocating.
+    std::vector<Bytes> rows(4, Bytes(30000, 0));
+    Bytes png = make_png(30000, 4, 8, 0, rows);
+    set_be32(png, 16 + 4, 30000);  // IHDR height, after the signature, length, type and width
+    // The IHDR CRC must follow the change for libpng to read the header.
+    const Bytes body(png.begin() + 12, png.begin() + 12 + 4 + 13);
+    set_be32(png, 12 + 4 + 13, crc_of(body));
+    CHECK_ERROR_MENTIONS(decode_png(png.data(), png.size(), "huge.png"), "huge.png", "cannot hold");
   }
 
   // ---- load_dataset

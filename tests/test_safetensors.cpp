@@ -1,14 +1,17 @@
 // safetensors checkpoints (nn/safetensors.h) and atomic writes (nn/atomic_file.h): bit-exact round
 // trips of every dtype, files made in Python (by hand and by the safetensors package) read and
 // reproduced byte for byte, every malformed-file case, zero copy, atomic replacement, module I/O.
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <limits>
 #include <map>
 #include <random>
@@ -530,6 +533,9 @@ TEST_SUITE("nn") {
         {"absurd nesting",
          make_file("{\"w\":" + std::string(100, '[') + std::string(100, ']') + "}", ""),
          {"deeper"}},
+        {"100,000 levels of nesting",
+         make_file("{\"w\":" + std::string(100000, '[') + std::string(100000, ']') + "}", ""),
+         {"deeper"}},
     };
     for (size_t i = 0; i < cases.size(); ++i) {
       const Case& c = cases[i];
@@ -559,6 +565,27 @@ TEST_SUITE("nn") {
     CHECK(contains(
         error_of([&] { SafetensorsFile g(fs::path(scratch("x")).parent_path().string()); }),
         "not a regular file"));
+  }
+
+  TEST_CASE("safetensors: a FIFO is refused, naming it, without blocking") {
+    // The reader runs in a thread; if it blocks in open() (waiting for a writer), the FIFO's write
+    // end is opened without blocking and closed after 10 s so that it sees end of file and the
+    // test fails instead of hanging.
+    const std::string fifo = scratch("ckpt.fifo");
+    ::unlink(fifo.c_str());
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto result =
+        std::async(std::launch::async, [&] { return error_of([&] { SafetensorsFile f(fifo); }); });
+    if (result.wait_for(std::chrono::seconds(10)) == std::future_status::timeout) {
+      while (result.wait_for(std::chrono::milliseconds(50)) == std::future_status::timeout) {
+        const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) ::close(fd);
+      }
+      FAIL_CHECK("SafetensorsFile blocked on the FIFO");
+    }
+    const std::string msg = result.get();
+    CHECK_MESSAGE(contains(msg, fifo), msg);
+    CHECK_MESSAGE(contains(msg, "FIFO"), msg);
   }
 
   TEST_CASE("safetensors: truncated and corrupted files fail cleanly") {
