@@ -431,7 +431,8 @@ void Trainer::report_skipped_step(double loss) {
   const int64_t limit = cfg_.train.max_skipped_steps;
   CM_CHECK(limit == 0 || consecutive_skipped_ < limit, what, ": ", limit,
            " steps in a row had non-finite gradients (train.max_skipped_steps), so the run stops "
-           "here; the last checkpoint holds the state before they began");
+           "here (skipped steps leave the weights as they were: its checkpoints hold only finite "
+           "values; resume from the last one with a lower learning rate or other settings)");
 }
 
 // ---- checkpoints
