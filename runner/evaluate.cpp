@@ -365,8 +365,8 @@ int run_eval(const EvalCommand& a) {
     channels = m->config.network.in_channels;
     resolution = m->config.network.img_resolution;
     source_name = "the run (" + m->config.data.dataset + ")";
-    check_footprint("cm eval: " + std::to_string(n) + " images of " + std::to_string(channels) +
-                        "×" + std::to_string(resolution) + "×" + std::to_string(resolution),
+    check_footprint(std::to_string(n) + " images of " + std::to_string(channels) + "×" +
+                        std::to_string(resolution) + "×" + std::to_string(resolution),
                     image_footprint(n, channels, resolution, batch, false), available_memory(),
                     std::nullopt, "");
   }

@@ -78,7 +78,7 @@ std::optional<uint64_t> available_memory();
 // when it is yet to be made), in bytes; nullopt when unknown.
 std::optional<uint64_t> available_disk(const std::string& dir);
 // Refuses (cm::Error with both figures) when `need` exceeds what is available; `what` starts the
-// message ("cm sample: 64 images of 1×8×8"). An unknown availability is not checked.
+// message ("64 images of 1×8×8"). An unknown availability is not checked.
 void check_footprint(const std::string& what, const ImageFootprint& need,
                      std::optional<uint64_t> memory, std::optional<uint64_t> disk,
                      const std::string& dir);

@@ -36,7 +36,7 @@ int run_sample(const SampleCommand& c) {
                                                     : fs::path(c.source).parent_path() / "samples";
   // Before any work: the images fit in memory and their files on the disk.
   const int64_t ch = m.config.network.in_channels, res = m.config.network.img_resolution;
-  check_footprint("cm sample: " + std::to_string(c.n) + " images of " + std::to_string(ch) + "×" +
+  check_footprint(std::to_string(c.n) + " images of " + std::to_string(ch) + "×" +
                       std::to_string(res) + "×" + std::to_string(res),
                   image_footprint(c.n, ch, res, c.batch, true), available_memory(),
                   available_disk(out.string()), out.string());

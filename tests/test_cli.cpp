@@ -268,6 +268,19 @@ TEST_SUITE("cli") {
     CHECK(fs::is_regular_file(fs::path(run) / "samples" / "recipe.json"));
   }
 
+  TEST_CASE("valid cm bench and cm info command lines run") {
+    const Run b = cm_run({"bench", "--network", "ddpmpp-digits-8", "--case", "forward", "--repeats",
+                          "1", "--batch", "2"});
+    INFO(b.err);
+    CHECK(b.rc == 0);
+    CHECK(b.out.find("\"case\":\"forward\"") != std::string::npos);
+    CHECK(b.out.find("\"repeats\":1") != std::string::npos);
+    const Run i = cm_run({"info", "--preset", "ddpmpp-digits-8"});
+    CHECK(i.rc == 0);
+    CHECK(i.out.find("trainable parameters") != std::string::npos);
+    CHECK(cm_run({"info", "--presets"}).out.find("ddpmpp-small-28") != std::string::npos);
+  }
+
   TEST_CASE("parse_command_line fills the commands' structs") {
     auto parse = [](std::vector<std::string> args) {
       args.insert(args.begin(), "cm");
