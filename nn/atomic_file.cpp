@@ -2,12 +2,14 @@
 #include "nn/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <regex>
 
 #include "tensor/error.h"
 
@@ -90,6 +92,26 @@ void write_atomic(const std::string& path, const std::function<void(std::FILE*)>
     fail("renaming '" + tmp + "' over it", err);
   }
   fsync_dir(path);
+}
+
+bool process_alive(long pid) {
+  if (pid <= 0) return false;
+  return ::kill(pid_t(pid), 0) == 0 || errno == EPERM;
+}
+
+std::vector<std::string> remove_stale_temporaries(const std::string& dir) {
+  static const std::regex re(".*\\.tmp\\.([0-9]{1,10})\\.[0-9]+");
+  std::vector<std::string> removed;
+  std::error_code ec;
+  if (!std::filesystem::is_directory(dir, ec)) return removed;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::smatch m;
+    const std::string name = e.path().filename().string();
+    if (!std::regex_match(name, m, re) || !e.is_regular_file(ec)) continue;
+    if (process_alive(std::stol(m[1]))) continue;
+    if (std::filesystem::remove(e.path(), ec)) removed.push_back(e.path().string());
+  }
+  return removed;
 }
 
 void write_atomic(const std::string& path, std::string_view bytes) {

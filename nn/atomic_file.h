@@ -7,6 +7,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace cm::nn {
 
@@ -19,6 +20,14 @@ void write_atomic(const std::string& path, const std::function<void(std::FILE*)>
 
 // The same for a byte buffer held in memory.
 void write_atomic(const std::string& path, std::string_view bytes);
+
+// Removes from `dir` (not recursively) the temporaries "<name>.tmp.<pid>.<n>" that write_atomic
+// calls of processes no longer alive left behind (killed mid-write); a live process's are kept.
+// Returns the paths removed.
+std::vector<std::string> remove_stale_temporaries(const std::string& dir);
+
+// Whether a process with this id is running (signal 0 reaches it, or it is someone else's).
+bool process_alive(long pid);
 
 // fwrite that throws a cm::Error naming `path` when fewer than `n` bytes were written.
 void write_all(std::FILE* f, const void* data, size_t n, const std::string& path);

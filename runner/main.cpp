@@ -42,6 +42,8 @@ int run_sample(const SampleCommand& c) {
                   available_disk(out.string()), out.string());
   const std::vector<uint64_t> seeds = parse_seeds(c.seeds);
   fs::create_directories(out);
+  for (const std::string& p : nn::remove_stale_temporaries(out.string()))
+    std::printf("removed %s (left by a cm that was killed while writing it)\n", p.c_str());
   const Tensor u8 = generate_images(m, seeds, sampler, q, dev, c.batch, c.allow_nonfinite);
   for (size_t i = 0; i < seeds.size(); ++i) {
     char name[32];

@@ -62,10 +62,6 @@ int64_t run_number(const std::string& name) {
   return v;
 }
 
-bool process_alive(long pid) {
-  if (pid <= 0) return false;
-  return ::kill(pid_t(pid), 0) == 0 || errno == EPERM;
-}
 }  // namespace
 
 RunDir RunDir::create(const std::string& root, const std::string& description,
@@ -81,7 +77,7 @@ RunDir RunDir::create(const std::string& root, const std::string& description,
     const std::string name = e.path().filename().string();
     next = std::max(next, run_number(name) + 1);
     std::smatch m;
-    if (std::regex_match(name, m, staging_re) && !process_alive(std::stol(m[1])))
+    if (std::regex_match(name, m, staging_re) && !nn::process_alive(std::stol(m[1])))
       fs::remove_all(e.path(), ec);  // a creator killed before its directory was complete
   }
   // The directory is assembled under a staging name (config.json, checkpoints/, samples/) and
@@ -162,20 +158,9 @@ fs::path RunDir::latest_checkpoint() const {
 }
 
 std::vector<fs::path> RunDir::remove_stale_temporaries() const {
-  // write_atomic's temporaries are "<name>.tmp.<pid>.<n>"; those of live processes are theirs.
-  static const std::regex re(".*\\.tmp\\.([0-9]{1,10})\\.[0-9]+");
   std::vector<fs::path> removed;
-  for (const fs::path& dir : {path_, checkpoint_dir(), sample_dir()}) {
-    if (!fs::is_directory(dir)) continue;
-    for (const auto& e : fs::directory_iterator(dir)) {
-      std::smatch m;
-      const std::string name = e.path().filename().string();
-      if (!std::regex_match(name, m, re) || !e.is_regular_file()) continue;
-      if (process_alive(std::stol(m[1]))) continue;
-      std::error_code ec;
-      if (fs::remove(e.path(), ec)) removed.push_back(e.path());
-    }
-  }
+  for (const fs::path& dir : {path_, checkpoint_dir(), sample_dir()})
+    for (const std::string& p : nn::remove_stale_temporaries(dir.string())) removed.push_back(p);
   return removed;
 }
 

@@ -154,4 +154,27 @@ done
 step_once "$out" cfg-long.json env
 check_same "$out" random ref-long 150
 echo "ok: random kills, then the run completed identical to the reference"
+
+# cm sample: killed inside its writes (PNGs, grid, npz, recipe.json), then run again, must leave
+# exactly the files of an uninterrupted sampling and no temporaries.
+refrun=$(ls -d ref/*/ | head -1)
+"$cm" sample "$refrun" --n 24 --out sample-ref > /dev/null
+if command -v strace > /dev/null; then
+  for sc in rename write; do
+    stride=1
+    [ $sc = write ] && stride=5
+    n=1
+    while :; do
+      rc=0
+      strace -f -qq -o /dev/null -e trace=$sc -e inject="$sc:signal=KILL:when=$n" \
+        "$cm" sample "$refrun" --n 24 --out sample-$sc >> sample-$sc.log 2>&1 || rc=$?
+      [ $rc = 0 ] && break
+      [ $rc = 137 ] || { echo "FAIL cm sample, $sc #$n: status $rc"; tail -3 sample-$sc.log; exit 1; }
+      kills=$((kills + 1))
+      n=$((n + stride))
+    done
+    diff -r sample-ref sample-$sc > /dev/null || { echo "FAIL cm sample ($sc): outputs differ"; exit 1; }
+    echo "ok: cm sample killed at every $stride $sc call(s) up to #$n, then identical outputs"
+  done
+fi
 echo "drill passed: $kills kills, every resume exact"
