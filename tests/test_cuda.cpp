@@ -57,6 +57,7 @@ std::vector<OpCase> op_cases() {
       {"scalar_forms",
        {m},
        [](V x) { return rdiv(2.0, add(abs(rsub(1.0, mul(x[0], 3.0))), 0.5)); }},
+      {"div_scalar", {m}, [](V x) { return div(x[0], 7.0); }},  // a true division, as the CPU
       {"where", {m, m}, [](V x) { return where(gt(x[0], 0.0), x[0], mul(x[1], 2.0)); }},
       {"sum_all", {{4, 5, 6}}, [](V x) { return sum(x[0]); }},
       {"sum_dims",
@@ -216,8 +217,8 @@ TEST_SUITE("gpu") {
     require_gpu();
     // Contiguous operands take the 16-byte vector kernel when every pointer is aligned, the
     // scalar kernel otherwise; lengths that are not a multiple of the vector width end in a tail.
-    // Exact operations (add, multiply by a power of two, casts, comparisons, fill) must agree bit
-    // for bit with the CPU on every such combination.
+    // Exact operations (add, multiply by a power of two, correctly rounded division by a scalar,
+    // casts, comparisons, fill) must agree bit for bit with the CPU on every such combination.
     auto same = [](const Tensor& cpu, const Tensor& gpu, const std::string& what) {
       const Tensor g = to(gpu, Device::cpu()).contiguous(), c = cpu.contiguous();
       REQUIRE(g.nbytes() == c.nbytes());
@@ -238,6 +239,7 @@ TEST_SUITE("gpu") {
           Tensor xa = narrow(ga, 0, off, n), xb = narrow(gb, 0, 0, n);
           same(add(ca, cb), add(xa, xb), "add " + what);
           same(mul(ca, 2.0), mul(xa, 2.0), "mul_scalar " + what);
+          same(div(ca, 7.0), div(xa, 7.0), "div_scalar " + what);  // IEEE division on both
           same(gt(ca, cb), gt(xa, xb), "gt " + what);
           for (DType t : {DType::f32, DType::bf16, DType::i32})
             same(to(ca, t), to(xa, t), std::string("to ") + dtype_name(t) + " " + what);
