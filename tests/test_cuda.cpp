@@ -288,6 +288,10 @@ TEST_SUITE("gpu") {
     CHECK(same(amax(a, {1}), amax(ga, {1})));
     CHECK(same(argmax(a, 1), argmax(ga, 1)));
     CHECK(same(isfinite(div(a, b)), isfinite(div(ga, gb))));
+    // what nn::count_nonfinite and grads_finite count: NaN and ±Inf, on float inputs
+    Tensor f = from_vector<float>({1.f, NAN, INFINITY, -INFINITY, 0.f, -2.f}, {6});
+    CHECK(same(logical_not(isfinite(f)), logical_not(isfinite(to(f, kGpu)))));
+    CHECK(same(sum(logical_not(isfinite(f))), sum(logical_not(isfinite(to(f, kGpu))))));
   }
 
   TEST_CASE("cuda: Philox draws are bit-identical to the CPU") {
