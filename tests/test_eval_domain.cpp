@@ -20,6 +20,7 @@
 #include "runner/sha256.h"
 #include "runner/trainer.h"
 #include "tests/golden_util.h"
+#include "tests/run_helpers.h"
 
 using namespace cm;
 using namespace cm::test;
@@ -110,24 +111,12 @@ std::multiset<std::string> rows_of(const data::ImageDataset& d) {
 }
 
 json tiny_run_config() {
-  return {{"mode", "ct"},
-          {"seed", 3},
-          {"data", {{"dataset", "digits"}}},
-          {"network",
-           {{"preset", "ddpmpp-digits-8"},
-            {"model_channels", 8},
-            {"channel_mult", {1, 2}},
-            {"num_blocks", 1},
-            {"attn_resolutions", json::array()}}},
-          {"train",
-           {{"steps", 6},
-            {"batch", 8},
-            {"lr", 1e-3},
-            {"ema", {0.9}},
-            {"log_every", 100},
-            {"checkpoint_every", 100},
-            {"sample_every", 100}}},
-          {"consistency", {{"schedule", "adaptive"}, {"total_steps", 6}}}};
+  json j = test::tiny_run_config("ct", 6);
+  j["network"]["attn_resolutions"] = json::array();
+  j["train"]["batch"] = 8;
+  j["train"]["log_every"] = 100;
+  j.erase("sample");
+  return j;
 }
 
 // A run directory with one checkpoint after 6 CT steps of a tiny network on digits.

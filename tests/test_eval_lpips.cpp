@@ -11,6 +11,7 @@
 #include "runner/config.h"
 #include "runner/trainer.h"
 #include "tests/golden_util.h"
+#include "tests/run_helpers.h"
 
 using namespace cm;
 using namespace cm::test;
@@ -120,22 +121,14 @@ nn::SongUNetConfig tiny_unet() {
 }
 
 runner::json tiny_ct_config() {
-  return {{"mode", "ct"},
-          {"seed", 5},
-          {"data", {{"dataset", "digits"}}},
-          {"network",
-           {{"preset", "ddpmpp-digits-8"},
-            {"model_channels", 8},
-            {"channel_mult", {1, 2}},
-            {"num_blocks", 1},
-            {"attn_resolutions", {4}}}},
-          {"train",
-           {{"steps", 2},
-            {"batch", 1},
-            {"ema", {0.9}},
-            {"checkpoint_every", 100},
-            {"sample_every", 100}}},
-          {"consistency", {{"total_steps", 2}, {"distance", "lpips"}}}};
+  runner::json j = test::tiny_run_config("ct", 2);
+  j["seed"] = 5;
+  j["train"]["batch"] = 1;
+  j["train"].erase("lr");
+  j["train"].erase("log_every");
+  j.erase("sample");
+  j["consistency"] = {{"total_steps", 2}, {"distance", "lpips"}};
+  return j;
 }
 
 std::string config_problems(const runner::json& user) {

@@ -21,6 +21,7 @@
 #include "runner/train_command.h"
 #include "runner/trainer.h"
 #include "tests/helpers.h"
+#include "tests/run_helpers.h"
 
 using namespace cm;
 using namespace cm::runner;
@@ -28,26 +29,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Checkpoints every 2 of 4 steps, grids every 2.
 json tiny(const std::string& mode = "ct") {
-  json j = {{"mode", mode},
-            {"seed", 3},
-            {"data", {{"dataset", "digits"}}},
-            {"network",
-             {{"preset", "ddpmpp-digits-8"},
-              {"model_channels", 8},
-              {"channel_mult", {1, 2}},
-              {"num_blocks", 1},
-              {"attn_resolutions", {4}}}},
-            {"train",
-             {{"steps", 4},
-              {"batch", 4},
-              {"lr", 1e-3},
-              {"ema", {0.9}},
-              {"log_every", 1},
-              {"checkpoint_every", 2},
-              {"sample_every", 2}}},
-            {"sample", {{"grid", 4}}}};
-  if (mode == "ct") j["consistency"] = {{"schedule", "adaptive"}, {"total_steps", 4}};
+  json j = test::tiny_run_config(mode, 4);
+  j["train"]["checkpoint_every"] = 2;
+  j["train"]["sample_every"] = 2;
   return j;
 }
 

@@ -12,6 +12,7 @@
 #include "runner/images.h"
 #include "runner/trainer.h"
 #include "tests/helpers.h"
+#include "tests/run_helpers.h"
 
 using namespace cm;
 using namespace cm::runner;
@@ -20,26 +21,9 @@ namespace fs = std::filesystem;
 namespace {
 
 json tiny(const std::string& mode) {
-  json j = {{"mode", mode},
-            {"seed", 3},
-            {"data", {{"dataset", "digits"}}},
-            {"network",
-             {{"preset", "ddpmpp-digits-8"},
-              {"model_channels", 8},
-              {"channel_mult", {1, 2}},
-              {"num_blocks", 1},
-              {"attn_resolutions", {4}},
-              {"dropout", 0.2}}},
-            {"train",
-             {{"steps", 6},
-              {"batch", 4},
-              {"lr", 1e-3},
-              {"ema", {0.9, 0.5}},
-              {"log_every", 1},
-              {"checkpoint_every", 100},
-              {"sample_every", 100}}},
-            {"sample", {{"grid", 4}}}};
-  if (mode == "ct") j["consistency"] = {{"schedule", "adaptive"}, {"total_steps", 6}};
+  json j = test::tiny_run_config(mode, 6);
+  j["network"]["dropout"] = 0.2;
+  j["train"]["ema"] = {0.9, 0.5};
   return j;
 }
 
