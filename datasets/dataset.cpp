@@ -371,10 +371,15 @@ NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& 
   h.itemsize = npy_itemsize(h.descr, name);
   h.data_offset = start + header_len;
   // The element count, guarding the product against overflow.
-  size_t count = 1;
+  // The element count, guarding the product (and the byte count) against overflow, and the
+  // product with zeros taken as 1 (what a tensor's strides multiply out to: [0, 2^62, 2^62] holds
+  // nothing but has no representable strides, a fuzzing finding).
+  size_t count = 1, span = 1;
   for (int64_t d : h.shape) {
-    CM_CHECK(d == 0 || count <= (size_t(1) << 62) / size_t(d), "npy: '", name, "': shape ",
+    const size_t nz = std::max<size_t>(size_t(d), 1);
+    CM_CHECK(span <= (size_t(1) << 62) / h.itemsize / nz, "npy: '", name, "': shape ",
              shape_str(h.shape), " is too large");
+    span *= nz;
     count *= size_t(d);
   }
   const size_t expected = count * h.itemsize, have = size - h.data_offset;

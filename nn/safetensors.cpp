@@ -187,11 +187,17 @@ SafetensorsInfo parse_entry(const std::string& path, const std::string& name, co
   CM_CHECK(sh.is_array(), pre, "shape must be an array, got ", json_type(sh));
   uint64_t numel = 1;
   bool overflow = false;
+  // The product of the dims with zeros taken as 1 is what cm's strides multiply out to: a
+  // zero-size tensor [0, 2^62, 2^62] needs no bytes but has no representable strides (fuzzing
+  // finding), so it is refused too.
+  uint64_t span = 1;
+  bool span_overflow = false;
   for (size_t i = 0; i < sh.size(); ++i) {
     const uint64_t d = to_uint(sh[i], uint64_t(std::numeric_limits<int64_t>::max()), pre,
                                "shape[" + std::to_string(i) + "]");
     info.shape.push_back(int64_t(d));
     overflow |= __builtin_mul_overflow(numel, d, &numel);
+    span_overflow |= __builtin_mul_overflow(span, std::max<uint64_t>(d, 1), &span);
   }
   uint64_t nbytes = 0;
   overflow |= __builtin_mul_overflow(numel, uint64_t(fd->size), &nbytes);
@@ -200,6 +206,8 @@ SafetensorsInfo parse_entry(const std::string& path, const std::string& name, co
     overflow = false, nbytes = 0;
   CM_CHECK(!overflow, pre, "shape ", shape_str(info.shape), " of ", info.dtype,
            " overflows 64-bit byte counts");
+  CM_CHECK(!span_overflow && span <= uint64_t(std::numeric_limits<int64_t>::max()), pre, "shape ",
+           shape_str(info.shape), " is too large (its dims multiply past 2^63)");
 
   const json& off = e["data_offsets"];
   CM_CHECK(off.is_array() && off.size() == 2, pre, "data_offsets must be a pair [begin, end], got ",

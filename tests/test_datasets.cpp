@@ -1198,11 +1198,25 @@ TEST_SUITE("datasets") {
          "malformed header"},
         {"bad bool", npy("|u1", "(4, 12)", imagenet_data(), 1, "false"), labels, "data.npy",
          "True or False"},
+        {"zero-size with huge dims",
+         npy("|u1", "(0, 4611686018427387904, 4611686018427387904)", {}), labels, "data.npy",
+         "too large"},
     };
     for (const Bad& b : bads) {
       INFO(b.what);
       const std::string p = npz(b.data, b.labels);
       CHECK_ERROR_MENTIONS(load_imagenet_npz(p), p + "/" + b.entry, b.says);
+    }
+    {
+      // Fuzzing finding: a zero-size array whose dims multiply past 2^63 (cm's strides would
+      // overflow) is refused by read_npz too.
+      const std::string z = dir / "zero.npz";
+      write_file(z, build_zip({{"a.npy", npy("<f8", "(0, 9223372036854775807, 3)", {})}}).bytes);
+      CHECK_ERROR_MENTIONS(read_npz(z), z + "/a.npy", "too large");
+      // 2^62 doubles: the byte count 2^65 would wrap to 0 and match an empty data section.
+      const std::string w = dir / "wrap.npz";
+      write_file(w, build_zip({{"a.npy", npy("<f8", "(4611686018427387904,)", {})}}).bytes);
+      CHECK_ERROR_MENTIONS(read_npz(w), w + "/a.npy", "too large");
     }
     const std::string p = dir / "nolabels.npz";
     write_file(p, build_zip({{"data.npy", data}}).bytes);

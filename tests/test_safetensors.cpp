@@ -533,6 +533,11 @@ TEST_SUITE("nn") {
         {"absurd nesting",
          make_file("{\"w\":" + std::string(100, '[') + std::string(100, ']') + "}", ""),
          {"deeper"}},
+        {"zero-size with huge dims (fuzzing finding)",
+         make_file(R"({"e":{"dtype":"F32","shape":[0,4611686018427387904,4611686018427387904],)"
+                   R"("data_offsets":[0,0]}})",
+                   ""),
+         {"\"e\"", "too large"}},
         {"100,000 levels of nesting",
          make_file("{\"w\":" + std::string(100000, '[') + std::string(100000, ']') + "}", ""),
          {"deeper"}},
