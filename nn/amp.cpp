@@ -77,8 +77,8 @@ void DynamicLossScaler::load_state(const std::map<std::string, Tensor>& state) {
       problems += std::string(problems.empty() ? "" : ", ") + "\"" + k + "\" should hold one value";
   }
   for (const auto& [k, t] : state)
-    if (std::find_if(std::begin(keys), std::end(keys), [&](const char* e) { return k == e; }) ==
-        std::end(keys))
+    if (std::find_if(std::begin(keys), std::end(keys),
+                     [&k = k](const char* e) { return k == e; }) == std::end(keys))
       problems += std::string(problems.empty() ? "" : ", ") + "unexpected \"" + k + "\"";
   CM_CHECK(problems.empty(), "DynamicLossScaler::load_state: the state does not match: ", problems);
   const double lg = state.at("lg").item<double>();

@@ -9,10 +9,14 @@ namespace cm {
 
 Tensor empty(const Shape& shape, TensorOptions opt) {
   for (int64_t d : shape) CM_CHECK(d >= 0, "empty: negative size in shape ", shape_str(shape));
-  const size_t nbytes = size_t(shape_numel(shape)) * dtype_size(opt.dtype);
-  auto storage = std::make_shared<Storage>(nbytes, opt.device);
-  Tensor t(std::make_shared<TensorImpl>(std::move(storage), shape, contiguous_strides(shape), 0,
-                                        opt.dtype, std::make_shared<VersionCounter>()));
+  int64_t nbytes = 0;
+  CM_CHECK(!__builtin_mul_overflow(shape_numel(shape), int64_t(dtype_size(opt.dtype)), &nbytes),
+           "empty: shape ", shape_str(shape), " of ", dtype_name(opt.dtype),
+           " is too large (its size in bytes overflows 64 bits)");
+  const Shape strides = contiguous_strides(shape);
+  auto storage = std::make_shared<Storage>(size_t(nbytes), opt.device);
+  Tensor t(std::make_shared<TensorImpl>(std::move(storage), shape, strides, 0, opt.dtype,
+                                        std::make_shared<VersionCounter>()));
   if (opt.requires_grad) t.set_requires_grad(true);
   return t;
 }

@@ -46,16 +46,21 @@ Storage::~Storage() {
 // ----------------------------------------------------------------------------------
 int64_t shape_numel(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    CM_CHECK(!__builtin_mul_overflow(n, d, &n), "shape ", shape_str(s),
+             " has more elements than a 64-bit count holds");
   return n;
 }
 
+// Row-major strides. The extent of every dimension counts (a zero-size dimension as 1), so that
+// the strides of a shape such as [0, 2^62, 2^62] would overflow: refused, naming the shape.
 Shape contiguous_strides(const Shape& s) {
   Shape st(s.size());
   int64_t acc = 1;
   for (size_t i = s.size(); i-- > 0;) {
     st[i] = acc;
-    acc *= std::max<int64_t>(s[i], 1);
+    CM_CHECK(!__builtin_mul_overflow(acc, std::max<int64_t>(s[i], 1), &acc), "shape ", shape_str(s),
+             " is too large: its strides overflow 64 bits");
   }
   return st;
 }

@@ -63,6 +63,19 @@ TEST_SUITE("tensor") {
     CHECK_THROWS_AS(ones({2}, {.dtype = DType::i32, .requires_grad = true}), Error);
   }
 
+  TEST_CASE("shapes whose counts, strides or bytes overflow 64 bits are refused, naming them") {
+    // found by fuzzing the npy and safetensors readers: a zero-size shape passes a byte count
+    // check, but its strides (zero dims count as 1) overflowed (UBSan: signed overflow)
+    const int64_t big = int64_t(1) << 62;
+    CHECK_THROWS_WITH_AS(empty({0, big, big}), doctest::Contains("strides overflow"), Error);
+    CHECK_THROWS_WITH_AS(empty({big}, {.dtype = DType::f64}),
+                         doctest::Contains("its size in bytes overflows"), Error);
+    CHECK_THROWS_WITH_AS(shape_numel({big, 8}), doctest::Contains("[4611686018427387904, 8]"),
+                         Error);
+    CHECK(empty({0, int64_t(1) << 30, int64_t(1) << 30}).numel() == 0);  // large but representable
+    CHECK(shape_numel({0, big, big}) == 0);
+  }
+
   TEST_CASE("arange") {
     CHECK(arange(5).to_vector<int64_t>() == std::vector<int64_t>{0, 1, 2, 3, 4});
     CHECK(arange(5).dtype() == DType::i64);
