@@ -11,6 +11,7 @@
 #include <filesystem>
 
 #include "datasets/png.h"
+#include "dist/communicator.h"
 #include "nn/atomic_file.h"
 #include "runner/bench.h"
 #include "runner/cli.h"
@@ -114,7 +115,20 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string cmd = command_name(argc, argv);
+  const dist::LaunchInfo job = dist::launch_info();
   try {
+    // One process of a job of several (mpirun, srun): the communicator is set up, or a build
+    // without MPI says so. The commands do not split their work across ranks yet, so that K ranks
+    // would each do the whole job (K runs, K sample sets): refused until they do.
+    if (job.size > 1) {
+      dist::Communicator& comm = dist::world();
+      CM_CHECK(std::holds_alternative<InfoCommand>(command) ||
+                   std::holds_alternative<BenchCommand>(command) ||
+                   std::holds_alternative<Help>(command),
+               "started as rank ", comm.rank(), " of ", comm.size(), " (", comm.engine(),
+               "): this version of cm runs train, sample, eval and classifier as a single process "
+               "only; start it without mpirun/srun");
+    }
     return std::visit(
         [](const auto& c) -> int {
           using T = std::decay_t<decltype(c)>;
@@ -139,6 +153,13 @@ int main(int argc, char** argv) {
         },
         command);
   } catch (const std::exception& e) {
+    if (job.size > 1) {
+      std::fprintf(stderr, "cm %s (rank %d of %d): %s\n", cmd.c_str(), job.rank, job.size,
+                   e.what());
+      // a failed rank ends the whole job, never leaving the others waiting in a collective
+      if (dist::has_mpi()) dist::world().abort_job(1);
+      return 1;
+    }
     std::fprintf(stderr, "cm %s: %s\n", cmd.c_str(), e.what());
     return 1;
   }
