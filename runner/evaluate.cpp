@@ -125,6 +125,30 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
   return out;
 }
 
+Tensor generate_images_on_ranks(const LoadedNetwork& m, const std::vector<uint64_t>& seeds,
+                                const Sampler& s, Quantization q, Device device, int64_t batch,
+                                bool allow_nonfinite, dist::Communicator& comm) {
+  const int64_t k = comm.size();
+  if (k == 1) return generate_images(m, seeds, s, q, device, batch, allow_nonfinite);
+  CM_CHECK(!device.is_cuda(), "sampling on ", k,
+           " ranks runs on the CPU in this version (the GPU path is NCCL's, not built yet); "
+           "drop --device or run one process");
+  const int64_t n = int64_t(seeds.size());
+  const int64_t share = (n + k - 1) / k;
+  const int64_t begin = std::min(n, share * comm.rank()), end = std::min(n, begin + share);
+  const std::vector<uint64_t> mine(seeds.begin() + begin, seeds.begin() + end);
+  const Tensor local = generate_images(m, mine, s, q, device, batch, allow_nonfinite);
+  const RunConfig& c = m.config;
+  const Shape one = {c.network.in_channels, c.network.img_resolution, c.network.img_resolution};
+  Tensor padded = zeros({share, one[0], one[1], one[2]}, {.dtype = DType::u8});
+  if (end > begin) {
+    Tensor head = narrow(padded, 0, 0, end - begin);
+    copy_(head, local);
+  }
+  const Tensor all = comm.all_gather(padded);  // [k, share, C, H, W]
+  return contiguous(narrow(all.reshape({k * share, one[0], one[1], one[2]}), 0, 0, n));
+}
+
 // ---- memory and disk ---------------------------------------------------------------------------
 
 ImageFootprint image_footprint(int64_t n, int64_t channels, int64_t resolution, int64_t batch,
@@ -325,6 +349,11 @@ int eval_ref_only(const EvalCommand& a) {
 // The argument checks (combinations of options, the number of images each metric needs) are in
 // runner/cli.cpp (check_eval); here, what needs the files.
 int run_eval(const EvalCommand& a) {
+  // Across ranks (mpirun): the samples are drawn by every rank, a share each; the statistics,
+  // the metric and the record are rank 0's, on all the images, as one process computes them.
+  // Statistics of real images (--data, --ref-only) draw nothing: rank 0 alone computes them.
+  dist::Communicator& comm = dist::world();
+  if (comm.size() > 1 && (a.ref_only || a.data) && comm.rank() != 0) return 0;
   if (a.ref_only) return eval_ref_only(a);
   // The images to score: a model's samples (RUN_DIR or CHECKPOINT) or, with --data, real images.
   const bool real = a.data.has_value();
@@ -434,9 +463,13 @@ int run_eval(const EvalCommand& a) {
   const auto t_sample = std::chrono::steady_clock::now();
   Tensor images = real_images;
   if (!real) {
-    std::printf("sampling %lld images (%s, NFE %lld) from %s\n", (long long)n,
-                sampler->name.c_str(), (long long)sampler->nfe, m->weights.c_str());
-    images = generate_images(*m, parse_seeds(a.seeds), *sampler, q, dev, batch, a.allow_nonfinite);
+    if (comm.rank() == 0)
+      std::printf("sampling %lld images (%s, NFE %lld) from %s%s\n", (long long)n,
+                  sampler->name.c_str(), (long long)sampler->nfe, m->weights.c_str(),
+                  comm.size() > 1 ? (" on " + std::to_string(comm.size()) + " ranks").c_str() : "");
+    images = generate_images_on_ranks(*m, parse_seeds(a.seeds), *sampler, q, dev, batch,
+                                      a.allow_nonfinite, comm);
+    if (comm.rank() != 0) return 0;
   }
   const double sample_s = seconds_since(t_sample);
   const auto t_metric = std::chrono::steady_clock::now();

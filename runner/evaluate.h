@@ -36,6 +36,7 @@
 #include <string>
 #include <vector>
 
+#include "dist/communicator.h"
 #include "runner/cli.h"  // the commands' structs; parse_seeds, parse_numbers
 #include "runner/images.h"
 #include "runner/trainer.h"
@@ -62,6 +63,14 @@ Sampler choose_sampler(const RunConfig& c, const std::string& steps, const std::
 // printed on stderr.
 Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seeds, const Sampler& s,
                        Quantization q, Device device, int64_t batch, bool allow_nonfinite = false);
+
+// generate_images across the ranks of `comm`: rank r draws the r-th of size() contiguous shares of
+// the seeds (on its own device: cuda:<local rank> when `device` is a GPU), and every rank gets all
+// the images, in seed order — the same bytes as one process draws (image k depends only on seed
+// k). A rank that fails ends the job (cm's main aborts it).
+Tensor generate_images_on_ranks(const LoadedNetwork& m, const std::vector<uint64_t>& seeds,
+                                const Sampler& s, Quantization q, Device device, int64_t batch,
+                                bool allow_nonfinite, dist::Communicator& comm);
 
 // What n images of C×H×W need: in memory, the u8 images generate_images holds (n·C·H·W bytes)
 // plus one float batch; on disk (with `files`, as `cm sample` writes them), one PNG per image, the

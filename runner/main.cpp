@@ -42,10 +42,14 @@ int run_sample(const SampleCommand& c) {
                   image_footprint(c.n, ch, res, c.batch, true), available_memory(),
                   available_disk(out.string()), out.string());
   const std::vector<uint64_t> seeds = parse_seeds(c.seeds);
+  // Across ranks (mpirun): each draws a share of the seeds; rank 0 writes every file.
+  dist::Communicator& comm = dist::world();
+  const Tensor u8 =
+      generate_images_on_ranks(m, seeds, sampler, q, dev, c.batch, c.allow_nonfinite, comm);
+  if (comm.rank() != 0) return 0;
   fs::create_directories(out);
   for (const std::string& p : nn::remove_stale_temporaries(out.string()))
     std::printf("removed %s (left by a cm that was killed while writing it)\n", p.c_str());
-  const Tensor u8 = generate_images(m, seeds, sampler, q, dev, c.batch, c.allow_nonfinite);
   for (size_t i = 0; i < seeds.size(); ++i) {
     char name[32];
     std::snprintf(name, sizeof name, "%06llu.png", (unsigned long long)seeds[i]);
@@ -118,16 +122,16 @@ int main(int argc, char** argv) {
   const dist::LaunchInfo job = dist::launch_info();
   try {
     // One process of a job of several (mpirun, srun): the communicator is set up, or a build
-    // without MPI says so. The commands do not split their work across ranks yet, so that K ranks
-    // would each do the whole job (K runs, K sample sets): refused until they do.
+    // without MPI says so. sample and eval split their seeds across the ranks; train and
+    // classifier do not split their work yet, so K ranks would each do the whole job (K runs):
+    // refused until they do.
     if (job.size > 1) {
       dist::Communicator& comm = dist::world();
-      CM_CHECK(std::holds_alternative<InfoCommand>(command) ||
-                   std::holds_alternative<BenchCommand>(command) ||
-                   std::holds_alternative<Help>(command),
+      CM_CHECK(!std::holds_alternative<TrainCommand>(command) &&
+                   !std::holds_alternative<ClassifierCommand>(command),
                "started as rank ", comm.rank(), " of ", comm.size(), " (", comm.engine(),
-               "): this version of cm runs train, sample, eval and classifier as a single process "
-               "only; start it without mpirun/srun");
+               "): this version of cm trains as a single process only (sample and eval run "
+               "across ranks); start it without mpirun/srun");
     }
     return std::visit(
         [](const auto& c) -> int {
