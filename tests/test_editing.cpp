@@ -1,0 +1,201 @@
+// Zero-shot editing (consistency/editing.h, the paper's Algorithm 4): properties that hold exactly
+// or to float precision whatever the network, checked with small randomly initialised networks —
+// the maps are orthogonal with the documented first rows, inpainting keeps the known pixels,
+// colorization the luma, super-resolution the patch means, an empty mask returns the reference,
+// stroke-guided generation from σ_min returns its input, and a result depends only on its
+// reference and seed.
+#include <cmath>
+
+#include "consistency/editing.h"
+#include "nn/songunet.h"
+#include "tests/helpers.h"
+
+using namespace cm;
+using namespace cm::consistency;
+
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A small consistency model on 8×8 images with `channels` channels (random weights, dropout 0).
+struct Model {
+  Generator gen{11};
+  nn::SongUNet net;
+  Denoiser f;
+  explicit Model(int64_t channels)
+      : net(config(channels), gen),
+        f(net, Parameterization::Consistency, NoiseLabels::EdmLog4, NoiseConstants{}) {
+    net.eval();
+  }
+  static nn::SongUNetConfig config(int64_t channels) {
+    nn::SongUNetConfig c = nn::songunet_preset("ddpmpp-digits-8");
+    c.in_channels = c.out_channels = channels;
+    c.model_channels = 8;
+    c.channel_mult = {1, 2};
+    c.num_blocks = 1;
+    c.attn_resolutions = {4};
+    c.dropout = 0;
+    return c;
+  }
+};
+
+// References in [−1, 1].
+Tensor references(int64_t n, int64_t channels, uint64_t seed) {
+  Generator g(seed);
+  return clamp(mul(randn({n, channels, 8, 8}, {}, &g), 0.6), -1.0, 1.0);
+}
+
+std::vector<double> matmul_rows(const std::vector<double>& a, size_t n) {  // A·Aᵀ
+  std::vector<double> out(n * n, 0.0);
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < n; ++j)
+      for (size_t k = 0; k < n; ++k) out[i * n + j] += a[i * n + k] * a[j * n + k];
+  return out;
+}
+
+void check_orthogonal(const std::vector<double>& a, size_t n) {
+  REQUIRE(a.size() == n * n);
+  const std::vector<double> p = matmul_rows(a, n);
+  double worst = 0;
+  for (size_t i = 0; i < n; ++i)
+    for (size_t j = 0; j < n; ++j) worst = std::max(worst, std::fabs(p[i * n + j] - (i == j)));
+  CHECK(worst < 1e-12);
+}
+
+const std::vector<double> kTaus = {80.0, 2.0, 0.3};
+
+}  // namespace
+
+TEST_SUITE("consistency") {
+  TEST_CASE("editing maps are orthogonal, with the luma and the patch mean as first rows") {
+    const std::vector<double> c = colorization_matrix();
+    check_orthogonal(c, 3);
+    const double norm = std::sqrt(0.2989 * 0.2989 + 0.5870 * 0.5870 + 0.1140 * 0.1140);
+    CHECK(std::fabs(c[0] - 0.2989 / norm) < 1e-15);
+    CHECK(std::fabs(c[1] - 0.5870 / norm) < 1e-15);
+    CHECK(std::fabs(c[2] - 0.1140 / norm) < 1e-15);
+    for (int64_t p : {1, 2, 4}) {
+      CAPTURE(p);
+      const std::vector<double> m = patch_matrix(p);
+      check_orthogonal(m, size_t(p * p));
+      for (int64_t k = 0; k < p * p; ++k) CHECK(std::fabs(m[size_t(k)] - 1.0 / double(p)) < 1e-15);
+    }
+    // the maps on images: Aᵀ(A x) = x and ‖A x‖ = ‖x‖ (f64)
+    Generator g(3);
+    const Tensor x = randn({2, 3, 8, 8}, {.dtype = DType::f64}, &g);
+    for (const EditTransform& a : {identity_transform(), colorization_transform(),
+                                   superres_transform(2), superres_transform(4)}) {
+      CAPTURE(a.name);
+      const Tensor ax = a.forward(x);
+      CHECK(ax.shape() == x.shape());
+      CHECK(max_abs_diff(a.inverse(ax), x) < 1e-12);
+      CHECK(std::fabs(sum(square(ax)).item<double>() - sum(square(x)).item<double>()) < 1e-9);
+    }
+    // super-resolution's coefficient 0 of each patch is the patch mean times p
+    const Tensor s = superres_transform(2).forward(x);
+    const Tensor means = avg_pool2d(x, 2);
+    CHECK(std::fabs(s.to_vector<double>()[0] - 2.0 * means.to_vector<double>()[0]) < 1e-12);
+  }
+
+  TEST_CASE("inpainting keeps the known pixels of the reference exactly") {
+    Model m(1);
+    const Tensor y = references(3, 1, 5);
+    const Tensor omega = center_square_mask(1, 8, 8);
+    const EditResult r = edit(m.f, y, identity_transform(), omega, {0, 1, 2}, {.taus = kTaus});
+    const std::vector<float> res = r.result.to_vector<float>(), ref = y.to_vector<float>(),
+                             deg = r.degraded.to_vector<float>(), om = omega.to_vector<float>();
+    size_t known_wrong = 0, generated_changed = 0, fill_wrong = 0;
+    for (size_t i = 0; i < res.size(); ++i) {
+      const bool gen = om[i % om.size()] > 0.5f;
+      if (!gen) known_wrong += res[i] != ref[i];
+      if (gen) generated_changed += res[i] != ref[i];
+      fill_wrong += deg[i] != (gen ? -1.0f : ref[i]);
+    }
+    CHECK(known_wrong == 0);
+    CHECK(generated_changed > 0);  // the square is generated, not copied
+    CHECK(fill_wrong == 0);
+    CHECK(amax(abs(r.result)).item<double>() <= 1.0);
+  }
+
+  TEST_CASE("colorization keeps the reference's luma; super-resolution its patch means") {
+    Model rgb(3);
+    const Tensor y = references(2, 3, 6);
+    const EditTransform col = colorization_transform();
+    const EditResult c = edit(rgb.f, y, col, colorization_mask(8, 8), {4, 9}, {.taus = kTaus});
+    const Tensor luma_result = select(col.forward(c.result), 1, 0);
+    const Tensor luma_ref = select(col.forward(y), 1, 0);
+    CHECK(max_abs_diff(luma_result, luma_ref) < 1e-5);
+    CHECK(max_abs_diff(c.result, y) > 1e-3);  // the colours are generated
+    Model grey(1);
+    const Tensor g = references(2, 1, 7);
+    for (int64_t p : {2, 4}) {
+      CAPTURE(p);
+      const EditResult s = edit(grey.f, g, superres_transform(p), superres_mask(1, 8, 8, p), {1, 2},
+                                {.taus = kTaus});
+      CHECK(max_abs_diff(avg_pool2d(s.result, p), avg_pool2d(g, p)) < 1e-5);
+      // the degraded reference is the patch means with the rest filled
+      CHECK(max_abs_diff(avg_pool2d(s.degraded, p), avg_pool2d(g, p)) > 0);
+    }
+  }
+
+  TEST_CASE("an empty mask returns the reference; stroke-guided generation from σ_min its input") {
+    Model m(3);
+    const Tensor y = references(2, 3, 8);
+    const Tensor none = zeros({1, 3, 8, 8});
+    for (const EditTransform& a :
+         {identity_transform(), colorization_transform(), superres_transform(2)}) {
+      CAPTURE(a.name);
+      const EditResult r = edit(m.f, y, a, none, {1, 2}, {.taus = kTaus});
+      CHECK(max_abs_diff(r.result, y) < 1e-6);
+    }
+    // Ω = all ones, one step at τ_1 = σ_min: f(x, σ_min) = x (c_skip = 1, c_out = 0), so the
+    // result is the input plus σ_min-sized noise
+    const NoiseConstants nc;
+    const EditResult s = edit(m.f, y, identity_transform(), ones({1, 3, 8, 8}), {1, 2},
+                              {.taus = {nc.sigma_min}, .fill = std::nullopt});
+    CHECK(max_abs_diff(s.degraded, y) == 0);
+    CHECK(max_abs_diff(s.result, y) < nc.sigma_min * 6);
+  }
+
+  TEST_CASE("an edit depends only on its reference and its seed, not on the batch") {
+    Model m(1);
+    const Tensor y = references(3, 1, 9);
+    const Tensor omega = box_mask(1, 8, 8, 0, 0, 8, 4);  // the left half
+    const EditResult all = edit(m.f, y, identity_transform(), omega, {10, 11, 12}, {.taus = kTaus});
+    const EditResult one = edit(m.f, narrow(y, 0, 1, 1).contiguous(), identity_transform(), omega,
+                                {11}, {.taus = kTaus});
+    CHECK(max_abs_diff(narrow(all.result, 0, 1, 1), one.result) < 1e-6);
+    const EditResult other = edit(m.f, narrow(y, 0, 1, 1).contiguous(), identity_transform(), omega,
+                                  {99}, {.taus = kTaus});
+    CHECK(max_abs_diff(other.result, one.result) > 1e-3);
+  }
+
+  TEST_CASE("editing errors name the argument and the value") {
+    Model grey(1);
+    const Tensor y = references(1, 1, 1);
+    CHECK(error_of([&] {
+            edit(grey.f, y, colorization_transform(), colorization_mask(8, 8), {0},
+                 {.taus = kTaus});
+          }).find("a grey model cannot be colorized") != std::string::npos);
+    CHECK(error_of([&] { superres_mask(1, 8, 8, 3); }).find("the patch 3 does not divide") !=
+          std::string::npos);
+    CHECK(error_of([&] {
+            edit(grey.f, y, identity_transform(), zeros({1, 1, 4, 4}), {0}, {.taus = kTaus});
+          }).find("the mask has shape [1, 1, 4, 4]") != std::string::npos);
+    CHECK(error_of([&] {
+            edit(grey.f, y, identity_transform(), zeros({1, 1, 8, 8}), {0}, {.taus = {100.0}});
+          }).find("time point 0 = 100") != std::string::npos);
+    CHECK(error_of([&] {
+            edit(grey.f, y, identity_transform(), zeros({1, 1, 8, 8}), {0, 1}, {.taus = kTaus});
+          }).find("1 reference images but 2 seeds") != std::string::npos);
+    CHECK(error_of([&] { box_mask(1, 8, 8, 6, 0, 4, 4); }).find("leaves the image") !=
+          std::string::npos);
+  }
+}
