@@ -333,6 +333,9 @@ const char* kUsage =
     "  cm eval --data SPEC --out FILE [--n N] [--metric ...]    the metric of real images\n"
     "  cm eval --ref-only --data SPEC --out STATS.npz [--metric fid|domain] [--inception PATH]\n"
     "  cm classifier train --data digits|fashion-mnist [--steps N] [--out PATH]\n"
+    "  cm edit RUN_DIR|CHECKPOINT --task inpaint|colorize|superres|stroke|denoise|interpolate\n"
+    "          [--data SPEC --n N | --images A.png,...] [--mask builtin:center|left|top|PNG]\n"
+    "          [--patch P] [--sigma S] [--sigmas s1,...] [--seeds ...] [--out DIR]\n"
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
     "           [--case forward|ct|sample] [--repeats R]\n"
@@ -342,7 +345,8 @@ const char* kUsage =
 // The parser of one command line and the command it fills.
 struct Parser {
   CLI::App app{"cm: consistency models from scratch", "cm"};
-  CLI::App *train, *sample, *eval, *classifier, *classifier_train, *info, *bench;
+  CLI::App *train, *sample, *eval, *classifier, *classifier_train, *info, *bench, *edit;
+  EditCommand edit_c;
   TrainCommand train_c;
   SampleCommand sample_c;
   EvalCommand eval_c;
@@ -457,6 +461,69 @@ struct Parser {
     optional_string(classifier_train, "--out", "PATH",
                     "the checkpoint (default: classifier-<data>.safetensors)", classifier_c.out);
 
+    // cm edit
+    edit = app.add_subcommand("edit", "zero-shot editing with a consistency model (Algorithm 4)");
+    configure(edit);
+    edit->add_option("SOURCE", edit_c.source, "a run directory or a checkpoint of a CT or CD run")
+        ->type_name("RUN_DIR|CHECKPOINT");
+    option(edit, "--task", "{inpaint,colorize,superres,stroke,denoise,interpolate}", "",
+           "what to do", [this](const std::string& v) {
+             edit_c.task =
+                 choice("--task", v,
+                        {"inpaint", "colorize", "superres", "stroke", "denoise", "interpolate"});
+           });
+    optional_string(edit, "--data", "SPEC", "the first --n images of a data set to edit",
+                    edit_c.data);
+    option(edit, "--images", "A.png,B.png,...", "", "PNG files to edit (or stroke paintings)",
+           [this](const std::string& v) {
+             edit_c.images.clear();
+             size_t start = 0;
+             while (start <= v.size()) {
+               const size_t comma = v.find(',', start);
+               const std::string part =
+                   v.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+               CM_CHECK(!part.empty(), "--images ", shown(v), ": an empty file name");
+               edit_c.images.push_back(part);
+               if (comma == std::string::npos) break;
+               start = comma + 1;
+             }
+           });
+    int_option(edit, "--n", "8", "images of --data; points of an interpolation", edit_c.n, 1,
+               100'000);
+    string_option(edit, "--mask", "builtin:center|builtin:left|builtin:top|PNG", "builtin:center",
+                  "inpaint: the region to generate (a PNG: its white pixels)", edit_c.mask);
+    int_option(edit, "--patch", "2", "superres: the factor (a divisor of the image size)",
+               edit_c.patch, 2, 4096);
+    option(edit, "--sigma", "S", "", "stroke: the starting sigma (20); denoise: the noise (0.5)",
+           [this](const std::string& v) {
+             const auto d = parse_double(v);
+             CM_CHECK(d && *d > 0, "--sigma ", shown(v), ": expected a positive number");
+             edit_c.sigma = *d;
+           });
+    option(edit, "--sigmas", "S1,S2,...", "", "the time points (default: the model's grid)",
+           [this](const std::string& v) {
+             CM_CHECK(!parse_numbers(v, "--sigmas").empty(), "--sigmas ", shown(v),
+                      ": expected time points like 80,2,0.3");
+             edit_c.sigmas = v;
+           });
+    option(edit, "--seeds", "A-B,C,...", "", "the noise seeds (default 0..N-1; interpolate: 0,1)",
+           [this](const std::string& v) {
+             (void)count_seeds(v);
+             edit_c.seeds = v;
+           });
+    option(edit, "--weights", "ema|ema:RATE|online|target", "ema",
+           "which weights of the checkpoint",
+           [this](const std::string& v) { edit_c.weights = weights(v); });
+    add_device(edit, edit_c.device);
+    optional_string(edit, "--out", "DIR", "output directory (default: <run>/edits-<task>)",
+                    edit_c.out);
+    edit->add_flag("--allow-nonfinite", edit_c.allow_nonfinite,
+                   "go on with non-finite weights or results (forensics)");
+    edit->footer(
+        "Writes result-NNNN.png per image, grid.png (rows: reference, degraded, result), "
+        "edits.npz\n"
+        "(uint8 NHWC reference, degraded, result, mask: 1 = generated) and recipe.json.");
+
     // cm info
     info = app.add_subcommand("info", "a network's modules and parameter counts");
     configure(info);
@@ -534,6 +601,13 @@ struct Parser {
       if (classifier_c.steps == 0) classifier_c.steps = classifier_c.data == "digits" ? 2000 : 3000;
       return classifier_c;
     }
+    if (edit->parsed()) {
+      check_extras(edit);
+      CM_CHECK(!edit_c.source.empty(), "needs a RUN_DIR or a CHECKPOINT");
+      CM_CHECK(!edit_c.task.empty(),
+               "needs --task inpaint|colorize|superres|stroke|denoise|interpolate");
+      return edit_c;
+    }
     if (info->parsed()) {
       check_extras(info);
       check_info(info_c);
@@ -551,7 +625,7 @@ struct Parser {
   // The name of the command being parsed ("" before one is found), for messages.
   std::string command() const {
     if (classifier->parsed()) return classifier_train->parsed() ? "classifier train" : "classifier";
-    for (const CLI::App* a : {train, sample, eval, info, bench})
+    for (const CLI::App* a : {train, sample, eval, info, bench, edit})
       if (a->parsed()) return a->get_name();
     return "";
   }

@@ -19,6 +19,7 @@
 #include <variant>
 #include <vector>
 
+#include "runner/edit_command.h"
 #include "runner/train_command.h"
 #include "tensor/error.h"
 
@@ -107,7 +108,7 @@ struct Help {
 };
 
 using Command = std::variant<Help, TrainCommand, SampleCommand, EvalCommand, ClassifierCommand,
-                             InfoCommand, BenchCommand>;
+                             InfoCommand, BenchCommand, EditCommand>;
 
 // A command line that does not parse or fails a check that needs no file: exit code 2.
 class UsageError : public Error {

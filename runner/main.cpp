@@ -128,10 +128,11 @@ int main(int argc, char** argv) {
     if (job.size > 1) {
       dist::Communicator& comm = dist::world();
       CM_CHECK(!std::holds_alternative<TrainCommand>(command) &&
-                   !std::holds_alternative<ClassifierCommand>(command),
+                   !std::holds_alternative<ClassifierCommand>(command) &&
+                   !std::holds_alternative<EditCommand>(command),
                "started as rank ", comm.rank(), " of ", comm.size(), " (", comm.engine(),
-               "): this version of cm trains as a single process only (sample and eval run "
-               "across ranks); start it without mpirun/srun");
+               "): this version of cm trains and edits as a single process only (sample and eval "
+               "run across ranks); start it without mpirun/srun");
     }
     return std::visit(
         [](const auto& c) -> int {
@@ -148,6 +149,8 @@ int main(int argc, char** argv) {
             return run_eval(c);
           } else if constexpr (std::is_same_v<T, ClassifierCommand>) {
             return run_classifier(c);
+          } else if constexpr (std::is_same_v<T, EditCommand>) {
+            return run_edit(c);
           } else if constexpr (std::is_same_v<T, InfoCommand>) {
             return run_info(c);
           } else {

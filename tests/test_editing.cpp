@@ -6,9 +6,16 @@
 // reference and seed.
 #include <cmath>
 
+#include <filesystem>
+
 #include "consistency/editing.h"
+#include "datasets/npz.h"
 #include "nn/songunet.h"
+#include "runner/edit_command.h"
+#include "runner/evaluate.h"
+#include "runner/trainer.h"
 #include "tests/helpers.h"
+#include "tests/run_helpers.h"
 
 using namespace cm;
 using namespace cm::consistency;
@@ -197,5 +204,69 @@ TEST_SUITE("consistency") {
           }).find("1 reference images but 2 seeds") != std::string::npos);
     CHECK(error_of([&] { box_mask(1, 8, 8, 6, 0, 4, 4); }).find("leaves the image") !=
           std::string::npos);
+  }
+
+  TEST_CASE("cm edit: every task writes its files; inpainting and interpolation keep their ends") {
+    namespace fs = std::filesystem;
+    const fs::path dir =
+        fs::temp_directory_path() / ("cm_test_editing_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string ckpt = (dir / "ct.safetensors").string();
+    {
+      runner::Trainer t(
+          runner::typed_config(runner::resolve_config(test::tiny_run_config("ct", 2), "t.json")),
+          std::nullopt, nullptr);
+      for (int i = 0; i < 2; ++i) t.train_step();
+      t.save_checkpoint(ckpt);
+    }
+    auto run = [&](const std::string& task) {
+      runner::EditCommand c;
+      c.source = ckpt;
+      c.task = task;
+      c.data = "digits";
+      c.n = 3;
+      c.out = (dir / task).string();
+      return c;
+    };
+    for (const char* task : {"inpaint", "superres", "stroke", "denoise", "interpolate"}) {
+      CAPTURE(task);
+      REQUIRE(runner::run_edit(run(task)) == 0);
+      for (const char* f : {"grid.png", "edits.npz", "recipe.json", "result-0000.png"})
+        CHECK(fs::exists(dir / task / f));
+    }
+    // inpainting: the known pixels of the u8 result are the reference's
+    const auto e = data::read_npz((dir / "inpaint" / "edits.npz").string());
+    const std::vector<uint8_t> ref = e.at("reference").to_vector<uint8_t>(),
+                               res = e.at("result").to_vector<uint8_t>(),
+                               mask = e.at("mask").to_vector<uint8_t>();
+    size_t wrong = 0;
+    for (size_t i = 0; i < res.size(); ++i) wrong += mask[i % mask.size()] == 0 && res[i] != ref[i];
+    CHECK(wrong == 0);
+    // interpolation: the ends are cm sample's images of the two seeds (one step)
+    const auto in = data::read_npz((dir / "interpolate" / "edits.npz").string());
+    const Tensor points = in.at("result");  // [3, H, W, C]
+    const runner::LoadedNetwork m = runner::load_network(ckpt, "ema", Device::cpu());
+    const Tensor s = runner::generate_images(m, {0, 1}, runner::choose_sampler(m.config, "1", ""),
+                                             runner::Quantization::Floor, Device::cpu(), 8);
+    CHECK(max_abs_diff(to(select(points, 0, 0), DType::f64),
+                       to(permute(select(s, 0, 0), {1, 2, 0}), DType::f64)) == 0);
+    CHECK(max_abs_diff(to(select(points, 0, 2), DType::f64),
+                       to(permute(select(s, 0, 1), {1, 2, 0}), DType::f64)) == 0);
+    // bad arguments name themselves
+    runner::EditCommand c = run("colorize");
+    CHECK(error_of([&] { runner::run_edit(c); }).find("colorization needs an RGB model") !=
+          std::string::npos);
+    c = run("superres");
+    c.patch = 3;
+    CHECK(error_of([&] { runner::run_edit(c); }).find("--patch 3") != std::string::npos);
+    c = run("denoise");
+    c.sigma = 1000;
+    CHECK(error_of([&] { runner::run_edit(c); }).find("--sigma 1000") != std::string::npos);
+    c = run("inpaint");
+    c.mask = "builtin:x";
+    CHECK(error_of([&] { runner::run_edit(c); }).find("unknown built-in mask") !=
+          std::string::npos);
+    fs::remove_all(dir);
   }
 }
