@@ -96,6 +96,17 @@ inline std::vector<double> values(const Tensor& t) {
   return t.to_vector<double>();
 }
 
+// The message of what f throws ("" when it throws nothing): for checks that an error names a
+// file, a field or a value.
+inline std::string error_message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "";
+}
+
 // Checks that f throws cm::Error whose message contains every piece.
 inline void check_error(const std::function<void()>& f, const std::vector<std::string>& pieces) {
   try {

@@ -16,15 +16,6 @@ using cm::dist::world;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // rank r's values: arange(n) + 1000·r in `dt`.
 Tensor rank_values(int64_t n, int r, DType dt) {
   return to(add(arange(0.0, double(n), 1.0, {.dtype = DType::f64}), 1000.0 * r), dt);
@@ -47,12 +38,14 @@ TEST_SUITE("dist") {
     CHECK(max_abs_diff(t, before) == 0);
     CHECK(c->all_gather(t).shape() == Shape{1, 5});
     Tensor i = rank_values(3, 0, DType::i64);
-    CHECK(error_of([&] { c->all_reduce(i, dist::ReduceOp::Average); }).find("floating-point") !=
-          std::string::npos);
-    CHECK(error_of([&] { c->broadcast(t, 1); }).find("root 1") != std::string::npos);
+    CHECK(test::error_message_of([&] {
+            c->all_reduce(i, dist::ReduceOp::Average);
+          }).find("floating-point") != std::string::npos);
+    CHECK(test::error_message_of([&] { c->broadcast(t, 1); }).find("root 1") != std::string::npos);
     Tensor strided = slice(rank_values(6, 0, DType::f32), 0, 0, 6, 2);
-    CHECK(error_of([&] { c->all_reduce(strided, dist::ReduceOp::Sum); }).find("contiguous") !=
-          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            c->all_reduce(strided, dist::ReduceOp::Sum);
+          }).find("contiguous") != std::string::npos);
   }
 
   TEST_CASE("the launcher's environment is read without initialising anything") {
@@ -106,11 +99,12 @@ TEST_SUITE("dist") {
     w.barrier();
     // ranks passing different tensors: an error on every rank, never a hang or a read past a buffer
     Tensor odd = rank_values(3 + r, r, DType::f32);
-    const std::string e = error_of([&] { w.all_reduce(odd, dist::ReduceOp::Sum); });
+    const std::string e = test::error_message_of([&] { w.all_reduce(odd, dist::ReduceOp::Sum); });
     CHECK(e.find("the ranks passed different tensors") != std::string::npos);
     CHECK(e.find("rank " + std::to_string(r)) != std::string::npos);
     Tensor mixed = rank_values(3, r, r == 0 ? DType::f32 : DType::f64);
-    CHECK(error_of([&] { w.broadcast(mixed, 0); }).find("different tensors") != std::string::npos);
+    CHECK(test::error_message_of([&] { w.broadcast(mixed, 0); }).find("different tensors") !=
+          std::string::npos);
     w.barrier();
   }
 }

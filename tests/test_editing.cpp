@@ -22,15 +22,6 @@ using namespace cm::consistency;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // A small consistency model on 8×8 images with `channels` channels (random weights, dropout 0).
 struct Model {
   Generator gen{11};
@@ -187,22 +178,23 @@ TEST_SUITE("consistency") {
   TEST_CASE("editing errors name the argument and the value") {
     Model grey(1);
     const Tensor y = references(1, 1, 1);
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
             edit(grey.f, y, colorization_transform(), colorization_mask(8, 8), {0},
                  {.taus = kTaus});
           }).find("a grey model cannot be colorized") != std::string::npos);
-    CHECK(error_of([&] { superres_mask(1, 8, 8, 3); }).find("the patch 3 does not divide") !=
-          std::string::npos);
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
+            superres_mask(1, 8, 8, 3);
+          }).find("the patch 3 does not divide") != std::string::npos);
+    CHECK(test::error_message_of([&] {
             edit(grey.f, y, identity_transform(), zeros({1, 1, 4, 4}), {0}, {.taus = kTaus});
           }).find("the mask has shape [1, 1, 4, 4]") != std::string::npos);
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
             edit(grey.f, y, identity_transform(), zeros({1, 1, 8, 8}), {0}, {.taus = {100.0}});
           }).find("time point 0 = 100") != std::string::npos);
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
             edit(grey.f, y, identity_transform(), zeros({1, 1, 8, 8}), {0, 1}, {.taus = kTaus});
           }).find("1 reference images but 2 seeds") != std::string::npos);
-    CHECK(error_of([&] { box_mask(1, 8, 8, 6, 0, 4, 4); }).find("leaves the image") !=
+    CHECK(test::error_message_of([&] { box_mask(1, 8, 8, 6, 0, 4, 4); }).find("leaves the image") !=
           std::string::npos);
   }
 
@@ -255,17 +247,20 @@ TEST_SUITE("consistency") {
                        to(permute(select(s, 0, 1), {1, 2, 0}), DType::f64)) == 0);
     // bad arguments name themselves
     runner::EditCommand c = run("colorize");
-    CHECK(error_of([&] { runner::run_edit(c); }).find("colorization needs an RGB model") !=
-          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            runner::run_edit(c);
+          }).find("colorization needs an RGB model") != std::string::npos);
     c = run("superres");
     c.patch = 3;
-    CHECK(error_of([&] { runner::run_edit(c); }).find("--patch 3") != std::string::npos);
+    CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("--patch 3") !=
+          std::string::npos);
     c = run("denoise");
     c.sigma = 1000;
-    CHECK(error_of([&] { runner::run_edit(c); }).find("--sigma 1000") != std::string::npos);
+    CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("--sigma 1000") !=
+          std::string::npos);
     c = run("inpaint");
     c.mask = "builtin:x";
-    CHECK(error_of([&] { runner::run_edit(c); }).find("unknown built-in mask") !=
+    CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("unknown built-in mask") !=
           std::string::npos);
     fs::remove_all(dir);
   }

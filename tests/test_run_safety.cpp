@@ -41,15 +41,6 @@ RunConfig config(const json& j) {
   return typed_config(resolve_config(j, "test.json"));
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
-
 struct TempDir {
   fs::path path;
   explicit TempDir(const std::string& name)
@@ -121,16 +112,18 @@ TEST_SUITE("runner") {
   TEST_CASE("cross-field rules are checked when the configuration is resolved") {
     json j = tiny();
     j["noise"] = {{"sigma_min", 100.0}, {"sigma_max", 80.0}};
-    CHECK(error_of([&] { config(j); }).find("/noise/sigma_min: must be below noise.sigma_max") !=
-          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            config(j);
+          }).find("/noise/sigma_min: must be below noise.sigma_max") != std::string::npos);
     j = tiny();
     j["sample"]["two_step_sigma"] = 90.0;
-    CHECK(error_of([&] { config(j); }).find("/sample/two_step_sigma: must lie in") !=
+    CHECK(test::error_message_of([&] { config(j); }).find("/sample/two_step_sigma: must lie in") !=
           std::string::npos);
     j = tiny();
     j["network"]["img_resolution"] = 7;  // cannot be halved for channel_mult [1, 2]
-    CHECK(error_of([&] { resolve_config(j, "test.json"); }).find("cannot be halved") !=
-          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            resolve_config(j, "test.json");
+          }).find("cannot be halved") != std::string::npos);
   }
 
   TEST_CASE("a configuration that cannot run creates no run directory") {
@@ -140,13 +133,13 @@ TEST_SUITE("runner") {
     TrainCommand c;
     c.config = write_config_file(d.path, j);
     c.out = (d.path / "runs").string();
-    CHECK(error_of([&] { run_train(c); }).find("sigma_min") != std::string::npos);
+    CHECK(test::error_message_of([&] { run_train(c); }).find("sigma_min") != std::string::npos);
     CHECK(runs_under(d.path / "runs").empty());
     // a data set of another size than the network's: found while loading, before the directory
     j = tiny();
     j["network"]["img_resolution"] = 16;
     c.config = write_config_file(d.path, j);
-    CHECK(error_of([&] { run_train(c); }).find("/data/dataset") != std::string::npos);
+    CHECK(test::error_message_of([&] { run_train(c); }).find("/data/dataset") != std::string::npos);
     CHECK(runs_under(d.path / "runs").empty());
   }
 
@@ -154,26 +147,29 @@ TEST_SUITE("runner") {
     TempDir d("json");
     const std::string deep = (d.path / "deep.json").string();
     std::ofstream(deep) << std::string(300000, '[') << std::string(300000, ']');
-    CHECK(error_of([&] { read_json_file(deep); }).find("nested more than") != std::string::npos);
+    CHECK(test::error_message_of([&] { read_json_file(deep); }).find("nested more than") !=
+          std::string::npos);
     const std::string huge = (d.path / "huge.json").string();
     std::ofstream(huge) << R"({"mode": "ct", "train": {"lr": 1e999}})";
-    const std::string e = error_of([&] { read_json_file(huge); });
+    const std::string e = test::error_message_of([&] { read_json_file(huge); });
     CHECK(e.find(huge + ": invalid JSON") != std::string::npos);
     CHECK(e.find("[json.exception") == std::string::npos);
     json j = tiny();
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
             apply_overrides(j, {"train.lr=1e999"});
           }).find("--set train.lr=1e999: the number 1e999 is out of range") != std::string::npos);
-    CHECK(error_of([&] { apply_overrides(j, {"train.ema=[0.9"}); }).find("--set train.ema=[0.9") !=
-          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            apply_overrides(j, {"train.ema=[0.9"});
+          }).find("--set train.ema=[0.9") != std::string::npos);
     apply_overrides(j, {"name=1.2.3", "train.lr=2e-4"});  // a bare word stays a string
     CHECK(j["name"] == "1.2.3");
     CHECK(j["train"]["lr"] == 2e-4);
     // a FIFO where the configuration should be is refused, not waited on
     const std::string fifo = (d.path / "fifo.json").string();
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
-    CHECK(error_of([&] { read_json_file(fifo); }).find("is a FIFO, not a regular file") !=
-          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            read_json_file(fifo);
+          }).find("is a FIFO, not a regular file") != std::string::npos);
   }
 
   TEST_CASE("racing run directories never share a number") {
@@ -200,14 +196,17 @@ TEST_SUITE("runner") {
     TempDir d("names");
     const RunDir run = RunDir::create((d.path / "runs").string(), "ct");
     std::ofstream(run.checkpoint_dir() / "checkpoint-1234567890123456789012345.safetensors") << "x";
-    CHECK(error_of([&] { run.latest_checkpoint(); }).find("out of range") != std::string::npos);
+    CHECK(test::error_message_of([&] { run.latest_checkpoint(); }).find("out of range") !=
+          std::string::npos);
     fs::remove(run.checkpoint_dir() / "checkpoint-1234567890123456789012345.safetensors");
     const fs::path fifo = run.checkpoint_dir() / "checkpoint-00000005.safetensors";
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
-    CHECK(error_of([&] { run.latest_checkpoint(); }).find("is a FIFO, not a regular file") !=
-          std::string::npos);
-    CHECK(error_of([&] { load_network(fifo.string(), "ema", Device::cpu()); }).find("is a FIFO") !=
-          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            run.latest_checkpoint();
+          }).find("is a FIFO, not a regular file") != std::string::npos);
+    CHECK(test::error_message_of([&] {
+            load_network(fifo.string(), "ema", Device::cpu());
+          }).find("is a FIFO") != std::string::npos);
   }
 
   TEST_CASE("checkpoint metadata is validated field by field, naming the file and the field") {
@@ -248,8 +247,9 @@ TEST_SUITE("runner") {
       CAPTURE(c.key);
       CAPTURE(c.value.value_or("(removed)"));
       rewrite_checkpoint(good, bad, c.key, c.value);
-      const std::string resume = error_of([&] { Trainer t(cfg, bad, nullptr); });
-      const std::string sample = error_of([&] { load_network(bad, "ema", Device::cpu()); });
+      const std::string resume = test::error_message_of([&] { Trainer t(cfg, bad, nullptr); });
+      const std::string sample =
+          test::error_message_of([&] { load_network(bad, "ema", Device::cpu()); });
       if (c.key == "config") {
         // a resumed run takes its configuration from config.json; sampling from the checkpoint
         CHECK(sample.find(bad) != std::string::npos);
@@ -263,7 +263,7 @@ TEST_SUITE("runner") {
     }
     // sampling never falls back to the online weights when the EMA records are lost
     rewrite_checkpoint(good, bad, "emas", "[]");
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
             load_network(bad, "ema", Device::cpu());
           }).find("metadata \"emas\" lists 0 eval EMAs, but the run's configuration keeps 1") !=
           std::string::npos);
@@ -282,15 +282,16 @@ TEST_SUITE("runner") {
       if (n.rfind("ema0.", 0) == 0) ema_weight = n;
     REQUIRE(!ema_weight.empty());
     rewrite_checkpoint(good, bad, "", std::nullopt, ema_weight, std::nan(""));
-    const std::string e = error_of([&] { load_network(bad, "ema", Device::cpu()); });
+    const std::string e = test::error_message_of([&] { load_network(bad, "ema", Device::cpu()); });
     CHECK(e.find(ema_weight) != std::string::npos);
     CHECK(e.find("non-finite values") != std::string::npos);
     CHECK(e.find("--allow-nonfinite") != std::string::npos);
     CHECK_NOTHROW(load_network(bad, "online", Device::cpu()));  // the online weights are fine
     CHECK_NOTHROW(load_network(bad, "ema", Device::cpu(), true));
-    CHECK(error_of([&] { Trainer t(cfg, bad, nullptr); }).find(ema_weight) != std::string::npos);
+    CHECK(test::error_message_of([&] { Trainer t(cfg, bad, nullptr); }).find(ema_weight) !=
+          std::string::npos);
     rewrite_checkpoint(good, bad, "", std::nullopt, ema_weight, INFINITY);
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
             Trainer t(cfg, bad, nullptr);
           }).find("a diverged state cannot be resumed") != std::string::npos);
   }
@@ -305,11 +306,11 @@ TEST_SUITE("runner") {
       fill_(w, std::nan(""));
     }
     const std::string p = (d.path / "c.safetensors").string();
-    const std::string save = error_of([&] { t.save_checkpoint(p); });
+    const std::string save = test::error_message_of([&] { t.save_checkpoint(p); });
     CHECK(save.find("not writing the checkpoint") != std::string::npos);
     CHECK(save.find("model.") != std::string::npos);
     CHECK_FALSE(fs::exists(p));
-    const std::string step = error_of([&] { t.train_step(); });
+    const std::string step = test::error_message_of([&] { t.train_step(); });
     CHECK(step.find("step 2: the network's weights are not finite") != std::string::npos);
     CHECK(step.find(t.online().named_parameters()[3].first) != std::string::npos);
   }
@@ -323,7 +324,7 @@ TEST_SUITE("runner") {
     CHECK(t.train_step().skipped);
     CHECK(t.train_step().skipped);
     CHECK(t.consecutive_skipped_steps() == 2);
-    const std::string e = error_of([&] { t.train_step(); });
+    const std::string e = test::error_message_of([&] { t.train_step(); });
     CHECK(e.find("3 steps in a row had non-finite gradients (train.max_skipped_steps)") !=
           std::string::npos);
     CHECK(e.find("step 3: loss") != std::string::npos);
@@ -344,7 +345,7 @@ TEST_SUITE("runner") {
     TrainCommand r;
     r.resume = run.string();
     r.sets = {"train.steps=1"};
-    CHECK(error_of([&] {
+    CHECK(test::error_message_of([&] {
             run_train(r);
           }).find("train.steps = 1 is below the step of the latest checkpoint (4") !=
           std::string::npos);
