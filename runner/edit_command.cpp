@@ -9,6 +9,7 @@
 #include "datasets/dataset.h"
 #include "datasets/npz.h"
 #include "datasets/png.h"
+#include "eval/classifier.h"
 #include "nn/atomic_file.h"
 #include "nn/optim.h"
 #include "runner/cli.h"
@@ -34,7 +35,7 @@ Tensor load_inputs(const EditCommand& c) {
            " needs the images to edit: --data SPEC [--n N] or --images A.png,B.png,...");
   CM_CHECK(!(c.data && !c.images.empty()), "give --data or --images, not both");
   if (c.data) {
-    const data::ImageDataset d = data::load_dataset(*c.data);
+    const data::ImageDataset d = eval::load_split(*c.data);  // data set specs and digits:test
     CM_CHECK(c.n <= d.size(), "--n ", c.n, ": --data ", *c.data, " has only ", d.size(), " images");
     return narrow(d.images, 0, 0, c.n).contiguous();
   }
