@@ -129,6 +129,24 @@ class CheckpointMeta {
 
 // The tensors of `f` whose names start with one of `prefixes` (all when empty) that hold NaN or
 // Inf, as "name (k of n values)"; at most `limit` of them, then a count of the rest.
+// The tensors that hold NaN or Inf, as "<what>name (k of n values)", at most `limit` of them and
+// then a count of the rest; *found is how many there are (counted with one transfer).
+std::string nonfinite_list(const std::vector<std::string>& names,
+                           const std::vector<Tensor>& tensors, size_t limit, size_t* found,
+                           const std::string& what = "") {
+  const std::vector<int64_t> bad = nn::count_nonfinite(tensors);
+  std::string out;
+  *found = 0;
+  for (size_t i = 0; i < bad.size(); ++i) {
+    if (bad[i] == 0) continue;
+    if (++*found <= limit)
+      out += std::string(out.empty() ? "" : ", ") + what + names[i] + " (" +
+             std::to_string(bad[i]) + " of " + std::to_string(tensors[i].numel()) + " values)";
+  }
+  if (*found > limit) out += ", and " + std::to_string(*found - limit) + " more";
+  return out;
+}
+
 std::string nonfinite_report(const nn::SafetensorsFile& f, const std::vector<std::string>& prefixes,
                              size_t* found) {
   std::vector<std::string> names;
@@ -140,17 +158,7 @@ std::string nonfinite_report(const nn::SafetensorsFile& f, const std::vector<std
     names.push_back(n);
     tensors.push_back(f.get(n));
   }
-  const std::vector<int64_t> bad = nn::count_nonfinite(tensors);
-  std::string out;
-  *found = 0;
-  for (size_t i = 0; i < bad.size(); ++i) {
-    if (bad[i] == 0) continue;
-    if (++*found <= 5)
-      out += std::string(out.empty() ? "" : ", ") + names[i] + " (" + std::to_string(bad[i]) +
-             " of " + std::to_string(tensors[i].numel()) + " values)";
-  }
-  if (*found > 5) out += ", and " + std::to_string(*found - 5) + " more";
-  return out;
+  return nonfinite_list(names, tensors, 5, found);
 }
 
 bool target_needs_network(const consistency::Schedule& s) {
@@ -404,23 +412,17 @@ void Trainer::report_skipped_step(double loss) {
     grads.push_back(p.grad());
     weights.push_back(p);
   }
-  auto list = [&](const std::vector<int64_t>& bad, const char* what) {
-    std::string s;
-    size_t found = 0;
-    for (size_t i = 0; i < bad.size(); ++i)
-      if (bad[i] > 0 && ++found <= 3)
-        s += std::string(s.empty() ? "" : ", ") + what + " of " + named[i].first + " (" +
-             std::to_string(bad[i]) + " values)";
-    if (found > 3) s += " and " + std::to_string(found - 3) + " more tensors";
-    return std::make_pair(found, s);
-  };
-  const auto [bad_weights, weights_text] = list(nn::count_nonfinite(weights), "the weights");
+  std::vector<std::string> names;
+  for (const auto& [n, p] : named) names.push_back(n);
+  size_t bad_weights = 0, bad_grads = 0;
+  const std::string weights_text =
+      nonfinite_list(names, weights, 3, &bad_weights, "the weights of ");
   const long long k = static_cast<long long>(step_ + 1);
   CM_CHECK(bad_weights == 0, "step ", k, ": the network's weights are not finite: ", weights_text,
            "; the run diverged (learning rate too high? Adam's eps 0?) and stops here. No "
            "checkpoint holds these weights: resume from the last one with other settings");
   if (scaler_) return;  // f16: the loss scaler halves its scale and tries again, as designed
-  const auto [bad_grads, grads_text] = list(nn::count_nonfinite(grads), "the gradient");
+  const std::string grads_text = nonfinite_list(names, grads, 3, &bad_grads, "the gradient of ");
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.6g", loss);
   const std::string what = "step " + std::to_string(k) + ": loss " + buf + ", non-finite " +
@@ -475,15 +477,11 @@ void Trainer::save_checkpoint(const std::string& path) const {
       names.push_back(n);
       tensors.push_back(v);
     }
-    const std::vector<int64_t> bad = nn::count_nonfinite(tensors);
-    std::string list;
     size_t found = 0;
-    for (size_t i = 0; i < bad.size(); ++i)
-      if (bad[i] > 0 && ++found <= 5)
-        list += (list.empty() ? "" : ", ") + names[i] + " (" + std::to_string(bad[i]) + " values)";
+    const std::string list = nonfinite_list(names, tensors, 5, &found);
     CM_CHECK(found == 0, "step ", step_, ": not writing the checkpoint ", path, ": ", found,
              " tensor", found > 1 ? "s hold" : " holds", " non-finite values: ", list,
-             found > 5 ? " and more" : "", "; the earlier checkpoints are kept");
+             "; the earlier checkpoints are kept");
   }
   nn::save_safetensors(path, t, meta);
 }
