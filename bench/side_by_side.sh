@@ -65,7 +65,8 @@ run_cm() {
   l=$(load)
   out=$(OMP_NUM_THREADS=$THREADS "$CM" bench --network "$NETWORK" --case ct --batch "$BATCH" \
           --repeats "$REPEATS" | grep '^{' | tail -1)
-  printf 'cm\tf32 NCHW\t%s\t%s\t%s\n' "$r" "$(json "$out" ms_per_step images_per_s peak_memory_bytes)" "$l" >>"$RES"
+  printf 'cm\tf32\t%s\t%s\t%s\n' "$r" "$(json "$out" ms_per_step images_per_s peak_memory_bytes)" "$l" >>"$RES"
+  json "$out" conv blas >"$TMP/cm_kernels"
 }
 run_peer() {
   local r=$1 variant=$2 l out
@@ -89,7 +90,8 @@ echo "machine:   $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //'), $(npro
 echo "threads:   $THREADS (cm: OMP_NUM_THREADS, OpenBLAS held to 1 inside conv items; peer: torch.set_num_threads)"
 echo "OpenBLAS:  OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-<unset> (cm then picks SkylakeX with AVX-512, Haswell with AVX2)}"
 echo "PyTorch:   $(cat "$TMP/torch_version" 2>/dev/null) ($PY)"
-echo "cm:        $CM ($(git -C "$(dirname "$CM")" rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "cm:        $CM ($(git -C "$(dirname "$CM")" rev-parse --short HEAD 2>/dev/null || echo '?'));" \
+     "conv, blas: $(cat "$TMP/cm_kernels" 2>/dev/null)"
 echo "load now:  $(uptime)"
 "$PY" - "$RES" <<'EOF'
 import sys, statistics as st
@@ -101,7 +103,7 @@ for p, v, r, ms, ips, peak, ld in rows:
 med = {}
 for p, v, *_ in rows:
     med.setdefault((p, v), st.median(float(x[3]) for x in rows if (x[0], x[1]) == (p, v)))
-cm = med[("cm", "f32 NCHW")]
+cm = med[("cm", "f32")]
 print("\nmedian over rounds:")
 for (p, v), ms in med.items():
     extra = "" if p == "cm" else f"   peer/cm = {ms / cm:.3f} (cm is {ms / cm:.2f}x the peer's speed; goal >= 1.3)"

@@ -11,6 +11,8 @@
 #include "consistency/training.h"
 #include "nn/ema.h"
 #include "nn/optim.h"
+#include "tensor/cpu/blas.h"
+#include "tensor/cpu/conv_onednn.h"
 
 namespace cm::runner {
 
@@ -96,12 +98,17 @@ int run_bench(const BenchCommand& command) {
     }
     const double m = median(ms);
     const MemoryStats mem = allocator_for(dev).stats();
+    // What ran the convolutions and the products: every figure says which kernels it measured.
+    const std::string conv = dev.is_cuda() ? "cudnn" : cpu::onednn::conv_backend_name();
+    const std::string blas = dev.is_cuda() ? "cublas" : "openblas " + cpu::blas::core_name();
     std::printf(
         "{\"bench\":\"cm\",\"case\":\"%s\",\"network\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
         "\"batch\":%lld,"
-        "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld}\n",
+        "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld,"
+        "\"conv\":\"%s\",\"blas\":\"%s\"}\n",
         c.c_str(), o.network.c_str(), dev.str().c_str(), o.precision.c_str(), (long long)o.batch, m,
-        double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats);
+        double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats,
+        conv.c_str(), blas.c_str());
     std::fflush(stdout);
   }
   return 0;

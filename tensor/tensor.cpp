@@ -65,6 +65,27 @@ Shape contiguous_strides(const Shape& s) {
   return st;
 }
 
+Shape channels_last_strides(const Shape& s) {
+  CM_CHECK(s.size() == 4, "channels_last_strides: a 4-D [N, C, H, W] shape is required, got ",
+           shape_str(s));
+  const Shape nhwc = contiguous_strides({s[0], s[2], s[3], s[1]});
+  return {nhwc[0], nhwc[3], nhwc[1], nhwc[2]};
+}
+
+bool is_channels_last(const Tensor& t) {
+  if (t.dim() != 4) return false;
+  if (t.numel() == 0) return true;
+  const Shape& s = t.shape();
+  const Shape& st = t.strides();
+  int64_t expected = 1;
+  for (int d : {1, 3, 2, 0}) {  // C, W, H, N: fastest to slowest
+    if (s[size_t(d)] == 1) continue;
+    if (st[size_t(d)] != expected) return false;
+    expected *= s[size_t(d)];
+  }
+  return true;
+}
+
 std::string shape_str(const Shape& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);

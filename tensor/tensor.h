@@ -168,6 +168,12 @@ std::ostream& operator<<(std::ostream& os, const Tensor& t);
 // ----------------------------------------------------------------------------------
 int64_t shape_numel(const Shape& s);
 Shape contiguous_strides(const Shape& s);
+// ---- memory formats: a stride order, never a tensor field (STYLE.md, mend 4) ----
+// Channels-last: a 4-D [N, C, H, W] whose memory is [N, H, W, C] row-major (dense, C fastest).
+// The strides of such a tensor, and whether t has them (size-1 dims may have any stride, as in
+// is_contiguous; a tensor with C = 1 or H = W = 1 is both contiguous and channels-last).
+Shape channels_last_strides(const Shape& s);
+bool is_channels_last(const Tensor& t);
 std::string shape_str(const Shape& s);
 // Wraps a possibly negative dim into [0, ndim); errors name `op`.
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op);

@@ -39,13 +39,15 @@ inline Tensor on_test_device(const Tensor& t) {
 // How a test input is laid out in memory. Values are the same whatever the layout.
 enum class Layout {
   Contiguous,
-  Transposed,  // a permuted view of a contiguous tensor (for rank >= 2; rank 1 uses Strided)
-  Strided,     // every other element of a twice-as-long last dim
+  Transposed,    // a permuted view of a contiguous tensor (for rank >= 2; rank 1 uses Strided)
+  Strided,       // every other element of a twice-as-long last dim
+  ChannelsLast,  // rank 4 [N, C, H, W] stored as [N, H, W, C] (not in kLayouts: the conv suites)
 };
 inline const char* layout_name(Layout l) {
-  return l == Layout::Contiguous   ? "contiguous"
-         : l == Layout::Transposed ? "transposed"
-                                   : "strided";
+  return l == Layout::Contiguous     ? "contiguous"
+         : l == Layout::Transposed   ? "transposed"
+         : l == Layout::ChannelsLast ? "channels-last"
+                                     : "strided";
 }
 inline const std::vector<Layout> kLayouts = {Layout::Contiguous, Layout::Transposed,
                                              Layout::Strided};
@@ -61,6 +63,12 @@ inline Tensor with_layout(const Tensor& src, Layout layout) {
     for (int64_t i = 0; i < nd; ++i) perm[size_t(i)] = nd - 1 - i;
     Tensor base = empty(rev, {.dtype = src.dtype(), .device = src.device()});
     Tensor view = permute(base, perm);  // shape s, reversed strides
+    copy_(view, src);
+    return detach(view);
+  }
+  if (layout == Layout::ChannelsLast && nd == 4) {
+    Tensor base = empty({s[0], s[2], s[3], s[1]}, {.dtype = src.dtype(), .device = src.device()});
+    Tensor view = permute(base, {0, 3, 1, 2});  // shape s, channels-last strides
     copy_(view, src);
     return detach(view);
   }

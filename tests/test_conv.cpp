@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "helpers.h"
+#include "tensor/cpu/conv_onednn.h"
+#include "tensor/cpu/cpu_backend.h"
 
 using namespace cm;
 using namespace cm::test;
@@ -329,6 +331,89 @@ TEST_SUITE("nn") {
                     Layout::Contiguous, 30, DType::f32);
     run_conv2d_case({3, 6, 36, 36}, {4, 6, 1, 1}, {}, false, Layout::Contiguous, Layout::Contiguous,
                     31, DType::f32);
+  }
+
+  TEST_CASE(
+      "conv2d (CPU f32): oneDNN's three passes against f64 loops and the im2col path, in every "
+      "layout") {
+    namespace dnn = cpu::onednn;
+    if (!dnn::available()) {
+      MESSAGE("built without oneDNN (CM_ONEDNN): only the im2col path exists");
+      return;
+    }
+    struct Case {
+      Shape xs, ws;
+      Conv2dParams p;
+    };
+    const std::vector<Case> cases = {
+        {{2, 8, 9, 9}, {16, 8, 3, 3}, {1, 1, 1, 1, 1, 1, 1}},   // the U-Net's 3×3
+        {{3, 5, 11, 10}, {7, 5, 3, 3}, {2, 2, 1, 1, 1, 1, 1}},  // stride 2, odd sizes
+        {{2, 4, 10, 10}, {4, 4, 3, 3}, {2, 2, 0, 0, 1, 1, 1}},  // the last input row unused
+        {{1, 6, 12, 12}, {4, 6, 3, 3}, {1, 1, 2, 2, 2, 2, 1}},  // dilation 2
+        {{2, 4, 9, 7}, {6, 4, 5, 3}, {1, 2, 2, 1, 1, 1, 1}},    // non-square, per-axis params
+        {{2, 16, 6, 6}, {8, 16, 1, 1}, {1, 1, 0, 0, 1, 1, 1}},  // 1×1: channels-last only
+        {{1, 3, 1, 5}, {2, 3, 3, 3}, {1, 1, 1, 1, 1, 1, 1}},    // H = 1
+    };
+    const TensorOptions f32{.dtype = DType::f32};
+    uint64_t seed = 5000;
+    for (const Case& c : cases) {
+      const std::string name = conv_name(c.xs, c.ws, c.p);
+      Generator gx(seed++), gw(seed++), gg(seed++);
+      const Tensor x = randn(c.xs, f32, &gx), w = randn(c.ws, f32, &gw);
+      const Ref r0 = ref_conv2d(x, w, Tensor(), c.p);
+      const Tensor gy = randn(r0.y_shape, f32, &gg);
+      const Ref r = ref_conv2d(x, w, Tensor(), c.p, gy);
+      const dnn::ConvShape s{c.xs[0], c.xs[1], c.xs[2],      c.xs[3],      c.ws[0],
+                             c.ws[2], c.ws[3], r.y_shape[2], r.y_shape[3], c.p};
+      const bool pointwise = c.ws[2] * c.ws[3] == 1;
+      // results per layout of the activations (x, gy) and of the outputs (y, gx)
+      std::vector<std::vector<double>> ys, gxs, gws;
+      std::vector<bool> on_onednn;
+      for (Layout in : {Layout::Contiguous, Layout::ChannelsLast, Layout::Transposed})
+        for (Layout outl : {Layout::Contiguous, Layout::ChannelsLast}) {
+          const std::string what = name + " in " + lname(in) + ", out " + lname(outl);
+          const Tensor xl = with_layout(x, in), gyl = with_layout(gy, in);
+          const Tensor y = with_layout(zeros(r.y_shape, f32), outl),
+                       dx = with_layout(zeros(c.xs, f32), outl), dw = zeros(c.ws, f32);
+          const bool expect = !pointwise || (in == Layout::ChannelsLast);
+          CHECK_MESSAGE(dnn::uses_onednn(dnn::ConvPass::Forward, s, xl, w, y) == expect, what);
+          CHECK_MESSAGE(dnn::uses_onednn(dnn::ConvPass::BackwardInput, s, gyl, w, dx) == expect,
+                        what);
+          CHECK_MESSAGE(dnn::uses_onednn(dnn::ConvPass::BackwardWeight, s, xl, gyl, dw) == expect,
+                        what);
+          cpu::cpu_backend().conv2d(xl, w, c.p, y);
+          cpu::cpu_backend().conv2d_backward_input(gyl, w, c.p, dx);
+          cpu::cpu_backend().conv2d_backward_weight(xl, gyl, c.p, dw);
+          CHECK(y.strides() == with_layout(zeros(r.y_shape, f32), outl).strides());
+          check_close(y, r.y_shape, r.y, 2e-5, what + " forward");
+          check_close(dx, c.xs, r.dx, 2e-5, what + " dx");
+          check_close(dw, c.ws, r.dw, 2e-5, what + " dw");
+          ys.push_back(values(y));
+          gxs.push_back(values(dx));
+          gws.push_back(values(dw));
+          on_onednn.push_back(expect);
+        }
+      // Reorders are exact copies: every layout gives the same bits (on the same path; a 1×1
+      // convolution runs on oneDNN only from channels-last activations).
+      for (size_t i = 1; i < ys.size(); ++i) {
+        if (on_onednn[i] != on_onednn[0]) continue;
+        CHECK_MESSAGE(ys[i] == ys[0], name, ": forward differs between layouts (", i, ")");
+        CHECK_MESSAGE(gxs[i] == gxs[0], name, ": dx differs between layouts (", i, ")");
+        CHECK_MESSAGE(gws[i] == gws[0], name, ": dw differs between layouts (", i, ")");
+      }
+      // The im2col path (the reference implementation) agrees to f32 accumulation order.
+      dnn::set_enabled(false);
+      Tensor y = zeros(r.y_shape, f32), dx = zeros(c.xs, f32), dw = zeros(c.ws, f32);
+      CHECK_FALSE(dnn::uses_onednn(dnn::ConvPass::Forward, s, x, w, y));
+      cpu::cpu_backend().conv2d(x, w, c.p, y);
+      cpu::cpu_backend().conv2d_backward_input(gy, w, c.p, dx);
+      cpu::cpu_backend().conv2d_backward_weight(x, gy, c.p, dw);
+      dnn::set_enabled(true);
+      check_close(y, r.y_shape, ys[0], 1e-5, name + " im2col forward");
+      check_close(dx, c.xs, gxs[0], 1e-5, name + " im2col dx");
+      check_close(dw, c.ws, gws[0], 1e-5, name + " im2col dw");
+    }
+    CHECK(dnn::conv_backend_name().rfind("onednn ", 0) == 0);
   }
 
   TEST_CASE(

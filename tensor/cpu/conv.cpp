@@ -17,12 +17,16 @@
 // product with K = kh·kw would be all overhead. Every output element is computed by one item in a
 // fixed order, so results do not depend on the thread count. f16/bf16 compute in f32;
 // non-contiguous operands are copied to contiguous ones first.
+// Where oneDNN is built in, f32 convolutions with a spatial kernel run on it instead
+// (conv_onednn.h: the selection rules, layouts and numerics); this file stays the reference path,
+// and the one for f64, grouped and channel-wise convolutions.
 #include <algorithm>
 #include <climits>
 #include <cstring>
 #include <vector>
 
 #include "tensor/cpu/blas.h"
+#include "tensor/cpu/conv_onednn.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/loops.h"
 
@@ -578,7 +582,7 @@ void backward_weight(const ConvGeom& g, const T* x, const T* gout, T* gw) {
 
 // ---- dispatch -----------------------------------------------------------------------------------
 
-enum class Pass { Forward, BackwardInput, BackwardWeight };
+using Pass = onednn::ConvPass;
 
 // t when it is contiguous and of dtype dt, else a contiguous copy converted to dt.
 Tensor contiguous_as(const Tensor& t, DType dt) {
@@ -610,7 +614,19 @@ void run(Pass pass, const char* op, const Tensor& a, const Tensor& b, const Conv
            dtype_name(b.dtype()), " -> ", dtype_name(t));
   if (out.numel() == 0) return;
   const DType ct = t == DType::f64 ? DType::f64 : DType::f32;
-  const Tensor ac = contiguous_as(a, ct), bc = contiguous_as(b, ct);
+  Tensor af = a, bf = b;
+  if (ct == DType::f32) {  // oneDNN where it applies (conv_onednn.h), in any dense layout
+    if (a.dtype() != ct) af = contiguous_as(a, ct);
+    if (b.dtype() != ct) bf = contiguous_as(b, ct);
+    const Tensor of = t == ct ? out : empty(out.shape(), {.dtype = ct});
+    const onednn::ConvShape s{g.N, g.C, g.H, g.W, g.Co, g.kh, g.kw, g.Ho, g.Wo, g.p};
+    if (onednn::uses_onednn(pass, s, af, bf, of)) {
+      onednn::run(pass, s, af, bf, of);
+      if (!of.same(out)) cpu_backend().copy(of, out);
+      return;
+    }
+  }
+  const Tensor ac = contiguous_as(af, ct), bc = contiguous_as(bf, ct);
   const Tensor oc = t == ct && out.is_contiguous() ? out : empty(out.shape(), {.dtype = ct});
   if (ct == DType::f64)
     run_pass<double>(pass, g, ac.data<double>(), bc.data<double>(), oc.data<double>());
