@@ -34,7 +34,11 @@ Tensor flatten(const Tensor& x, int64_t start = 0, int64_t end = -1);
 Tensor unflatten(const Tensor& x, int64_t dim, const Shape& sizes);
 Tensor contiguous(const Tensor& x);  // x itself when already contiguous
 Tensor clone(const Tensor& x);       // always a fresh contiguous copy
-Tensor detach(const Tensor& x);      // alias without history
+// x in a memory format (x itself when it already has it): channels_last for 4-D [N, C, H, W]
+// (memory [N, H, W, C]); ops allocate their outputs in the format of their inputs
+// (autograd/ops/common.h: output_format), so a network converts its input once.
+Tensor to_memory_format(const Tensor& x, MemoryFormat format);
+Tensor detach(const Tensor& x);  // alias without history
 Tensor to(const Tensor& x, DType dtype);
 Tensor to(const Tensor& x, Device device);
 // Sums g over the broadcast dims so that it has `shape` (the backward of broadcasting).

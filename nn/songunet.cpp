@@ -32,6 +32,10 @@ void SongUNetConfig::validate() const {
   CM_CHECK(encoder_type == "standard" || encoder_type == "skip" || encoder_type == "residual",
            "SongUNet: encoder_type must be \"standard\", \"skip\" or \"residual\", got \"",
            encoder_type, "\"");
+  CM_CHECK(
+      memory_format == "auto" || memory_format == "contiguous" || memory_format == "channels_last",
+      "SongUNet: memory_format must be \"auto\", \"contiguous\" or \"channels_last\", got \"",
+      memory_format, "\"");
   CM_CHECK(decoder_type == "standard" || decoder_type == "skip",
            "SongUNet: decoder_type must be \"standard\" or \"skip\", got \"", decoder_type, "\"");
   CM_CHECK(!resample_filter.empty(), "SongUNet: resample_filter is empty");
@@ -256,9 +260,19 @@ Tensor SongUNet::forward(const Tensor& x_in, const Tensor& noise_labels, const T
   emb = silu(map_layer0_->forward(emb));
   emb = silu(map_layer1_->forward(emb));
 
+  // The activations' memory format: every op allocates its output in its input's format, so the
+  // input is converted once, and each stage's output again where it is not in the format yet (a
+  // [N, 1, H, W] tensor is contiguous and channels-last at once, so a 1-channel input does not
+  // carry the format on, and attention's reshapes give either format).
+  const MemoryFormat format = cfg_.memory_format == "channels_last" ? MemoryFormat::ChannelsLast
+                              : cfg_.memory_format == "contiguous"
+                                  ? MemoryFormat::Contiguous
+                                  : backend_of(x_in).preferred_conv_format();
+  const auto in_format = [format](const Tensor& t) { return to_memory_format(t, format); };
+
   // Encoder.
   std::vector<Tensor> skips;
-  Tensor x = x_in, aux = x_in;
+  Tensor x = in_format(x_in), aux = x;
   for (const Entry& e : enc_entries_) {
     switch (e.kind) {
       case Kind::AuxDown:
@@ -272,11 +286,11 @@ Tensor SongUNet::forward(const Tensor& x_in, const Tensor& noise_labels, const T
             div(add(x, static_cast<const Conv2d&>(*e.module).forward(aux)), std::sqrt(2.0));
         break;
       case Kind::Conv:
-        x = static_cast<const Conv2d&>(*e.module).forward(x);
+        x = in_format(static_cast<const Conv2d&>(*e.module).forward(x));
         skips.push_back(x);
         break;
       default:
-        x = static_cast<const UNetBlock&>(*e.module).forward(x, emb, ctx);
+        x = in_format(static_cast<const UNetBlock&>(*e.module).forward(x, emb, ctx));
         skips.push_back(x);
     }
     if (ctx.observe) ctx.observe("enc." + e.name, x);
@@ -303,12 +317,12 @@ Tensor SongUNet::forward(const Tensor& x_in, const Tensor& noise_labels, const T
           x = cat({x, skips.back()}, 1);
           skips.pop_back();
         }
-        x = block.forward(x, emb, ctx);
+        x = in_format(block.forward(x, emb, ctx));
         if (ctx.observe) ctx.observe("dec." + e.name, x);
       }
     }
   }
-  return aux;
+  return contiguous(aux);
 }
 
 }  // namespace cm::nn

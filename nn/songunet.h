@@ -29,6 +29,10 @@ struct SongUNetConfig {
   std::string decoder_type = "standard";         // "standard" or "skip"
   std::vector<double> resample_filter = {1, 1};  // [1,1] (DDPM++) or [1,3,3,1] (NCSN++)
   double fourier_scale = 16;                     // NCSN++'s Fourier frequency scale (iCT uses 0.02)
+  // The activations' memory format (not part of the architecture: the weights are the same):
+  // "channels_last", "contiguous", or "auto" (the backend's preferred_conv_format: channels-last
+  // on a CPU with oneDNN, contiguous otherwise). The output is contiguous in every case.
+  std::string memory_format = "auto";
 
   // Checks every field; errors name the field and value.
   void validate() const;

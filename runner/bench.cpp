@@ -47,6 +47,7 @@ int run_bench(const BenchCommand& command) {
 
   Generator gen(0);
   nn::SongUNetConfig cfg = nn::songunet_preset(o.network);
+  cfg.memory_format = o.memory_format;
   nn::SongUNet net(cfg, gen), target(cfg, gen);
   net.to(dev);
   target.to(dev);
@@ -99,16 +100,19 @@ int run_bench(const BenchCommand& command) {
     const double m = median(ms);
     const MemoryStats mem = allocator_for(dev).stats();
     // What ran the convolutions and the products: every figure says which kernels it measured.
+    const MemoryFormat format = o.memory_format == "channels_last" ? MemoryFormat::ChannelsLast
+                                : o.memory_format == "contiguous"  ? MemoryFormat::Contiguous
+                                                                   : be.preferred_conv_format();
     const std::string conv = dev.is_cuda() ? "cudnn" : cpu::onednn::conv_backend_name();
     const std::string blas = dev.is_cuda() ? "cublas" : "openblas " + cpu::blas::core_name();
     std::printf(
         "{\"bench\":\"cm\",\"case\":\"%s\",\"network\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
         "\"batch\":%lld,"
         "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld,"
-        "\"conv\":\"%s\",\"blas\":\"%s\"}\n",
+        "\"memory_format\":\"%s\",\"conv\":\"%s\",\"blas\":\"%s\"}\n",
         c.c_str(), o.network.c_str(), dev.str().c_str(), o.precision.c_str(), (long long)o.batch, m,
         double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats,
-        conv.c_str(), blas.c_str());
+        memory_format_name(format), conv.c_str(), blas.c_str());
     std::fflush(stdout);
   }
   return 0;

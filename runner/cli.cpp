@@ -338,7 +338,8 @@ const char* kUsage =
     "          [--patch P] [--sigma S] [--sigmas s1,...] [--seeds ...] [--out DIR]\n"
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
-    "           [--case forward|ct|sample] [--repeats R]\n"
+    "           [--memory-format auto|contiguous|channels_last] [--case forward|ct|sample]\n"
+    "           [--repeats R]\n"
     "run 'cm <command> --help' for the options of a command; configs are documented in README.md "
     "and configs/.";
 
@@ -550,6 +551,11 @@ struct Parser {
     option(bench, "--precision", "{f32,tf32,bf16,f16}", "f32",
            "compute precision (tf32, bf16, f16 on a GPU)", [this](const std::string& v) {
              bench_c.precision = choice("--precision", v, {"f32", "tf32", "bf16", "f16"});
+           });
+    option(bench, "--memory-format", "{auto,contiguous,channels_last}", "auto",
+           "the activations' memory format (network.memory_format)", [this](const std::string& v) {
+             bench_c.memory_format =
+                 choice("--memory-format", v, {"auto", "contiguous", "channels_last"});
            });
     bench
         ->add_option_function<std::vector<std::string>>(

@@ -129,6 +129,15 @@ std::vector<Field> build_schema() {
        true},
       {"/network/resample_filter", Kind::NumberList, nullptr, -inf, inf, {}, {}, "", true},
       {"/network/fourier_scale", Kind::Number, nullptr, 0, inf, {}, {}, "", true},
+      {"/network/memory_format",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {"auto", "contiguous", "channels_last"},
+       {},
+       "",
+       true},
 
       {"/train", Kind::Object, json::object(), -inf, inf, {}, {}, "the optimisation"},
       {"/train/steps", Kind::Int, 2000, 1, 1e12, {}, {}, "training iterations"},
@@ -716,6 +725,7 @@ RunConfig typed_config(const json& r) {
   if (n.contains("resample_filter"))
     net.resample_filter = n["resample_filter"].get<std::vector<double>>();
   get_d("fourier_scale", net.fourier_scale);
+  get_s("memory_format", net.memory_format);
   net.validate();
 
   const json& t = r.at("train");

@@ -7,7 +7,10 @@
 //   cm info CONFIG|--preset NAME                         network summary with parameter counts
 //   cm bench [options]                                   speed of forward / CT step / sampling
 // Exit codes: 0 success (and --help), 1 a runtime error, 2 a usage error.
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 
 #include "datasets/png.h"
@@ -19,6 +22,7 @@
 #include "runner/images.h"
 #include "runner/train_command.h"
 #include "runner/trainer.h"
+#include "tensor/cpu/conv_onednn.h"
 
 namespace fs = std::filesystem;
 using namespace cm;
@@ -106,7 +110,18 @@ std::string command_name(int argc, char** argv) {
 
 }  // namespace
 
+// oneDNN's OpenMP threads (the CPU convolutions) must sleep when idle instead of spinning: a
+// spinning thread holds a core that cm's own pool (tensor/cpu/loops.h) needs for the next op, which
+// cost 10 % of a CPU training step. libgomp reads OMP_WAIT_POLICY when it is loaded, before main,
+// so cm sets it and starts itself again, once. A policy the user set is kept (active opts out).
+static void reexec_with_passive_openmp(char** argv) {
+  if (!cpu::onednn::available() || std::getenv("OMP_WAIT_POLICY") != nullptr) return;
+  if (setenv("OMP_WAIT_POLICY", "passive", 1) != 0) return;
+  execv("/proc/self/exe", argv);  // returns only on failure: then run as we are
+}
+
 int main(int argc, char** argv) {
+  reexec_with_passive_openmp(argv);
   Command command;
   try {
     command = parse_command_line(argc, argv);

@@ -162,7 +162,13 @@ class Backend {
   // ---- group normalisation (x [N, C, *], statistics in f32, f64 for f64 x) ----
   // out = (x − mean)·rstd·weight[c] + bias[c] per (n, group); mean and rstd [N, G] are outputs of
   // the statistics dtype. weight and bias may be undefined (no affine transform). All operands are
-  // contiguous (the op makes them so); weight, bias and the gradients have x's dtype.
+  // contiguous (the op makes them so), except that a backend whose
+  // group_norm_takes_channels_last() also takes 4-D x, out, grad_out and grad_x that are all
+  // channels-last (is_channels_last); weight, bias and the gradients have x's dtype.
+  virtual bool group_norm_takes_channels_last() const { return false; }
+  // The memory format in which this backend's convolutions run fastest, for networks whose
+  // memory_format is "auto": channels-last where the convolutions take NHWC without conversions.
+  virtual MemoryFormat preferred_conv_format() const { return MemoryFormat::Contiguous; }
   virtual void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                           double eps, const Tensor& out, const Tensor& mean,
                           const Tensor& rstd) = 0;

@@ -21,6 +21,19 @@ Tensor empty(const Shape& shape, TensorOptions opt) {
   return t;
 }
 
+Tensor empty(const Shape& shape, TensorOptions opt, MemoryFormat format) {
+  if (format == MemoryFormat::Contiguous) return empty(shape, opt);
+  CM_CHECK(shape.size() == 4,
+           "empty: the channels_last format needs a 4-D [N, C, H, W] shape, got ",
+           shape_str(shape));
+  const bool rg = opt.requires_grad;
+  opt.requires_grad = false;
+  const Tensor nhwc = empty({shape[0], shape[2], shape[3], shape[1]}, opt);
+  Tensor t = nhwc.alias_with(shape, channels_last_strides(shape), 0);
+  if (rg) t.set_requires_grad(true);
+  return t;
+}
+
 Tensor full(const Shape& shape, double value, TensorOptions opt) {
   const bool rg = opt.requires_grad;
   opt.requires_grad = false;

@@ -1,6 +1,8 @@
 // Builds LoopPlans (tensor/loop_plan.h); shared by all backends.
 #include "tensor/loop_plan.h"
 
+#include <utility>
+
 namespace cm {
 
 LoopPlan make_plan(std::initializer_list<const Tensor*> operands) {
@@ -27,6 +29,14 @@ LoopPlan make_plan(std::initializer_list<const Tensor*> operands) {
     for (const Tensor* t : operands) p.strides[k++][nd] = t->strides()[d];
     ++nd;
   }
+  // Order the dims by the output's strides, largest first (stable), so that operands sharing one
+  // memory order (channels-last, or any permutation) are walked in memory order and merge into one
+  // dense run below. Elementwise results do not depend on the order of the walk.
+  for (int d = 1; d < nd; ++d)
+    for (int e = d; e > 0 && p.strides[0][e - 1] < p.strides[0][e]; --e) {
+      std::swap(p.shape[e - 1], p.shape[e]);
+      for (k = 0; k < p.nops; ++k) std::swap(p.strides[k][e - 1], p.strides[k][e]);
+    }
   // Merge dim d into d+1 (its inner neighbour) when every operand is contiguous across them.
   int m = 0;
   for (int d = 0; d < nd; ++d) {

@@ -1,7 +1,8 @@
 // A LoopPlan describes up to kMaxOperands strided views of one shape (operand 0 is the output) for
-// the elementwise kernels of every backend. Size-1 dims are dropped and dims that are contiguous
-// for every operand are merged, so a contiguous tensor is a single dim and a transposed one keeps
-// its true structure.
+// the elementwise kernels of every backend. Size-1 dims are dropped, the others ordered by the
+// output's strides (largest first), and dims that are contiguous for every operand are merged, so
+// a contiguous tensor is a single dim, operands that share a channels-last (or any permuted) dense
+// layout are one dim too, and a transposed one keeps its true structure.
 #pragma once
 
 #include <cstdint>

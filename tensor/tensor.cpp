@@ -86,6 +86,15 @@ bool is_channels_last(const Tensor& t) {
   return true;
 }
 
+const char* memory_format_name(MemoryFormat f) {
+  return f == MemoryFormat::ChannelsLast ? "channels_last" : "contiguous";
+}
+
+MemoryFormat memory_format_of(const Tensor& t) {
+  return is_channels_last(t) && !t.is_contiguous() ? MemoryFormat::ChannelsLast
+                                                   : MemoryFormat::Contiguous;
+}
+
 std::string shape_str(const Shape& s) {
   std::string out = "[";
   for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);

@@ -174,6 +174,11 @@ Shape contiguous_strides(const Shape& s);
 // is_contiguous; a tensor with C = 1 or H = W = 1 is both contiguous and channels-last).
 Shape channels_last_strides(const Shape& s);
 bool is_channels_last(const Tensor& t);
+// The two memory formats an op's output can be allocated in. memory_format_of(t) is ChannelsLast
+// when t is channels-last and not also contiguous (a tensor that is both counts as contiguous).
+enum class MemoryFormat { Contiguous, ChannelsLast };
+const char* memory_format_name(MemoryFormat f);
+MemoryFormat memory_format_of(const Tensor& t);
 std::string shape_str(const Shape& s);
 // Wraps a possibly negative dim into [0, ndim); errors name `op`.
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op);
@@ -183,6 +188,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 // ---- creation (leaves; no gradient history)
 // ---------------------------------------------------------
 Tensor empty(const Shape& shape, TensorOptions opt = {});
+// empty in a memory format (ChannelsLast needs a 4-D shape).
+Tensor empty(const Shape& shape, TensorOptions opt, MemoryFormat format);
 Tensor zeros(const Shape& shape, TensorOptions opt = {});
 Tensor ones(const Shape& shape, TensorOptions opt = {});
 Tensor full(const Shape& shape, double value, TensorOptions opt = {});

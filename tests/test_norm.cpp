@@ -193,6 +193,52 @@ TEST_SUITE("nn") {
         {grad_input({2, 4, 3}, 43, Layout::Contiguous, 0.5, 100.0), grad_input({4}, 44)});
   }
 
+  TEST_CASE(
+      "group_norm: channels-last inputs give channels-last outputs, equal to the contiguous op") {
+    struct Case {
+      Shape s;
+      int64_t groups;
+    };
+    for (const Case& c : std::vector<Case>{
+             {{3, 8, 5, 4}, 4}, {{2, 6, 3, 7}, 6}, {{1, 4, 2, 2}, 1}, {{2, 64, 7, 7}, 32}})
+      for (DType dt : {DType::f64, DType::f32}) {
+        const std::string what = shape_str(c.s) + " " + dtype_name(dt);
+        const Tensor x0 = randn_input(c.s, 60, Layout::Contiguous, dt, 1.5, 0.4);
+        const Tensor dy0 = randn_input(c.s, 61, Layout::Contiguous, dt);
+        const Tensor w0 = randn_input({c.s[1]}, 62, Layout::Contiguous, dt);
+        const Tensor b0 = randn_input({c.s[1]}, 63, Layout::Contiguous, dt);
+        std::vector<std::vector<double>> got[2];
+        for (int cl = 0; cl < 2; ++cl) {
+          const Layout l = cl ? Layout::ChannelsLast : Layout::Contiguous;
+          Tensor x = with_layout(x0, l), w = clone(w0), b = clone(b0);
+          for (Tensor* t : {&x, &w, &b}) t->set_requires_grad(true);
+          const Tensor y = group_norm(x, c.groups, w, b, 1e-5);
+          // the CPU keeps channels-last (its kernels take it); other backends give contiguous
+          if (cl && backend_of(x).group_norm_takes_channels_last())
+            CHECK_MESSAGE(memory_format_of(y) == MemoryFormat::ChannelsLast, what);
+          y.backward(with_layout(dy0, l));
+          got[cl] = {values(y), values(x.grad()), values(w.grad()), values(b.grad())};
+        }
+        const char* names[4] = {"y", "dx", "dw", "db"};
+        for (int k = 0; k < 4; ++k) {
+          double worst = 0, scale = 1;
+          for (size_t i = 0; i < got[0][size_t(k)].size(); ++i) {
+            worst = std::max(worst, std::fabs(got[0][size_t(k)][i] - got[1][size_t(k)][i]));
+            scale = std::max(scale, std::fabs(got[0][size_t(k)][i]));
+          }
+          // The same f64 statistics summed in another order: equal up to f64 rounding, and f32
+          // outputs round the same values (a rare last-bit tie aside).
+          CHECK_MESSAGE(worst <= (dt == DType::f64 ? 1e-13 : 1e-6) * scale, what, " ", names[k],
+                        ": channels-last differs from contiguous by ", worst);
+        }
+      }
+    // gradcheck through the channels-last kernels
+    CHECK_GRADCHECK(
+        [](const std::vector<Tensor>& v) { return group_norm(v[0], 2, v[1], v[2], 1e-3); },
+        {grad_input({2, 4, 3, 2}, 64, Layout::ChannelsLast, 1.5, 0.3),
+         grad_input({4}, 65, Layout::Contiguous, 0.5, 1.0), grad_input({4}, 66)});
+  }
+
   TEST_CASE("group_norm: parameter gradients alone equal those computed with dx") {
     Tensor x = randn_input({3, 6, 4, 5}, 50);
     Tensor dy = randn_input({3, 6, 4, 5}, 51, Layout::Transposed);

@@ -26,8 +26,10 @@ Golden load_golden(const std::string& flavour) {
 }
 
 // Runs the golden case in `dtype`; checks the output and gradients.
-void check_against_edm(const std::string& flavour, DType dtype, double out_tol, double grad_tol) {
+void check_against_edm(const std::string& flavour, DType dtype, double out_tol, double grad_tol,
+                       const std::string& memory_format = "auto") {
   Golden g = load_golden(flavour);
+  g.cfg.memory_format = memory_format;
   Generator gen(7);
   SongUNet net(g.cfg, gen);
   net.eval();
@@ -106,11 +108,43 @@ TEST_SUITE("nn") {
     }
   }
 
-  TEST_CASE("SongUNet matches EDM's PyTorch SongUNet in f32 and f64") {
-    for (const std::string flavour : {"ddpmpp", "ncsnpp", "skipcond"}) {
-      check_against_edm(flavour, DType::f64, 1e-10, 1e-9);
-      check_against_edm(flavour, DType::f32, 1e-5, 1e-4);
+  TEST_CASE("SongUNet matches EDM's PyTorch SongUNet in f32 and f64, in both memory formats") {
+    for (const std::string format : {"contiguous", "channels_last"})
+      for (const std::string flavour : {"ddpmpp", "ncsnpp", "skipcond"}) {
+        INFO(format);
+        check_against_edm(flavour, DType::f64, 1e-10, 1e-9, format);
+        check_against_edm(flavour, DType::f32, 1e-5, 1e-4, format);
+      }
+  }
+
+  TEST_CASE(
+      "SongUNet in channels-last: the activations stay channels-last, the output is contiguous") {
+    for (const std::string format : {"contiguous", "channels_last"}) {
+      SongUNetConfig cfg = songunet_preset("ddpmpp-digits-8");
+      cfg.memory_format = format;
+      Generator gen(3);
+      SongUNet net(cfg, gen);
+      net.eval();
+      int seen = 0, channels_last = 0;
+      ForwardContext ctx;
+      ctx.observe = [&](const std::string&, const Tensor& t) {
+        ++seen;
+        if (memory_format_of(t) == MemoryFormat::ChannelsLast) ++channels_last;
+      };
+      NoGradGuard ng;
+      const Tensor x = randn({2, cfg.in_channels, cfg.img_resolution, cfg.img_resolution});
+      const Tensor y = net.forward(x, full({2}, 0.3), {}, {}, ctx);
+      CHECK(y.is_contiguous());
+      REQUIRE(seen > 4);
+      // every stage with more than one channel and pixel (a 1×1 stage is both formats at once)
+      if (format == "channels_last")
+        CHECK_MESSAGE(channels_last == seen, channels_last, " of ", seen, " stages channels-last");
+      else
+        CHECK(channels_last == 0);
     }
+    SongUNetConfig bad = songunet_preset("ddpmpp-digits-8");
+    bad.memory_format = "nhwc";
+    CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("memory_format"), Error);
   }
 
   TEST_CASE("the positional embedding's frequencies are EDM's: f32 i / (half - 1), divided") {

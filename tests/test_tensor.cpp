@@ -76,6 +76,53 @@ TEST_SUITE("tensor") {
     CHECK(shape_numel({0, big, big}) == 0);
   }
 
+  TEST_CASE(
+      "memory formats: channels-last strides, outputs that follow their inputs, exact values") {
+    const Tensor e = empty({2, 3, 4, 5}, {}, MemoryFormat::ChannelsLast);
+    CHECK(e.strides() == Shape{60, 1, 15, 3});
+    CHECK(e.strides() == channels_last_strides(e.shape()));
+    CHECK(is_channels_last(e));
+    CHECK(memory_format_of(e) == MemoryFormat::ChannelsLast);
+    CHECK(memory_format_of(empty({2, 3, 4, 5})) == MemoryFormat::Contiguous);
+    // C = 1 (or H = W = 1): both at once, counted as contiguous
+    CHECK(is_channels_last(empty({2, 1, 4, 5})));
+    CHECK(memory_format_of(empty({2, 1, 4, 5}, {}, MemoryFormat::ChannelsLast)) ==
+          MemoryFormat::Contiguous);
+    CHECK_THROWS_WITH_AS(empty({2, 3, 4}, {}, MemoryFormat::ChannelsLast), doctest::Contains("4-D"),
+                         Error);
+    CHECK_THROWS_WITH_AS(to_memory_format(randn({3, 4}), MemoryFormat::ChannelsLast),
+                         doctest::Contains("4-D"), Error);
+
+    const Tensor a = randn_input({2, 6, 3, 5}, 1), b = randn_input({2, 6, 3, 5}, 2);
+    const Tensor bias = randn_input({1, 6, 1, 1}, 3), row = randn_input({5}, 4);
+    const Tensor acl = to_memory_format(a, MemoryFormat::ChannelsLast),
+                 bcl = to_memory_format(b, MemoryFormat::ChannelsLast);
+    CHECK(values(acl) == values(a));
+    CHECK(to_memory_format(acl, MemoryFormat::ChannelsLast).same(acl));
+    // unary, binary (same format, mixed formats, broadcast operands), where: channels-last out,
+    // the same values as on contiguous operands
+    const auto same = [](const Tensor& cl, const Tensor& ref, const char* what) {
+      CHECK_MESSAGE(memory_format_of(cl) == MemoryFormat::ChannelsLast, what);
+      CHECK_MESSAGE(values(cl) == values(ref), what);
+    };
+    same(silu(acl), silu(a), "silu");
+    same(add(acl, bcl), add(a, b), "add");
+    same(mul(acl, b), mul(a, b), "mul, mixed formats");
+    same(add(a, bcl), add(a, b), "add, channels-last second operand");
+    same(add(acl, bias), add(a, bias), "add, per-channel broadcast");
+    same(mul(acl, row), mul(a, row), "mul, broadcast last dim");
+    same(where(gt(acl, 0.0), acl, bcl), where(gt(a, 0.0), a, b), "where");
+    same(to(acl, DType::f32), to(a, DType::f32), "to(f32)");
+    same(cat({acl, bcl}, 1), cat({a, b}, 1), "cat along channels");
+    CHECK(memory_format_of(add(a, bias)) == MemoryFormat::Contiguous);
+    // gradients through to_memory_format and channels-last elementwise ops
+    CHECK_GRADCHECK(
+        [](const std::vector<Tensor>& v) {
+          return mul(silu(to_memory_format(v[0], MemoryFormat::ChannelsLast)), v[1]);
+        },
+        {grad_input({2, 3, 2, 4}, 5), grad_input({1, 3, 1, 1}, 6)});
+  }
+
   TEST_CASE("arange") {
     CHECK(arange(5).to_vector<int64_t>() == std::vector<int64_t>{0, 1, 2, 3, 4});
     CHECK(arange(5).dtype() == DType::i64);

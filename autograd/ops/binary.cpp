@@ -22,7 +22,7 @@ DType arith_dtype(const Tensor& a, const Tensor& b, bool floating) {
 Tensor binary_raw(BinaryOp op, const Tensor& a, const Tensor& b, double alpha, const char* name) {
   common_device({a, b}, name);
   const Shape s = broadcast_shapes(a.shape(), b.shape(), name);
-  Tensor out = new_empty(s, binary_op_is_predicate(op) ? DType::b8 : a.dtype(), a.device());
+  Tensor out = new_empty(s, binary_op_is_predicate(op) ? DType::b8 : a.dtype(), a.device(), {a, b});
   backend_of(out).binary(op, expand_raw(a, s, name), expand_raw(b, s, name), out, alpha);
   return out;
 }
@@ -44,7 +44,8 @@ Tensor promote_for_scalar(const Tensor& a, double s, bool floating) {
 }
 
 Tensor unary_raw(UnaryOp op, const Tensor& x, double a, double b = 0) {
-  Tensor y = new_empty(x.shape(), unary_op_is_predicate(op) ? DType::b8 : x.dtype(), x.device());
+  Tensor y =
+      new_empty(x.shape(), unary_op_is_predicate(op) ? DType::b8 : x.dtype(), x.device(), {x});
   backend_of(x).unary(op, x, y, a, b);
   return y;
 }
@@ -322,7 +323,7 @@ Tensor where(const Tensor& cond, const Tensor& a0, const Tensor& b0) {
   }
   const Shape s =
       broadcast_shapes(broadcast_shapes(cond.shape(), a.shape(), "where"), b.shape(), "where");
-  Tensor y = new_empty(s, a.dtype(), a.device());
+  Tensor y = new_empty(s, a.dtype(), a.device(), {a, b, cond});
   backend_of(y).where(expand_raw(cond, s, "where"), expand_raw(a, s, "where"),
                       expand_raw(b, s, "where"), y);
   if (needs_grad({a, b})) {

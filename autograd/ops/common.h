@@ -10,6 +10,16 @@ namespace cm::opdetail {
 inline Tensor new_empty(const Shape& shape, DType dtype, Device device) {
   return empty(shape, {.dtype = dtype, .device = device});
 }
+// The memory format of an op's output, derived from its inputs' strides (STYLE.md, mend 4: the
+// format starts where outputs are allocated, never a tensor field): channels-last when the output
+// is 4-D and an input of the output's own shape is channels-last, else contiguous. Broadcast
+// operands (a bias, a per-sample scale) do not decide.
+MemoryFormat output_format(const Shape& shape, std::initializer_list<Tensor> inputs);
+// A fresh tensor in output_format(shape, inputs).
+inline Tensor new_empty(const Shape& shape, DType dtype, Device device,
+                        std::initializer_list<Tensor> inputs) {
+  return empty(shape, {.dtype = dtype, .device = device}, output_format(shape, inputs));
+}
 
 // A history-free view of t broadcast to `shape` (0-strides on the expanded dims).
 Tensor expand_raw(const Tensor& t, const Shape& shape, const char* op);

@@ -65,14 +65,16 @@ void check_bias(const Tensor& b, int64_t channels, const char* op) {
 
 // y [N, Co, Ho, Wo] = conv(x [N, C, H, W], w [Co, C/G, kh, kw])
 Tensor conv_raw(const Tensor& x, const Tensor& w, const Conv2dParams& p, int64_t Ho, int64_t Wo) {
-  Tensor y = new_empty({x.size(0), w.size(0), Ho, Wo}, x.dtype(), x.device());
+  // The output in the input's memory format (a channels-last network stays channels-last).
+  Tensor y = empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()},
+                   memory_format_of(x));
   backend_of(x).conv2d(x, w, p, y);
   return y;
 }
 // dx [x_shape] from dy [N, Co, Ho, Wo] and w
 Tensor conv_input_grad_raw(const Tensor& dy, const Tensor& w, const Conv2dParams& p,
                            const Shape& x_shape) {
-  Tensor dx = new_empty(x_shape, dy.dtype(), dy.device());
+  Tensor dx = empty(x_shape, {.dtype = dy.dtype(), .device = dy.device()}, memory_format_of(dy));
   backend_of(dy).conv2d_backward_input(dy, w, p, dx);
   return dx;
 }

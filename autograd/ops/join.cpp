@@ -28,7 +28,10 @@ Tensor cat(const std::vector<Tensor>& xs0, int64_t dim) {
     out_shape[size_t(dim)] += x.shape()[size_t(dim)];
     xs.push_back(to(x, t));
   }
-  Tensor y = new_empty(out_shape, t, first.device());
+  // Channels-last when the first input is (a U-Net's skip connections keep the network's format).
+  const MemoryFormat format =
+      out_shape.size() == 4 ? memory_format_of(first) : MemoryFormat::Contiguous;
+  Tensor y = empty(out_shape, {.dtype = t, .device = first.device()}, format);
   std::vector<int64_t> starts;
   int64_t at = 0;
   for (const Tensor& x : xs) {

@@ -24,12 +24,17 @@ Tensor group_norm(const Tensor& x0, int64_t groups, const Tensor& weight0, const
     CM_CHECK(p->dtype() == x0.dtype(), "group_norm: ", what, " has dtype ", dtype_name(p->dtype()),
              ", x has ", dtype_name(x0.dtype()));
   }
-  // The kernels take contiguous operands; the copies carry no history (the node links x itself).
-  const Tensor x = contiguous(detach(x0));
+  // The kernels take contiguous operands, or channels-last ones where the backend has those loops;
+  // the copies carry no history (the node links x itself).
+  const MemoryFormat format = memory_format_of(x0) == MemoryFormat::ChannelsLast &&
+                                      backend_of(x0).group_norm_takes_channels_last()
+                                  ? MemoryFormat::ChannelsLast
+                                  : MemoryFormat::Contiguous;
+  const Tensor x = to_memory_format(detach(x0), format);
   const Tensor weight = weight0.defined() ? contiguous(detach(weight0)) : Tensor();
   const Tensor bias = bias0.defined() ? contiguous(detach(bias0)) : Tensor();
   const DType stat_dtype = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
-  Tensor y = new_empty(x.shape(), x.dtype(), x.device());
+  Tensor y = empty(x.shape(), {.dtype = x.dtype(), .device = x.device()}, format);
   Tensor mean = new_empty({N, groups}, stat_dtype, x.device());
   Tensor rstd = new_empty({N, groups}, stat_dtype, x.device());
   backend_of(x).group_norm(x, weight, bias, groups, eps, y, mean, rstd);
@@ -43,9 +48,9 @@ Tensor group_norm(const Tensor& x0, int64_t groups, const Tensor& weight0, const
     SavedTensor smean(mean, "group_norm"), srstd(rstd, "group_norm");
     const Shape xs = x.shape();
     record("group_norm", {x0, weight0, bias0}, {y}, [=](const Grads& g) {
-      const Tensor dy = contiguous(g[0]);
+      const Tensor dy = to_memory_format(g[0], format);
       const TensorOptions opt{.dtype = dy.dtype(), .device = dy.device()};
-      Tensor dx = gx ? empty(xs, opt) : Tensor();
+      Tensor dx = gx ? empty(xs, opt, format) : Tensor();
       Tensor dw = gw ? empty({C}, opt) : Tensor();
       Tensor db = gb ? empty({C}, opt) : Tensor();
       backend_of(dy).group_norm_backward(dy, sx.get(), sw.get(), smean.get(), srstd.get(), groups,

@@ -10,7 +10,8 @@ namespace {
 
 // y = op(x) (no history). Floating ops promote integer inputs to f32.
 Tensor unary_raw(UnaryOp op, const Tensor& x, double a = 0, double b = 0) {
-  Tensor y = new_empty(x.shape(), unary_op_is_predicate(op) ? DType::b8 : x.dtype(), x.device());
+  Tensor y =
+      new_empty(x.shape(), unary_op_is_predicate(op) ? DType::b8 : x.dtype(), x.device(), {x});
   backend_of(x).unary(op, x, y, a, b);
   return y;
 }
@@ -42,7 +43,7 @@ Tensor flat_unary(const char* name, UnaryOp op, const Tensor& x) {
 }
 
 Tensor backward_kernel(BinaryOp op, const Tensor& g, const Tensor& saved) {
-  Tensor out = new_empty(g.shape(), g.dtype(), g.device());
+  Tensor out = new_empty(g.shape(), g.dtype(), g.device(), {g, saved});
   backend_of(g).binary(op, g, saved, out, 1.0);
   return out;
 }

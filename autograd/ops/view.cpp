@@ -25,6 +25,14 @@ Tensor expand_raw(const Tensor& t, const Shape& shape, const char* op) {
   return t.alias_with(shape, st, t.offset());
 }
 
+MemoryFormat output_format(const Shape& shape, std::initializer_list<Tensor> inputs) {
+  if (shape.size() != 4) return MemoryFormat::Contiguous;
+  for (const Tensor& t : inputs)
+    if (t.defined() && t.shape() == shape && memory_format_of(t) == MemoryFormat::ChannelsLast)
+      return MemoryFormat::ChannelsLast;
+  return MemoryFormat::Contiguous;
+}
+
 Device common_device(std::initializer_list<Tensor> ts, const char* op) {
   std::optional<Device> d;
   for (const Tensor& t : ts) {
@@ -307,13 +315,25 @@ Tensor contiguous(const Tensor& x) {
   return x.is_contiguous() ? x : clone(x);
 }
 
+Tensor to_memory_format(const Tensor& x, MemoryFormat format) {
+  if (format == MemoryFormat::Contiguous) return contiguous(x);
+  CM_CHECK(x.dim() == 4, "to_memory_format: channels_last needs a 4-D [N, C, H, W] tensor, got ",
+           shape_str(x.shape()));
+  if (is_channels_last(x)) return x;
+  Tensor y = empty(x.shape(), {.dtype = x.dtype(), .device = x.device()}, format);
+  backend_of(x).copy(x, y);
+  if (needs_grad({x}))
+    record("to_memory_format", {x}, {y}, [](const Grads& g) { return Grads{g[0]}; });
+  return y;
+}
+
 Tensor detach(const Tensor& x) {
   return x.alias_with(x.shape(), x.strides(), x.offset());
 }
 
 Tensor to(const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
-  Tensor y = new_empty(x.shape(), dtype, x.device());
+  Tensor y = new_empty(x.shape(), dtype, x.device(), {x});
   backend_of(x).copy(x, y);
   if (is_floating(dtype) && needs_grad({x})) {
     const DType from = x.dtype();

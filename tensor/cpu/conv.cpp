@@ -637,6 +637,10 @@ void run(Pass pass, const char* op, const Tensor& a, const Tensor& b, const Conv
 
 }  // namespace
 
+MemoryFormat CpuBackend::preferred_conv_format() const {
+  return onednn::enabled() ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous;
+}
+
 void CpuBackend::conv2d(const Tensor& x, const Tensor& w, const Conv2dParams& p,
                         const Tensor& out) {
   const ConvGeom g = make_geom(x.shape(), w.shape(), out.shape(), p, "conv2d");

@@ -2,6 +2,7 @@
 // explains the layouts and numerics). Built without oneDNN, uses_onednn() is always false.
 #include "tensor/cpu/conv_onednn.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,8 @@
 #include <memory>
 #include <mutex>
 #include <tuple>
+#include <unordered_map>
+#include <vector>
 
 #include <dnnl.hpp>
 #endif
@@ -25,13 +28,20 @@
 namespace cm::cpu::onednn {
 namespace {
 
-// CM_CONV=im2col forces conv.cpp's path (read once).
-bool forced_im2col() {
-  static const bool forced = [] {
-    const char* v = std::getenv("CM_CONV");
-    return v != nullptr && std::strcmp(v, "im2col") == 0;
+// CM_CONV (read once): "im2col" forces conv.cpp's path, "winograd" asks for oneDNN's Winograd
+// kernels where they apply; unset or "direct": oneDNN's direct kernels.
+bool conv_env_is(const char* value) {
+  static const std::string v = [] {
+    const char* e = std::getenv("CM_CONV");
+    return std::string(e ? e : "");
   }();
-  return forced;
+  return v == value;
+}
+bool forced_im2col() {
+  return conv_env_is("im2col");
+}
+[[maybe_unused]] bool winograd_requested() {
+  return conv_env_is("winograd");
 }
 
 std::atomic<bool>& enabled_flag() {
@@ -99,7 +109,14 @@ memory::desc nhwc_desc(int64_t n, int64_t c, int64_t h, int64_t w) {
 
 std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s) {
   auto e = std::make_unique<Entry>();
-  const memory::desc x = nhwc_desc(s.N, s.C, s.H, s.W), y = nhwc_desc(s.N, s.Co, s.Ho, s.Wo);
+  // Winograd F(4×4, 3×3) (CM_CONV=winograd): 3×3, stride 1, no dilation; it runs on oneDNN's
+  // blocked activation layout (nChw16c), to and from which the operands are reordered.
+  const bool wino = winograd_requested() && s.kh == 3 && s.kw == 3 && s.p.stride_h == 1 &&
+                    s.p.stride_w == 1 && s.p.dil_h == 1 && s.p.dil_w == 1;
+  const memory::desc x =
+      wino ? memory::desc({s.N, s.C, s.H, s.W}, kF32, Tag::any) : nhwc_desc(s.N, s.C, s.H, s.W);
+  const memory::desc y = wino ? memory::desc({s.N, s.Co, s.Ho, s.Wo}, kF32, Tag::any)
+                              : nhwc_desc(s.N, s.Co, s.Ho, s.Wo);
   const memory::desc w({s.Co, s.C, s.kh, s.kw}, kF32, Tag::any);
   const memory::dims strides{s.p.stride_h, s.p.stride_w}, dil{s.p.dil_h - 1, s.p.dil_w - 1},
       pad{s.p.pad_h, s.p.pad_w};
@@ -109,11 +126,14 @@ std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s) {
       (s.Ho - 1) * s.p.stride_h + (s.kh - 1) * s.p.dil_h + 1 - s.H - s.p.pad_h,
       (s.Wo - 1) * s.p.stride_w + (s.kw - 1) * s.p.dil_w + 1 - s.W - s.p.pad_w};
   try {
-    const auto alg = dnnl::algorithm::convolution_direct;
+    const auto alg =
+        wino ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
+    dnnl::primitive_attr attr;  // scratch memory comes from cm's allocator (cached_memory)
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     e->fwd = dnnl::convolution_forward::primitive_desc(
         dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, alg, x, w, y, strides,
                                         dil, pad, pad_r),
-        cpu_engine());
+        attr, cpu_engine());
     const char* impl = nullptr;
     switch (pass) {
       case ConvPass::Forward:
@@ -122,14 +142,14 @@ std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s) {
         break;
       case ConvPass::BackwardInput:
         e->bwd_data = dnnl::convolution_backward_data::primitive_desc(
-            dnnl::convolution_backward_data::desc(alg, x, w, y, strides, dil, pad, pad_r),
+            dnnl::convolution_backward_data::desc(alg, x, w, y, strides, dil, pad, pad_r), attr,
             cpu_engine(), e->fwd);
         impl = e->bwd_data.impl_info_str();
         e->prim = dnnl::convolution_backward_data(e->bwd_data);
         break;
       case ConvPass::BackwardWeight:
         e->bwd_weights = dnnl::convolution_backward_weights::primitive_desc(
-            dnnl::convolution_backward_weights::desc(alg, x, w, y, strides, dil, pad, pad_r),
+            dnnl::convolution_backward_weights::desc(alg, x, w, y, strides, dil, pad, pad_r), attr,
             cpu_engine(), e->fwd);
         impl = e->bwd_weights.impl_info_str();
         e->prim = dnnl::convolution_backward_weights(e->bwd_weights);
@@ -167,10 +187,19 @@ memory user_memory(const Tensor& t) {
   return memory(memory::desc(dims, kF32, strides), cpu_engine(), t.data_ptr());
 }
 
+// Memory of layout d on a block of cm's caching allocator, kept alive by `keep` until the call
+// ends: oneDNN's own allocations of these sizes would be fresh pages on every call (page faults
+// and zeroing were 7 % of a CT step), and cm's peak-memory figures count them this way.
+memory cached_memory(const memory::desc& d, std::vector<Tensor>& keep) {
+  keep.push_back(
+      empty({std::max<int64_t>(int64_t((d.get_size() + 3) / 4), 1)}, {.dtype = DType::f32}));
+  return memory(d, cpu_engine(), keep.back().data_ptr());
+}
+
 // `m` in the layout `want`: m itself when it already has it, else a reorder into a new buffer.
-memory as_layout(memory m, const memory::desc& want, dnnl::stream& st) {
+memory as_layout(memory m, const memory::desc& want, dnnl::stream& st, std::vector<Tensor>& keep) {
   if (m.get_desc() == want) return m;
-  memory r(want, cpu_engine());
+  memory r = cached_memory(want, keep);
   dnnl::reorder(m, r).execute(st, m, r);
   return r;
 }
@@ -206,40 +235,41 @@ void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, 
   const Tensor a = dense(a0), b = dense(b0);
   const bool out_dense = dense_f32(out);
   const Tensor o = out_dense ? out : empty(out.shape(), {.dtype = DType::f32});
-  // One convolution at a time: oneDNN's default build shares one scratchpad between primitives.
+  // One convolution at a time (the primitive cache's entries are shared).
   static std::mutex exec_mu;
   std::lock_guard<std::mutex> lock(exec_mu);
   dnnl::stream st(cpu_engine());
+  std::vector<Tensor> keep;  // the buffers of this call
   memory ua = user_memory(a), ub = user_memory(b), uo = user_memory(o);
+  // The primitive's output: the user's tensor when it has the primitive's layout, else a buffer
+  // reordered into it afterwards.
+  const auto output = [&](const memory::desc& d) {
+    return uo.get_desc() == d ? uo : cached_memory(d, keep);
+  };
+  std::unordered_map<int, memory> args;
+  memory result;
   switch (pass) {
-    case ConvPass::Forward: {  // a = x, b = w, out = y
-      memory x = as_layout(ua, e.fwd.src_desc(), st), w = as_layout(ub, e.fwd.weights_desc(), st);
-      memory y = uo.get_desc() == e.fwd.dst_desc() ? uo : memory(e.fwd.dst_desc(), cpu_engine());
-      e.prim.execute(st, {{DNNL_ARG_SRC, x}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, y}});
-      if (y != uo) dnnl::reorder(y, uo).execute(st, y, uo);
+    case ConvPass::Forward:  // a = x, b = w, out = y
+      args = {{DNNL_ARG_SRC, as_layout(ua, e.fwd.src_desc(), st, keep)},
+              {DNNL_ARG_WEIGHTS, as_layout(ub, e.fwd.weights_desc(), st, keep)},
+              {DNNL_ARG_DST, result = output(e.fwd.dst_desc())},
+              {DNNL_ARG_SCRATCHPAD, cached_memory(e.fwd.scratchpad_desc(), keep)}};
       break;
-    }
-    case ConvPass::BackwardInput: {  // a = gy, b = w, out = gx
-      memory gy = as_layout(ua, e.bwd_data.diff_dst_desc(), st);
-      memory w = as_layout(ub, e.bwd_data.weights_desc(), st);
-      memory gx = uo.get_desc() == e.bwd_data.diff_src_desc()
-                      ? uo
-                      : memory(e.bwd_data.diff_src_desc(), cpu_engine());
-      e.prim.execute(st, {{DNNL_ARG_DIFF_DST, gy}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DIFF_SRC, gx}});
-      if (gx != uo) dnnl::reorder(gx, uo).execute(st, gx, uo);
+    case ConvPass::BackwardInput:  // a = gy, b = w, out = gx
+      args = {{DNNL_ARG_DIFF_DST, as_layout(ua, e.bwd_data.diff_dst_desc(), st, keep)},
+              {DNNL_ARG_WEIGHTS, as_layout(ub, e.bwd_data.weights_desc(), st, keep)},
+              {DNNL_ARG_DIFF_SRC, result = output(e.bwd_data.diff_src_desc())},
+              {DNNL_ARG_SCRATCHPAD, cached_memory(e.bwd_data.scratchpad_desc(), keep)}};
       break;
-    }
-    case ConvPass::BackwardWeight: {  // a = x, b = gy, out = gw
-      memory x = as_layout(ua, e.bwd_weights.src_desc(), st);
-      memory gy = as_layout(ub, e.bwd_weights.diff_dst_desc(), st);
-      memory gw = uo.get_desc() == e.bwd_weights.diff_weights_desc()
-                      ? uo
-                      : memory(e.bwd_weights.diff_weights_desc(), cpu_engine());
-      e.prim.execute(st, {{DNNL_ARG_SRC, x}, {DNNL_ARG_DIFF_DST, gy}, {DNNL_ARG_DIFF_WEIGHTS, gw}});
-      if (gw != uo) dnnl::reorder(gw, uo).execute(st, gw, uo);
+    case ConvPass::BackwardWeight:  // a = x, b = gy, out = gw
+      args = {{DNNL_ARG_SRC, as_layout(ua, e.bwd_weights.src_desc(), st, keep)},
+              {DNNL_ARG_DIFF_DST, as_layout(ub, e.bwd_weights.diff_dst_desc(), st, keep)},
+              {DNNL_ARG_DIFF_WEIGHTS, result = output(e.bwd_weights.diff_weights_desc())},
+              {DNNL_ARG_SCRATCHPAD, cached_memory(e.bwd_weights.scratchpad_desc(), keep)}};
       break;
-    }
   }
+  e.prim.execute(st, args);
+  if (result != uo) dnnl::reorder(result, uo).execute(st, result, uo);
   st.wait();
   if (!out_dense) cpu_backend().copy(o, out);
 }
@@ -272,7 +302,7 @@ std::string conv_backend_name() {
       break;
   }
   return "onednn " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." +
-         std::to_string(v->patch) + " (" + isa + ")";
+         std::to_string(v->patch) + " (" + isa + (winograd_requested() ? ", winograd" : "") + ")";
 }
 
 #endif

@@ -22,6 +22,12 @@
 // are already channels-last: their im2col is free), not inside a parallel item, an implementation
 // other than oneDNN's reference loops available for the shape, and CM_CONV not set to "im2col"
 // (which forces conv.cpp's path, to compare or bisect).
+//
+// CM_CONV=winograd (opt-in) runs the 3×3 stride-1 convolutions with oneDNN's Winograd F(4×4, 3×3)
+// kernels on its blocked layout: 1.4× faster over a CT step's convolutions on an AVX-512 machine
+// (docs/cpu-speed.md), at the cost of f32 accuracy (the transforms lose a few bits more than a
+// direct sum: still within the f32 tests' 2e-5 of the largest value, but not a different
+// rounding of the same sum), so it is never the default.
 #pragma once
 
 #include <string>

@@ -35,6 +35,9 @@ class CpuBackend final : public Backend {
                              const Tensor& grad_x) override;
   void conv2d_backward_weight(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
                               const Tensor& grad_w) override;
+  bool group_norm_takes_channels_last() const override { return true; }
+  // channels-last where oneDNN runs the convolutions (conv_onednn.h), else contiguous
+  MemoryFormat preferred_conv_format() const override;
   void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                   double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) override;
   void group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,

@@ -1,6 +1,7 @@
 // CPU group normalisation, forward and backward. x [N, C, *] is walked as N·G contiguous groups of
-// M = (C/G)·HW elements (HW = the product of the spatial dims); OpenMP runs over (n, group), so the
-// order of every sum is fixed and results do not depend on the thread count.
+// M = (C/G)·HW elements (HW = the product of the spatial dims); the pool runs over (n, group), so
+// the order of every sum is fixed and results do not depend on the thread count. Channels-last x
+// has its own loops (one item per sample, further down).
 //
 // Statistics are two-pass (the mean, then Σ(x − mean)² by the corrected two-pass formula of Chan,
 // Golub and LeVeque), accumulated in f64 as the other CPU reductions, and stored as f32 (f64 for
@@ -171,10 +172,152 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
   over_n(sum_dy, grad_b);
 }
 
-// The kernels take contiguous operands (the op layer makes them so).
-void check_contiguous(std::initializer_list<Tensor> ts, const char* op) {
-  for (const Tensor& t : ts)
+// ---- channels-last (x [N, C, H, W] stored as [N, H·W, C])
+// ---------------------------------------- One item per sample n: the pixels are walked in memory
+// order and every sum is kept per channel (f64 accumulators over the C contiguous channels of a
+// pixel, a loop that vectorises), then the per-channel sums are added into group sums in channel
+// order. The statistics are the same two-pass f64 values as above (summed in another order, so they
+// may differ in the last bits of f64, which f32 outputs do not show); each output element uses the
+// same formula.
+
+template <class T, class S>
+void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
+                     double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) {
+  const T* xp = static_cast<const T*>(x.data_ptr());
+  T* op = static_cast<T*>(out.data_ptr());
+  S* mp = static_cast<S*>(mean.data_ptr());
+  S* rp = static_cast<S*>(rstd.data_ptr());
+  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0),
+                            b = per_channel<T>(bias, d.C, 0.0);
+  const int64_t C = d.C, HW = d.HW, M = d.M();
+  parallel_for(d.N, 3 * C * HW, [&](int64_t n) {
+    const T* xn = xp + n * HW * C;
+    T* on = op + n * HW * C;
+    const size_t nc = size_t(C);
+    std::vector<double> s1(nc, 0.0), s2(nc, 0.0), mu_c(nc), scale(nc), shift(nc);
+    for (int64_t i = 0; i < HW; ++i)
+      for (int64_t c = 0; c < C; ++c)
+        s1[size_t(c)] += double(static_cast<compute_t<T>>(xn[i * C + c]));
+    for (int64_t g = 0; g < d.G; ++g) {  // first-pass group means, broadcast to the channels
+      double sum = 0;
+      for (int64_t j = 0; j < d.Cg; ++j) sum += s1[size_t(g * d.Cg + j)];
+      for (int64_t j = 0; j < d.Cg; ++j) mu_c[size_t(g * d.Cg + j)] = M > 0 ? sum / double(M) : 0;
+    }
+    std::fill(s1.begin(), s1.end(), 0.0);
+    for (int64_t i = 0; i < HW; ++i)
+      for (int64_t c = 0; c < C; ++c) {
+        const double e = double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)];
+        s1[size_t(c)] += e;
+        s2[size_t(c)] += e * e;
+      }
+    for (int64_t g = 0; g < d.G; ++g) {
+      double e1 = 0, e2 = 0;
+      for (int64_t j = 0; j < d.Cg; ++j) {
+        e1 += s1[size_t(g * d.Cg + j)];
+        e2 += s2[size_t(g * d.Cg + j)];
+      }
+      double mu = mu_c[size_t(g * d.Cg)], var = 0;
+      if (M > 0) {
+        mu += e1 / double(M);
+        var = std::max(0.0, (e2 - e1 * e1 / double(M)) / double(M));
+      }
+      const double r = 1.0 / std::sqrt(var + eps);
+      mp[n * d.G + g] = S(mu);
+      rp[n * d.G + g] = S(r);
+      for (int64_t j = 0; j < d.Cg; ++j) {
+        const size_t c = size_t(g * d.Cg + j);
+        mu_c[c] = mu;
+        scale[c] = r * w[c];
+        shift[c] = b[c];
+      }
+    }
+    for (int64_t i = 0; i < HW; ++i)
+      for (int64_t c = 0; c < C; ++c)
+        on[i * C + c] =
+            convert<T>((double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]) *
+                           scale[size_t(c)] +
+                       shift[size_t(c)]);
+  });
+}
+
+template <class T, class S>
+void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                              const Tensor& mean, const Tensor& rstd, const GnDims& d,
+                              const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+  const T* gp = static_cast<const T*>(grad_out.data_ptr());
+  const T* xp = static_cast<const T*>(x.data_ptr());
+  const S* mp = static_cast<const S*>(mean.data_ptr());
+  const S* rp = static_cast<const S*>(rstd.data_ptr());
+  T* gxp = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
+  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0);
+  const int64_t C = d.C, HW = d.HW, M = d.M();
+  std::vector<double> sum_dy_xhat(size_t(d.N * C)), sum_dy(size_t(d.N * C));
+  parallel_for(d.N, 3 * C * HW, [&](int64_t n) {
+    const T* gn = gp + n * HW * C;
+    const T* xn = xp + n * HW * C;
+    const size_t nc = size_t(C);
+    std::vector<double> mu_c(nc), r_c(nc), sd(nc, 0.0), sdx(nc, 0.0);
+    for (int64_t c = 0; c < C; ++c) {
+      mu_c[size_t(c)] = double(mp[n * d.G + c / d.Cg]);
+      r_c[size_t(c)] = double(rp[n * d.G + c / d.Cg]);
+    }
+    for (int64_t i = 0; i < HW; ++i)
+      for (int64_t c = 0; c < C; ++c) {
+        const double dy = double(static_cast<compute_t<T>>(gn[i * C + c]));
+        sd[size_t(c)] += dy;
+        sdx[size_t(c)] += dy * (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]);
+      }
+    std::vector<double> ma(nc), mb(nc);
+    for (int64_t g = 0; g < d.G; ++g) {
+      double a = 0, bs = 0;  // Σ w·dy and Σ w·dy·x̂ over the group
+      for (int64_t j = 0; j < d.Cg; ++j) {
+        const size_t c = size_t(g * d.Cg + j);
+        sdx[c] *= r_c[c];
+        sum_dy_xhat[size_t(n * C) + c] = sdx[c];
+        sum_dy[size_t(n * C) + c] = sd[c];
+        a += w[c] * sd[c];
+        bs += w[c] * sdx[c];
+      }
+      for (int64_t j = 0; j < d.Cg; ++j) {
+        ma[size_t(g * d.Cg + j)] = M > 0 ? a / double(M) : 0;
+        mb[size_t(g * d.Cg + j)] = M > 0 ? bs / double(M) : 0;
+      }
+    }
+    if (!gxp || M == 0) return;
+    T* gxn = gxp + n * HW * C;
+    for (int64_t i = 0; i < HW; ++i)
+      for (int64_t c = 0; c < C; ++c) {
+        const size_t k = size_t(c);
+        const double dy = double(static_cast<compute_t<T>>(gn[i * C + c]));
+        const double xhat = (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * r_c[k];
+        gxn[i * C + c] = convert<T>(r_c[k] * (w[k] * dy - ma[k] - xhat * mb[k]));
+      }
+  });
+  auto over_n = [&](const std::vector<double>& per_nc, const Tensor& dst) {
+    if (!dst.defined()) return;
+    T* p = static_cast<T*>(dst.data_ptr());
+    for (int64_t c = 0; c < C; ++c) {
+      double sum = 0;
+      for (int64_t n = 0; n < d.N; ++n) sum += per_nc[size_t(n * C + c)];
+      p[c] = convert<T>(sum);
+    }
+  };
+  over_n(sum_dy_xhat, grad_w);
+  over_n(sum_dy, grad_b);
+}
+
+// The kernels take contiguous operands, or channels-last activations (the op layer makes them
+// so). Returns true for the channels-last case.
+bool check_layout(std::initializer_list<Tensor> activations, std::initializer_list<Tensor> others,
+                  const char* op) {
+  const Tensor& x = *activations.begin();
+  const bool nhwc = memory_format_of(x) == MemoryFormat::ChannelsLast;
+  for (const Tensor& t : activations)
+    CM_CHECK(!t.defined() || (nhwc ? is_channels_last(t) : t.is_contiguous()), op,
+             ": operands must all be contiguous or all channels-last");
+  for (const Tensor& t : others)
     CM_CHECK(!t.defined() || t.is_contiguous(), op, ": operands must be contiguous");
+  return nhwc;
 }
 
 }  // namespace
@@ -182,13 +325,15 @@ void check_contiguous(std::initializer_list<Tensor> ts, const char* op) {
 void CpuBackend::group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                             int64_t groups, double eps, const Tensor& out, const Tensor& mean,
                             const Tensor& rstd) {
-  check_contiguous({x, weight, bias, out, mean, rstd}, "group_norm");
+  const bool nhwc = check_layout({x, out}, {weight, bias, mean, rstd}, "group_norm");
   const GnDims d = gn_dims(x, groups);
   CM_DISPATCH_FLOAT(x.dtype(), "group_norm", [&] {
     if (mean.dtype() == DType::f64)
-      group_norm_typed<scalar_t, double>(x, weight, bias, d, eps, out, mean, rstd);
+      (nhwc ? group_norm_nhwc<scalar_t, double>
+            : group_norm_typed<scalar_t, double>)(x, weight, bias, d, eps, out, mean, rstd);
     else
-      group_norm_typed<scalar_t, float>(x, weight, bias, d, eps, out, mean, rstd);
+      (nhwc ? group_norm_nhwc<scalar_t, float>
+            : group_norm_typed<scalar_t, float>)(x, weight, bias, d, eps, out, mean, rstd);
   });
 }
 
@@ -196,16 +341,18 @@ void CpuBackend::group_norm_backward(const Tensor& grad_out, const Tensor& x, co
                                      const Tensor& mean, const Tensor& rstd, int64_t groups,
                                      const Tensor& grad_x, const Tensor& grad_w,
                                      const Tensor& grad_b) {
-  check_contiguous({grad_out, x, weight, mean, rstd, grad_x, grad_w, grad_b},
-                   "group_norm_backward");
+  const bool nhwc = check_layout({x, grad_out, grad_x}, {weight, mean, rstd, grad_w, grad_b},
+                                 "group_norm_backward");
   const GnDims d = gn_dims(x, groups);
   CM_DISPATCH_FLOAT(x.dtype(), "group_norm_backward", [&] {
     if (mean.dtype() == DType::f64)
-      group_norm_backward_typed<scalar_t, double>(grad_out, x, weight, mean, rstd, d, grad_x,
-                                                  grad_w, grad_b);
+      (nhwc ? group_norm_backward_nhwc<scalar_t, double>
+            : group_norm_backward_typed<scalar_t, double>)(grad_out, x, weight, mean, rstd, d,
+                                                           grad_x, grad_w, grad_b);
     else
-      group_norm_backward_typed<scalar_t, float>(grad_out, x, weight, mean, rstd, d, grad_x, grad_w,
-                                                 grad_b);
+      (nhwc ? group_norm_backward_nhwc<scalar_t, float>
+            : group_norm_backward_typed<scalar_t, float>)(grad_out, x, weight, mean, rstd, d,
+                                                          grad_x, grad_w, grad_b);
   });
 }
 
