@@ -15,6 +15,7 @@
 #     --threads T      threads of both programs (OMP_NUM_THREADS for cm, --threads for the peer;
 #                      default: all cores)
 #     --no-channels-last   skip the peer's channels_last runs
+#     --winograd       also run cm with CM_CONV=winograd (opt-in Winograd 3×3 kernels) each round
 #     --peer PATH      the peer script (default: ../shared/bench/peer_ct_step.py beside this
 #                      checkout, else /work/shared/bench/peer_ct_step.py)
 #   smoke test:  bash bench/side_by_side.sh build/runner/cm EDM python3 --batch 4 --repeats 1 --rounds 1
@@ -27,7 +28,7 @@ usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [[ $# -ge 3 ]] || usage
 CM=$1 EDM=$2 PY=$3
 shift 3
-NETWORK=ddpmpp-small-28 BATCH=64 REPEATS=5 ROUNDS=3 THREADS=$(nproc) CL=1 PEER=""
+NETWORK=ddpmpp-small-28 BATCH=64 REPEATS=5 ROUNDS=3 THREADS=$(nproc) CL=1 PEER="" WINO=0
 while [[ $# -gt 0 ]]; do
   case $1 in
     --network) NETWORK=$2; shift 2 ;;
@@ -36,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     --no-channels-last) CL=0; shift ;;
+    --winograd) WINO=1; shift ;;
     --peer) PEER=$2; shift 2 ;;
     -h|--help) usage ;;
     *) echo "side_by_side.sh: unknown option '$1'" >&2; exit 2 ;;
@@ -61,12 +63,13 @@ load() { uptime | sed 's/.*load average: //'; }
 json() { "$PY" -c 'import json,sys; d=json.loads(sys.argv[1]); print(*[("" if d.get(k) is None else d[k]) for k in sys.argv[2:]], sep="\t")' "$@"; }
 
 run_cm() {
-  local r=$1 l out
+  local r=$1 variant=${2:-f32} l out
   l=$(load)
-  out=$(OMP_NUM_THREADS=$THREADS "$CM" bench --network "$NETWORK" --case ct --batch "$BATCH" \
+  out=$(OMP_NUM_THREADS=$THREADS CM_CONV=$([[ $variant == winograd ]] && echo winograd) \
+          "$CM" bench --network "$NETWORK" --case ct --batch "$BATCH" \
           --repeats "$REPEATS" | grep '^{' | tail -1)
-  printf 'cm\tf32\t%s\t%s\t%s\n' "$r" "$(json "$out" ms_per_step images_per_s peak_memory_bytes)" "$l" >>"$RES"
-  json "$out" conv blas >"$TMP/cm_kernels"
+  printf 'cm\t%s\t%s\t%s\t%s\n' "$variant" "$r" "$(json "$out" ms_per_step images_per_s peak_memory_bytes)" "$l" >>"$RES"
+  [[ $variant == winograd ]] || json "$out" memory_format conv blas >"$TMP/cm_kernels"
 }
 run_peer() {
   local r=$1 variant=$2 l out
@@ -80,6 +83,7 @@ run_peer() {
 
 for ((r = 1; r <= ROUNDS; r++)); do
   run_cm "$r"
+  [[ $WINO == 1 ]] && run_cm "$r" winograd
   run_peer "$r" eager
   [[ $CL == 1 ]] && run_peer "$r" channels_last
 done
@@ -91,7 +95,7 @@ echo "threads:   $THREADS (cm: OMP_NUM_THREADS, OpenBLAS held to 1 inside conv i
 echo "OpenBLAS:  OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-<unset> (cm then picks SkylakeX with AVX-512, Haswell with AVX2)}"
 echo "PyTorch:   $(cat "$TMP/torch_version" 2>/dev/null) ($PY)"
 echo "cm:        $CM ($(git -C "$(dirname "$CM")" rev-parse --short HEAD 2>/dev/null || echo '?'));" \
-     "conv, blas: $(cat "$TMP/cm_kernels" 2>/dev/null)"
+     "memory format, conv, blas: $(cat "$TMP/cm_kernels" 2>/dev/null)"
 echo "load now:  $(uptime)"
 "$PY" - "$RES" <<'EOF'
 import sys, statistics as st

@@ -4,6 +4,21 @@
 
 namespace cm {
 
+void Backend::conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,
+                          const Tensor& out) {
+  conv2d(x, w, p, out);
+  const Tensor bv = b.alias_with(out.shape(), {0, b.stride(0), 0, 0}, b.offset());
+  binary(BinaryOp::Add, out, bv, out, 1.0);
+}
+
+void Backend::conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_out,
+                                          const Conv2dParams& p, const Tensor& grad_w,
+                                          const Tensor& grad_b) {
+  conv2d_backward_weight(x, grad_out, p, grad_w);
+  reduce(ReduceOp::Sum, grad_out,
+         grad_b.alias_with({1, grad_b.size(0), 1, 1}, {0, grad_b.stride(0), 0, 0}, grad_b.offset()));
+}
+
 Backend& cuda_backend();  // tensor/cuda or tensor/no_cuda
 
 Backend& backend_for(Device d) {

@@ -158,6 +158,15 @@ class Backend {
   // The gradient with respect to w: grad_w[Co, Ci/G, kh, kw].
   virtual void conv2d_backward_weight(const Tensor& x, const Tensor& grad_out,
                                       const Conv2dParams& p, const Tensor& grad_w) = 0;
+  // The fused neighbours, each tested against the composite of the kernels above (which the
+  // defaults run): conv2d with the bias added, out = conv2d(x, w) + b[co]; and the weight gradient
+  // with the bias gradient grad_b[co] = Σ_{n, h, w} grad_out, where the backend has one pass for
+  // both. b and grad_b are [Co] of out's dtype.
+  virtual void conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,
+                           const Tensor& out);
+  virtual void conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_out,
+                                           const Conv2dParams& p, const Tensor& grad_w,
+                                           const Tensor& grad_b);
 
   // ---- group normalisation (x [N, C, *], statistics in f32, f64 for f64 x) ----
   // out = (x − mean)·rstd·weight[c] + bias[c] per (n, group); mean and rstd [N, G] are outputs of

@@ -416,6 +416,59 @@ TEST_SUITE("nn") {
     CHECK(dnn::conv_backend_name().rfind("onednn ", 0) == 0);
   }
 
+  TEST_CASE("conv2d (CPU): the fused bias and bias gradient equal the composite kernels") {
+    struct Case {
+      Shape xs, ws;
+      Conv2dParams p;
+      DType dt;
+      Layout l;
+    };
+    const std::vector<Case> cases = {
+        {{2, 8, 9, 9}, {16, 8, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, DType::f32, Layout::Contiguous},
+        {{2, 8, 9, 9}, {16, 8, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, DType::f32, Layout::ChannelsLast},
+        {{3, 5, 11, 10}, {7, 5, 3, 3}, {2, 2, 1, 1, 1, 1, 1}, DType::f32, Layout::ChannelsLast},
+        {{2, 16, 6, 6}, {8, 16, 1, 1}, {}, DType::f32, Layout::ChannelsLast},   // 1×1 on oneDNN
+        {{2, 16, 6, 6}, {8, 16, 1, 1}, {}, DType::f32, Layout::Contiguous},     // 1×1 im2col
+        {{2, 4, 6, 5}, {6, 2, 3, 3}, {1, 1, 1, 1, 1, 1, 2}, DType::f32, Layout::Contiguous},
+        {{2, 4, 7, 7}, {5, 4, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, DType::f64, Layout::Transposed},
+    };
+    uint64_t seed = 7000;
+    for (const Case& c : cases) {
+      const std::string what = conv_name(c.xs, c.ws, c.p) + " " + dtype_name(c.dt) + " " + lname(c.l);
+      const TensorOptions opt{.dtype = c.dt};
+      Generator g1(seed++), g2(seed++), g3(seed++), g4(seed++);
+      const Tensor x = with_layout(randn(c.xs, opt, &g1), c.l), w = randn(c.ws, opt, &g2);
+      const Tensor b = randn({c.ws[0]}, opt, &g3);
+      const Ref r0 = ref_conv2d(x, w, b, c.p);
+      const Tensor gy = with_layout(randn(r0.y_shape, opt, &g4), c.l);
+      const Ref r = ref_conv2d(x, w, b, c.p, gy);
+      Backend& be = cpu::cpu_backend();
+      Tensor y = zeros(r.y_shape, opt), yc = zeros(r.y_shape, opt);
+      be.conv2d_bias(x, w, b, c.p, y);
+      be.Backend::conv2d_bias(x, w, b, c.p, yc);  // the composite: conv2d, then the bias added
+      Tensor dw = zeros(c.ws, opt), db = zeros({c.ws[0]}, opt);
+      Tensor dwc = zeros(c.ws, opt), dbc = zeros({c.ws[0]}, opt);
+      be.conv2d_backward_weight_bias(x, gy, c.p, dw, db);
+      be.Backend::conv2d_backward_weight_bias(x, gy, c.p, dwc, dbc);
+      const double tol = c.dt == DType::f64 ? 1e-12 : 2e-5;
+      check_close(y, r.y_shape, r.y, tol, what + " fused forward");
+      check_close(y, r.y_shape, values(yc), tol, what + " fused forward vs composite");
+      check_close(dw, c.ws, r.dw, tol, what + " fused dw");
+      check_close(dw, c.ws, values(dwc), tol, what + " fused dw vs composite");
+      check_close(db, {c.ws[0]}, r.db, tol, what + " fused db");
+      check_close(db, {c.ws[0]}, values(dbc), tol, what + " fused db vs composite");
+    }
+    // through autograd: a conv2d with bias backpropagates the fused pair (gradcheck in f64 above)
+    Tensor x = randn_input({2, 4, 6, 6}, 7100, Layout::ChannelsLast, DType::f32);
+    Tensor w = randn_input({4, 4, 3, 3}, 7101, Layout::Contiguous, DType::f32);
+    Tensor b = randn_input({4}, 7102, Layout::Contiguous, DType::f32);
+    for (Tensor* t : {&x, &w, &b}) t->set_requires_grad(true);
+    const Tensor gy = randn_input({2, 4, 6, 6}, 7103, Layout::Contiguous, DType::f32);
+    const Ref r = ref_conv2d(x, w, b, {1, 1, 1, 1, 1, 1, 1}, gy);
+    check_against_ref(conv2d(x, w, b, {1, 1, 1, 1, 1, 1, 1}), gy, x, w, b, r, 2e-5,
+                      "autograd conv2d with bias, channels-last");
+  }
+
   TEST_CASE(
       "conv_transpose2d: every stride, padding, output_padding, dilation, groups and kernel") {
     const int64_t C = 4;

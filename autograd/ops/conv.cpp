@@ -85,6 +85,14 @@ Tensor conv_weight_grad_raw(const Tensor& x, const Tensor& dy, const Conv2dParam
   backend_of(x).conv2d_backward_weight(x, dy, p, dw);
   return dw;
 }
+// y = conv(x, w) + b[c] in one backend call.
+Tensor conv_bias_raw(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,
+                     int64_t Ho, int64_t Wo) {
+  Tensor y = empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()},
+                   memory_format_of(x));
+  backend_of(x).conv2d_bias(x, w, b, p, y);
+  return y;
+}
 // y[n, c, h, w] += b[c], in place on a fresh output.
 void add_bias_raw(const Tensor& y, const Tensor& b) {
   const Tensor bv = b.alias_with(y.shape(), {0, b.stride(0), 0, 0}, b.offset());
@@ -118,8 +126,8 @@ Tensor conv2d(const Tensor& x0, const Tensor& w0, const Tensor& b0, const Conv2d
            kh, "×", kw, " with ", params_str(p), " (output ", Ho, "×", Wo, ")");
   const auto [x, w, b] = promote(x0, w0, b0, op);
 
-  Tensor y = conv_raw(x, w, p, Ho, Wo);
-  if (b.defined()) add_bias_raw(y, b);
+  // The bias is added by the convolution kernel (Backend::conv2d_bias: fused where it can be).
+  Tensor y = b.defined() ? conv_bias_raw(x, w, b, p, Ho, Wo) : conv_raw(x, w, p, Ho, Wo);
   if (needs_grad({x, w, b})) {
     const bool nx = x.requires_grad(), nw = w.requires_grad(),
                nb = b.defined() && b.requires_grad();
@@ -127,9 +135,16 @@ Tensor conv2d(const Tensor& x0, const Tensor& w0, const Tensor& b0, const Conv2d
     const SavedTensor sw = nx ? SavedTensor(w, op) : SavedTensor();
     const Shape xs = x.shape(), ws = w.shape();
     record(op, {x, w, b}, {y}, [=](const Grads& g) {
-      return Grads{nx ? conv_input_grad_raw(g[0], sw.get(), p, xs) : Tensor(),
-                   nw ? conv_weight_grad_raw(sx.get(), g[0], p, ws) : Tensor(),
-                   nb ? sum(g[0], {0, 2, 3}) : Tensor()};
+      Tensor dw, db;
+      if (nw && nb) {  // both from one pass where the backend fuses them
+        dw = new_empty(ws, g[0].dtype(), g[0].device());
+        db = new_empty({ws[0]}, g[0].dtype(), g[0].device());
+        backend_of(g[0]).conv2d_backward_weight_bias(sx.get(), g[0], p, dw, db);
+      } else {
+        if (nw) dw = conv_weight_grad_raw(sx.get(), g[0], p, ws);
+        if (nb) db = sum(g[0], {0, 2, 3});
+      }
+      return Grads{nx ? conv_input_grad_raw(g[0], sw.get(), p, xs) : Tensor(), dw, db};
     });
   }
   return y;

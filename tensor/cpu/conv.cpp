@@ -661,4 +661,34 @@ void CpuBackend::conv2d_backward_weight(const Tensor& x, const Tensor& grad_out,
   run(Pass::BackwardWeight, "conv2d_backward_weight", x, grad_out, g, grad_w);
 }
 
+// The fused forms: on oneDNN for f32 operands where it runs the pass (the bias in the kernel's
+// epilogue, its gradient from the weight-gradient pass), else the composite (Backend's defaults).
+namespace {
+bool fusable(const Tensor& v) {
+  return v.dtype() == DType::f32 && v.is_contiguous() && v.dim() == 1;
+}
+}  // namespace
+
+void CpuBackend::conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b,
+                             const Conv2dParams& p, const Tensor& out) {
+  const ConvGeom g = make_geom(x.shape(), w.shape(), out.shape(), p, "conv2d");
+  const onednn::ConvShape s{g.N, g.C, g.H, g.W, g.Co, g.kh, g.kw, g.Ho, g.Wo, g.p};
+  if (out.numel() > 0 && fusable(b) && b.size(0) == g.Co &&
+      onednn::uses_onednn(Pass::Forward, s, x, w, out))
+    return onednn::run(Pass::Forward, s, x, w, out, b);
+  Backend::conv2d_bias(x, w, b, p, out);
+}
+
+void CpuBackend::conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_out,
+                                             const Conv2dParams& p, const Tensor& grad_w,
+                                             const Tensor& grad_b) {
+  const ConvGeom g =
+      make_geom(x.shape(), grad_w.shape(), grad_out.shape(), p, "conv2d_backward_weight");
+  const onednn::ConvShape s{g.N, g.C, g.H, g.W, g.Co, g.kh, g.kw, g.Ho, g.Wo, g.p};
+  if (grad_out.numel() > 0 && fusable(grad_b) && grad_b.size(0) == g.Co &&
+      onednn::uses_onednn(Pass::BackwardWeight, s, x, grad_out, grad_w))
+    return onednn::run(Pass::BackwardWeight, s, x, grad_out, grad_w, {}, grad_b);
+  Backend::conv2d_backward_weight_bias(x, grad_out, p, grad_w, grad_b);
+}
+
 }  // namespace cm::cpu

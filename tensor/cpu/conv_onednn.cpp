@@ -66,7 +66,8 @@ void set_enabled(bool on) {
 bool uses_onednn(ConvPass, const ConvShape&, const Tensor&, const Tensor&, const Tensor&) {
   return false;
 }
-void run(ConvPass, const ConvShape&, const Tensor&, const Tensor&, const Tensor&) {
+void run(ConvPass, const ConvShape&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+         const Tensor&) {
   CM_CHECK(false, "conv2d: this build has no oneDNN (configure with -DCM_ONEDNN=ON)");
 }
 std::string conv_backend_name() {
@@ -96,18 +97,19 @@ struct Entry {
   bool usable = false;  // false: oneDNN has only its reference loops here (or refused the shape)
 };
 
-using Key = std::array<int64_t, 14>;
+using Key = std::array<int64_t, 15>;
 
-Key key_of(ConvPass pass, const ConvShape& s) {
-  return {int64_t(pass), s.N,          s.C,          s.H,       s.W,       s.Co,      s.kh,
-          s.kw,          s.p.stride_h, s.p.stride_w, s.p.pad_h, s.p.pad_w, s.p.dil_h, s.p.dil_w};
+Key key_of(ConvPass pass, const ConvShape& s, bool bias) {
+  return {int64_t(pass), s.N,          s.C,          s.H,       s.W,       s.Co,      s.kh,     s.kw,
+          s.p.stride_h,  s.p.stride_w, s.p.pad_h,    s.p.pad_w, s.p.dil_h, s.p.dil_w, int64_t(bias)};
 }
 
 memory::desc nhwc_desc(int64_t n, int64_t c, int64_t h, int64_t w) {
   return memory::desc({n, c, h, w}, kF32, Tag::nhwc);
 }
 
-std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s) {
+// bias: the forward adds a bias, the weight gradient also gives the bias gradient.
+std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s, bool bias) {
   auto e = std::make_unique<Entry>();
   // Winograd F(4×4, 3×3) (CM_CONV=winograd): 3×3, stride 1, no dilation; it runs on oneDNN's
   // blocked activation layout (nChw16c), to and from which the operands are reordered.
@@ -130,9 +132,13 @@ std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s) {
         wino ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
     dnnl::primitive_attr attr;  // scratch memory comes from cm's allocator (cached_memory)
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    const memory::desc bd({s.Co}, kF32, Tag::a);
+    const bool fwd_bias = bias && pass == ConvPass::Forward;
     e->fwd = dnnl::convolution_forward::primitive_desc(
-        dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, alg, x, w, y, strides,
-                                        dil, pad, pad_r),
+        fwd_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, alg, x, w, bd,
+                                                   y, strides, dil, pad, pad_r)
+                 : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, alg, x, w, y,
+                                                   strides, dil, pad, pad_r),
         attr, cpu_engine());
     const char* impl = nullptr;
     switch (pass) {
@@ -149,8 +155,10 @@ std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s) {
         break;
       case ConvPass::BackwardWeight:
         e->bwd_weights = dnnl::convolution_backward_weights::primitive_desc(
-            dnnl::convolution_backward_weights::desc(alg, x, w, y, strides, dil, pad, pad_r), attr,
-            cpu_engine(), e->fwd);
+            bias ? dnnl::convolution_backward_weights::desc(alg, x, w, bd, y, strides, dil, pad,
+                                                            pad_r)
+                 : dnnl::convolution_backward_weights::desc(alg, x, w, y, strides, dil, pad, pad_r),
+            attr, cpu_engine(), e->fwd);
         impl = e->bwd_weights.impl_info_str();
         e->prim = dnnl::convolution_backward_weights(e->bwd_weights);
         break;
@@ -165,15 +173,15 @@ std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s) {
 
 // The cache of built primitives, keyed by pass and geometry. A training run has a few dozen
 // geometries; the bound only guards programs that sweep shapes (the tests).
-Entry& entry_for(ConvPass pass, const ConvShape& s) {
+Entry& entry_for(ConvPass pass, const ConvShape& s, bool bias = false) {
   static std::mutex mu;
   static std::map<Key, std::unique_ptr<Entry> > cache;
-  const Key k = key_of(pass, s);
+  const Key k = key_of(pass, s, bias);
   std::lock_guard<std::mutex> lock(mu);
   auto it = cache.find(k);
   if (it == cache.end()) {
     if (cache.size() >= 512) cache.clear();
-    it = cache.emplace(k, build(pass, s)).first;
+    it = cache.emplace(k, build(pass, s, bias)).first;
   }
   return *it->second;
 }
@@ -222,8 +230,16 @@ bool uses_onednn(ConvPass pass, const ConvShape& s, const Tensor& a, const Tenso
   return entry_for(pass, s).usable;
 }
 
-void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, const Tensor& out) {
-  Entry& e = entry_for(pass, s);
+void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, const Tensor& out,
+         const Tensor& bias, const Tensor& grad_bias) {
+  const Tensor& vec = pass == ConvPass::Forward ? bias : grad_bias;
+  CM_CHECK((!bias.defined() || pass == ConvPass::Forward) &&
+               (!grad_bias.defined() || pass == ConvPass::BackwardWeight) &&
+               (!vec.defined() || (vec.dtype() == DType::f32 && vec.is_contiguous() &&
+                                   vec.shape() == Shape{s.Co})),
+           "conv2d: a fused bias must be [", s.Co, "] f32, contiguous, of the forward pass (its "
+           "gradient of the weight-gradient pass)");
+  Entry& e = entry_for(pass, s, vec.defined());
   CM_CHECK(e.usable, "conv2d: oneDNN has no kernel for this geometry (uses_onednn was not asked)");
   // Operands not dense in either layout (or with zero strides) are copied contiguous first.
   const auto dense = [](const Tensor& t) {
@@ -268,6 +284,8 @@ void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, 
               {DNNL_ARG_SCRATCHPAD, cached_memory(e.bwd_weights.scratchpad_desc(), keep)}};
       break;
   }
+  if (bias.defined()) args[DNNL_ARG_BIAS] = user_memory(bias);
+  if (grad_bias.defined()) args[DNNL_ARG_DIFF_BIAS] = user_memory(grad_bias);
   e.prim.execute(st, args);
   if (result != uo) dnnl::reorder(result, uo).execute(st, result, uo);
   st.wait();

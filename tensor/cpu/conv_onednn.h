@@ -59,8 +59,11 @@ struct ConvShape {
 bool uses_onednn(ConvPass pass, const ConvShape& s, const Tensor& a, const Tensor& b,
                  const Tensor& out);
 
-// Runs the pass (after uses_onednn said yes): out = pass(a, b), out overwritten.
-void run(ConvPass pass, const ConvShape& s, const Tensor& a, const Tensor& b, const Tensor& out);
+// Runs the pass (after uses_onednn said yes): out = pass(a, b), out overwritten. `bias` (forward
+// only) is added in the kernel's epilogue; `grad_bias` (backward-weight only) receives Σ_{n,h,w} of
+// the output gradient from the same pass. Both [Co] f32 contiguous, or undefined.
+void run(ConvPass pass, const ConvShape& s, const Tensor& a, const Tensor& b, const Tensor& out,
+         const Tensor& bias = {}, const Tensor& grad_bias = {});
 
 // "onednn 2.6.3 (avx512_core)" or "im2col+openblas": what runs the f32 3×3 convolutions, for
 // cm bench's report.

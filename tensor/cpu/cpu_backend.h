@@ -35,6 +35,10 @@ class CpuBackend final : public Backend {
                              const Tensor& grad_x) override;
   void conv2d_backward_weight(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
                               const Tensor& grad_w) override;
+  void conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,
+                   const Tensor& out) override;
+  void conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
+                                   const Tensor& grad_w, const Tensor& grad_b) override;
   bool group_norm_takes_channels_last() const override { return true; }
   // channels-last where oneDNN runs the convolutions (conv_onednn.h), else contiguous
   MemoryFormat preferred_conv_format() const override;
