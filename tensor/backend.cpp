@@ -15,8 +15,9 @@ void Backend::conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_ou
                                           const Conv2dParams& p, const Tensor& grad_w,
                                           const Tensor& grad_b) {
   conv2d_backward_weight(x, grad_out, p, grad_w);
-  reduce(ReduceOp::Sum, grad_out,
-         grad_b.alias_with({1, grad_b.size(0), 1, 1}, {0, grad_b.stride(0), 0, 0}, grad_b.offset()));
+  reduce(
+      ReduceOp::Sum, grad_out,
+      grad_b.alias_with({1, grad_b.size(0), 1, 1}, {0, grad_b.stride(0), 0, 0}, grad_b.offset()));
 }
 
 Backend& cuda_backend();  // tensor/cuda or tensor/no_cuda
@@ -47,10 +48,11 @@ const char* unary_op_name(UnaryOp op) {
     return #E;
     CM_NAME(Neg, )
     CM_NAME(Abs, )
-    CM_NAME(Exp, ) CM_NAME(Log, ) CM_NAME(Sqrt, ) CM_NAME(Rsqrt, ) CM_NAME(Square, )
-        CM_NAME(Reciprocal, ) CM_NAME(Sin, ) CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, )
-            CM_NAME(Silu, ) CM_NAME(Relu, ) CM_NAME(Gelu, ) CM_NAME(Sign, ) CM_NAME(Erf, )
-                CM_NAME(Expm1, ) CM_NAME(Log1p, ) CM_NAME(Floor, ) CM_NAME(Ceil, ) CM_NAME(Round, )
+    CM_NAME(Exp, )
+    CM_NAME(Log, ) CM_NAME(Sqrt, ) CM_NAME(Rsqrt, ) CM_NAME(Square, ) CM_NAME(Reciprocal, )
+        CM_NAME(Sin, ) CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, ) CM_NAME(Silu, )
+            CM_NAME(Relu, ) CM_NAME(Gelu, ) CM_NAME(Sign, ) CM_NAME(Erf, ) CM_NAME(Expm1, )
+                CM_NAME(Log1p, ) CM_NAME(Floor, ) CM_NAME(Ceil, ) CM_NAME(Round, )
                     CM_NAME(PowScalar, ) CM_NAME(RPowScalar, ) CM_NAME(AddScalar, )
                         CM_NAME(MulScalar, ) CM_NAME(DivScalar, ) CM_NAME(RSubScalar, )
                             CM_NAME(RDivScalar, ) CM_NAME(MaxScalar, ) CM_NAME(MinScalar, )
@@ -86,8 +88,9 @@ const char* binary_op_name(BinaryOp op) {
     return #E;
     CM_NAME(Add)
     CM_NAME(Sub)
-    CM_NAME(Mul) CM_NAME(Div) CM_NAME(Pow) CM_NAME(Maximum) CM_NAME(Minimum) CM_NAME(Lerp)
-        CM_NAME(Eq) CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge) CM_NAME(LogicalAnd)
+    CM_NAME(Mul)
+    CM_NAME(Div) CM_NAME(Pow) CM_NAME(Maximum) CM_NAME(Minimum) CM_NAME(Lerp) CM_NAME(Eq)
+        CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge) CM_NAME(LogicalAnd)
             CM_NAME(LogicalOr) CM_NAME(ReluBackward) CM_NAME(SiluBackward) CM_NAME(GeluBackward)
                 CM_NAME(SigmoidBackward) CM_NAME(TanhBackward)
 #undef CM_NAME

@@ -427,14 +427,15 @@ TEST_SUITE("nn") {
         {{2, 8, 9, 9}, {16, 8, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, DType::f32, Layout::Contiguous},
         {{2, 8, 9, 9}, {16, 8, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, DType::f32, Layout::ChannelsLast},
         {{3, 5, 11, 10}, {7, 5, 3, 3}, {2, 2, 1, 1, 1, 1, 1}, DType::f32, Layout::ChannelsLast},
-        {{2, 16, 6, 6}, {8, 16, 1, 1}, {}, DType::f32, Layout::ChannelsLast},   // 1×1 on oneDNN
-        {{2, 16, 6, 6}, {8, 16, 1, 1}, {}, DType::f32, Layout::Contiguous},     // 1×1 im2col
+        {{2, 16, 6, 6}, {8, 16, 1, 1}, {}, DType::f32, Layout::ChannelsLast},  // 1×1 on oneDNN
+        {{2, 16, 6, 6}, {8, 16, 1, 1}, {}, DType::f32, Layout::Contiguous},    // 1×1 im2col
         {{2, 4, 6, 5}, {6, 2, 3, 3}, {1, 1, 1, 1, 1, 1, 2}, DType::f32, Layout::Contiguous},
         {{2, 4, 7, 7}, {5, 4, 3, 3}, {1, 1, 1, 1, 1, 1, 1}, DType::f64, Layout::Transposed},
     };
     uint64_t seed = 7000;
     for (const Case& c : cases) {
-      const std::string what = conv_name(c.xs, c.ws, c.p) + " " + dtype_name(c.dt) + " " + lname(c.l);
+      const std::string what =
+          conv_name(c.xs, c.ws, c.p) + " " + dtype_name(c.dt) + " " + lname(c.l);
       const TensorOptions opt{.dtype = c.dt};
       Generator g1(seed++), g2(seed++), g3(seed++), g4(seed++);
       const Tensor x = with_layout(randn(c.xs, opt, &g1), c.l), w = randn(c.ws, opt, &g2);

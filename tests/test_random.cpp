@@ -85,6 +85,34 @@ TEST_SUITE("tensor") {
     for (int k = 0; k < 4; ++k) CHECK(a.v[k] == b.v[k]);
   }
 
+  TEST_CASE("the CPU fill's batched Philox gives random_element's value for every element") {
+    // Sizes around the fill's batches of 64 blocks (and its parallel chunks), a counter offset
+    // whose low 32 bits wrap inside a batch, every kind and lane width.
+    const uint64_t seed = 0xfeedface12345678ull, first = 0xffffffe0ull;
+    for (int64_t n : {int64_t(1), int64_t(255), int64_t(257), int64_t(64 * 4 * 37 + 3)})
+      for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::i64, DType::i32})
+        for (RandomKind kind :
+             {RandomKind::Uniform, RandomKind::Normal, RandomKind::Int, RandomKind::Bernoulli}) {
+          if ((kind == RandomKind::Normal || kind == RandomKind::Uniform) && !is_floating(dt))
+            continue;
+          const double a = kind == RandomKind::Int ? -7 : kind == RandomKind::Bernoulli ? 0.3 : 0.5;
+          const double b = kind == RandomKind::Int ? 1000 : 2.0;
+          const Tensor t = empty({n}, {.dtype = dt});
+          backend_for(Device::cpu()).random(kind, t, seed, first, a, b);
+          const std::vector<double> got = t.to_vector<double>();
+          int bad = 0;
+          CM_DISPATCH_ALL(dt, "test", [&] {
+            for (int64_t i = 0; i < n; ++i) {
+              const double want = double(static_cast<compute_t<scalar_t>>(
+                  random_element<scalar_t>(kind, seed, first, i, a, b)));
+              if (!(got[size_t(i)] == want)) ++bad;
+            }
+          });
+          CHECK_MESSAGE(bad == 0, n, " elements of ", std::string(dtype_name(dt)), " kind ",
+                        int(kind), ": ", bad, " differ");
+        }
+  }
+
   TEST_CASE("rand follows the documented block/lane layout") {
     SUBCASE("f32: element i from block offset + i/4, lane i%4, 24 bits") {
       const uint64_t seed = 0x123456789abcdef0ull,

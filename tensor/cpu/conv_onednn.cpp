@@ -100,8 +100,9 @@ struct Entry {
 using Key = std::array<int64_t, 15>;
 
 Key key_of(ConvPass pass, const ConvShape& s, bool bias) {
-  return {int64_t(pass), s.N,          s.C,          s.H,       s.W,       s.Co,      s.kh,     s.kw,
-          s.p.stride_h,  s.p.stride_w, s.p.pad_h,    s.p.pad_w, s.p.dil_h, s.p.dil_w, int64_t(bias)};
+  return {int64_t(pass), s.N,       s.C,       s.H,          s.W,
+          s.Co,          s.kh,      s.kw,      s.p.stride_h, s.p.stride_w,
+          s.p.pad_h,     s.p.pad_w, s.p.dil_h, s.p.dil_w,    int64_t(bias)};
 }
 
 memory::desc nhwc_desc(int64_t n, int64_t c, int64_t h, int64_t w) {
@@ -235,9 +236,10 @@ void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, 
   const Tensor& vec = pass == ConvPass::Forward ? bias : grad_bias;
   CM_CHECK((!bias.defined() || pass == ConvPass::Forward) &&
                (!grad_bias.defined() || pass == ConvPass::BackwardWeight) &&
-               (!vec.defined() || (vec.dtype() == DType::f32 && vec.is_contiguous() &&
-                                   vec.shape() == Shape{s.Co})),
-           "conv2d: a fused bias must be [", s.Co, "] f32, contiguous, of the forward pass (its "
+               (!vec.defined() ||
+                (vec.dtype() == DType::f32 && vec.is_contiguous() && vec.shape() == Shape{s.Co})),
+           "conv2d: a fused bias must be [", s.Co,
+           "] f32, contiguous, of the forward pass (its "
            "gradient of the weight-gradient pass)");
   Entry& e = entry_for(pass, s, vec.defined());
   CM_CHECK(e.usable, "conv2d: oneDNN has no kernel for this geometry (uses_onednn was not asked)");
