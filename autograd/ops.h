@@ -201,6 +201,10 @@ Tensor conv_transpose2d(const Tensor& x, const Tensor& w, const Tensor& bias = {
 // weight and bias [C] optional, of x's dtype. As torch's group_norm.
 Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = {},
                   const Tensor& bias = {}, double eps = 1e-5);
+// silu(group_norm(x, ...)) as one fused op (one pass forward; the backward recomputes the
+// normalised values from x and the statistics instead of storing them). Same arguments.
+Tensor group_norm_silu(const Tensor& x, int64_t groups, const Tensor& weight = {},
+                       const Tensor& bias = {}, double eps = 1e-5);
 
 // ---- neural-network functions (ops/nn.cpp)
 // ------------------------------------------------------------------- x [..., in] · w[out, in]ᵀ +

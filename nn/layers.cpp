@@ -124,6 +124,10 @@ Tensor GroupNorm::forward(const Tensor& x) const {
   return group_norm(x, num_groups, as_input_dtype(weight, x), as_input_dtype(bias, x), eps);
 }
 
+Tensor GroupNorm::forward_silu(const Tensor& x) const {
+  return group_norm_silu(x, num_groups, as_input_dtype(weight, x), as_input_dtype(bias, x), eps);
+}
+
 // ---- embeddings
 // -------------------------------------------------------------------------------------------
 PositionalEmbedding::PositionalEmbedding(int64_t c, int64_t maxp, bool ep)
@@ -192,13 +196,13 @@ UNetBlock::UNetBlock(int64_t in, int64_t out, const UNetBlockOptions& o, Generat
 
 Tensor UNetBlock::forward(const Tensor& x_in, const Tensor& emb, const ForwardContext& ctx) const {
   const Tensor orig = x_in;
-  Tensor x = conv0->forward(silu(norm0->forward(x_in)));
+  Tensor x = conv0->forward(norm0->forward_silu(x_in));
   const Tensor params = cm::to(unsqueeze(unsqueeze(affine->forward(emb), 2), 3), x.dtype());
   if (adaptive_scale) {
     std::vector<Tensor> ss = chunk(params, 2, 1);  // scale, shift
     x = silu(add(ss[1], mul(norm1->forward(x), add(ss[0], 1.0))));
   } else {
-    x = silu(norm1->forward(add(x, params)));
+    x = norm1->forward_silu(add(x, params));
   }
   Generator& gen = ctx.dropout ? *ctx.dropout : default_generator();
   x = conv1->forward(cm::dropout(x, dropout, is_training(), gen));

@@ -4,6 +4,28 @@
 
 namespace cm {
 
+void Backend::group_norm_silu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                              int64_t groups, double eps, const Tensor& out, const Tensor& mean,
+                              const Tensor& rstd) {
+  group_norm(x, weight, bias, groups, eps, out, mean, rstd);
+  unary(UnaryOp::Silu, out, out, 0, 0);
+}
+
+void Backend::group_norm_silu_backward(const Tensor& grad_out, const Tensor& x,
+                                       const Tensor& weight, const Tensor& bias, const Tensor& mean,
+                                       const Tensor& rstd, int64_t groups, double eps,
+                                       const Tensor& grad_x, const Tensor& grad_w,
+                                       const Tensor& grad_b) {
+  const TensorOptions opt{.dtype = x.dtype(), .device = x.device()};
+  const MemoryFormat f = memory_format_of(x);
+  const Tensor h = empty(x.shape(), opt, f), dh = empty(x.shape(), opt, f);
+  const Tensor m2 = empty(mean.shape(), {.dtype = mean.dtype(), .device = x.device()}),
+               r2 = empty(rstd.shape(), {.dtype = rstd.dtype(), .device = x.device()});
+  group_norm(x, weight, bias, groups, eps, h, m2, r2);  // h again (the statistics are the same)
+  binary(BinaryOp::SiluBackward, grad_out, h, dh, 1.0);
+  group_norm_backward(dh, x, weight, mean, rstd, groups, grad_x, grad_w, grad_b);
+}
+
 void Backend::conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,
                           const Tensor& out) {
   conv2d(x, w, p, out);
@@ -49,17 +71,17 @@ const char* unary_op_name(UnaryOp op) {
     CM_NAME(Neg, )
     CM_NAME(Abs, )
     CM_NAME(Exp, )
-    CM_NAME(Log, ) CM_NAME(Sqrt, ) CM_NAME(Rsqrt, ) CM_NAME(Square, ) CM_NAME(Reciprocal, )
-        CM_NAME(Sin, ) CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, ) CM_NAME(Silu, )
-            CM_NAME(Relu, ) CM_NAME(Gelu, ) CM_NAME(Sign, ) CM_NAME(Erf, ) CM_NAME(Expm1, )
-                CM_NAME(Log1p, ) CM_NAME(Floor, ) CM_NAME(Ceil, ) CM_NAME(Round, )
-                    CM_NAME(PowScalar, ) CM_NAME(RPowScalar, ) CM_NAME(AddScalar, )
-                        CM_NAME(MulScalar, ) CM_NAME(DivScalar, ) CM_NAME(RSubScalar, )
-                            CM_NAME(RDivScalar, ) CM_NAME(MaxScalar, ) CM_NAME(MinScalar, )
-                                CM_NAME(Clamp, ) CM_NAME(EqScalar, ) CM_NAME(NeScalar, )
-                                    CM_NAME(LtScalar, ) CM_NAME(LeScalar, ) CM_NAME(GtScalar, )
-                                        CM_NAME(GeScalar, ) CM_NAME(IsFinite, )
-                                            CM_NAME(LogicalNot, )
+    CM_NAME(Log, )
+    CM_NAME(Sqrt, ) CM_NAME(Rsqrt, ) CM_NAME(Square, ) CM_NAME(Reciprocal, ) CM_NAME(Sin, )
+        CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, ) CM_NAME(Silu, ) CM_NAME(Relu, )
+            CM_NAME(Gelu, ) CM_NAME(Sign, ) CM_NAME(Erf, ) CM_NAME(Expm1, ) CM_NAME(Log1p, )
+                CM_NAME(Floor, ) CM_NAME(Ceil, ) CM_NAME(Round, ) CM_NAME(PowScalar, )
+                    CM_NAME(RPowScalar, ) CM_NAME(AddScalar, ) CM_NAME(MulScalar, )
+                        CM_NAME(DivScalar, ) CM_NAME(RSubScalar, ) CM_NAME(RDivScalar, )
+                            CM_NAME(MaxScalar, ) CM_NAME(MinScalar, ) CM_NAME(Clamp, )
+                                CM_NAME(EqScalar, ) CM_NAME(NeScalar, ) CM_NAME(LtScalar, )
+                                    CM_NAME(LeScalar, ) CM_NAME(GtScalar, ) CM_NAME(GeScalar, )
+                                        CM_NAME(IsFinite, ) CM_NAME(LogicalNot, )
 #undef CM_NAME
   }
   return "unary?";
@@ -89,9 +111,10 @@ const char* binary_op_name(BinaryOp op) {
     CM_NAME(Add)
     CM_NAME(Sub)
     CM_NAME(Mul)
-    CM_NAME(Div) CM_NAME(Pow) CM_NAME(Maximum) CM_NAME(Minimum) CM_NAME(Lerp) CM_NAME(Eq)
-        CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge) CM_NAME(LogicalAnd)
-            CM_NAME(LogicalOr) CM_NAME(ReluBackward) CM_NAME(SiluBackward) CM_NAME(GeluBackward)
+    CM_NAME(Div)
+    CM_NAME(Pow) CM_NAME(Maximum) CM_NAME(Minimum) CM_NAME(Lerp) CM_NAME(Eq) CM_NAME(Ne) CM_NAME(Lt)
+        CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge) CM_NAME(LogicalAnd) CM_NAME(LogicalOr)
+            CM_NAME(ReluBackward) CM_NAME(SiluBackward) CM_NAME(GeluBackward)
                 CM_NAME(SigmoidBackward) CM_NAME(TanhBackward)
 #undef CM_NAME
   }

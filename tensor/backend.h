@@ -187,6 +187,18 @@ class Backend {
                                    const Tensor& mean, const Tensor& rstd, int64_t groups,
                                    const Tensor& grad_x, const Tensor& grad_w,
                                    const Tensor& grad_b) = 0;
+  // group_norm followed by SiLU, out = silu(h) with h = group_norm(x) rounded to x's dtype, and
+  // its gradients; the backward recomputes h from x and the saved statistics instead of storing
+  // it (bias is needed for that). Operands as for group_norm. The defaults run the composite
+  // (group_norm, then silu; the backward recomputes h with group_norm); the CPU fuses them.
+  virtual void group_norm_silu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                               int64_t groups, double eps, const Tensor& out, const Tensor& mean,
+                               const Tensor& rstd);
+  virtual void group_norm_silu_backward(const Tensor& grad_out, const Tensor& x,
+                                        const Tensor& weight, const Tensor& bias,
+                                        const Tensor& mean, const Tensor& rstd, int64_t groups,
+                                        double eps, const Tensor& grad_x, const Tensor& grad_w,
+                                        const Tensor& grad_b);
 
   // ---- indexing ----
   // out = x.index_select(dim, index): index 1-D i64 (validated by the caller against x.size(dim)).

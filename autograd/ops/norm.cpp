@@ -6,9 +6,14 @@
 namespace cm {
 using namespace opdetail;
 
-// x [N, C, *], weight/bias [C] -> [N, C, *]; mean/rstd [N, G] in f32 (f64 for f64 x).
-Tensor group_norm(const Tensor& x0, int64_t groups, const Tensor& weight0, const Tensor& bias0,
-                  double eps) {
+namespace {
+
+// x [N, C, *], weight/bias [C] -> [N, C, *]; mean/rstd [N, G] in f32 (f64 for f64 x). With `silu`
+// the output is silu(group_norm(x)) from one kernel (Backend::group_norm_silu), whose backward
+// recomputes the normalised values instead of keeping them.
+Tensor group_norm_op(const Tensor& x0, int64_t groups, const Tensor& weight0, const Tensor& bias0,
+                     double eps, bool silu) {
+  const char* op = silu ? "group_norm_silu" : "group_norm";
   CM_CHECK(x0.dim() >= 2, "group_norm: x must be [N, C, *], got shape ", shape_str(x0.shape()));
   CM_CHECK(is_floating(x0.dtype()), "group_norm: x must be floating, got ", dtype_name(x0.dtype()));
   const int64_t N = x0.size(0), C = x0.size(1);
@@ -37,28 +42,50 @@ Tensor group_norm(const Tensor& x0, int64_t groups, const Tensor& weight0, const
   Tensor y = empty(x.shape(), {.dtype = x.dtype(), .device = x.device()}, format);
   Tensor mean = new_empty({N, groups}, stat_dtype, x.device());
   Tensor rstd = new_empty({N, groups}, stat_dtype, x.device());
-  backend_of(x).group_norm(x, weight, bias, groups, eps, y, mean, rstd);
+  if (silu)
+    backend_of(x).group_norm_silu(x, weight, bias, groups, eps, y, mean, rstd);
+  else
+    backend_of(x).group_norm(x, weight, bias, groups, eps, y, mean, rstd);
 
   if (needs_grad({x0, weight0, bias0})) {
     const bool gx = x0.requires_grad();
     const bool gw = weight0.defined() && weight0.requires_grad();
     const bool gb = bias0.defined() && bias0.requires_grad();
-    SavedTensor sx(x, "group_norm");
-    SavedTensor sw = (gx && weight.defined()) ? SavedTensor(weight, "group_norm") : SavedTensor();
-    SavedTensor smean(mean, "group_norm"), srstd(rstd, "group_norm");
+    SavedTensor sx(x, op);
+    // the fused SiLU recomputes the normalised values: it needs the weight and bias for every
+    // gradient, group_norm needs the weight for dx only
+    SavedTensor sw = ((gx || silu) && weight.defined()) ? SavedTensor(weight, op) : SavedTensor();
+    SavedTensor sb = (silu && bias.defined()) ? SavedTensor(bias, op) : SavedTensor();
+    SavedTensor smean(mean, op), srstd(rstd, op);
     const Shape xs = x.shape();
-    record("group_norm", {x0, weight0, bias0}, {y}, [=](const Grads& g) {
+    record(op, {x0, weight0, bias0}, {y}, [=](const Grads& g) {
       const Tensor dy = to_memory_format(g[0], format);
       const TensorOptions opt{.dtype = dy.dtype(), .device = dy.device()};
       Tensor dx = gx ? empty(xs, opt, format) : Tensor();
       Tensor dw = gw ? empty({C}, opt) : Tensor();
       Tensor db = gb ? empty({C}, opt) : Tensor();
-      backend_of(dy).group_norm_backward(dy, sx.get(), sw.get(), smean.get(), srstd.get(), groups,
-                                         dx, dw, db);
+      if (silu)
+        backend_of(dy).group_norm_silu_backward(dy, sx.get(), sw.get(), sb.get(), smean.get(),
+                                                srstd.get(), groups, eps, dx, dw, db);
+      else
+        backend_of(dy).group_norm_backward(dy, sx.get(), sw.get(), smean.get(), srstd.get(), groups,
+                                           dx, dw, db);
       return Grads{dx, dw, db};
     });
   }
   return y;
+}
+
+}  // namespace
+
+Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,
+                  double eps) {
+  return group_norm_op(x, groups, weight, bias, eps, false);
+}
+
+Tensor group_norm_silu(const Tensor& x, int64_t groups, const Tensor& weight, const Tensor& bias,
+                       double eps) {
+  return group_norm_op(x, groups, weight, bias, eps, true);
 }
 
 }  // namespace cm

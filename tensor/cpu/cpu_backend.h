@@ -40,6 +40,13 @@ class CpuBackend final : public Backend {
   void conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
                                    const Tensor& grad_w, const Tensor& grad_b) override;
   bool group_norm_takes_channels_last() const override { return true; }
+  void group_norm_silu(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                       double eps, const Tensor& out, const Tensor& mean,
+                       const Tensor& rstd) override;
+  void group_norm_silu_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                const Tensor& bias, const Tensor& mean, const Tensor& rstd,
+                                int64_t groups, double eps, const Tensor& grad_x,
+                                const Tensor& grad_w, const Tensor& grad_b) override;
   // channels-last where oneDNN runs the convolutions (conv_onednn.h), else contiguous
   MemoryFormat preferred_conv_format() const override;
   void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,

@@ -19,6 +19,7 @@
 
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/scalar_ops.h"
 
 namespace cm::cpu {
 namespace {
@@ -72,7 +73,29 @@ std::vector<double> per_channel(const Tensor& t, int64_t C, double dflt) {
   return v;
 }
 
-template <class T, class S>
+// SiLU fused after the normalisation: the output is silu(h) with h the normalised value rounded to
+// T, evaluated as the elementwise kernel does (sop::SiluF in T's compute type); the backward
+// recomputes h from x and the saved statistics and uses dh = SiluBackward(dy, h) rounded to T.
+template <class T>
+__attribute__((always_inline)) inline T silu_of(T h) {
+  using C = compute_t<T>;
+  return convert<T>(sop::SiluF<C>{C(0), C(0)}(static_cast<C>(h)));
+}
+template <class T>
+__attribute__((always_inline)) inline T dsilu_of(T dy, T h) {
+  using C = compute_t<T>;
+  return convert<T>(sop::SiluBackwardF<C>{C(1)}(static_cast<C>(dy), static_cast<C>(h)));
+}
+
+// A per-thread scratch buffer of n elements (kept between calls: no allocation per item).
+template <class T>
+T* scratch(size_t n) {
+  thread_local std::vector<T> buf;
+  if (buf.size() < n) buf.resize(n);
+  return buf.data();
+}
+
+template <class T, class S, bool Silu = false>
 void group_norm_typed(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
                       double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) {
   const T* xp = static_cast<const T*>(x.data_ptr());
@@ -112,20 +135,24 @@ void group_norm_typed(const Tensor& x, const Tensor& weight, const Tensor& bias,
       T* oc = og + j * d.HW;
       for (int64_t i = 0; i < d.HW; ++i)
         oc[i] = convert<T>((double(static_cast<compute_t<T>>(xc[i])) - mu) * scale + shift);
+      if constexpr (Silu)
+        for (int64_t i = 0; i < d.HW; ++i) oc[i] = silu_of(oc[i]);
     }
   });
 }
 
-template <class T, class S>
+template <class T, class S, bool Silu = false>
 void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
-                               const Tensor& mean, const Tensor& rstd, const GnDims& d,
-                               const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+                               const Tensor& bias, const Tensor& mean, const Tensor& rstd,
+                               const GnDims& d, const Tensor& grad_x, const Tensor& grad_w,
+                               const Tensor& grad_b) {
   const T* gp = static_cast<const T*>(grad_out.data_ptr());
   const T* xp = static_cast<const T*>(x.data_ptr());
   const S* mp = static_cast<const S*>(mean.data_ptr());
   const S* rp = static_cast<const S*>(rstd.data_ptr());
   T* gxp = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
-  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0);
+  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0),
+                            b = Silu ? per_channel<T>(bias, d.C, 0.0) : std::vector<double>();
   const int64_t M = d.M();
   // Per (n, c): Σ_hw dy·x̂ and Σ_hw dy.
   std::vector<double> sum_dy_xhat(size_t(d.N * d.C)), sum_dy(size_t(d.N * d.C));
@@ -133,10 +160,29 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
     const double mu = double(mp[ng]), r = double(rp[ng]);
     const int64_t n = ng / d.G, c0 = (ng % d.G) * d.Cg;
     double a = 0, bsum = 0;  // Σ w·dy and Σ w·dy·x̂ over the group
+    // The gradient of the normalised values: dy itself, or (fused SiLU) dh = SiluBackward(dy, h)
+    // with h recomputed, once per group into a scratch buffer.
+    const T* g = gp + ng * M;
+    if constexpr (Silu) {
+      T* dh = scratch<T>(size_t(M));
+      for (int64_t j = 0; j < d.Cg; ++j) {
+        const double scale = r * w[size_t(c0 + j)], shift = b[size_t(c0 + j)];
+        const T* xc = xp + ng * M + j * d.HW;
+        const T* gc = gp + ng * M + j * d.HW;
+        for (int64_t i = 0; i < d.HW; ++i) {
+          const T h = convert<T>((double(static_cast<compute_t<T>>(xc[i])) - mu) * scale + shift);
+          dh[j * d.HW + i] = dsilu_of(gc[i], h);
+        }
+      }
+      g = dh;
+    }
+    const auto dy_at = [&](int64_t idx) {
+      return double(static_cast<compute_t<T>>(g[idx - ng * M]));
+    };
     for (int64_t j = 0; j < d.Cg; ++j) {
       const int64_t off = ng * M + j * d.HW;
       const LaneSums<2> sums(d.HW, [&](int64_t i) {
-        const double dy = double(static_cast<compute_t<T>>(gp[off + i]));
+        const double dy = dy_at(off + i);
         return std::array<double, 2>{dy,
                                      dy * (double(static_cast<compute_t<T>>(xp[off + i])) - mu)};
       });
@@ -152,7 +198,7 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
       const int64_t off = ng * M + j * d.HW;
       const double wc = w[size_t(c0 + j)];
       for (int64_t i = 0; i < d.HW; ++i) {
-        const double dy = double(static_cast<compute_t<T>>(gp[off + i]));
+        const double dy = dy_at(off + i);
         const double xhat = (double(static_cast<compute_t<T>>(xp[off + i])) - mu) * r;
         gxp[off + i] = convert<T>(r * (wc * dy - ma - xhat * mb));
       }
@@ -180,7 +226,7 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
 // may differ in the last bits of f64, which f32 outputs do not show); each output element uses the
 // same formula.
 
-template <class T, class S>
+template <class T, class S, bool Silu = false>
 void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
                      double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) {
   const T* xp = static_cast<const T*>(x.data_ptr());
@@ -231,25 +277,30 @@ void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, 
         shift[c] = b[c];
       }
     }
-    for (int64_t i = 0; i < HW; ++i)
+    for (int64_t i = 0; i < HW; ++i) {
+      T* o = on + i * C;
       for (int64_t c = 0; c < C; ++c)
-        on[i * C + c] =
-            convert<T>((double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]) *
-                           scale[size_t(c)] +
-                       shift[size_t(c)]);
+        o[c] = convert<T>((double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]) *
+                              scale[size_t(c)] +
+                          shift[size_t(c)]);
+      if constexpr (Silu)
+        for (int64_t c = 0; c < C; ++c) o[c] = silu_of(o[c]);
+    }
   });
 }
 
-template <class T, class S>
+template <class T, class S, bool Silu = false>
 void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
-                              const Tensor& mean, const Tensor& rstd, const GnDims& d,
-                              const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b) {
+                              const Tensor& bias, const Tensor& mean, const Tensor& rstd,
+                              const GnDims& d, const Tensor& grad_x, const Tensor& grad_w,
+                              const Tensor& grad_b) {
   const T* gp = static_cast<const T*>(grad_out.data_ptr());
   const T* xp = static_cast<const T*>(x.data_ptr());
   const S* mp = static_cast<const S*>(mean.data_ptr());
   const S* rp = static_cast<const S*>(rstd.data_ptr());
   T* gxp = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
-  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0);
+  const std::vector<double> w = per_channel<T>(weight, d.C, 1.0),
+                            b = Silu ? per_channel<T>(bias, d.C, 0.0) : std::vector<double>();
   const int64_t C = d.C, HW = d.HW, M = d.M();
   std::vector<double> sum_dy_xhat(size_t(d.N * C)), sum_dy(size_t(d.N * C));
   parallel_for(d.N, 3 * C * HW, [&](int64_t n) {
@@ -261,9 +312,28 @@ void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Ten
       mu_c[size_t(c)] = double(mp[n * d.G + c / d.Cg]);
       r_c[size_t(c)] = double(rp[n * d.G + c / d.Cg]);
     }
+    // The gradient of the normalised values: dy itself, or (fused SiLU) dh = SiluBackward(dy, h)
+    // with h recomputed, once per sample into a scratch buffer.
+    const T* g = gn;
+    if constexpr (Silu) {
+      T* dh = scratch<T>(size_t(HW * C));
+      std::vector<double> scale(nc);
+      for (size_t k = 0; k < nc; ++k) scale[k] = r_c[k] * w[k];
+      for (int64_t i = 0; i < HW; ++i)
+        for (int64_t c = 0; c < C; ++c) {
+          const size_t k = size_t(c);
+          const T h = convert<T>(
+              (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * scale[k] + b[k]);
+          dh[i * C + c] = dsilu_of(gn[i * C + c], h);
+        }
+      g = dh;
+    }
+    const auto dy_at = [&](int64_t i, int64_t c) {
+      return double(static_cast<compute_t<T>>(g[i * C + c]));
+    };
     for (int64_t i = 0; i < HW; ++i)
       for (int64_t c = 0; c < C; ++c) {
-        const double dy = double(static_cast<compute_t<T>>(gn[i * C + c]));
+        const double dy = dy_at(i, c);
         sd[size_t(c)] += dy;
         sdx[size_t(c)] += dy * (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]);
       }
@@ -288,7 +358,7 @@ void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Ten
     for (int64_t i = 0; i < HW; ++i)
       for (int64_t c = 0; c < C; ++c) {
         const size_t k = size_t(c);
-        const double dy = double(static_cast<compute_t<T>>(gn[i * C + c]));
+        const double dy = dy_at(i, c);
         const double xhat = (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * r_c[k];
         gxn[i * C + c] = convert<T>(r_c[k] * (w[k] * dy - ma[k] - xhat * mb[k]));
       }
@@ -322,38 +392,73 @@ bool check_layout(std::initializer_list<Tensor> activations, std::initializer_li
 
 }  // namespace
 
+namespace {
+
+template <bool Silu>
+void group_norm_dispatch(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                         double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd,
+                         const char* op) {
+  const bool nhwc = check_layout({x, out}, {weight, bias, mean, rstd}, op);
+  const GnDims d = gn_dims(x, groups);
+  CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    if (mean.dtype() == DType::f64)
+      (nhwc ? group_norm_nhwc<scalar_t, double, Silu>
+            : group_norm_typed<scalar_t, double, Silu>)(x, weight, bias, d, eps, out, mean, rstd);
+    else
+      (nhwc ? group_norm_nhwc<scalar_t, float, Silu>
+            : group_norm_typed<scalar_t, float, Silu>)(x, weight, bias, d, eps, out, mean, rstd);
+  });
+}
+
+template <bool Silu>
+void group_norm_backward_dispatch(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                  const Tensor& bias, const Tensor& mean, const Tensor& rstd,
+                                  int64_t groups, const Tensor& grad_x, const Tensor& grad_w,
+                                  const Tensor& grad_b, const char* op) {
+  const bool nhwc =
+      check_layout({x, grad_out, grad_x}, {weight, bias, mean, rstd, grad_w, grad_b}, op);
+  const GnDims d = gn_dims(x, groups);
+  CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    if (mean.dtype() == DType::f64)
+      (nhwc ? group_norm_backward_nhwc<scalar_t, double, Silu>
+            : group_norm_backward_typed<scalar_t, double, Silu>)(grad_out, x, weight, bias, mean,
+                                                                 rstd, d, grad_x, grad_w, grad_b);
+    else
+      (nhwc ? group_norm_backward_nhwc<scalar_t, float, Silu>
+            : group_norm_backward_typed<scalar_t, float, Silu>)(grad_out, x, weight, bias, mean,
+                                                                rstd, d, grad_x, grad_w, grad_b);
+  });
+}
+
+}  // namespace
+
 void CpuBackend::group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                             int64_t groups, double eps, const Tensor& out, const Tensor& mean,
                             const Tensor& rstd) {
-  const bool nhwc = check_layout({x, out}, {weight, bias, mean, rstd}, "group_norm");
-  const GnDims d = gn_dims(x, groups);
-  CM_DISPATCH_FLOAT(x.dtype(), "group_norm", [&] {
-    if (mean.dtype() == DType::f64)
-      (nhwc ? group_norm_nhwc<scalar_t, double>
-            : group_norm_typed<scalar_t, double>)(x, weight, bias, d, eps, out, mean, rstd);
-    else
-      (nhwc ? group_norm_nhwc<scalar_t, float>
-            : group_norm_typed<scalar_t, float>)(x, weight, bias, d, eps, out, mean, rstd);
-  });
+  group_norm_dispatch<false>(x, weight, bias, groups, eps, out, mean, rstd, "group_norm");
 }
 
 void CpuBackend::group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
                                      const Tensor& mean, const Tensor& rstd, int64_t groups,
                                      const Tensor& grad_x, const Tensor& grad_w,
                                      const Tensor& grad_b) {
-  const bool nhwc = check_layout({x, grad_out, grad_x}, {weight, mean, rstd, grad_w, grad_b},
-                                 "group_norm_backward");
-  const GnDims d = gn_dims(x, groups);
-  CM_DISPATCH_FLOAT(x.dtype(), "group_norm_backward", [&] {
-    if (mean.dtype() == DType::f64)
-      (nhwc ? group_norm_backward_nhwc<scalar_t, double>
-            : group_norm_backward_typed<scalar_t, double>)(grad_out, x, weight, mean, rstd, d,
-                                                           grad_x, grad_w, grad_b);
-    else
-      (nhwc ? group_norm_backward_nhwc<scalar_t, float>
-            : group_norm_backward_typed<scalar_t, float>)(grad_out, x, weight, mean, rstd, d,
-                                                          grad_x, grad_w, grad_b);
-  });
+  group_norm_backward_dispatch<false>(grad_out, x, weight, Tensor(), mean, rstd, groups, grad_x,
+                                      grad_w, grad_b, "group_norm_backward");
+}
+
+void CpuBackend::group_norm_silu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                 int64_t groups, double eps, const Tensor& out, const Tensor& mean,
+                                 const Tensor& rstd) {
+  group_norm_dispatch<true>(x, weight, bias, groups, eps, out, mean, rstd, "group_norm_silu");
+}
+
+void CpuBackend::group_norm_silu_backward(const Tensor& grad_out, const Tensor& x,
+                                          const Tensor& weight, const Tensor& bias,
+                                          const Tensor& mean, const Tensor& rstd, int64_t groups,
+                                          double, const Tensor& grad_x, const Tensor& grad_w,
+                                          const Tensor& grad_b) {
+  group_norm_backward_dispatch<true>(grad_out, x, weight, bias, mean, rstd, groups, grad_x, grad_w,
+                                     grad_b, "group_norm_silu_backward");
 }
 
 }  // namespace cm::cpu
