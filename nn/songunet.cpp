@@ -48,6 +48,12 @@ std::vector<std::string> songunet_preset_names() {
           "ddpmpp-digits-8"};
 }
 
+MemoryFormat SongUNetConfig::activation_format(const Backend& backend) const {
+  if (memory_format == "channels_last") return MemoryFormat::ChannelsLast;
+  if (memory_format == "contiguous") return MemoryFormat::Contiguous;
+  return backend.preferred_conv_format();  // "auto"
+}
+
 SongUNetConfig songunet_preset(const std::string& name) {
   SongUNetConfig c;
   if (name == "ddpmpp-cifar10" || name == "ncsnpp-cifar10" || name == "ddpmpp-cifar10-cond") {
@@ -264,10 +270,7 @@ Tensor SongUNet::forward(const Tensor& x_in, const Tensor& noise_labels, const T
   // input is converted once, and each stage's output again where it is not in the format yet (a
   // [N, 1, H, W] tensor is contiguous and channels-last at once, so a 1-channel input does not
   // carry the format on, and attention's reshapes give either format).
-  const MemoryFormat format = cfg_.memory_format == "channels_last" ? MemoryFormat::ChannelsLast
-                              : cfg_.memory_format == "contiguous"
-                                  ? MemoryFormat::Contiguous
-                                  : backend_of(x_in).preferred_conv_format();
+  const MemoryFormat format = cfg_.activation_format(backend_of(x_in));
   const auto in_format = [format](const Tensor& t) { return to_memory_format(t, format); };
 
   // Encoder.

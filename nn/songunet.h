@@ -36,6 +36,8 @@ struct SongUNetConfig {
 
   // Checks every field; errors name the field and value.
   void validate() const;
+  // memory_format resolved for the backend that runs the network.
+  MemoryFormat activation_format(const Backend& backend) const;
 };
 
 // The benchmark networks of shared/spec/benchmarks.md by name ("ddpmpp-cifar10", "ncsnpp-cifar10",

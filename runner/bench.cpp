@@ -100,9 +100,7 @@ int run_bench(const BenchCommand& command) {
     const double m = median(ms);
     const MemoryStats mem = allocator_for(dev).stats();
     // What ran the convolutions and the products: every figure says which kernels it measured.
-    const MemoryFormat format = o.memory_format == "channels_last" ? MemoryFormat::ChannelsLast
-                                : o.memory_format == "contiguous"  ? MemoryFormat::Contiguous
-                                                                   : be.preferred_conv_format();
+    const MemoryFormat format = cfg.activation_format(be);
     const std::string conv = dev.is_cuda() ? "cudnn" : cpu::onednn::conv_backend_name();
     const std::string blas = dev.is_cuda() ? "cublas" : "openblas " + cpu::blas::core_name();
     std::printf(

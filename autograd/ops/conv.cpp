@@ -63,11 +63,15 @@ void check_bias(const Tensor& b, int64_t channels, const char* op) {
 // ---- history-free kernels
 // --------------------------------------------------------------------------
 
+// A fresh y [N, Co, Ho, Wo] for conv(x, w), in x's memory format (a channels-last network stays
+// channels-last).
+Tensor conv_output(const Tensor& x, const Tensor& w, int64_t Ho, int64_t Wo) {
+  return empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()},
+               memory_format_of(x));
+}
 // y [N, Co, Ho, Wo] = conv(x [N, C, H, W], w [Co, C/G, kh, kw])
 Tensor conv_raw(const Tensor& x, const Tensor& w, const Conv2dParams& p, int64_t Ho, int64_t Wo) {
-  // The output in the input's memory format (a channels-last network stays channels-last).
-  Tensor y = empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()},
-                   memory_format_of(x));
+  Tensor y = conv_output(x, w, Ho, Wo);
   backend_of(x).conv2d(x, w, p, y);
   return y;
 }
@@ -88,8 +92,7 @@ Tensor conv_weight_grad_raw(const Tensor& x, const Tensor& dy, const Conv2dParam
 // y = conv(x, w) + b[c] in one backend call.
 Tensor conv_bias_raw(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,
                      int64_t Ho, int64_t Wo) {
-  Tensor y = empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()},
-                   memory_format_of(x));
+  Tensor y = conv_output(x, w, Ho, Wo);
   backend_of(x).conv2d_bias(x, w, b, p, y);
   return y;
 }

@@ -584,6 +584,11 @@ void backward_weight(const ConvGeom& g, const T* x, const T* gout, T* gw) {
 
 using Pass = onednn::ConvPass;
 
+// The geometry in conv_onednn.h's terms.
+onednn::ConvShape onednn_shape(const ConvGeom& g) {
+  return {g.N, g.C, g.H, g.W, g.Co, g.kh, g.kw, g.Ho, g.Wo, g.p};
+}
+
 // t when it is contiguous and of dtype dt, else a contiguous copy converted to dt.
 Tensor contiguous_as(const Tensor& t, DType dt) {
   if (t.dtype() == dt && t.is_contiguous()) return t;
@@ -619,7 +624,7 @@ void run(Pass pass, const char* op, const Tensor& a, const Tensor& b, const Conv
     if (a.dtype() != ct) af = contiguous_as(a, ct);
     if (b.dtype() != ct) bf = contiguous_as(b, ct);
     const Tensor of = t == ct ? out : empty(out.shape(), {.dtype = ct});
-    const onednn::ConvShape s{g.N, g.C, g.H, g.W, g.Co, g.kh, g.kw, g.Ho, g.Wo, g.p};
+    const onednn::ConvShape s = onednn_shape(g);
     if (onednn::uses_onednn(pass, s, af, bf, of)) {
       onednn::run(pass, s, af, bf, of);
       if (!of.same(out)) cpu_backend().copy(of, out);
@@ -672,9 +677,9 @@ bool fusable(const Tensor& v) {
 void CpuBackend::conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b,
                              const Conv2dParams& p, const Tensor& out) {
   const ConvGeom g = make_geom(x.shape(), w.shape(), out.shape(), p, "conv2d");
-  const onednn::ConvShape s{g.N, g.C, g.H, g.W, g.Co, g.kh, g.kw, g.Ho, g.Wo, g.p};
+  const onednn::ConvShape s = onednn_shape(g);
   if (out.numel() > 0 && fusable(b) && b.size(0) == g.Co &&
-      onednn::uses_onednn(Pass::Forward, s, x, w, out))
+      onednn::uses_onednn(Pass::Forward, s, x, w, out, true))
     return onednn::run(Pass::Forward, s, x, w, out, b);
   Backend::conv2d_bias(x, w, b, p, out);
 }
@@ -684,9 +689,9 @@ void CpuBackend::conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad
                                              const Tensor& grad_b) {
   const ConvGeom g =
       make_geom(x.shape(), grad_w.shape(), grad_out.shape(), p, "conv2d_backward_weight");
-  const onednn::ConvShape s{g.N, g.C, g.H, g.W, g.Co, g.kh, g.kw, g.Ho, g.Wo, g.p};
+  const onednn::ConvShape s = onednn_shape(g);
   if (grad_out.numel() > 0 && fusable(grad_b) && grad_b.size(0) == g.Co &&
-      onednn::uses_onednn(Pass::BackwardWeight, s, x, grad_out, grad_w))
+      onednn::uses_onednn(Pass::BackwardWeight, s, x, grad_out, grad_w, true))
     return onednn::run(Pass::BackwardWeight, s, x, grad_out, grad_w, {}, grad_b);
   Backend::conv2d_backward_weight_bias(x, grad_out, p, grad_w, grad_b);
 }

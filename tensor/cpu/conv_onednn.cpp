@@ -18,7 +18,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -63,7 +62,7 @@ void set_enabled(bool on) {
 
 #if !CM_WITH_ONEDNN
 
-bool uses_onednn(ConvPass, const ConvShape&, const Tensor&, const Tensor&, const Tensor&) {
+bool uses_onednn(ConvPass, const ConvShape&, const Tensor&, const Tensor&, const Tensor&, bool) {
   return false;
 }
 void run(ConvPass, const ConvShape&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
@@ -220,7 +219,7 @@ bool dense_f32(const Tensor& t) {
 }  // namespace
 
 bool uses_onednn(ConvPass pass, const ConvShape& s, const Tensor& a, const Tensor& b,
-                 const Tensor& out) {
+                 const Tensor& out, bool fused_bias) {
   if (!enabled() || in_parallel() || s.p.groups != 1 || s.C < 2 || s.N == 0 || s.Co == 0)
     return false;
   if (a.dtype() != DType::f32 || b.dtype() != DType::f32 || out.dtype() != DType::f32) return false;
@@ -228,7 +227,7 @@ bool uses_onednn(ConvPass pass, const ConvShape& s, const Tensor& a, const Tenso
     // a is the activation operand of every pass (x, gy, x)
     if (!is_channels_last(a) || a.is_contiguous()) return false;
   }
-  return entry_for(pass, s).usable;
+  return entry_for(pass, s, fused_bias).usable;
 }
 
 void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, const Tensor& out,

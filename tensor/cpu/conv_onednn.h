@@ -55,9 +55,10 @@ struct ConvShape {
 
 // True when the pass runs on oneDNN (see the selection rules above). a, b, out are the pass's
 // operands as CpuBackend receives them (forward: x, w, y; backward-input: gy, w, gx;
-// backward-weight: x, gy, gw), all f32.
+// backward-weight: x, gy, gw), all f32. fused_bias: the call will pass run() a bias (forward) or
+// a bias gradient (backward-weight), whose primitive is a different one.
 bool uses_onednn(ConvPass pass, const ConvShape& s, const Tensor& a, const Tensor& b,
-                 const Tensor& out);
+                 const Tensor& out, bool fused_bias = false);
 
 // Runs the pass (after uses_onednn said yes): out = pass(a, b), out overwritten. `bias` (forward
 // only) is added in the kernel's epilogue; `grad_bias` (backward-weight only) receives Σ_{n,h,w} of

@@ -141,6 +141,18 @@ void group_norm_typed(const Tensor& x, const Tensor& weight, const Tensor& bias,
   });
 }
 
+// dweight or dbias (dst [C], when defined): the per-(n, c) sums added over n in order.
+template <class T>
+void sum_over_samples(const std::vector<double>& per_nc, const GnDims& d, const Tensor& dst) {
+  if (!dst.defined()) return;
+  T* p = static_cast<T*>(dst.data_ptr());
+  for (int64_t c = 0; c < d.C; ++c) {
+    double s = 0;
+    for (int64_t n = 0; n < d.N; ++n) s += per_nc[size_t(n * d.C + c)];
+    p[c] = convert<T>(s);
+  }
+}
+
 template <class T, class S, bool Silu = false>
 void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
                                const Tensor& bias, const Tensor& mean, const Tensor& rstd,
@@ -204,27 +216,17 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
       }
     }
   });
-  // dweight and dbias: the per-(n, c) sums added over n in order.
-  auto over_n = [&](const std::vector<double>& per_nc, const Tensor& dst) {
-    if (!dst.defined()) return;
-    T* p = static_cast<T*>(dst.data_ptr());
-    for (int64_t c = 0; c < d.C; ++c) {
-      double s = 0;
-      for (int64_t n = 0; n < d.N; ++n) s += per_nc[size_t(n * d.C + c)];
-      p[c] = convert<T>(s);
-    }
-  };
-  over_n(sum_dy_xhat, grad_w);
-  over_n(sum_dy, grad_b);
+  sum_over_samples<T>(sum_dy_xhat, d, grad_w);
+  sum_over_samples<T>(sum_dy, d, grad_b);
 }
 
-// ---- channels-last (x [N, C, H, W] stored as [N, H·W, C])
-// ---------------------------------------- One item per sample n: the pixels are walked in memory
-// order and every sum is kept per channel (f64 accumulators over the C contiguous channels of a
-// pixel, a loop that vectorises), then the per-channel sums are added into group sums in channel
-// order. The statistics are the same two-pass f64 values as above (summed in another order, so they
-// may differ in the last bits of f64, which f32 outputs do not show); each output element uses the
-// same formula.
+// ---- channels-last: x [N, C, H, W] stored as [N, H·W, C] ----
+//
+// One item per sample n: the pixels are walked in memory order and every sum is kept per channel
+// (f64 accumulators over the C contiguous channels of a pixel, a loop that vectorises), then the
+// per-channel sums are added into group sums in channel order. The statistics are the same
+// two-pass f64 values as above (summed in another order, so they may differ in the last bits of
+// f64, which f32 outputs do not show); each output element uses the same formula.
 
 template <class T, class S, bool Silu = false>
 void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
@@ -363,17 +365,8 @@ void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Ten
         gxn[i * C + c] = convert<T>(r_c[k] * (w[k] * dy - ma[k] - xhat * mb[k]));
       }
   });
-  auto over_n = [&](const std::vector<double>& per_nc, const Tensor& dst) {
-    if (!dst.defined()) return;
-    T* p = static_cast<T*>(dst.data_ptr());
-    for (int64_t c = 0; c < C; ++c) {
-      double sum = 0;
-      for (int64_t n = 0; n < d.N; ++n) sum += per_nc[size_t(n * C + c)];
-      p[c] = convert<T>(sum);
-    }
-  };
-  over_n(sum_dy_xhat, grad_w);
-  over_n(sum_dy, grad_b);
+  sum_over_samples<T>(sum_dy_xhat, d, grad_w);
+  sum_over_samples<T>(sum_dy, d, grad_b);
 }
 
 // The kernels take contiguous operands, or channels-last activations (the op layer makes them
