@@ -67,7 +67,10 @@ Grads AccumulateGrad::apply(const Grads& grad_outputs) {
   }
   if (g.dtype() != leaf.dtype() || g.device() != leaf.device())
     g = to(to(g, leaf.dtype()), leaf.device());
-  if (!meta.grad.defined()) {
+  if (!meta.grad.defined() && meta.grad_slot.defined()) {
+    meta.grad = meta.grad_slot;  // the leaf's preallocated place (a view of a flat buffer)
+    copy_(meta.grad, g);
+  } else if (!meta.grad.defined()) {
     meta.grad = clone(g);  // never alias: the same gradient tensor may reach several leaves
   } else {
     add_(meta.grad, g);

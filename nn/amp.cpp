@@ -42,14 +42,7 @@ bool DynamicLossScaler::unscale_and_check(const std::vector<Tensor>& params) {
     ++skipped_steps_;
     return false;
   }
-  {
-    NoGradGuard ng;
-    const double inv = 1.0 / scale_factor();
-    for (const Tensor& p : params) {
-      Tensor g = p.grad();
-      if (g.defined()) mul_(g, inv);
-    }
-  }
+  scale_grads(params, 1.0 / scale_factor());
   const double next = std::min(lg_ + opt_.growth, opt_.max_lg);
   if (next > lg_) ++scale_increases_;
   lg_ = next;

@@ -80,10 +80,27 @@ Ema::Ema(std::vector<Tensor> source, EmaDecay rule)
     : source_(std::move(source)), rule_(std::move(rule)) {
   check_source(source_);
   NoGradGuard ng;
+  const std::shared_ptr<const FlatParameters> flat = FlatParameters::of(source_);
+  const bool same_dtypes = std::none_of(source_.begin(), source_.end(), [](const Tensor& s) {
+    return s.dtype() == DType::f16 || s.dtype() == DType::bf16;
+  });
+  if (flat && same_dtypes) {
+    // flat shadows of the source's layout: one lerp per buffer
+    own_ = FlatBuffers::with_values(source_);
+    shadow_ = own_.views();
+    pair_groups(flat->params(), own_);
+    return;
+  }
   for (const Tensor& s : source_) {
     const DType dt = (s.dtype() == DType::f16 || s.dtype() == DType::bf16) ? DType::f32 : s.dtype();
     shadow_.push_back(to(clone(detach(s)), dt));
   }
+}
+
+void Ema::pair_groups(const FlatBuffers& source, const FlatBuffers& shadow) {
+  if (!source.same_layout(shadow)) return;
+  for (size_t g = 0; g < source.groups().size(); ++g)
+    pairs_.emplace_back(shadow.groups()[g].data, source.groups()[g].data);
 }
 
 Ema::Ema(std::vector<Tensor> source, std::vector<Tensor> shadow, EmaDecay rule)
@@ -102,6 +119,9 @@ Ema::Ema(std::vector<Tensor> source, std::vector<Tensor> shadow, EmaDecay rule)
              " shares memory with its source");
     CM_CHECK(seen.insert(t.impl()).second, "Ema: shadow tensor ", i, " appears twice in the list");
   }
+  const std::shared_ptr<const FlatParameters> fs = FlatParameters::of(source_);
+  const std::shared_ptr<const FlatParameters> fd = FlatParameters::of(shadow_);
+  if (fs && fd) pair_groups(fs->params(), fd->params());  // two flattened modules of one layout
   reset_to_source();
 }
 
@@ -122,11 +142,16 @@ void Ema::reset_to_source() {
 void Ema::update(double decay) {
   CM_CHECK(decay >= 0 && decay <= 1, "Ema::update: decay ", decay, " is outside [0, 1]");
   NoGradGuard ng;
-  for (size_t i = 0; i < shadow_.size(); ++i) {
+  auto one = [&](Tensor& shadow, const Tensor& source) {
     if (decay == 0)
-      copy_(shadow_[i], source_[i]);  // exact, where lerp with weight 1 could round
+      copy_(shadow, source);  // exact, where lerp with weight 1 could round
     else if (decay != 1)
-      lerp_(shadow_[i], source_[i], 1 - decay);
+      lerp_(shadow, source, 1 - decay);
+  };
+  if (!pairs_.empty()) {
+    for (auto& [shadow, source] : pairs_) one(shadow, source);  // whole buffers, padding included
+  } else {
+    for (size_t i = 0; i < shadow_.size(); ++i) one(shadow_[i], source_[i]);
   }
   ++updates_;
 }

@@ -12,6 +12,10 @@
 // be copied in cm, so the Ema never creates modules itself. The Ema keeps Tensor handles: bind
 // after placing the modules on their device and dtype (Module::to replaces the tensors).
 //
+// Flat (nn/flat.h): when the source is a flattened module's parameters, the own shadows are flat
+// buffers of its layout (for f32/f64 sources), and a bound target network flattened too pairs up
+// with it; an update is then one lerp per buffer instead of one per tensor.
+//
 //   nn::Ema ema(net.parameters(), nn::EmaDecay::half_life(500, 0.05));   // EDM eval EMA
 //   nn::Ema target(net.parameters(), target_net.parameters(), nn::EmaDecay::per_step(mu));
 //   ... optimizer step ...
@@ -27,6 +31,7 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "nn/flat.h"
 #include "nn/module.h"
 
 namespace cm::nn {
@@ -99,9 +104,13 @@ class Ema {
 
  private:
   void copy_tensors(const std::vector<Tensor>& from, const char* op);
+  // Records (shadow buffer, source buffer) per group when the two have one layout.
+  void pair_groups(const FlatBuffers& source, const FlatBuffers& shadow);
 
   std::vector<Tensor> source_;
   std::vector<Tensor> shadow_;
+  FlatBuffers own_;                               // the own shadows when flat
+  std::vector<std::pair<Tensor, Tensor>> pairs_;  // (shadow, source) buffers when both flat
   EmaDecay rule_;
   int64_t updates_ = 0;
   double images_seen_ = 0;

@@ -1,5 +1,7 @@
 #include "nn/module.h"
 
+#include "nn/flat.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <set>
@@ -94,16 +96,41 @@ void convert(Tensor& t, bool is_param, const std::function<Tensor(const Tensor&)
 }  // namespace
 
 void Module::to(Device device) {
+  bool moved = false;
   for_each_tensor([&](const std::string&, Tensor& t, bool p) {
-    if (t.device() != device) convert(t, p, [&](const Tensor& x) { return cm::to(x, device); });
+    if (t.device() != device) {
+      convert(t, p, [&](const Tensor& x) { return cm::to(x, device); });
+      moved = moved || p;
+    }
   });
+  if (flat_ && moved) flatten_parameters(flat_->grads().size() > 0);
 }
 
 void Module::to(DType dtype) {
+  bool moved = false;
   for_each_tensor([&](const std::string&, Tensor& t, bool p) {
-    if (t.dtype() != dtype && is_floating(t.dtype()))
+    if (t.dtype() != dtype && is_floating(t.dtype())) {
       convert(t, p, [&](const Tensor& x) { return cm::to(x, dtype); });
+      moved = moved || p;
+    }
   });
+  if (flat_ && moved) flatten_parameters(flat_->grads().size() > 0);
+}
+
+void Module::flatten_parameters(bool grads) {
+  std::vector<Tensor*> members;
+  std::vector<Tensor> params;
+  for_each_tensor([&](const std::string&, Tensor& t, bool p) {
+    if (!p) return;
+    members.push_back(&t);
+    params.push_back(t);
+  });
+  flat_ = FlatParameters::create(params, grads);
+  for (size_t i = 0; i < members.size(); ++i) *members[i] = flat_->params().view(i);
+}
+
+std::shared_ptr<const FlatParameters> Module::flat_parameters() const {
+  return flat_ && flat_->params().holds(parameters()) ? flat_ : nullptr;
 }
 
 Device Module::device() const {

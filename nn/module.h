@@ -18,6 +18,8 @@
 
 namespace cm::nn {
 
+class FlatParameters;  // nn/flat.h
+
 class Module {
  public:
   Module() = default;
@@ -53,6 +55,15 @@ class Module {
   void to(DType dtype);
   Device device() const;
   void zero_grad();
+  // Moves the parameters into flat buffers (nn/flat.h): one per dtype and device, each parameter a
+  // view into it, and their gradients into buffers of the same layout; the optimizer, the EMAs
+  // and the gradient utilities then work a buffer at a time. Values are kept, gradients dropped.
+  // Flatten after placing the module (to() flattens a flattened module again after moving it)
+  // and before giving its parameters() to an optimizer or an EMA, which keep tensor handles.
+  // grads = false: no gradient buffers (a network never trained by backward, e.g. a target).
+  void flatten_parameters(bool grads = true);
+  // The buffers of a flattened module (null when not flattened, or when a child was moved since).
+  std::shared_ptr<const FlatParameters> flat_parameters() const;
 
   // ---- state
   // -------------------------------------------------------------------------------------------------------
@@ -84,6 +95,7 @@ class Module {
   std::vector<std::pair<std::string, Tensor*>> buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   bool training_ = true;
+  std::shared_ptr<const FlatParameters> flat_;
 };
 
 // A table of a module tree: one row per module with its type, own and total parameter counts.

@@ -60,6 +60,25 @@ Optimizer::Optimizer(std::vector<Tensor> params, double lr, std::string name)
     CM_CHECK(p.is_leaf(), name_, ": parameter ", i, " is not a leaf (it has a grad_fn)");
     CM_CHECK(seen.insert(p.impl()).second, name_, ": parameter ", i, " appears twice in the list");
   }
+  flat_ = FlatParameters::of(params_);
+}
+
+ParamState Optimizer::fresh_state(size_t i) {
+  const std::vector<std::string> names = state_names();
+  if (flat_ && flat_state_.empty())
+    for (size_t k = 0; k < names.size(); ++k)
+      flat_state_.push_back(FlatBuffers::zeros_like(flat_->params()));
+  ParamState s;
+  for (size_t k = 0; k < names.size(); ++k) {
+    if (flat_) {
+      Tensor v = flat_state_[k].view(i);
+      zero_(v);  // a parameter that starts again (load_state without it) may have old values
+      s.tensors[names[k]] = v;
+    } else {
+      s.tensors[names[k]] = zeros_like(params_[i]);
+    }
+  }
+  return s;
 }
 
 void Optimizer::set_lr(double lr) {
@@ -75,22 +94,52 @@ const ParamState* Optimizer::param_state(size_t i) const {
 
 void Optimizer::step() {
   NoGradGuard ng;
+  std::vector<size_t> todo;  // the parameters with a gradient, in order
   for (size_t i = 0; i < params_.size(); ++i) {
-    Tensor& p = params_[i];
+    const Tensor& p = params_[i];
     const Tensor g = p.grad();
     if (!g.defined()) continue;
     CM_CHECK(g.shape() == p.shape() && g.dtype() == p.dtype() && g.device() == p.device(), name_,
              "::step: the gradient of parameter ", i, " (", shape_str(g.shape()), " ",
              dtype_name(g.dtype()), " on ", g.device().str(), ") does not match the parameter (",
              shape_str(p.shape()), " ", dtype_name(p.dtype()), " on ", p.device().str(), ")");
-    if (!state_[i]) {
-      ParamState s;
-      for (const std::string& n : state_names()) s.tensors[n] = zeros_like(p);
-      state_[i] = std::move(s);
+    if (!state_[i]) state_[i] = fresh_state(i);
+    ++state_[i]->step;
+    todo.push_back(i);
+  }
+  const std::vector<std::string> names = state_names();
+  auto state_of = [&](size_t i) {
+    std::vector<Tensor> v;
+    for (const std::string& n : names) v.push_back(state_[i]->tensors.at(n));
+    return v;
+  };
+  for (size_t k = 0; k < todo.size();) {
+    const size_t i = todo[k];
+    // A run of flat parameters: consecutive in one buffer, gradients in the flat gradient
+    // buffer, one step count. One kernel over the spans of the four buffers.
+    size_t last = k;
+    if (flat_ && flat_->grad_in_slot(i)) {
+      const FlatBuffers& fp = flat_->params();
+      while (last + 1 < todo.size() && todo[last + 1] == todo[last] + 1 &&
+             fp.group_of(todo[last + 1]) == fp.group_of(i) && flat_->grad_in_slot(todo[last + 1]) &&
+             state_[todo[last + 1]]->step == state_[i]->step)
+        ++last;
     }
-    ParamState& s = *state_[i];
-    ++s.step;
-    update(p, g, s);
+    if (last > k) {
+      const size_t j = todo[last];
+      std::vector<Tensor> st;
+      for (const FlatBuffers& b : flat_state_) st.push_back(b.span(i, j));
+      if (fused_update(flat_->params().span(i, j), flat_->grads().span(i, j), st, state_[i]->step,
+                       true)) {
+        k = last + 1;
+        continue;
+      }
+    }
+    for (; k <= last; ++k) {  // one at a time
+      const size_t q = todo[k];
+      if (!fused_update(params_[q], params_[q].grad(), state_of(q), state_[q]->step, false))
+        update(params_[q], params_[q].grad(), *state_[q]);
+    }
   }
   ++steps_;
 }
@@ -166,13 +215,9 @@ void Optimizer::load_state(const std::map<std::string, Tensor>& state) {
       continue;
     }
     const std::string prefix = std::to_string(i) + ".";
-    ParamState s;
+    ParamState s = fresh_state(i);
     s.step = int64_t(scalar_of(state, prefix + "step", name_));
-    for (const std::string& n : names) {
-      Tensor t = zeros_like(params_[i]);
-      copy_(t, state.at(prefix + n));  // converts dtype and device
-      s.tensors[n] = t;
-    }
+    for (const std::string& n : names) copy_(s.tensors.at(n), state.at(prefix + n));  // converts
     state_[i] = std::move(s);
   }
   lr_ = lr;
@@ -224,8 +269,59 @@ void Adam::update(Tensor& param, const Tensor& grad, ParamState& s) {
   addcdiv_(param, exp_avg, denom, -step_size);
 }
 
+namespace {
+
+// The fused kernel's operands: f32 or f64, dense, one device. keeps_zeros: the update of zeros
+// (padding) is zero: eps > 0 and finite hyperparameters (0/(√0 + eps) = 0, 0·lr = 0).
+bool fused_adam(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
+                bool keeps_zeros, const AdamStep& a) {
+  if (param.dtype() != DType::f32 && param.dtype() != DType::f64) return false;
+  for (const Tensor* t : {&param, &grad, &state[0], &state[1]})
+    if (!t->is_contiguous() || t->dtype() != param.dtype() || t->device() != param.device() ||
+        t->shape() != param.shape())
+      return false;
+  if (keeps_zeros) {
+    const bool finite = std::isfinite(a.lr) && std::isfinite(a.weight_decay) &&
+                        std::isfinite(a.eps) && std::isfinite(a.rect);
+    if (!finite || !(a.eps > 0)) return false;
+  }
+  backend_of(param).adam_step(param, state[0], state[1], grad, a);
+  param.bump_version();
+  return true;
+}
+
+}  // namespace
+
+bool Adam::fused_update(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
+                        int64_t step, bool keeps_zeros) {
+  if (!opt_.fused) return false;
+  const double t = double(step);
+  const AdamStep a{.rectified = false,
+                   .lr = lr(),
+                   .beta1 = opt_.beta1,
+                   .beta2 = opt_.beta2,
+                   .eps = opt_.eps,
+                   .weight_decay = opt_.weight_decay,
+                   .decoupled_weight_decay = opt_.decoupled_weight_decay,
+                   .bias_correction1 = 1 - std::pow(opt_.beta1, t),
+                   .bias_correction2 = 1 - std::pow(opt_.beta2, t)};
+  return fused_adam(param, grad, state, keeps_zeros, a);
+}
+
 // ---- RAdam
 // ----------------------------------------------------------------------------------------------------------
+
+namespace {
+
+// RAdam's rectification r at step t, or nullopt for the un-adapted steps (ρt ≤ 5).
+std::optional<double> radam_rectification(double t, double b2) {
+  const double rho_inf = 2 / (1 - b2) - 1;
+  const double rho_t = rho_inf - 2 * t * std::pow(b2, t) / (1 - std::pow(b2, t));
+  if (!(rho_t > 5)) return std::nullopt;
+  return std::sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t));
+}
+
+}  // namespace
 
 RAdam::RAdam(std::vector<Tensor> params, AdamOptions opt)
     : Optimizer(std::move(params), opt.lr, "RAdam"), opt_(opt) {
@@ -252,11 +348,8 @@ void RAdam::update(Tensor& param, const Tensor& grad, ParamState& s) {
   addcmul_(exp_avg_sq, g, g, 1 - b2);
 
   Tensor bias_corrected_exp_avg = div(exp_avg, bias_correction1);
-  const double rho_inf = 2 / (1 - b2) - 1;
-  const double rho_t = rho_inf - 2 * t * std::pow(b2, t) / bias_correction2;
-  if (rho_t > 5) {
-    const double rect =
-        std::sqrt((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t));
+  if (const std::optional<double> r = radam_rectification(t, b2)) {
+    const double rect = *r;
     Tensor exp_avg_sq_sqrt = sqrt(exp_avg_sq);
     add_(exp_avg_sq_sqrt, opt_.eps);
     Tensor adaptive_lr = rdiv(std::sqrt(bias_correction2), exp_avg_sq_sqrt);
@@ -264,6 +357,23 @@ void RAdam::update(Tensor& param, const Tensor& grad, ParamState& s) {
   } else {
     add_(param, mul(bias_corrected_exp_avg, lr), -1.0);
   }
+}
+
+bool RAdam::fused_update(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
+                         int64_t step, bool keeps_zeros) {
+  if (!opt_.fused) return false;
+  const double t = double(step), b1 = opt_.beta1, b2 = opt_.beta2;
+  AdamStep a{.rectified = true,
+             .lr = lr(),
+             .beta1 = b1,
+             .beta2 = b2,
+             .eps = opt_.eps,
+             .weight_decay = opt_.weight_decay,
+             .decoupled_weight_decay = opt_.decoupled_weight_decay,
+             .bias_correction1 = 1 - std::pow(b1, t),
+             .bias_correction2 = 1 - std::pow(b2, t)};
+  a.rect = radam_rectification(t, b2).value_or(0.0);
+  return fused_adam(param, grad, state, keeps_zeros, a);
 }
 
 // ---- gradient utilities
@@ -289,34 +399,75 @@ Tensor stacked_over_grads(const std::vector<Tensor>& params, F f) {
 
 }  // namespace
 
+namespace {
+
+// The flat gradient buffers of params when they hold exactly params' gradients (a flattened
+// module's parameters, every gradient in its slot), else empty.
+std::vector<Tensor> flat_grad_buffers(const std::vector<Tensor>& params) {
+  const std::shared_ptr<const FlatParameters> f = FlatParameters::of(params);
+  std::vector<Tensor> out;
+  if (!f || !f->grads_in_buffers()) return out;
+  for (const FlatBuffers::Group& g : f->grads().groups()) out.push_back(g.data);
+  return out;
+}
+
+}  // namespace
+
 double grad_norm(const std::vector<Tensor>& params) {
   NoGradGuard ng;
-  // As torch: the norm of each gradient (in f64), then the norm of those norms.
-  const Tensor norms = stacked_over_grads(
-      params, [](const Tensor& g) { return sqrt(sum(square(to(g, DType::f64)))); });
+  // As torch: the norm of each gradient (in f64), then the norm of those norms; over flat
+  // buffers, the norm of each buffer (its padding is zero).
+  const std::vector<Tensor> flat = flat_grad_buffers(params);
+  auto norm = [](const Tensor& g) { return sqrt(sum(square(to(g, DType::f64)))); };
+  Tensor norms;
+  if (!flat.empty()) {
+    std::vector<Tensor> v;
+    for (const Tensor& g : flat) v.push_back(v.empty() ? norm(g) : to(norm(g), v[0].device()));
+    norms = stack(v, 0);
+  } else {
+    norms = stacked_over_grads(params, norm);
+  }
   return norms.defined() ? std::sqrt(sum(square(norms)).item<double>()) : 0.0;
+}
+
+void scale_grads(const std::vector<Tensor>& params, double factor) {
+  NoGradGuard ng;
+  std::vector<Tensor> flat = flat_grad_buffers(params);
+  if (!flat.empty() && std::isfinite(factor)) {  // keeps the padding zero (nn/flat.h)
+    for (Tensor& g : flat) mul_(g, factor);
+    return;
+  }
+  for (const Tensor& p : params) {
+    Tensor g = p.grad();
+    if (g.defined()) mul_(g, factor);
+  }
 }
 
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
   CM_CHECK(max_norm >= 0, "clip_grad_norm: invalid max_norm ", max_norm);
   const double total = grad_norm(params);
   const double coef = max_norm / (total + 1e-6);
-  if (!(coef >= 1.0)) {  // also when NaN, as torch (which multiplies by clamp(coef, max=1) always)
-    NoGradGuard ng;
-    for (const Tensor& p : params) {
-      Tensor g = p.grad();
-      if (g.defined()) mul_(g, coef);
-    }
-  }
+  // also when NaN, as torch (which multiplies by clamp(coef, max=1) always)
+  if (!(coef >= 1.0)) scale_grads(params, coef);
   return total;
 }
 
 bool grads_finite(const std::vector<Tensor>& params) {
   NoGradGuard ng;
-  // The count of non-finite elements of each floating-point gradient.
-  const Tensor bad = stacked_over_grads(params, [](const Tensor& g) {
+  // The count of non-finite elements of each floating-point gradient (or buffer).
+  auto bad_count = [](const Tensor& g) {
     return is_floating(g.dtype()) ? sum(logical_not(isfinite(g))) : Tensor();
-  });
+  };
+  const std::vector<Tensor> flat = flat_grad_buffers(params);
+  Tensor bad;
+  if (!flat.empty()) {
+    std::vector<Tensor> v;
+    for (const Tensor& g : flat)
+      v.push_back(v.empty() ? bad_count(g) : to(bad_count(g), v[0].device()));
+    bad = stack(v, 0);
+  } else {
+    bad = stacked_over_grads(params, bad_count);
+  }
   return !bad.defined() || sum(bad).item<int64_t>() == 0;
 }
 

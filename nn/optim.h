@@ -8,6 +8,14 @@
 // lags) and its moment tensors, of the parameter's dtype and device. state() / load_state() save
 // and restore all of it, so a run resumed from a checkpoint continues bit for bit.
 //
+// Fused and flat (the default, AdamOptions::fused): each update is one kernel (Backend::adam_step)
+// per parameter instead of about ten ops; and when the parameters are those of a flattened module
+// (Module::flatten_parameters, nn/flat.h) the moments live in flat buffers of the same layout and
+// one kernel updates every run of consecutive parameters that have their gradients in the flat
+// gradient buffer and share a step count: a few kernels per step for the whole model. The
+// composite (update(), op by op) runs for f16/bf16 parameters and with fused = false; the fused
+// kernel computes the same operations in the same order.
+//
 //   nn::RAdam opt(model.parameters(), {.lr = 4e-4});
 //   loss.backward();
 //   opt.step();       // under no-grad, in place
@@ -16,11 +24,13 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "autograd/ops.h"
+#include "nn/flat.h"
 
 namespace cm::nn {
 
@@ -67,11 +77,28 @@ class Optimizer {
   // Names of the per-parameter state tensors, in a fixed order.
   virtual std::vector<std::string> state_names() const = 0;
   // Updates param from grad (same shape, dtype and device); s.step already counts this update.
-  // Runs under no-grad.
+  // Runs under no-grad. The composite, op by op.
   virtual void update(Tensor& param, const Tensor& grad, ParamState& s) = 0;
+  // The same update in one kernel, on param, grad and the state tensors (state_names() order),
+  // for the step count `step`; false when it cannot (dtype, layout, fused off), and then nothing
+  // was written. With keeps_zeros, the operands are spans of flat buffers that include padding:
+  // it must also be false unless the update maps zeros to zeros (see nn/flat.h).
+  virtual bool fused_update(const Tensor& param, const Tensor& grad,
+                            const std::vector<Tensor>& state, int64_t step, bool keeps_zeros) {
+    (void)param, (void)grad, (void)state, (void)step, (void)keeps_zeros;
+    return false;
+  }
+  // The parameters' flat buffers when they are a flattened module's (else null).
+  const std::shared_ptr<const FlatParameters>& flat() const { return flat_; }
 
  private:
+  // The state of parameter i for its first update: zeros (views of the flat state buffers when
+  // the parameters are flat).
+  ParamState fresh_state(size_t i);
+
   std::vector<Tensor> params_;
+  std::shared_ptr<const FlatParameters> flat_;
+  std::vector<FlatBuffers> flat_state_;           // one per state name, the parameters' layout
   std::vector<std::optional<ParamState>> state_;  // empty until the parameter's first update
   double lr_;
   int64_t steps_ = 0;
@@ -90,6 +117,9 @@ struct AdamOptions {
   // RAdam. true: decoupled decay param *= 1 − lr·weight_decay before the update, as torch's AdamW
   // (and RAdam(decoupled_weight_decay=True) of torch ≥ 2.0).
   bool decoupled_weight_decay = false;
+  // One kernel per update (and per run of flat parameters) instead of the op-by-op composite;
+  // the same operations in the same order (see Optimizer).
+  bool fused = true;
 };
 
 // Adam (torch.optim.Adam, amsgrad=False), for step t of a parameter:
@@ -106,6 +136,8 @@ class Adam : public Optimizer {
   Adam(std::vector<Tensor> params, AdamOptions opt, std::string name);
   std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   void update(Tensor& param, const Tensor& grad, ParamState& s) override;
+  bool fused_update(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
+                    int64_t step, bool keeps_zeros) override;
 
  private:
   AdamOptions opt_;
@@ -132,6 +164,8 @@ class RAdam : public Optimizer {
  protected:
   std::vector<std::string> state_names() const override { return {"exp_avg", "exp_avg_sq"}; }
   void update(Tensor& param, const Tensor& grad, ParamState& s) override;
+  bool fused_update(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
+                    int64_t step, bool keeps_zeros) override;
 
  private:
   AdamOptions opt_;
@@ -139,6 +173,8 @@ class RAdam : public Optimizer {
 
 // ---- gradient utilities
 // ------------------------------------------------------------------------------------------
+// Over the parameters of a flattened module whose gradients are all in the flat gradient buffer
+// (nn/flat.h), each of these works a buffer at a time (a few kernels for the whole model).
 
 // The L2 norm of all defined gradients of params taken together (as one concatenated vector),
 // computed in f64 whatever their dtype; 0 when no parameter has a gradient.
@@ -149,6 +185,9 @@ double grad_norm(const std::vector<Tensor>& params);
 // below 1 (or NaN, as torch: non-finite gradients then become NaN). Returns the total norm before
 // clipping. The norm is accumulated in f64 (torch uses the gradients' dtype).
 double clip_grad_norm(const std::vector<Tensor>& params, double max_norm);
+
+// Multiplies every defined gradient by factor, in place (the loss scaler's unscaling).
+void scale_grads(const std::vector<Tensor>& params, double factor);
 
 // True when every element of every defined gradient is finite (no inf, no NaN).
 bool grads_finite(const std::vector<Tensor>& params);

@@ -51,6 +51,10 @@ int run_bench(const BenchCommand& command) {
   nn::SongUNet net(cfg, gen), target(cfg, gen);
   net.to(dev);
   target.to(dev);
+  if (o.flat) {
+    net.flatten_parameters();
+    target.flatten_parameters(false);
+  }
   nn::Ema target_ema(net.parameters(), target.parameters(), nn::EmaDecay::fixed(0.99));
   nn::RAdam opt(net.parameters(), {.lr = 1e-4});
   const consistency::NoiseConstants nc;
@@ -107,10 +111,10 @@ int run_bench(const BenchCommand& command) {
         "{\"bench\":\"cm\",\"case\":\"%s\",\"network\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
         "\"batch\":%lld,"
         "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld,"
-        "\"memory_format\":\"%s\",\"conv\":\"%s\",\"blas\":\"%s\"}\n",
+        "\"memory_format\":\"%s\",\"conv\":\"%s\",\"blas\":\"%s\",\"flat\":%s}\n",
         c.c_str(), o.network.c_str(), dev.str().c_str(), o.precision.c_str(), (long long)o.batch, m,
         double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats,
-        memory_format_name(format), conv.c_str(), blas.c_str());
+        memory_format_name(format), conv.c_str(), blas.c_str(), o.flat ? "true" : "false");
     std::fflush(stdout);
   }
   return 0;

@@ -557,6 +557,11 @@ struct Parser {
              bench_c.memory_format =
                  choice("--memory-format", v, {"auto", "contiguous", "channels_last"});
            });
+    option(bench, "--flat", "{on,off}", "on",
+           "parameters, gradients and optimizer state in flat buffers (off: tensor by tensor)",
+           [this](const std::string& v) {
+             bench_c.flat = choice("--flat", v, {"on", "off"}) == "on";
+           });
     bench
         ->add_option_function<std::vector<std::string>>(
             "--case",

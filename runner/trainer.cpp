@@ -224,6 +224,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
   Generator init(stream_key(cfg.seed, kInit));
   online_ = std::make_unique<nn::SongUNet>(net, init);
   online_->to(dev);
+  online_->flatten_parameters();  // nn/flat.h: the optimizer and the EMAs a buffer at a time
   if (cfg.mode == "cd") {
     LoadedNetwork t = load_network(cfg.cons.teacher, "ema", dev);
     CM_CHECK(t.config.mode == "edm", "/consistency/teacher: \"", cfg.cons.teacher, "\" is a ",
@@ -254,6 +255,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
     Generator unused(0);
     target_ = std::make_unique<nn::SongUNet>(net, unused);
     target_->to(dev);
+    target_->flatten_parameters(false);  // the target EMA: one lerp per buffer
     target_ema_ = std::make_unique<nn::Ema>(online_->parameters(), target_->parameters(),
                                             nn::EmaDecay::fixed(0));
     target_->train();

@@ -103,6 +103,19 @@ struct Conv2dParams {
   int64_t groups = 1;
 };
 
+// One update of Adam (rectified = false) or RAdam (true), the scalars worked out by the caller
+// (nn/optim.cpp) in f64 for the parameter's step t. The kernels compute per element, in the
+// tensors' dtype, the operations of torch 1.13's single-tensor loops in their order
+// (sop::adam_update in scalar_ops.h), so they match the composite of unary/binary ops.
+struct AdamStep {
+  bool rectified = false;
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  bool decoupled_weight_decay = false;
+  double bias_correction1 = 1;  // 1 − β1^t
+  double bias_correction2 = 1;  // 1 − β2^t
+  double rect = 0;              // RAdam: r when ρt > 5, 0 for the un-adapted first steps
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -212,6 +225,12 @@ class Backend {
   // out[i][index[i][j][k]][k] += src[i][j][k] (dim 1 shown), in place; index i64 of src's shape.
   virtual void scatter_add(const Tensor& out, int64_t dim, const Tensor& index,
                            const Tensor& src) = 0;
+
+  // ---- optimizers ----
+  // One AdamStep, in place, on param, exp_avg and exp_avg_sq from grad: four dense (contiguous)
+  // tensors of one shape, dtype (f32 or f64) and device, checked by the caller.
+  virtual void adam_step(const Tensor& param, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                         const Tensor& grad, const AdamStep& s) = 0;
 
   // ---- random ----
   // Fills contiguous `out` from blocks first_block, first_block + 1, ... of `seed` (see random.h).

@@ -147,6 +147,68 @@ struct SiluBackwardF {
   }
 };
 
+// ---- the optimizers' update, per element ----
+// AdamStep's scalars rounded once to the compute type, and the update: the operations of the
+// composite (nn/optim.cpp, torch 1.13's _single_tensor_adam / _single_tensor_radam), each rounded
+// to C, in their order.
+template <class C>
+struct AdamCoeffs {
+  bool rectified, decoupled, coupled;
+  C decay;  // 1 − lr·weight_decay (decoupled)
+  C wd;     // weight_decay (coupled into the gradient)
+  C beta1, one_minus_beta1, beta2, one_minus_beta2, eps;
+  C bias_correction1, bias_correction2_sqrt, neg_step_size;  // Adam: −lr/(1 − β1^t)
+  C lr, rect, neg_one;
+  bool adapted;  // RAdam: rect > 0
+
+  explicit AdamCoeffs(const AdamStep& s)
+      : rectified(s.rectified),
+        decoupled(s.weight_decay != 0 && s.decoupled_weight_decay),
+        coupled(s.weight_decay != 0 && !s.decoupled_weight_decay),
+        decay(C(1 - s.lr * s.weight_decay)),
+        wd(C(s.weight_decay)),
+        beta1(C(s.beta1)),
+        one_minus_beta1(C(1 - s.beta1)),
+        beta2(C(s.beta2)),
+        one_minus_beta2(C(1 - s.beta2)),
+        eps(C(s.eps)),
+        bias_correction1(C(s.bias_correction1)),
+        bias_correction2_sqrt(C(std::sqrt(s.bias_correction2))),
+        neg_step_size(C(-(s.lr / s.bias_correction1))),
+        lr(C(s.lr)),
+        rect(C(s.rect)),
+        neg_one(C(-1)),
+        adapted(s.rect > 0) {}
+};
+
+template <class C>
+CM_SOP_INLINE void adam_update(C& p, C& m, C& v, C g, const AdamCoeffs<C>& k) {
+  if (k.decoupled) p = p * k.decay;  // mul_(param, 1 − lr·wd)
+  if (k.coupled) g = g + k.wd * p;   // add(grad, param, wd)
+  m = m * k.beta1;                   // mul_(exp_avg, β1)
+  m = m + k.one_minus_beta1 * g;     // add_(exp_avg, g, 1 − β1)
+  v = v * k.beta2;                   // mul_(exp_avg_sq, β2)
+  const C gg = g * g;                // addcmul_(exp_avg_sq, g, g, 1 − β2)
+  v = v + k.one_minus_beta2 * gg;
+  if (!k.rectified) {
+    C denom = std::sqrt(v) / k.bias_correction2_sqrt;  // div(sqrt(v), √(1 − β2^t))
+    denom = denom + k.eps;                             // add_(denom, eps)
+    const C q = m / denom;                             // addcdiv_(param, m, denom, −step_size)
+    p = p + k.neg_step_size * q;
+    return;
+  }
+  const C mhat = m / k.bias_correction1;  // div(exp_avg, 1 − β1^t)
+  C u = mhat * k.lr;                      // mul(m̂, lr)
+  if (k.adapted) {
+    C d = std::sqrt(v);                       // sqrt(exp_avg_sq)
+    d = d + k.eps;                            // add_(·, eps)
+    const C a = k.bias_correction2_sqrt / d;  // rdiv(√(1 − β2^t), ·)
+    u = u * a;
+    u = u * k.rect;
+  }
+  p = p + k.neg_one * u;  // add_(param, ·, −1)
+}
+
 #define CM_BINARY_PRED(Name, expr)                                 \
   template <class C>                                               \
   struct Name {                                                    \
@@ -167,40 +229,42 @@ CM_BINARY_PRED(LogicalOrF, bool(x) || bool(y))
 
 // CM_UNARY_SWITCH(op, F, body): calls body.template operator()<sop::XxxF>() style dispatch. The
 // backends use these lists so that adding an op means adding one line here and one functor above.
-#define CM_FOR_EACH_FLOAT_UNARY(X)                                                                \
-  X(Neg, NegF)                                                                                    \
-  X(Abs, AbsF)                                                                                    \
-  X(Exp, ExpF)                                                                                    \
-  X(Log, LogF) X(Sqrt, SqrtF) X(Rsqrt, RsqrtF) X(Square, SquareF) X(Reciprocal, ReciprocalF)      \
-      X(Sin, SinF) X(Cos, CosF) X(Tanh, TanhF) X(Sigmoid, SigmoidF) X(Silu, SiluF) X(Relu, ReluF) \
-          X(Gelu, GeluF) X(Sign, SignF) X(Erf, ErfF) X(Expm1, Expm1F) X(Log1p, Log1pF)            \
-              X(Floor, FloorF) X(Ceil, CeilF) X(Round, RoundF) X(PowScalar, PowScalarF)           \
-                  X(RPowScalar, RPowScalarF) X(AddScalar, AddScalarF) X(MulScalar, MulScalarF)    \
-                      X(DivScalar, DivScalarF) X(RSubScalar, RSubScalarF)                         \
-                          X(RDivScalar, RDivScalarF) X(MaxScalar, MaxScalarF)                     \
+#define CM_FOR_EACH_FLOAT_UNARY(X)                                                             \
+  X(Neg, NegF)                                                                                 \
+  X(Abs, AbsF)                                                                                 \
+  X(Exp, ExpF)                                                                                 \
+  X(Log, LogF)                                                                                 \
+  X(Sqrt, SqrtF) X(Rsqrt, RsqrtF) X(Square, SquareF) X(Reciprocal, ReciprocalF) X(Sin, SinF)   \
+      X(Cos, CosF) X(Tanh, TanhF) X(Sigmoid, SigmoidF) X(Silu, SiluF) X(Relu, ReluF)           \
+          X(Gelu, GeluF) X(Sign, SignF) X(Erf, ErfF) X(Expm1, Expm1F) X(Log1p, Log1pF)         \
+              X(Floor, FloorF) X(Ceil, CeilF) X(Round, RoundF) X(PowScalar, PowScalarF)        \
+                  X(RPowScalar, RPowScalarF) X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) \
+                      X(DivScalar, DivScalarF) X(RSubScalar, RSubScalarF)                      \
+                          X(RDivScalar, RDivScalarF) X(MaxScalar, MaxScalarF)                  \
                               X(MinScalar, MinScalarF) X(Clamp, ClampF)
 
 // Unary ops that are also defined on integer dtypes (exact integer arithmetic).
-#define CM_FOR_EACH_INT_UNARY(X)                                                   \
-  X(Neg, NegF)                                                                     \
-  X(Abs, AbsF)                                                                     \
-  X(Square, SquareF)                                                               \
-  X(Relu, ReluF) X(Sign, SignF) X(AddScalar, AddScalarF) X(MulScalar, MulScalarF)  \
-      X(RSubScalar, RSubScalarF) X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) \
-          X(Clamp, ClampF)
+#define CM_FOR_EACH_INT_UNARY(X)                                                              \
+  X(Neg, NegF)                                                                                \
+  X(Abs, AbsF)                                                                                \
+  X(Square, SquareF)                                                                          \
+  X(Relu, ReluF)                                                                              \
+  X(Sign, SignF) X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF) \
+      X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) X(Clamp, ClampF)
 
-#define CM_FOR_EACH_PRED_UNARY(X)                                                             \
-  X(EqScalar, EqScalarF)                                                                      \
-  X(NeScalar, NeScalarF)                                                                      \
-  X(LtScalar, LtScalarF)                                                                      \
-  X(LeScalar, LeScalarF) X(GtScalar, GtScalarF) X(GeScalar, GeScalarF) X(IsFinite, IsFiniteF) \
-      X(LogicalNot, LogicalNotF)
+#define CM_FOR_EACH_PRED_UNARY(X) \
+  X(EqScalar, EqScalarF)          \
+  X(NeScalar, NeScalarF)          \
+  X(LtScalar, LtScalarF)          \
+  X(LeScalar, LeScalarF)          \
+  X(GtScalar, GtScalarF) X(GeScalar, GeScalarF) X(IsFinite, IsFiniteF) X(LogicalNot, LogicalNotF)
 
 #define CM_FOR_EACH_FLOAT_BINARY(X)                                                                \
   X(Add, AddF)                                                                                     \
   X(Sub, SubF)                                                                                     \
   X(Mul, MulF)                                                                                     \
-  X(Div, DivF) X(Pow, PowF) X(Maximum, MaximumF) X(Minimum, MinimumF) X(Lerp, LerpF)               \
+  X(Div, DivF)                                                                                     \
+  X(Pow, PowF) X(Maximum, MaximumF) X(Minimum, MinimumF) X(Lerp, LerpF)                            \
       X(ReluBackward, ReluBackwardF) X(SiluBackward, SiluBackwardF) X(GeluBackward, GeluBackwardF) \
           X(SigmoidBackward, SigmoidBackwardF) X(TanhBackward, TanhBackwardF)
 

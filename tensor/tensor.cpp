@@ -337,6 +337,23 @@ void Tensor::set_grad(const Tensor& g) const {
   ensure_autograd_meta().grad = g;
 }
 
+void Tensor::set_grad_slot(const Tensor& slot) const {
+  if (slot.defined()) {
+    CM_CHECK(is_leaf(), "set_grad_slot: only leaves have gradient slots");
+    CM_CHECK(slot.shape() == shape() && slot.dtype() == dtype() && slot.device() == device(),
+             "set_grad_slot: the slot (", shape_str(slot.shape()), " ", dtype_name(slot.dtype()),
+             " on ", slot.device().str(), ") does not match the tensor (", shape_str(shape()), " ",
+             dtype_name(dtype()), " on ", device().str(), ")");
+    CM_CHECK(!slot.requires_grad(), "set_grad_slot: the slot must not require grad");
+  }
+  ensure_autograd_meta().grad_slot = slot;
+}
+
+Tensor Tensor::grad_slot() const {
+  const AutogradMeta* m = autograd_meta();
+  return m ? m->grad_slot : Tensor();
+}
+
 void Tensor::zero_grad() const {
   if (AutogradMeta* m = autograd_meta()) m->grad = Tensor();
 }

@@ -115,6 +115,12 @@ class Tensor {
   Tensor grad() const;   // accumulated gradient (undefined until backward)
   void set_grad(const Tensor& g) const;
   void zero_grad() const;  // drops the gradient (sets it undefined)
+  // A leaf's gradient slot: where backward puts the leaf's first gradient (copied into it, and
+  // .grad() then is the slot) instead of a new tensor; later gradients accumulate into it as
+  // usual. How parameters get their gradients in one flat buffer (nn/flat.h). The slot has the
+  // leaf's shape, dtype and device; an undefined one restores the default.
+  void set_grad_slot(const Tensor& slot) const;
+  Tensor grad_slot() const;
   std::shared_ptr<Node> grad_fn() const;
   AutogradMeta* autograd_meta() const { return checked()->autograd.get(); }
   AutogradMeta& ensure_autograd_meta() const;
@@ -160,6 +166,7 @@ struct AutogradMeta {
   bool retains_grad = false;
   std::vector<GradHook> hooks;           // leaf hooks (non-leaf hooks live on grad_fn)
   std::weak_ptr<Node> grad_accumulator;  // leaf: the node that accumulates into .grad
+  Tensor grad_slot;                      // leaf: where the first gradient is written (or none)
 };
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);

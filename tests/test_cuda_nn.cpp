@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "nn/ema.h"
+#include "nn/module.h"
+#include "nn/optim.h"
 #include "tests/gpu_helpers.h"
 
 using namespace cm;
@@ -19,6 +22,21 @@ using namespace cm::test;
 namespace {
 
 using V = const std::vector<Tensor>&;
+
+// Parameters of odd sizes (the flat buffers' padding between them), on a device.
+struct OddParams : nn::Module {
+  std::vector<Tensor> ts;
+  OddParams(Device d, DType dt) {
+    const std::vector<Shape> shapes = {{3}, {5, 7}, {1}, {4, 3, 3, 3}, {17}};
+    ts.resize(shapes.size());
+    for (size_t i = 0; i < shapes.size(); ++i) {
+      ts[i] = cm::to(cm::to(randn_input(shapes[i], 60 + i), dt), d).detach();
+      std::string name = "p";
+      name += std::to_string(i);
+      register_parameter(name, ts[i]);
+    }
+  }
+};
 
 struct OpCase {
   std::string name;
@@ -182,6 +200,55 @@ TEST_SUITE("gpu") {
       Tensor yc = dropout(x, 0.4, true, gc), yg = dropout(to(x, kGpu), 0.4, true, gg);
       CHECK(gc.offset() == gg.offset());
       CHECK_MESSAGE(yc.to_vector<double>() == yg.to_vector<double>(), dtype_name(dt));
+    }
+  }
+
+  TEST_CASE(
+      "cuda nn: fused Adam, AdamW, RAdam over flat buffers, the EMA and clipping match the CPU") {
+    require_gpu();
+    for (const char* kind : {"adam", "adamw", "radam"}) {
+      for (DType dt : {DType::f32, DType::f64}) {
+        CAPTURE(kind);
+        CAPTURE(dtype_name(dt));
+        OddParams c(Device::cpu(), dt), g(kGpu, dt);
+        c.flatten_parameters();
+        g.flatten_parameters();
+        std::vector<Tensor> pc = c.parameters(), pg = g.parameters();
+        const nn::AdamOptions o{.lr = 1e-2, .beta2 = 0.95, .weight_decay = 0.1};
+        auto make = [&](std::vector<Tensor> ps) -> std::unique_ptr<nn::Optimizer> {
+          if (std::string(kind) == "adam") return std::make_unique<nn::Adam>(ps, o);
+          if (std::string(kind) == "adamw") return std::make_unique<nn::AdamW>(ps, o);
+          return std::make_unique<nn::RAdam>(ps, o);
+        };
+        auto oc = make(pc), og = make(pg);
+        nn::Ema ec(pc, nn::EmaDecay::fixed(0.9)), eg(pg, nn::EmaDecay::fixed(0.9));
+        for (int k = 0; k < 8; ++k) {
+          for (auto* ps : {&pc, &pg}) {
+            Tensor loss;
+            for (size_t i = 0; i < ps->size(); ++i) {
+              if (k == 3 && i == 4) continue;  // no gradient: the run splits
+              const Tensor w =
+                  to(to(randn_input((*ps)[i].shape(), 100 * k + i), dt), (*ps)[i].device());
+              const Tensor t = sum(mul((*ps)[i], w));
+              loss = loss.defined() ? add(loss, t) : t;
+            }
+            loss.backward();
+          }
+          CHECK(nn::clip_grad_norm(pg, 3.0) ==
+                doctest::Approx(nn::clip_grad_norm(pc, 3.0)).epsilon(1e-6));
+          CHECK(nn::grads_finite(pg));
+          oc->step();
+          og->step();
+          oc->zero_grad();
+          og->zero_grad();
+          ec.step();
+          eg.step();
+        }
+        for (size_t i = 0; i < pc.size(); ++i) {
+          check_close(pc[i], pg[i], device_tol(dt), "parameter " + std::to_string(i));
+          check_close(ec.shadow()[i], eg.shadow()[i], device_tol(dt), "EMA " + std::to_string(i));
+        }
+      }
     }
   }
 }

@@ -787,4 +787,317 @@ TEST_SUITE("nn") {
     CHECK_THROWS_AS(nn::DynamicLossScaler({.initial_lg = 5, .max_lg = 4}), cm::Error);
     CHECK_THROWS_AS(nn::DynamicLossScaler({.growth = -1}), cm::Error);
   }
+
+  // ---- flat buffers (nn/flat.h)
+  // ---------------------------------------------------------------------------------
+
+  // A module of odd-sized parameters (so that the padding between them is exercised), in dtype.
+  struct Odd : nn::Module {
+    std::vector<Tensor> ts;
+    Odd(uint64_t seed, DType dtype, const std::vector<Shape>& shapes) {
+      ts.resize(shapes.size());
+      for (size_t i = 0; i < shapes.size(); ++i) {
+        ts[i] = randn_input(shapes[i], seed + i, Layout::Contiguous, dtype);
+        std::string name = "p";
+        name += std::to_string(i);
+        register_parameter(name, ts[i]);
+      }
+    }
+    std::string type_name() const override { return "Odd"; }
+  };
+  const std::vector<Shape> kOddShapes = {{3}, {5, 7}, {1}, {4, 3, 3, 3}, {17}, {2, 9}};
+
+  // A loss whose gradient with respect to params[i] is grads[i] exactly (none where undefined),
+  // so that backward writes the gradients through the engine into their slots.
+  void backward_with(const std::vector<Tensor>& params, const std::vector<Tensor>& grads) {
+    Tensor loss;
+    for (size_t i = 0; i < params.size(); ++i) {
+      if (!grads[i].defined()) continue;
+      const Tensor t = sum(mul(params[i], grads[i]));
+      loss = loss.defined() ? add(loss, t) : t;
+    }
+    if (loss.defined()) loss.backward();
+  }
+
+  TEST_CASE("flat: the layout is aligned, padded with zeros, and one buffer per dtype and device") {
+    Odd m(1, DType::f32, kOddShapes);
+    const std::vector<Tensor> before = m.parameters();
+    std::vector<std::vector<double>> values;
+    for (const Tensor& t : before) values.push_back(t.to_vector<double>());
+    m.flatten_parameters();
+    const auto flat = m.flat_parameters();
+    REQUIRE(flat != nullptr);
+    const nn::FlatBuffers& fp = flat->params();
+    REQUIRE(fp.groups().size() == 1);
+    const Tensor& data = fp.groups()[0].data;
+    const std::vector<Tensor> ps = m.parameters();
+    int64_t covered = 0;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      CHECK(ps[i].storage() == data.storage());
+      CHECK(ps[i].is_contiguous());
+      CHECK(ps[i].is_leaf());
+      CHECK(ps[i].requires_grad());
+      CHECK(ps[i].to_vector<double>() == values[i]);  // values kept
+      CHECK(fp.offset_of(i) % 16 == 0);               // 64 bytes of f32
+      CHECK(ps[i].grad_slot().defined());
+      CHECK(ps[i].grad_slot().storage() == flat->grads().groups()[0].data.storage());
+      covered += ps[i].numel();
+    }
+    CHECK(data.numel() > covered);
+    // padding zero: the buffer's sum of squares is the parameters'
+    double ss = 0;
+    for (const Tensor& p : ps) ss += sum(square(to(p, DType::f64))).item<double>();
+    CHECK(sum(square(to(data, DType::f64))).item<double>() == doctest::Approx(ss).epsilon(1e-12));
+    // span: tensors 1..3 and the padding between them
+    const Tensor sp = fp.span(1, 3);
+    CHECK(sp.numel() == fp.offset_of(3) + ps[3].numel() - fp.offset_of(1));
+    CHECK_THROWS_AS(fp.span(3, 1), cm::Error);
+    // FlatParameters::of finds the buffers from the parameters only, and only from them all
+    CHECK(nn::FlatParameters::of(ps) == flat);
+    CHECK(nn::FlatParameters::of({ps[0], ps[1]}) == nullptr);
+    CHECK(nn::FlatParameters::of(before) == nullptr);
+    // two dtypes: two buffers
+    Odd mixed(2, DType::f32, {{3}, {4}});
+    mixed.ts[1] = to(mixed.ts[1], DType::f64).detach();
+    mixed.ts[1].set_requires_grad(true);
+    mixed.flatten_parameters();
+    REQUIRE(mixed.flat_parameters() != nullptr);
+    CHECK(mixed.flat_parameters()->params().groups().size() == 2);
+    CHECK(mixed.flat_parameters()->params().offset_of(1) == 0);
+    // to() flattens again after moving; a module without gradient buffers has no slots
+    m.to(DType::f64);
+    REQUIRE(m.flat_parameters() != nullptr);
+    CHECK(m.parameters()[0].dtype() == DType::f64);
+    CHECK(m.flat_parameters()->params().offset_of(1) % 8 == 0);
+    Odd target(3, DType::f32, kOddShapes);
+    target.flatten_parameters(false);
+    REQUIRE(target.flat_parameters() != nullptr);
+    CHECK(target.flat_parameters()->grads().size() == 0);
+    CHECK_FALSE(target.parameters()[0].grad_slot().defined());
+  }
+
+  TEST_CASE("flat: backward writes gradients into their slots, accumulates, and skips unused") {
+    Odd m(4, DType::f64, kOddShapes);
+    m.flatten_parameters();
+    const auto flat = m.flat_parameters();
+    const std::vector<Tensor> ps = m.parameters();
+    std::vector<Tensor> gs;
+    for (size_t i = 0; i < ps.size(); ++i) gs.push_back(randn_input(ps[i].shape(), 40 + i));
+    std::vector<Tensor> some = gs;
+    some[2] = Tensor();  // parameter 2 is not used
+    backward_with(ps, some);
+    for (size_t i = 0; i < ps.size(); ++i) {
+      CAPTURE(i);
+      if (i == 2) {
+        CHECK_FALSE(ps[i].grad().defined());
+        CHECK_FALSE(flat->grad_in_slot(i));
+        continue;
+      }
+      CHECK(flat->grad_in_slot(i));
+      CHECK(bit_identical(ps[i].grad(), gs[i]));
+    }
+    CHECK_FALSE(flat->grads_in_buffers());
+    backward_with(ps, gs);  // a second backward accumulates (parameter 2's first is written)
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const Tensor want = i == 2 ? gs[i] : add(gs[i], gs[i]);
+      CHECK(max_abs_diff(ps[i].grad(), want) == 0);
+    }
+    CHECK(flat->grads_in_buffers());
+    m.zero_grad();
+    CHECK_FALSE(ps[0].grad().defined());
+    backward_with(ps, gs);  // after zero_grad the slots are written again, not added to
+    CHECK(max_abs_diff(ps[0].grad(), gs[0]) == 0);
+    // slots must match their leaves
+    Tensor leaf = grad_input({3}, 1);
+    CHECK_THROWS_WITH_AS(leaf.set_grad_slot(zeros({4}, {.dtype = DType::f64})),
+                         doctest::Contains("does not match"), cm::Error);
+    CHECK_THROWS_AS(leaf.set_grad_slot(zeros({3}, {.dtype = DType::f32})), cm::Error);
+  }
+
+  TEST_CASE("flat: Adam, AdamW and RAdam over flat buffers follow torch's trajectories") {
+    for (const json& c : golden().at("cases")) {
+      const std::string name = c.at("name").get<std::string>();
+      CAPTURE(name);
+      Odd m(0, DType::f64, {shape_at(0), shape_at(1)});
+      for (size_t i = 0; i < 2; ++i) {
+        NoGradGuard ng;
+        copy_(m.ts[i],
+              from_vector(golden().at("init").at(i).get<std::vector<double>>(), shape_at(i)));
+      }
+      m.flatten_parameters();
+      std::vector<Tensor> params = m.parameters();
+      auto opt =
+          make_optimizer(c.at("kind").get<std::string>(), params, options_of(c.at("options")));
+      for (int64_t k = 0; k < 10; ++k) {
+        if (c.contains("lrs"))
+          opt->set_lr(nn::warmup_lr(c.at("options").at("lr").get<double>(), double(k),
+                                    c.at("warmup_steps").get<double>()));
+        std::vector<Tensor> gs;
+        for (size_t i = 0; i < 2; ++i)
+          gs.push_back(
+              skipped(c, k, int64_t(i))
+                  ? Tensor()
+                  : from_vector(golden().at("grads").at(size_t(k)).at(i).get<std::vector<double>>(),
+                                shape_at(i)));
+        backward_with(params, gs);
+        opt->step();
+        opt->zero_grad();
+        for (size_t i = 0; i < 2; ++i) {
+          const double e = max_rel_err(
+              params[i], c.at("params_after_step").at(size_t(k)).at(i).get<std::vector<double>>());
+          CHECK_MESSAGE(e <= 1e-12, name, " step ", k + 1, " param ", i, ": relative error ", e);
+        }
+      }
+      // the moments are views of flat buffers; what is saved has the per-parameter shapes
+      const nn::ParamState* s = opt->param_state(1);
+      REQUIRE(s != nullptr);
+      CHECK(s->tensors.at("exp_avg").storage() != params[1].storage());
+      CHECK(opt->state().at("1.exp_avg").shape() == shape_at(1));
+    }
+  }
+
+  TEST_CASE(
+      "flat: fused updates over buffers equal fused updates per parameter, and the composite") {
+    for (const char* kind : {"adam", "adamw", "radam"}) {
+      for (DType dt : {DType::f32, DType::f64}) {
+        CAPTURE(kind);
+        CAPTURE(dtype_name(dt));
+        // the same model three times: flat + fused, per parameter + fused, per parameter +
+        // composite
+        Odd a(7, dt, kOddShapes), b(7, dt, kOddShapes), c(7, dt, kOddShapes);
+        a.flatten_parameters();
+        nn::AdamOptions o{.lr = 1e-2, .beta2 = 0.95, .weight_decay = 0.1};
+        std::vector<Tensor> pa = a.parameters(), pb = b.parameters(), pc = c.parameters();
+        auto oa = make_optimizer(kind, pa, o);
+        auto ob = make_optimizer(kind, pb, o);
+        nn::AdamOptions composite = o;
+        composite.fused = false;
+        auto oc = make_optimizer(kind, pc, composite);
+        for (int k = 0; k < 8; ++k) {  // RAdam: un-adapted steps first (beta2 0.95: rho_t > 5 at 7)
+          std::vector<Tensor> gs;
+          for (size_t i = 0; i < pa.size(); ++i)
+            gs.push_back(randn_input(pa[i].shape(), 100 * k + i, Layout::Contiguous, dt));
+          if (k == 3) gs[4] = Tensor();  // a parameter without a gradient splits the run
+          backward_with(pa, gs);
+          backward_with(pb, gs);
+          backward_with(pc, gs);
+          oa->step();
+          ob->step();
+          oc->step();
+          oa->zero_grad();
+          ob->zero_grad();
+          oc->zero_grad();
+        }
+        const double tol = dt == DType::f32 ? 1e-6 : 1e-14;
+        for (size_t i = 0; i < pa.size(); ++i) {
+          CAPTURE(i);
+          CHECK(bit_identical(pa[i], pb[i]));  // one kernel, whatever the span
+          CHECK(max_abs_diff(pa[i], pc[i]) <= tol * (1 + max_abs_diff(pc[i], zeros_like(pc[i]))));
+          CHECK(oa->param_state(i)->step == oc->param_state(i)->step);
+        }
+        CHECK(oa->param_state(4)->step == 7);
+        // the padding stayed zero
+        const Tensor& data = a.flat_parameters()->params().groups()[0].data;
+        double ss = 0;
+        for (const Tensor& p : pa) ss += sum(square(to(p, DType::f64))).item<double>();
+        CHECK(sum(square(to(data, DType::f64))).item<double>() ==
+              doctest::Approx(ss).epsilon(1e-12));
+      }
+    }
+  }
+
+  TEST_CASE("flat: optimizer state saved from flat loads into per-parameter and back, exactly") {
+    Odd a(11, DType::f32, kOddShapes), b(11, DType::f32, kOddShapes);
+    a.flatten_parameters();
+    std::vector<Tensor> pa = a.parameters(), pb = b.parameters();
+    nn::RAdam oa(pa, {.lr = 1e-3}), ob(pb, {.lr = 1e-3});
+    for (int k = 0; k < 3; ++k) {
+      std::vector<Tensor> gs;
+      for (size_t i = 0; i < pa.size(); ++i)
+        gs.push_back(randn_input(pa[i].shape(), 300 + 10 * k + i, Layout::Contiguous, DType::f32));
+      backward_with(pa, gs);
+      backward_with(pb, gs);
+      oa.step();
+      ob.step();
+      oa.zero_grad();
+      ob.zero_grad();
+    }
+    // cross-load: a's state into a fresh per-parameter optimizer and b's into a fresh flat one
+    Odd a2(12, DType::f32, kOddShapes), b2(12, DType::f32, kOddShapes);
+    b2.flatten_parameters();
+    a2.load_state_dict(a.state_dict());
+    b2.load_state_dict(b.state_dict());
+    std::vector<Tensor> pa2 = a2.parameters(), pb2 = b2.parameters();
+    nn::RAdam oa2(pa2, {.lr = 1e-3}), ob2(pb2, {.lr = 1e-3});
+    oa2.load_state(oa.state());
+    ob2.load_state(ob.state());
+    std::vector<Tensor> gs;
+    for (size_t i = 0; i < pa.size(); ++i)
+      gs.push_back(randn_input(pa[i].shape(), 999 + i, Layout::Contiguous, DType::f32));
+    for (auto* x : {&pa, &pb, &pa2, &pb2}) backward_with(*x, gs);
+    oa.step();
+    ob.step();
+    oa2.step();
+    ob2.step();
+    for (size_t i = 0; i < pa.size(); ++i) {
+      CHECK(bit_identical(pa2[i], pa[i]));
+      CHECK(bit_identical(pb2[i], pb[i]));
+      CHECK(bit_identical(pa[i], pb[i]));
+    }
+  }
+
+  TEST_CASE("flat: gradient norm, clipping, the finite check and EMAs a buffer at a time") {
+    Odd a(21, DType::f32, kOddShapes), b(21, DType::f32, kOddShapes), t(5, DType::f32, kOddShapes);
+    a.flatten_parameters();
+    t.flatten_parameters(false);
+    std::vector<Tensor> pa = a.parameters(), pb = b.parameters();
+    std::vector<Tensor> gs;
+    for (size_t i = 0; i < pa.size(); ++i)
+      gs.push_back(randn_input(pa[i].shape(), 500 + i, Layout::Contiguous, DType::f32));
+    backward_with(pa, gs);
+    backward_with(pb, gs);
+    REQUIRE(a.flat_parameters()->grads_in_buffers());
+    CHECK(nn::grad_norm(pa) == doctest::Approx(nn::grad_norm(pb)).epsilon(1e-12));
+    CHECK(nn::grads_finite(pa));
+    CHECK(nn::clip_grad_norm(pa, 0.5) ==
+          doctest::Approx(nn::clip_grad_norm(pb, 0.5)).epsilon(1e-12));
+    for (size_t i = 0; i < pa.size(); ++i) CHECK(bit_identical(pa[i].grad(), pb[i].grad()));
+    CHECK(nn::grad_norm(pa) == doctest::Approx(0.5).epsilon(1e-5));
+    nn::scale_grads(pa, 2.0);
+    CHECK(nn::grad_norm(pa) == doctest::Approx(1.0).epsilon(1e-5));
+    // a non-finite gradient is found in the buffer; clipping by a NaN factor goes tensor by
+    // tensor, so the padding stays zero and the next finite step is finite again
+    {
+      NoGradGuard ng;
+      Tensor g = pa[3].grad();
+      fill_(g, std::numeric_limits<double>::quiet_NaN());
+    }
+    CHECK_FALSE(nn::grads_finite(pa));
+    nn::clip_grad_norm(pa, 1.0);
+    a.zero_grad();
+    backward_with(pa, gs);
+    CHECK(nn::grads_finite(pa));
+    double ss = 0;
+    for (const Tensor& g : gs) ss += sum(square(to(g, DType::f64))).item<double>();
+    CHECK(nn::grad_norm(pa) == doctest::Approx(std::sqrt(ss)).epsilon(1e-12));
+    // EMAs: own flat shadows and a bound flat target equal the tensor-by-tensor ones exactly
+    nn::Ema ea(pa, nn::EmaDecay::fixed(0.9)), eb(pb, nn::EmaDecay::fixed(0.9));
+    Odd tb(5, DType::f32, kOddShapes);
+    nn::Ema ta(pa, t.parameters(), nn::EmaDecay::fixed(0.5)),
+        tbe(pb, tb.parameters(), nn::EmaDecay::fixed(0.5));
+    CHECK(ea.shadow()[0].storage() == ea.shadow()[1].storage());  // flat
+    CHECK(eb.shadow()[0].storage() != eb.shadow()[1].storage());
+    for (int k = 0; k < 3; ++k) {
+      perturb(pa, k);
+      perturb(pb, k);
+      ea.step();
+      eb.step();
+      ta.update(k == 1 ? 0.0 : 0.7);
+      tbe.update(k == 1 ? 0.0 : 0.7);
+    }
+    for (size_t i = 0; i < pa.size(); ++i) {
+      CHECK(bit_identical(ea.shadow()[i], eb.shadow()[i]));
+      CHECK(bit_identical(t.parameters()[i], tb.parameters()[i]));
+    }
+  }
 }

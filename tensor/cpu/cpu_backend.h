@@ -56,6 +56,9 @@ class CpuBackend final : public Backend {
                            const Tensor& grad_x, const Tensor& grad_w,
                            const Tensor& grad_b) override;
 
+  void adam_step(const Tensor& param, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                 const Tensor& grad, const AdamStep& s) override;
+
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
   void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;

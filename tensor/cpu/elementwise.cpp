@@ -208,4 +208,25 @@ void CpuBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, con
   });
 }
 
+void CpuBackend::adam_step(const Tensor& param, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                           const Tensor& grad, const AdamStep& s) {
+  const int64_t n = param.numel();
+  CM_DISPATCH_FLOAT(param.dtype(), "adam_step", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, double>) {
+      const sop::AdamCoeffs<scalar_t> k(s);
+      scalar_t* p = param.data<scalar_t>();
+      scalar_t* m = exp_avg.data<scalar_t>();
+      scalar_t* v = exp_avg_sq.data<scalar_t>();
+      const scalar_t* g = grad.data<scalar_t>();
+      const int64_t blocks = (n + kGrain - 1) / kGrain;
+      parallel_for(blocks, kGrain, [&](int64_t b) {
+        const int64_t end = std::min(n, (b + 1) * kGrain);
+        for (int64_t i = b * kGrain; i < end; ++i) sop::adam_update(p[i], m[i], v[i], g[i], k);
+      });
+    } else {
+      CM_FAIL("adam_step: dtype ", dtype_name(param.dtype()), " (f32 or f64 only)");
+    }
+  });
+}
+
 }  // namespace cm::cpu

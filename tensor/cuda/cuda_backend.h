@@ -15,6 +15,8 @@ class CudaBackend final : public Backend {
   void copy(const Tensor& src, const Tensor& dst) override;
   void copy_between_devices(const Tensor& src, const Tensor& dst) override;
   void fill(const Tensor& dst, double value) override;
+  void adam_step(const Tensor& param, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                 const Tensor& grad, const AdamStep& s) override;
   void unary(UnaryOp op, const Tensor& x, const Tensor& out, double a, double b) override;
   void binary(BinaryOp op, const Tensor& a, const Tensor& b, const Tensor& out,
               double alpha) override;

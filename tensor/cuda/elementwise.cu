@@ -367,4 +367,38 @@ void CudaBackend::where(const Tensor& cond, const Tensor& a, const Tensor& b, co
   });
 }
 
+namespace {
+template <class T>
+__global__ void adam_step_kernel(int64_t n, T* p, T* m, T* v, const T* g, sop::AdamCoeffs<T> k) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    T pi = p[i], mi = m[i], vi = v[i];
+    sop::adam_update(pi, mi, vi, g[i], k);
+    p[i] = pi;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+}  // namespace
+
+void CudaBackend::adam_step(const Tensor& param, const Tensor& exp_avg, const Tensor& exp_avg_sq,
+                            const Tensor& grad, const AdamStep& s) {
+  const int dev = param.device().index;
+  DeviceGuard guard(dev);
+  const int64_t n = param.numel();
+  if (n == 0) return;
+  auto launch = [&]<class T>() {
+    adam_step_kernel<T><<<blocks_for(n), kThreads, 0, stream(dev)>>>(
+        n, param.data<T>(), exp_avg.data<T>(), exp_avg_sq.data<T>(), grad.data<T>(),
+        sop::AdamCoeffs<T>(s));
+    CUDA_CHECK_LAUNCH();
+  };
+  if (param.dtype() == DType::f32)
+    launch.template operator()<float>();
+  else if (param.dtype() == DType::f64)
+    launch.template operator()<double>();
+  else
+    CM_FAIL("adam_step: dtype ", dtype_name(param.dtype()), " (f32 or f64 only)");
+}
+
 }  // namespace cm::cuda_impl

@@ -30,6 +30,10 @@ class NoCudaBackend final : public Backend {
     no_cuda("copy_between_devices");
   }
   void fill(const Tensor&, double) override { no_cuda("fill"); }
+  void adam_step(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                 const AdamStep&) override {
+    no_cuda("adam_step");
+  }
   void unary(UnaryOp op, const Tensor&, const Tensor&, double, double) override {
     no_cuda(unary_op_name(op));
   }
