@@ -72,6 +72,11 @@ Loader::Loader(ImageDataset dataset, LoaderOptions options, LoaderState start)
       CM_CHECK(lab[i] >= -1 && lab[i] < dataset_.num_classes, "Loader: label ", i, " of '",
                dataset_.source, "' is ", lab[i], ", outside −1 .. ", dataset_.num_classes - 1);
   }
+  CM_CHECK(options_.shard_count >= 1 && options_.shard_index >= 0 &&
+               options_.shard_index < options_.shard_count &&
+               options_.batch_size % options_.shard_count == 0,
+           "Loader: a batch of ", options_.batch_size, " does not split into ",
+           options_.shard_count, " equal shards (shard ", options_.shard_index, ")");
   batches_per_epoch_ = n / options_.batch_size;
   set_state(start);
 }
@@ -109,8 +114,9 @@ Batch Loader::produce(LoaderState pos) {
     }
     order_epoch_ = pos.epoch;
   }
-  const int64_t B = options_.batch_size, C = dataset_.channels(), H = dataset_.height(),
-                W = dataset_.width();
+  // this shard's rows of the batch: [first, first + B) of the batch_size rows
+  const int64_t B = options_.batch_size / options_.shard_count, first = options_.shard_index * B,
+                C = dataset_.channels(), H = dataset_.height(), W = dataset_.width();
   const bool with_labels = options_.labels && dataset_.num_classes > 0 && dataset_.labels.defined();
   const int64_t K = dataset_.num_classes;
 
@@ -124,7 +130,8 @@ Batch Loader::produce(LoaderState pos) {
   float* dst = b.images.data<float>();
   int64_t* idx = b.indices.data<int64_t>();
   for (int64_t k = 0; k < B; ++k) {
-    const uint64_t p = pos.index * uint64_t(B) + uint64_t(k);  // position in the epoch's order
+    // position in the epoch's order
+    const uint64_t p = pos.index * uint64_t(options_.batch_size) + uint64_t(first + k);
     const int64_t row = order_[size_t(p)];
     idx[k] = row;
     const bool flip = options_.random_flip && flip_bit(options_.seed, pos.epoch, p);

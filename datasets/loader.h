@@ -67,6 +67,10 @@ struct LoaderOptions {
   bool random_flip = false;
   bool labels = true;    // false: no labels even when the data set has classes
   bool prefetch = true;  // prepare batches on a background thread
+  // Data-parallel shards: each batch is rows [shard_index·b, (shard_index + 1)·b) of the batch of
+  // batch_size rows, b = batch_size / shard_count (which must divide it); positions, epochs and
+  // the visiting order stay those of the whole batch, so the shards of one step are the batch.
+  int64_t shard_index = 0, shard_count = 1;
   Device device = Device::cpu();
   // Runs on each CPU batch where it is prepared (on the prefetch thread when prefetching), before
   // next() returns it; may modify the batch's tensors in place. Must be a pure function of the

@@ -137,17 +137,16 @@ int main(int argc, char** argv) {
   const dist::LaunchInfo job = dist::launch_info();
   try {
     // One process of a job of several (mpirun, srun): the communicator is set up, or a build
-    // without MPI says so. sample and eval split their seeds across the ranks; train and
-    // classifier do not split their work yet, so K ranks would each do the whole job (K runs):
-    // refused until they do.
+    // without MPI says so. train is data-parallel, sample and eval split their seeds across the
+    // ranks; classifier and edit do not split their work yet, so K ranks would each do the whole
+    // job (K runs): refused until they do.
     if (job.size > 1) {
       dist::Communicator& comm = dist::world();
-      CM_CHECK(!std::holds_alternative<TrainCommand>(command) &&
-                   !std::holds_alternative<ClassifierCommand>(command) &&
+      CM_CHECK(!std::holds_alternative<ClassifierCommand>(command) &&
                    !std::holds_alternative<EditCommand>(command),
                "started as rank ", comm.rank(), " of ", comm.size(), " (", comm.engine(),
-               "): this version of cm trains and edits as a single process only (sample and eval "
-               "run across ranks); start it without mpirun/srun");
+               "): this version of cm edits and trains classifiers as a single process only "
+               "(train, sample and eval run across ranks); start it without mpirun/srun");
     }
     return std::visit(
         [](const auto& c) -> int {

@@ -219,6 +219,7 @@ Logger::~Logger() {
 }
 
 void Logger::line(const std::string& s) {
+  if (silent_) return;
   if (progress_shown_) {
     std::printf("\r\033[K");
     progress_shown_ = false;

@@ -68,8 +68,15 @@ class Logger {
   // Writes `s` to the terminal only (a progress bar redrawn in place); nothing to the log file.
   void progress(const std::string& s);
   bool interactive() const { return interactive_; }
+  // Drops every line from now on (the ranks other than 0 of a job, which write nothing).
+  void silence() {
+    silent_ = true;
+    interactive_ = false;
+    pending_.clear();
+  }
 
  private:
+  bool silent_ = false;
   std::FILE* file_ = nullptr;
   std::vector<std::string> pending_;
   bool interactive_ = isatty_stdout();

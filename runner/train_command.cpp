@@ -6,10 +6,12 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 
 #include "nn/atomic_file.h"
 #include "nn/file_io.h"
 #include "nn/safetensors.h"
+#include "runner/sha256.h"
 #include "runner/trainer.h"
 
 namespace fs = std::filesystem;
@@ -75,9 +77,29 @@ int64_t checkpoint_step(const std::pair<int64_t, fs::path>& named) {
 
 }  // namespace
 
+// Across ranks: every rank must run the same configuration (a different file or --set on one
+// rank would train K different models that average their gradients). The ranks compare a hash of
+// the resolved configuration with rank 0's; every rank fails with the same message.
+void check_same_config(dist::Communicator& comm, const RunConfig& cfg) {
+  if (comm.size() == 1) return;
+  const std::string h = sha256_hex(cfg.resolved.dump());
+  Tensor mine = from_vector<int64_t>({int64_t(std::stoull(h.substr(0, 15), nullptr, 16))}, {1},
+                                     {.dtype = DType::i64});
+  const std::vector<int64_t> all = comm.all_gather(mine).contiguous().to_vector<int64_t>();
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  CM_CHECK(differ.empty(), "the configuration of rank(s) ", differ,
+           " differs from rank 0's (each rank resolved its CONFIG and --set options to a different "
+           "run): start every rank with the same arguments");
+}
+
 int run_train(const TrainCommand& c) {
   const std::vector<std::string>& sets = c.sets;
+  dist::Communicator& comm = dist::world();
+  const bool writer = comm.rank() == 0;  // rank 0 alone writes the run directory
   Logger log;  // lines before the run directory exists go into its log.txt once it does
+  if (!writer) log.silence();
   RunDir run;
   RunConfig cfg;
   std::optional<std::string> checkpoint;
@@ -107,16 +129,19 @@ int run_train(const TrainCommand& c) {
           ": a resumed run can change only train.steps and the log/checkpoint/sample intervals");
     apply_overrides(user, sets);
     cfg = typed_config(resolve_config(user, run.config_path().string()));
+    check_same_config(comm, cfg);
     CM_CHECK(cfg.train.steps >= at, run.path().string(), ": train.steps = ", cfg.train.steps,
              " is below the step of the latest checkpoint (", at, ", ", *checkpoint,
              "); a resumed run goes on from there to a later step");
     trainer_ptr = std::make_unique<Trainer>(cfg, checkpoint, &log);
     // every check passed: now the run directory changes
-    log.open(run.log_path());
-    for (const fs::path& p : run.remove_stale_temporaries())
-      log.line("removed " + p.string() + " (left by a writer that was killed)");
-    run.truncate_metrics_after(at);
-    write_config(run, cfg);
+    if (writer) {
+      log.open(run.log_path());
+      for (const fs::path& p : run.remove_stale_temporaries())
+        log.line("removed " + p.string() + " (left by a writer that was killed)");
+      run.truncate_metrics_after(at);
+      write_config(run, cfg);
+    }
     log.line("cm train: " + run.path().string() +
              (checkpoint ? " (resuming from " + *checkpoint + ")" : " (from the start)"));
   } else {
@@ -124,19 +149,29 @@ int run_train(const TrainCommand& c) {
     json user = read_json_file(*c.config);
     apply_overrides(user, sets);
     cfg = typed_config(resolve_config(user, *c.config));
+    check_same_config(comm, cfg);
     // the data, the teacher and the networks are checked before the run directory is made
     trainer_ptr = std::make_unique<Trainer>(cfg, std::nullopt, &log);
-    run = RunDir::create(c.out, describe(cfg), cfg.resolved.dump(2) + "\n");
-    log.open(run.log_path());
-    log.line("cm train: " + run.path().string());
+    if (writer) {
+      run = RunDir::create(c.out, describe(cfg), cfg.resolved.dump(2) + "\n");
+      log.open(run.log_path());
+      log.line("cm train: " + run.path().string());
+    }
   }
+  if (comm.size() > 1)
+    log.line("data-parallel: " + std::to_string(comm.size()) + " ranks (" + comm.engine() + "), " +
+             std::to_string(cfg.train.batch / comm.size()) + " of the batch's " +
+             std::to_string(cfg.train.batch) + " images each");
   Trainer& trainer = *trainer_ptr;
   log.line("network " + cfg.network_preset + ": " +
            std::to_string(trainer.online().num_parameters()) + " parameters; mode " + cfg.mode +
            "; device " + cfg.device.str() + "; " + (cfg.tf32 ? "tf32" : dtype_name(cfg.precision)) +
            "; data " + cfg.data.dataset + " (" +
            std::to_string(trainer.loader().dataset().images.size(0)) + " images)");
-  MetricsWriter metrics(run.path() / "metrics.jsonl", checkpoint.has_value());
+  std::optional<MetricsWriter> metrics_file;  // rank 0's; the other ranks' writes go nowhere
+  if (writer) metrics_file.emplace(run.path() / "metrics.jsonl", checkpoint.has_value());
+  MetricsWriter nowhere;
+  MetricsWriter& metrics = metrics_file ? *metrics_file : nowhere;
   const auto t_start = std::chrono::steady_clock::now();
   auto last = t_start;
   const int64_t first = trainer.step();
@@ -144,7 +179,7 @@ int run_train(const TrainCommand& c) {
   double loss_sum = 0;
   int64_t loss_count = 0;
   // A kill between a checkpoint and its sample grids: the grids of the step resumed from.
-  if (checkpoint) {
+  if (checkpoint && writer) {
     const int64_t k = trainer.step();
     bool missing = false;
     for (const std::string& p : trainer.sample_grid_paths(run.sample_dir().string()))
@@ -209,7 +244,9 @@ int run_train(const TrainCommand& c) {
     }
     if (cfg.train.layer_stats_every > 0 && k % cfg.train.layer_stats_every == 0)
       metrics.write({{"step", k}, {"layer_stats", trainer.layer_stats()}});
-    if (k % cfg.train.checkpoint_every == 0 || k == cfg.train.steps) {
+    const bool save = k % cfg.train.checkpoint_every == 0 || k == cfg.train.steps;
+    const bool sample = k % cfg.train.sample_every == 0 || k == cfg.train.steps;
+    if (save && writer) {
       const std::string p = run.checkpoint_path(k).string();
       trainer.save_checkpoint(p);
       log.line("checkpoint " + p);
@@ -219,9 +256,10 @@ int run_train(const TrainCommand& c) {
           fs::remove(all[i].second);
       }
     }
-    if (k % cfg.train.sample_every == 0 || k == cfg.train.steps)
+    if (sample && writer)
       for (const std::string& p : trainer.write_sample_grids(run.sample_dir().string()))
         log.line("samples " + p);
+    if ((save || sample) && comm.size() > 1) comm.barrier();  // the others wait for rank 0's files
   }
   log.line("done: " + std::to_string(trainer.step()) + " steps in " +
            format_duration(

@@ -3,6 +3,7 @@
 #include <charconv>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 
 #include "consistency/sampling.h"
 #include "datasets/png.h"
@@ -183,9 +184,11 @@ std::string ema_name(const nn::Ema& e, const TrainConfig& t, size_t i) {
 
 }  // namespace
 
-Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpoint, Logger* log)
+Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpoint, Logger* log,
+                 dist::Communicator* comm)
     : cfg_(cfg),
       log_(log),
+      comm_(comm ? comm : &dist::world()),
       gen_(stream_key(cfg.seed, kTrain)),
       dropout_(stream_key(cfg.seed, kDropout)) {
   const Device dev = cfg.device;
@@ -213,11 +216,17 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
   }
   CM_CHECK(cfg.train.batch <= ds.images.size(0), "/train/batch: ", cfg.train.batch,
            " is larger than the data set (", ds.images.size(0), " images)");
+  const int ranks = comm_->size();
+  CM_CHECK(cfg.train.batch % ranks == 0, "/train/batch: ", cfg.train.batch,
+           " images do not split evenly among the job's ", ranks,
+           " ranks (the global batch is divided among them: use a multiple of ", ranks, ")");
   loader_ = std::make_unique<data::Loader>(std::move(ds),
                                            data::LoaderOptions{.batch_size = cfg.train.batch,
                                                                .seed = stream_key(cfg.seed, kData),
                                                                .random_flip = cfg.data.flip,
                                                                .labels = cfg.data.labels,
+                                                               .shard_index = comm_->rank(),
+                                                               .shard_count = ranks,
                                                                .device = dev});
 
   // Networks.
@@ -225,6 +234,12 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
   online_ = std::make_unique<nn::SongUNet>(net, init);
   online_->to(dev);
   online_->flatten_parameters();  // nn/flat.h: the optimizer and the EMAs a buffer at a time
+  if (ranks > 1) {                // every rank starts from rank 0's weights
+    for (const nn::FlatBuffers::Group& g : online_->flat_parameters()->params().groups()) {
+      Tensor d = g.data;
+      comm_->broadcast(d, 0);
+    }
+  }
   if (cfg.mode == "cd") {
     LoadedNetwork t = load_network(cfg.cons.teacher, "ema", dev);
     CM_CHECK(t.config.mode == "edm", "/consistency/teacher: \"", cfg.cons.teacher, "\" is a ",
@@ -310,6 +325,12 @@ StepStats Trainer::train_step() {
   online_->train();
 
   nn::ForwardContext ctx{.dropout = &dropout_};
+  // this rank's rows of the batch's draws (the loss's indices and noise, the dropout masks)
+  std::optional<ShardGuard> shard_gen, shard_dropout;
+  if (comm_->size() > 1) {
+    shard_gen.emplace(gen_, comm_->rank(), comm_->size());
+    shard_dropout.emplace(dropout_, comm_->rank(), comm_->size());
+  }
   const bool stats_due =
       cfg_.train.layer_stats_every > 0 && (step_ + 1) % cfg_.train.layer_stats_every == 0;
   if (stats_due) {
@@ -353,16 +374,20 @@ StepStats Trainer::train_step() {
     }
   }
 
+  shard_gen.reset();
+  shard_dropout.reset();
   const std::vector<Tensor> params = online_->parameters();
   bool ok;
+  st.loss = loss.item<double>();
   if (scaler_) {
     scaler_->scale(loss).backward();
+    average_over_ranks(st.loss);
     ok = scaler_->unscale_and_check(params);
   } else {
     loss.backward();
+    average_over_ranks(st.loss);
     ok = nn::grads_finite(params);
   }
-  st.loss = loss.item<double>();
   st.grad_norm = cfg_.train.grad_clip > 0 ? nn::clip_grad_norm(params, cfg_.train.grad_clip)
                                           : nn::grad_norm(params);
 
@@ -403,6 +428,29 @@ StepStats Trainer::train_step() {
   opt_->zero_grad();
   ++step_;
   return st;
+}
+
+void Trainer::average_over_ranks(double& loss) {
+  if (comm_->size() == 1) return;
+  NoGradGuard ng;
+  const std::shared_ptr<const nn::FlatParameters> flat = online_->flat_parameters();
+  if (flat && flat->grads_in_buffers()) {
+    for (const nn::FlatBuffers::Group& g : flat->grads().groups()) {
+      Tensor d = g.data;
+      comm_->all_reduce(d, dist::ReduceOp::Average);
+    }
+  } else {
+    // some parameter had no gradient on this rank: tensor by tensor, a missing one as zeros (a
+    // rank whose set differs from the others' would otherwise hang them)
+    for (const Tensor& p : online_->parameters()) {
+      Tensor g = p.grad().defined() ? p.grad().contiguous() : zeros_like(p);
+      comm_->all_reduce(g, dist::ReduceOp::Average);
+      p.set_grad(g);
+    }
+  }
+  Tensor l = scalar_tensor(loss, {.dtype = DType::f64});
+  comm_->all_reduce(l, dist::ReduceOp::Average);
+  loss = l.item<double>();
 }
 
 // A step whose gradients are not finite was skipped: say which tensors, and stop the run when it

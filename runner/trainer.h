@@ -2,6 +2,14 @@
 // the optimizer, the eval EMAs, the data loader and the random generators of a run, takes steps of
 // CT, CD or EDM-teacher training, and saves and restores all of it so that a resumed run is
 // bit-identical to an uninterrupted one on the CPU.
+//
+// Across ranks (mpirun, srun: dist::world() of size K > 1), data-parallel: train.batch is the
+// global batch, each rank takes its b = batch / K rows (the loader's shard) and draws its rows of
+// every batch-leading random draw (Generator::set_shard), so the K shards of a step are the batch
+// one process would see, noise and dropout masks included; the gradients are averaged by one
+// all-reduce per flat gradient buffer, and every rank makes the same update. The state is the
+// same on every rank and does not depend on K: a checkpoint resumes with any world size. Rank 0
+// alone writes (the caller's job: see run_train).
 #pragma once
 
 #include <memory>
@@ -12,6 +20,7 @@
 #include "consistency/edm.h"
 #include "consistency/training.h"
 #include "datasets/loader.h"
+#include "dist/communicator.h"
 #include "nn/amp.h"
 #include "nn/ema.h"
 #include "nn/optim.h"
@@ -32,8 +41,10 @@ struct StepStats {
 
 class Trainer {
  public:
-  // Builds everything for `cfg`; with `checkpoint`, restores the run's state from it.
-  Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpoint, Logger* log);
+  // Builds everything for `cfg`; with `checkpoint`, restores the run's state from it. comm: the
+  // job to train in (null: dist::world(); the tests pass a local one to compare with a job).
+  Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpoint, Logger* log,
+          dist::Communicator* comm = nullptr);
   ~Trainer();
 
   // One optimisation step at step() (then step() advances by one). A step whose gradients are
@@ -62,10 +73,14 @@ class Trainer {
   int64_t skipped_steps() const { return skipped_; }
   // Steps skipped in a row up to now (0 after a step that updated the weights).
   int64_t consecutive_skipped_steps() const { return consecutive_skipped_; }
+  // The job this trainer is one rank of.
+  const dist::Communicator& comm() const { return *comm_; }
   const data::Loader& loader() const { return *loader_; }
 
  private:
   void restore(const std::string& checkpoint);
+  // Averages the gradients over the ranks (one all-reduce per flat buffer) and the loss.
+  void average_over_ranks(double& loss);
   void report_skipped_step(double loss);
   consistency::Denoiser denoiser(const nn::SongUNet& net, consistency::Parameterization p) const;
   // The network to evaluate and sample from: the first eval EMA written into a scratch network.
@@ -73,6 +88,7 @@ class Trainer {
 
   RunConfig cfg_;
   Logger* log_;
+  dist::Communicator* comm_;
   int64_t step_ = 0;
   int64_t skipped_ = 0;
   int64_t consecutive_skipped_ = 0;

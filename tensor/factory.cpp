@@ -152,6 +152,13 @@ uint64_t Generator::reserve(int64_t n, DType dtype) {
   return first;
 }
 
+void Generator::set_shard(int64_t index, int64_t count) {
+  CM_CHECK(count >= 1 && index >= 0 && index < count, "Generator::set_shard: invalid shard ", index,
+           " of ", count);
+  shard_index_ = index;
+  shard_count_ = count;
+}
+
 Generator& default_generator() {
   static Generator g(0);
   return g;

@@ -170,6 +170,12 @@ enum class RandomKind : uint8_t {
 };
 
 // Generator state: a seed and a block offset. Draws advance the offset.
+//
+// Batch shards (data-parallel training): with set_shard(index, count), a draw of shape [b, ...]
+// is rows [index·b, (index + 1)·b) of the draw of shape [count·b, ...] from the same state, and
+// the offset advances as by that whole draw. count processes that each draw their shard of every
+// batch-leading draw (the loss's noise and indices, the dropout masks) so see the numbers one
+// process drawing the whole batch would, and their generators stay in the same state.
 class Generator {
  public:
   explicit Generator(uint64_t seed = 0, uint64_t offset = 0) : seed_(seed), offset_(offset) {}
@@ -182,9 +188,30 @@ class Generator {
   // Reserves the blocks for n values of the given dtype and returns the first block index.
   uint64_t reserve(int64_t n, DType dtype);
 
+  void set_shard(int64_t index, int64_t count);  // 0 ≤ index < count; (0, 1): no sharding
+  int64_t shard_index() const { return shard_index_; }
+  int64_t shard_count() const { return shard_count_; }
+
  private:
   uint64_t seed_;
   uint64_t offset_;
+  int64_t shard_index_ = 0, shard_count_ = 1;
+};
+
+// Sets a generator's batch shard for a scope and restores the previous one after it.
+class ShardGuard {
+ public:
+  ShardGuard(Generator& g, int64_t index, int64_t count)
+      : g_(g), index_(g.shard_index()), count_(g.shard_count()) {
+    g_.set_shard(index, count);
+  }
+  ~ShardGuard() { g_.set_shard(index_, count_); }
+  ShardGuard(const ShardGuard&) = delete;
+  ShardGuard& operator=(const ShardGuard&) = delete;
+
+ private:
+  Generator& g_;
+  int64_t index_, count_;
 };
 
 // The process-wide default generator (used when an op is given none).

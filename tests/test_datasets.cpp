@@ -1545,6 +1545,32 @@ TEST_SUITE("datasets") {
     CHECK(rs[3] == std::vector<int64_t>{5, 6, 7, 8, 9});
   }
 
+  TEST_CASE("loader: the shards of a batch are its rows, flips and labels included") {
+    ImageDataset ds = toy_images(13, 1, 2, 3, 4);
+    Loader whole(ds, {.batch_size = 6, .seed = 5, .random_flip = true, .prefetch = false});
+    std::vector<std::unique_ptr<Loader>> shards;
+    for (int64_t r = 0; r < 3; ++r)
+      shards.push_back(std::make_unique<Loader>(ds, LoaderOptions{.batch_size = 6,
+                                                                  .seed = 5,
+                                                                  .random_flip = true,
+                                                                  .shard_index = r,
+                                                                  .shard_count = 3}));
+    for (int step = 0; step < 5; ++step) {  // across an epoch boundary (2 batches per epoch)
+      const Batch w = whole.next();
+      for (int64_t r = 0; r < 3; ++r) {
+        const Batch b = shards[size_t(r)]->next();
+        CHECK(b.images.shape() == Shape{2, 1, 2, 3});
+        CHECK(max_abs_diff(b.images, w.images.narrow(0, 2 * r, 2)) == 0);
+        CHECK(b.indices.to_vector<int64_t>() == w.indices.narrow(0, 2 * r, 2).to_vector<int64_t>());
+        if (w.labels.defined()) CHECK(max_abs_diff(b.labels, w.labels.narrow(0, 2 * r, 2)) == 0);
+        CHECK(shards[size_t(r)]->state() == whole.state());
+      }
+    }
+    CHECK_THROWS_WITH_AS(Loader(ds, {.batch_size = 6, .shard_index = 0, .shard_count = 4}),
+                         doctest::Contains("does not split into 4 equal shards"), cm::Error);
+    CHECK_THROWS_AS(Loader(ds, {.batch_size = 6, .shard_index = 3, .shard_count = 3}), cm::Error);
+  }
+
   TEST_CASE("loader: epoch_order is a uniform random permutation") {
     const int n = 8, epochs = 4000;
     std::vector<std::vector<int>> count(n, std::vector<int>(n, 0));  // count[position][value]

@@ -495,4 +495,51 @@ TEST_SUITE("tensor") {
     CHECK(worst_bm < 1e-14);
   }
 
+  TEST_CASE("batch shards: each rank's draw is its rows of the whole batch's draw") {
+    struct Draw {
+      const char* name;
+      std::function<Tensor(const Shape&, Generator&)> f;
+    };
+    const std::vector<Draw> draws = {
+        {"rand f32", [](const Shape& s, Generator& g) { return rand(s, {}, &g); }},
+        {"randn f32", [](const Shape& s, Generator& g) { return randn(s, {}, &g); }},
+        {"randn f64",
+         [](const Shape& s, Generator& g) { return randn(s, {.dtype = DType::f64}, &g); }},
+        {"randn f16",
+         [](const Shape& s, Generator& g) { return randn(s, {.dtype = DType::f16}, &g); }},
+        {"randint i64",
+         [](const Shape& s, Generator& g) { return randint(0, 17, s, {.dtype = DType::i64}, &g); }},
+        {"bernoulli f32", [](const Shape& s, Generator& g) { return bernoulli(s, 0.3, {}, &g); }}};
+    // rows of 12 values (block-aligned shards), of 5 (shards inside a block), a single value
+    for (const Shape& row : {Shape{3, 4}, Shape{5}, Shape{}}) {
+      for (const Draw& d : draws) {
+        for (int64_t k : {2, 3}) {
+          CAPTURE(d.name);
+          CAPTURE(k);
+          Shape local = {2};
+          local.insert(local.end(), row.begin(), row.end());
+          Shape global = local;
+          global[0] *= k;
+          Generator g0(77, 5);
+          const Tensor whole = d.f(global, g0);
+          for (int64_t r = 0; r < k; ++r) {
+            Generator g(77, 5);
+            g.set_shard(r, k);
+            const Tensor mine = d.f(local, g);
+            CHECK(mine.shape() == local);
+            CHECK(mine.to_vector<double>() == whole.narrow(0, 2 * r, 2).to_vector<double>());
+            CHECK(g.offset() == g0.offset());  // every rank's state advances as the whole draw's
+            {
+              ShardGuard off(g, 0, 1);  // unsharded inside the guard, restored after
+              CHECK(g.shard_count() == 1);
+            }
+            CHECK(g.shard_count() == k);
+          }
+        }
+      }
+    }
+    Generator g(1);
+    CHECK_THROWS_AS(g.set_shard(2, 2), cm::Error);
+    CHECK_THROWS_AS(g.set_shard(0, 0), cm::Error);
+  }
 }  // TEST_SUITE

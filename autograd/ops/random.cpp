@@ -13,8 +13,24 @@ Tensor draw(RandomKind kind, const Shape& shape, TensorOptions opt, Generator* g
   const bool rg = opt.requires_grad;
   opt.requires_grad = false;
   Tensor t = empty(shape, opt);
-  const uint64_t first = g.reserve(t.numel(), t.dtype());
-  backend_of(t).random(kind, t, g.seed(), first, a, b);
+  const int64_t k = g.shard_count(), r = g.shard_index();
+  if (k == 1 || shape.empty()) {
+    const uint64_t first = g.reserve(t.numel(), t.dtype());
+    backend_of(t).random(kind, t, g.seed(), first, a, b);
+  } else {
+    // A batch shard (Generator::set_shard): rows [r·b, (r + 1)·b) of the draw of k·b rows.
+    const int64_t n = t.numel(), per_block = dtype_size(t.dtype()) == 8 ? 2 : 4;
+    const uint64_t first = g.reserve(n * k, t.dtype());
+    if ((n * r) % per_block == 0) {  // the shard starts on a block: draw only its blocks
+      backend_of(t).random(kind, t, g.seed(), first + uint64_t(n * r / per_block), a, b);
+    } else {  // it starts inside a block: draw the whole batch and keep the shard's rows
+      Shape all = shape;
+      all[0] *= k;
+      Tensor whole = empty(all, opt);
+      backend_of(whole).random(kind, whole, g.seed(), first, a, b);
+      backend_of(t).copy(whole.narrow(0, r * shape[0], shape[0]), t);
+    }
+  }
   if (rg) t.set_requires_grad(true);
   return t;
 }
