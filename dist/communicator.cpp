@@ -70,6 +70,13 @@ Communicator& world() {
   static std::unique_ptr<Communicator> comm;
   std::call_once(once, [] {
     const LaunchInfo l = launch_info();
+    // CM_DIST_ENGINE=mpi: the MPI engine (and NCCL) even for a job of one, to test them alone
+    const char* forced = std::getenv("CM_DIST_ENGINE");
+    if (l.size <= 1 && forced && std::string(forced) == "mpi") {
+      CM_CHECK(has_mpi(), "CM_DIST_ENGINE=mpi: this cm was built without MPI");
+      comm = make_mpi_communicator();
+      return;
+    }
     if (l.size <= 1) {
       comm = make_local_communicator();
       return;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "consistency/training.h"
+#include "dist/communicator.h"
 #include "nn/ema.h"
 #include "nn/optim.h"
 #include "tensor/cpu/blas.h"
@@ -70,6 +71,7 @@ int run_bench(const BenchCommand& command) {
 
   for (const std::string& c : o.cases) {
     std::function<void()> run;
+    std::string extra;  // case-specific fields of the JSON line
     if (c == "forward" || c == "sample") {
       net.eval();
       const double s = c == "sample" ? nc.sigma_max : 1.0;
@@ -87,8 +89,19 @@ int run_bench(const BenchCommand& command) {
         opt.zero_grad();
         target_ema.update(0.99);
       };
+    } else if (c == "allreduce") {
+      // the data-parallel step's communication: the average of the flat gradient buffer over the
+      // job's ranks (mpirun -np K cm bench --case allreduce)
+      const std::shared_ptr<const nn::FlatParameters> flat = net.flat_parameters();
+      CM_CHECK(flat && flat->grads().groups().size() == 1,
+               "cm bench --case allreduce: needs the flat gradient buffer (--flat on)");
+      dist::Communicator& comm = dist::world();
+      Tensor g = flat->grads().groups()[0].data;
+      run = [&comm, g]() mutable { comm.all_reduce(g, dist::ReduceOp::Average); };
+      extra = ",\"ranks\":" + std::to_string(comm.size()) + ",\"engine\":\"" + comm.engine() +
+              "\",\"buffer_bytes\":" + std::to_string(g.nbytes());
     } else {
-      CM_FAIL("cm bench: unknown case \"", c, "\" (expected forward, ct or sample)");
+      CM_FAIL("cm bench: unknown case \"", c, "\" (expected forward, ct, sample or allreduce)");
     }
     for (int i = 0; i < 2; ++i) run();  // warm-up (allocator, algorithm caches)
     be.synchronize();
@@ -103,6 +116,17 @@ int run_bench(const BenchCommand& command) {
     }
     const double m = median(ms);
     const MemoryStats mem = allocator_for(dev).stats();
+    if (c == "allreduce") {
+      // NCCL's conventions: algorithm bandwidth = bytes / time, bus bandwidth = algbw·2(K − 1)/K
+      const dist::Communicator& comm = dist::world();
+      const double bytes = double(net.flat_parameters()->grads().groups()[0].data.nbytes());
+      const double algbw = bytes / (m * 1e-3) / 1e9, k = double(comm.size());
+      char b[96];
+      std::snprintf(b, sizeof b, ",\"algbw_GBps\":%.2f,\"busbw_GBps\":%.2f", algbw,
+                    algbw * 2 * (k - 1) / k);
+      extra += b;
+      if (comm.rank() != 0) continue;  // rank 0 reports
+    }
     // What ran the convolutions and the products: every figure says which kernels it measured.
     const MemoryFormat format = cfg.activation_format(be);
     const std::string conv = dev.is_cuda() ? "cudnn" : cpu::onednn::conv_backend_name();
@@ -111,10 +135,11 @@ int run_bench(const BenchCommand& command) {
         "{\"bench\":\"cm\",\"case\":\"%s\",\"network\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
         "\"batch\":%lld,"
         "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld,"
-        "\"memory_format\":\"%s\",\"conv\":\"%s\",\"blas\":\"%s\",\"flat\":%s}\n",
+        "\"memory_format\":\"%s\",\"conv\":\"%s\",\"blas\":\"%s\",\"flat\":%s%s}\n",
         c.c_str(), o.network.c_str(), dev.str().c_str(), o.precision.c_str(), (long long)o.batch, m,
         double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats,
-        memory_format_name(format), conv.c_str(), blas.c_str(), o.flat ? "true" : "false");
+        memory_format_name(format), conv.c_str(), blas.c_str(), o.flat ? "true" : "false",
+        extra.c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -568,14 +568,14 @@ struct Parser {
             [this](const std::vector<std::string>& v) {
               bench_c.cases.clear();
               for (const std::string& c : v) {
-                choice("--case", c, {"forward", "ct", "sample"});
+                choice("--case", c, {"forward", "ct", "sample", "allreduce"});
                 if (std::find(bench_c.cases.begin(), bench_c.cases.end(), c) == bench_c.cases.end())
                   bench_c.cases.push_back(c);
               }
             },
             "the case to time (repeatable)")
-        ->type_name("{forward,ct,sample}")
-        ->default_str("all three")
+        ->type_name("{forward,ct,sample,allreduce}")
+        ->default_str("forward, ct and sample")
         ->allow_extra_args(false)
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     int_option(bench, "--repeats", "5 (CPU), 20 (GPU)", "timed repeats after 2 warm-up runs",

@@ -247,6 +247,9 @@ inline Backend& backend_of(const Tensor& t) {
 namespace cuda {
 bool is_available();  // built with CUDA and a device is present
 int device_count();   // 0 when unavailable
+// The cudaStream_t that cm queues device `index`'s work on, as an opaque handle (for libraries
+// that enqueue on it, such as NCCL in dist/); fails in a build without CUDA.
+void* stream_handle(int index);
 }  // namespace cuda
 
 // TF32 tensor-core arithmetic for f32 matrix products on the GPU (about 10 mantissa bits per

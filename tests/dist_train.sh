@@ -75,4 +75,8 @@ echo "rank 1 killed: the job ended (exit $rc) in $(( $(date +%s) - start )) s"
 lrun=$(ls -d long/*/)
 last=$(ls "$lrun/checkpoints" | sort | tail -1)
 timeout 120 "$cm" train --resume "$lrun" --set train.steps=$(( 10#$(echo "$last" | tr -dc 0-9) + 1 )) > lresume.log 2>&1 || { cat lresume.log; fail "the checkpoint left by the killed job does not resume"; }
+# 4. the all-reduce benchmark of the flat gradient buffer: rank 0 reports, once
+timeout 120 "${ranks[@]}" "$cm" bench --network ddpmpp-digits-8 --case allreduce --repeats 2 > ar.log 2>&1 || { cat ar.log; fail "cm bench --case allreduce"; }
+[ "$(grep -c '"case":"allreduce"' ar.log)" = 1 ] || { cat ar.log; fail "allreduce: expected one line"; }
+grep -q '"ranks":2,"engine":"mpi"' ar.log || { cat ar.log; fail "allreduce: not 2 MPI ranks"; }
 echo "2 ranks: rank 0 wrote the run, one process resumed it; mismatches refused; a killed rank ended the job"

@@ -182,7 +182,7 @@ TEST_SUITE("cli") {
     check_fails({"eval", run, "--metric", "kid"}, {"--metric kid: expected domain, fid or is"});
     check_fails({"bench", "--precision", "f64"}, {"--precision f64", "f32, tf32, bf16 or f16"});
     check_fails({"bench", "--precision", "bf16"}, {"--precision bf16 needs a GPU"});
-    check_fails({"bench", "--case", "back"}, {"--case back", "forward, ct or sample"});
+    check_fails({"bench", "--case", "back"}, {"--case back", "forward, ct, sample or allreduce"});
     check_fails({"bench", "--network", "nope"}, {"--network nope", "unknown network"});
     check_fails({"info", "--preset", "nope"}, {"--preset nope", "unknown network"});
     check_fails({"classifier", "train", "--data", "cifar10"},

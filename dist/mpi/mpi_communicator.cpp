@@ -1,5 +1,6 @@
-// dist::Communicator over MPI_COMM_WORLD. Tensors on a GPU are staged through host memory (NCCL,
-// the GPU engine, is the fast path for them); f16 and bf16 are reduced in f32.
+// dist::Communicator over MPI_COMM_WORLD. Tensors on a GPU go to NCCL where it is built
+// (dist/nccl/nccl_engine.h), else they are staged through host memory; f16 and bf16 are reduced
+// in f32.
 #include "dist/mpi/mpi_communicator.h"
 
 #include <mpi.h>
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "autograd/ops.h"
+#include "dist/nccl/nccl_engine.h"
 
 namespace cm::dist {
 
@@ -84,6 +86,7 @@ class MpiCommunicator final : public Communicator {
     CM_CHECK(t.dtype() != DType::b8 && t.dtype() != DType::u8, "all_reduce (rank ", rank_,
              "): ", dtype_name(t.dtype()), " tensors are not reduced");
     same_on_every_rank(t, "all_reduce");
+    if (NcclEngine* n = nccl_for(t)) return n->all_reduce(t, op);
     NoGradGuard ng;
     const bool staged = t.device().is_cuda() || mpi_type(t.dtype()) == MPI_DATATYPE_NULL;
     Tensor h = staged ? to(to(detach(t), Device::cpu()),
@@ -103,6 +106,7 @@ class MpiCommunicator final : public Communicator {
     CM_CHECK(root >= 0 && root < size_, "broadcast (rank ", rank_, "): root ", root,
              " is not a rank of a job of ", size_);
     same_on_every_rank(t, "broadcast");
+    if (NcclEngine* n = nccl_for(t)) return n->broadcast(t, root);
     NoGradGuard ng;
     const bool staged = t.device().is_cuda();
     Tensor h = staged ? to(detach(t), Device::cpu()).contiguous() : t;
@@ -114,6 +118,7 @@ class MpiCommunicator final : public Communicator {
   Tensor all_gather(const Tensor& t) override {
     CM_CHECK(t.defined(), "all_gather (rank ", rank_, "): undefined tensor");
     same_on_every_rank(t, "all_gather");
+    if (NcclEngine* n = nccl_for(t)) return n->all_gather(t);
     NoGradGuard ng;
     const Tensor h = to(detach(t), Device::cpu()).contiguous();
     Shape shape = h.shape();
@@ -133,6 +138,16 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // NCCL for a CUDA tensor where it is built and enabled (made at the first GPU collective, on
+  // the tensor's device), else null: the tensor is staged through the host.
+  NcclEngine* nccl_for(const Tensor& t) {
+    if (!t.device().is_cuda() || !nccl_enabled()) return nullptr;
+    if (!nccl_)
+      nccl_ = make_nccl_engine(rank_, size_, t.device().index, [this](void* data, int bytes) {
+        check(MPI_Bcast(data, bytes, MPI_BYTE, 0, MPI_COMM_WORLD), "MPI_Bcast (NCCL id)");
+      });
+    return nccl_.get();
+  }
   void check(int rc, const char* what) const {
     if (rc == MPI_SUCCESS) return;
     char msg[MPI_MAX_ERROR_STRING];
@@ -167,6 +182,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   int rank_ = 0, size_ = 1, local_rank_ = 0;
+  std::unique_ptr<NcclEngine> nccl_;
 };
 
 }  // namespace

@@ -28,6 +28,12 @@ bool is_available() {
   return device_count() > 0;
 }
 
+void* stream_handle(int index) {
+  CM_CHECK(index >= 0 && index < device_count(), "cuda::stream_handle: no CUDA device ", index,
+           " (", device_count(), " visible)");
+  return static_cast<void*>(cuda_impl::stream(index));
+}
+
 }  // namespace cuda
 
 namespace cuda_impl {

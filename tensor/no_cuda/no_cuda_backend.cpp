@@ -103,6 +103,9 @@ bool is_available() {
 int device_count() {
   return 0;
 }
+void* stream_handle(int) {
+  CM_FAIL("cuda::stream_handle: this cm was built without CUDA");
+}
 }  // namespace cuda
 
 }  // namespace cm
