@@ -87,6 +87,9 @@ Tensor pow(const Tensor& a, const Tensor& b);
 Tensor maximum(const Tensor& a, const Tensor& b);  // gradient split evenly on ties
 Tensor minimum(const Tensor& a, const Tensor& b);
 Tensor lerp(const Tensor& a, const Tensor& b, double weight);  // a + weight·(b − a)
+// (a + b)·scale in one pass (the residual add and skip scaling of EDM's U-Net blocks): in f32 and
+// f64 the same bits as mul(add(a, b), scale); 16-bit dtypes keep a + b in f32 before scaling.
+Tensor add_scaled(const Tensor& a, const Tensor& b, double scale);
 Tensor add(const Tensor& a, double s);
 Tensor sub(const Tensor& a, double s);
 Tensor rsub(double s, const Tensor& a);  // s − a

@@ -206,8 +206,7 @@ Tensor UNetBlock::forward(const Tensor& x_in, const Tensor& emb, const ForwardCo
   }
   Generator& gen = ctx.dropout ? *ctx.dropout : default_generator();
   x = conv1->forward(cm::dropout(x, dropout, is_training(), gen));
-  x = add(x, skip ? skip->forward(orig) : orig);
-  x = mul(x, skip_scale);
+  x = add_scaled(x, skip ? skip->forward(orig) : orig, skip_scale);  // (x + skip)·skip_scale
 
   if (num_heads) {
     const int64_t n = x.size(0), c = x.size(1);
@@ -220,8 +219,7 @@ Tensor UNetBlock::forward(const Tensor& x_in, const Tensor& emb, const ForwardCo
     const Tensor a =
         scaled_dot_product_attention(transpose(q, 1, 2), transpose(k, 1, 2), transpose(v, 1, 2),
                                      1.0 / std::sqrt(double(c / num_heads)));  // [n·h, HW, c/h]
-    x = add(proj->forward(reshape(transpose(a, 1, 2), x.shape())), x);
-    x = mul(x, skip_scale);
+    x = add_scaled(proj->forward(reshape(transpose(a, 1, 2), x.shape())), x, skip_scale);
   }
   return x;
 }

@@ -72,7 +72,8 @@ enum class BinaryOp : uint8_t {
   Pow,
   Maximum,
   Minimum,
-  Lerp,  // a + alpha·(b - a)
+  Lerp,      // a + alpha·(b - a)
+  AddScale,  // (a + b)·alpha: the U-Net blocks' residual add and skip scaling in one pass
   // comparisons and logic; out dtype bool
   Eq,
   Ne,

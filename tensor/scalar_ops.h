@@ -130,6 +130,7 @@ CM_BINARY_FUNCTOR(PowF, C(std::pow(x, y)))
 CM_BINARY_FUNCTOR(MaximumF, (x != x || x > y) ? x : y)
 CM_BINARY_FUNCTOR(MinimumF, (x != x || x < y) ? x : y)
 CM_BINARY_FUNCTOR(LerpF, x + alpha * (y - x))
+CM_BINARY_FUNCTOR(AddScaleF, (x + y) * alpha)
 CM_BINARY_FUNCTOR(ReluBackwardF, y > C(0) ? x : C(0))
 CM_BINARY_FUNCTOR(GeluBackwardF, x*(C(0.5) * (C(1) + std::erf(y * C(0.70710678118654752440))) +
                                     y * C(0.39894228040143267794) * exp(C(-0.5) * y * y)))
@@ -229,27 +230,28 @@ CM_BINARY_PRED(LogicalOrF, bool(x) || bool(y))
 
 // CM_UNARY_SWITCH(op, F, body): calls body.template operator()<sop::XxxF>() style dispatch. The
 // backends use these lists so that adding an op means adding one line here and one functor above.
-#define CM_FOR_EACH_FLOAT_UNARY(X)                                                             \
-  X(Neg, NegF)                                                                                 \
-  X(Abs, AbsF)                                                                                 \
-  X(Exp, ExpF)                                                                                 \
-  X(Log, LogF)                                                                                 \
-  X(Sqrt, SqrtF) X(Rsqrt, RsqrtF) X(Square, SquareF) X(Reciprocal, ReciprocalF) X(Sin, SinF)   \
-      X(Cos, CosF) X(Tanh, TanhF) X(Sigmoid, SigmoidF) X(Silu, SiluF) X(Relu, ReluF)           \
-          X(Gelu, GeluF) X(Sign, SignF) X(Erf, ErfF) X(Expm1, Expm1F) X(Log1p, Log1pF)         \
-              X(Floor, FloorF) X(Ceil, CeilF) X(Round, RoundF) X(PowScalar, PowScalarF)        \
-                  X(RPowScalar, RPowScalarF) X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) \
-                      X(DivScalar, DivScalarF) X(RSubScalar, RSubScalarF)                      \
-                          X(RDivScalar, RDivScalarF) X(MaxScalar, MaxScalarF)                  \
-                              X(MinScalar, MinScalarF) X(Clamp, ClampF)
+#define CM_FOR_EACH_FLOAT_UNARY(X)                                                                \
+  X(Neg, NegF)                                                                                    \
+  X(Abs, AbsF)                                                                                    \
+  X(Exp, ExpF)                                                                                    \
+  X(Log, LogF)                                                                                    \
+  X(Sqrt, SqrtF)                                                                                  \
+  X(Rsqrt, RsqrtF) X(Square, SquareF) X(Reciprocal, ReciprocalF) X(Sin, SinF) X(Cos, CosF)        \
+      X(Tanh, TanhF) X(Sigmoid, SigmoidF) X(Silu, SiluF) X(Relu, ReluF) X(Gelu, GeluF)            \
+          X(Sign, SignF) X(Erf, ErfF) X(Expm1, Expm1F) X(Log1p, Log1pF) X(Floor, FloorF)          \
+              X(Ceil, CeilF) X(Round, RoundF) X(PowScalar, PowScalarF) X(RPowScalar, RPowScalarF) \
+                  X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(DivScalar, DivScalarF)      \
+                      X(RSubScalar, RSubScalarF) X(RDivScalar, RDivScalarF)                       \
+                          X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) X(Clamp, ClampF)
 
 // Unary ops that are also defined on integer dtypes (exact integer arithmetic).
-#define CM_FOR_EACH_INT_UNARY(X)                                                              \
-  X(Neg, NegF)                                                                                \
-  X(Abs, AbsF)                                                                                \
-  X(Square, SquareF)                                                                          \
-  X(Relu, ReluF)                                                                              \
-  X(Sign, SignF) X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF) \
+#define CM_FOR_EACH_INT_UNARY(X)                                               \
+  X(Neg, NegF)                                                                 \
+  X(Abs, AbsF)                                                                 \
+  X(Square, SquareF)                                                           \
+  X(Relu, ReluF)                                                               \
+  X(Sign, SignF)                                                               \
+  X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF) \
       X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) X(Clamp, ClampF)
 
 #define CM_FOR_EACH_PRED_UNARY(X) \
@@ -264,7 +266,8 @@ CM_BINARY_PRED(LogicalOrF, bool(x) || bool(y))
   X(Sub, SubF)                                                                                     \
   X(Mul, MulF)                                                                                     \
   X(Div, DivF)                                                                                     \
-  X(Pow, PowF) X(Maximum, MaximumF) X(Minimum, MinimumF) X(Lerp, LerpF)                            \
+  X(Pow, PowF)                                                                                     \
+  X(Maximum, MaximumF) X(Minimum, MinimumF) X(Lerp, LerpF) X(AddScale, AddScaleF)                  \
       X(ReluBackward, ReluBackwardF) X(SiluBackward, SiluBackwardF) X(GeluBackward, GeluBackwardF) \
           X(SigmoidBackward, SigmoidBackwardF) X(TanhBackward, TanhBackwardF)
 

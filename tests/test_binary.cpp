@@ -57,6 +57,9 @@ const std::vector<BinaryCase>& cases() {
        [](double x, double y) { return x + 0.3 * (y - x); }},
       {"lerp(0.75)", [](const Tensor& a, const Tensor& b) { return lerp(a, b, 0.75); },
        [](double x, double y) { return x + 0.75 * (y - x); }},
+      {"add_scaled(sqrt 0.5)",
+       [](const Tensor& a, const Tensor& b) { return add_scaled(a, b, std::sqrt(0.5)); },
+       [](double x, double y) { return (x + y) * std::sqrt(0.5); }},
       {"operator+", [](const Tensor& a, const Tensor& b) { return a + b; },
        [](double x, double y) { return x + y; }},
       {"operator-", [](const Tensor& a, const Tensor& b) { return a - b; },
@@ -621,6 +624,27 @@ TEST_SUITE("ops") {
                     cm::Error);  // condition must be bool
   }
 
+  TEST_CASE("add_scaled is the composite mul(add(a, b), s), bit for bit in f32 and f64") {
+    for (DType dt : {DType::f32, DType::f64}) {
+      for (Layout l : {Layout::Contiguous, Layout::Transposed, Layout::ChannelsLast}) {
+        CAPTURE(dtype_name(dt));
+        const Tensor a = randn_input({2, 6, 5, 4}, 301, l, dt),
+                     b = randn_input({2, 6, 5, 4}, 302, l, dt);
+        const Tensor c = randn_input({6, 1, 1}, 303, Layout::Contiguous, dt);  // broadcast
+        for (const Tensor& other : {b, c}) {
+          const Tensor fused = add_scaled(a, other, std::sqrt(0.5));
+          const Tensor composite = mul(add(a, other), std::sqrt(0.5));
+          CHECK(fused.to_vector<double>() == composite.to_vector<double>());
+        }
+      }
+    }
+    // 16-bit: a + b stays in f32 before the scaling (one rounding, not two)
+    const Tensor a = randn_input({64}, 304, Layout::Contiguous, DType::bf16),
+                 b = randn_input({64}, 305, Layout::Contiguous, DType::bf16);
+    const Tensor want = to(mul(add(to(a, DType::f32), to(b, DType::f32)), 0.3), DType::bf16);
+    CHECK(add_scaled(a, b, 0.3).to_vector<double>() == want.to_vector<double>());
+  }
+
   TEST_CASE("incompatible broadcast shapes are errors naming the op and both shapes") {
     const Tensor a = randn_input({2, 3}, 91), b = randn_input({4}, 92);
     const std::vector<std::pair<std::string, std::function<Tensor()>>> calls = {
@@ -632,6 +656,7 @@ TEST_SUITE("ops") {
         {"maximum", [&] { return maximum(a, b); }},
         {"minimum", [&] { return minimum(a, b); }},
         {"lerp", [&] { return lerp(a, b, 0.5); }},
+        {"add_scaled", [&] { return add_scaled(a, b, 0.5); }},
         {"where", [&] { return where(gt(a, 0.0), a, b); }},
     };
     for (const auto& [name, call] : calls) {

@@ -54,6 +54,7 @@ std::vector<OpCase> op_cases() {
       {"maximum", {m, b1}, [](V x) { return maximum(x[0], x[1]); }},
       {"minimum", {m, b1}, [](V x) { return minimum(x[0], x[1]); }},
       {"lerp", {m, m}, [](V x) { return lerp(x[0], x[1], 0.3); }},
+      {"add_scaled", {m, b1}, [](V x) { return add_scaled(x[0], x[1], 0.7071); }},
       {"scalar_forms",
        {m},
        [](V x) { return rdiv(2.0, add(abs(rsub(1.0, mul(x[0], 3.0))), 0.5)); }},

@@ -72,6 +72,22 @@ Tensor add(const Tensor& a0, const Tensor& b0, double alpha) {
   return y;
 }
 
+Tensor add_scaled(const Tensor& a0, const Tensor& b0, double scale) {
+  auto [a, b] = promote(a0, b0, false);
+  CM_CHECK(is_floating(a.dtype()), "add_scaled: floating-point operands only, got ",
+           dtype_name(a.dtype()));
+  Tensor y = binary_raw(BinaryOp::AddScale, a, b, scale, "add_scaled");
+  if (needs_grad({a, b})) {
+    const Shape sa = a.shape(), sb = b.shape();
+    const bool na = a.requires_grad(), nb = b.requires_grad();
+    record("add_scaled", {a, b}, {y}, [=](const Grads& g) {
+      const Tensor gs = mul(g[0], scale);  // d/da = d/db = scale
+      return Grads{na ? sum_to_shape(gs, sa) : Tensor(), nb ? sum_to_shape(gs, sb) : Tensor()};
+    });
+  }
+  return y;
+}
+
 Tensor sub(const Tensor& a, const Tensor& b, double alpha) {
   broadcast_shapes(a.shape(), b.shape(), "sub");  // so that a shape error names sub, not add
   return add(a, b, -alpha);
