@@ -65,6 +65,19 @@ LaunchInfo launch_info() {
   return l;
 }
 
+Device rank_device(Device requested, const Communicator& comm, const std::string& what) {
+  if (!requested.is_cuda() || comm.size() == 1) return requested;
+  CM_CHECK(requested.index == 0, what, ": \"", requested.str(),
+           "\" names one GPU, but in a job of ", comm.size(),
+           " ranks each rank takes the GPU of its node-local rank: ask for \"cuda\"");
+  const int local = comm.local_rank(), visible = cuda::device_count();
+  CM_CHECK(local < visible, "rank ", comm.rank(), " is rank ", local, " on its node, which shows ",
+           visible,
+           " CUDA device(s): start at most one rank per GPU (mpirun -np, or "
+           "CUDA_VISIBLE_DEVICES)");
+  return Device::cuda(local);
+}
+
 Communicator& world() {
   static std::once_flag once;
   static std::unique_ptr<Communicator> comm;

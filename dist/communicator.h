@@ -63,4 +63,11 @@ LaunchInfo launch_info();
 // Whether this build has MPI.
 bool has_mpi();
 
+// The device a rank works on: `requested` in a job of one; in a job of several, a CUDA request
+// ("cuda", index 0) becomes the GPU of the rank's node-local rank (one GPU per rank; which GPUs a
+// node shows is CUDA_VISIBLE_DEVICES's business). `what` names the setting in errors ("/device",
+// "--device"): a GPU index asked for by a job of several, or more ranks on a node than it shows
+// GPUs, are errors.
+Device rank_device(Device requested, const Communicator& comm, const std::string& what);
+
 }  // namespace cm::dist

@@ -358,7 +358,7 @@ int run_eval(const EvalCommand& a) {
   // The images to score: a model's samples (RUN_DIR or CHECKPOINT) or, with --data, real images.
   const bool real = a.data.has_value();
   const std::string& metric = a.metric;
-  const Device dev = Device::parse(a.device);
+  const Device dev = dist::rank_device(Device::parse(a.device), comm, "--device");
   const int64_t batch = a.batch;
   const Quantization q = parse_quantization(a.quantize);
   const int64_t n = a.n;

@@ -45,15 +45,17 @@ Tensor make_grid(const Tensor& images, int64_t nrow, int64_t padding, uint8_t pa
 }
 
 Tensor upscale_nearest(const Tensor& image, int64_t factor) {
-  CM_CHECK(image.dim() == 3 && factor >= 1, "upscale_nearest: expected [C, H, W] and a factor >= 1, got ",
-           shape_str(image.shape()), " and ", factor);
+  CM_CHECK(image.dim() == 3 && factor >= 1,
+           "upscale_nearest: expected [C, H, W] and a factor >= 1, got ", shape_str(image.shape()),
+           " and ", factor);
   if (factor == 1) return image;
   auto repeat_index = [&](int64_t n) {
     std::vector<int64_t> idx(static_cast<size_t>(n * factor));
     for (int64_t i = 0; i < n * factor; ++i) idx[size_t(i)] = i / factor;
     return from_vector(idx, {n * factor}, {.dtype = DType::i64, .device = image.device()});
   };
-  return index_select(index_select(image, 1, repeat_index(image.size(1))), 2, repeat_index(image.size(2)));
+  return index_select(index_select(image, 1, repeat_index(image.size(1))), 2,
+                      repeat_index(image.size(2)));
 }
 
 void write_npz(const std::string& path, const Tensor& images_u8, const Tensor& labels) {

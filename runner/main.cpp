@@ -31,7 +31,9 @@ using namespace cm::runner;
 namespace {
 
 int run_sample(const SampleCommand& c) {
-  const Device dev = Device::parse(c.device);
+  // Across ranks (mpirun): each draws a share of the seeds (on its own GPU); rank 0 writes.
+  dist::Communicator& comm = dist::world();
+  const Device dev = dist::rank_device(Device::parse(c.device), comm, "--device");
   LoadedNetwork m = load_network(c.source, c.weights, dev, c.allow_nonfinite);
   const Quantization q = parse_quantization(c.quantize);
   const Sampler sampler = choose_sampler(m.config, c.steps, c.sigmas);
@@ -46,8 +48,6 @@ int run_sample(const SampleCommand& c) {
                   image_footprint(c.n, ch, res, c.batch, true), available_memory(),
                   available_disk(out.string()), out.string());
   const std::vector<uint64_t> seeds = parse_seeds(c.seeds);
-  // Across ranks (mpirun): each draws a share of the seeds; rank 0 writes every file.
-  dist::Communicator& comm = dist::world();
   const Tensor u8 =
       generate_images_on_ranks(m, seeds, sampler, q, dev, c.batch, c.allow_nonfinite, comm);
   if (comm.rank() != 0) return 0;

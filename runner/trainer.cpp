@@ -191,19 +191,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
       comm_(comm ? comm : &dist::world()),
       gen_(stream_key(cfg.seed, kTrain)),
       dropout_(stream_key(cfg.seed, kDropout)) {
-  if (cfg.device.is_cuda() && comm_->size() > 1) {
-    // one GPU per rank: the one of the rank's place on its node (CUDA_VISIBLE_DEVICES decides
-    // which GPUs a node shows)
-    CM_CHECK(cfg.device.index == 0, "/device: \"", cfg.device.str(),
-             "\" names one GPU, but in a job of ", comm_->size(),
-             " ranks each rank takes the GPU of its node-local rank: set device to \"cuda\"");
-    const int local = comm_->local_rank(), visible = cuda::device_count();
-    CM_CHECK(local < visible, "rank ", comm_->rank(), " is rank ", local,
-             " on its node, which shows ", visible,
-             " CUDA device(s): start at most one rank per GPU (mpirun -np, or "
-             "CUDA_VISIBLE_DEVICES)");
-    cfg_.device = Device::cuda(local);
-  }
+  cfg_.device = dist::rank_device(cfg.device, *comm_, "/device");  // one GPU per rank
   const Device dev = cfg_.device;
   if (dev.is_cuda())
     CM_CHECK(cuda::is_available(), "/device: \"", dev.str(),

@@ -21,9 +21,40 @@ Tensor rank_values(int64_t n, int r, DType dt) {
   return to(add(arange(0.0, double(n), 1.0, {.dtype = DType::f64}), 1000.0 * r), dt);
 }
 
+// A job as a rank sees it, for rank_device (no collectives).
+struct FakeJob final : Communicator {
+  int r, n, local;
+  FakeJob(int r_, int n_, int local_) : r(r_), n(n_), local(local_) {}
+  int rank() const override { return r; }
+  int size() const override { return n; }
+  int local_rank() const override { return local; }
+  std::string engine() const override { return "fake"; }
+  void all_reduce(Tensor&, dist::ReduceOp) override {}
+  void broadcast(Tensor&, int) override {}
+  Tensor all_gather(const Tensor& t) override { return t; }
+  void barrier() override {}
+  [[noreturn]] void abort_job(int code) override { std::exit(code); }
+};
+
 }  // namespace
 
 TEST_SUITE("dist") {
+  TEST_CASE("rank_device: one GPU per rank, chosen by the node-local rank") {
+    const FakeJob one(0, 1, 0), many(5, 8, 3);
+    CHECK(dist::rank_device(Device::cuda(1), one, "/device") == Device::cuda(1));  // a job of one
+    CHECK(dist::rank_device(Device::cpu(), many, "/device") == Device::cpu());
+    CHECK(test::error_message_of([&] {
+            dist::rank_device(Device::cuda(1), many, "/device");
+          }).find("/device: \"cuda:1\" names one GPU") != std::string::npos);
+    if (cuda::device_count() > 3) {
+      CHECK(dist::rank_device(Device::cuda(0), many, "--device") == Device::cuda(3));
+    } else {
+      CHECK(test::error_message_of([&] {
+              dist::rank_device(Device::cuda(0), many, "--device");
+            }).find("rank 5 is rank 3 on its node, which shows") != std::string::npos);
+    }
+  }
+
   TEST_CASE("the local engine: a job of one, collectives are the identity") {
     auto c = make_local_communicator();
     CHECK(c->rank() == 0);
