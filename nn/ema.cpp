@@ -64,6 +64,11 @@ double EmaDecay::at(int64_t updates, double images_seen, double batch_size) cons
 // ------------------------------------------------------------------------------------------------------------
 
 namespace {
+// An own shadow's dtype: f32 for f16/bf16 sources (their EMA would round away), else the source's.
+DType shadow_dtype(DType source) {
+  return source == DType::f16 || source == DType::bf16 ? DType::f32 : source;
+}
+
 void check_source(const std::vector<Tensor>& source) {
   std::set<const TensorImpl*> seen;
   for (size_t i = 0; i < source.size(); ++i) {
@@ -81,8 +86,8 @@ Ema::Ema(std::vector<Tensor> source, EmaDecay rule)
   check_source(source_);
   NoGradGuard ng;
   const std::shared_ptr<const FlatParameters> flat = FlatParameters::of(source_);
-  const bool same_dtypes = std::none_of(source_.begin(), source_.end(), [](const Tensor& s) {
-    return s.dtype() == DType::f16 || s.dtype() == DType::bf16;
+  const bool same_dtypes = std::all_of(source_.begin(), source_.end(), [](const Tensor& s) {
+    return shadow_dtype(s.dtype()) == s.dtype();
   });
   if (flat && same_dtypes) {
     // flat shadows of the source's layout: one lerp per buffer
@@ -91,10 +96,7 @@ Ema::Ema(std::vector<Tensor> source, EmaDecay rule)
     pair_groups(flat->params(), own_);
     return;
   }
-  for (const Tensor& s : source_) {
-    const DType dt = (s.dtype() == DType::f16 || s.dtype() == DType::bf16) ? DType::f32 : s.dtype();
-    shadow_.push_back(to(clone(detach(s)), dt));
-  }
+  for (const Tensor& s : source_) shadow_.push_back(to(clone(detach(s)), shadow_dtype(s.dtype())));
 }
 
 void Ema::pair_groups(const FlatBuffers& source, const FlatBuffers& shadow) {

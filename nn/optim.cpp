@@ -271,6 +271,21 @@ void Adam::update(Tensor& param, const Tensor& grad, ParamState& s) {
 
 namespace {
 
+// AdamStep's scalars for the update of a parameter at its step `step` (RAdam's rectification is
+// the caller's).
+AdamStep adam_step_of(const AdamOptions& o, double lr, int64_t step, bool rectified) {
+  const double t = double(step);
+  return {.rectified = rectified,
+          .lr = lr,
+          .beta1 = o.beta1,
+          .beta2 = o.beta2,
+          .eps = o.eps,
+          .weight_decay = o.weight_decay,
+          .decoupled_weight_decay = o.decoupled_weight_decay,
+          .bias_correction1 = 1 - std::pow(o.beta1, t),
+          .bias_correction2 = 1 - std::pow(o.beta2, t)};
+}
+
 // The fused kernel's operands: f32 or f64, dense, one device. keeps_zeros: the update of zeros
 // (padding) is zero: eps > 0 and finite hyperparameters (0/(√0 + eps) = 0, 0·lr = 0).
 bool fused_adam(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
@@ -295,17 +310,7 @@ bool fused_adam(const Tensor& param, const Tensor& grad, const std::vector<Tenso
 bool Adam::fused_update(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
                         int64_t step, bool keeps_zeros) {
   if (!opt_.fused) return false;
-  const double t = double(step);
-  const AdamStep a{.rectified = false,
-                   .lr = lr(),
-                   .beta1 = opt_.beta1,
-                   .beta2 = opt_.beta2,
-                   .eps = opt_.eps,
-                   .weight_decay = opt_.weight_decay,
-                   .decoupled_weight_decay = opt_.decoupled_weight_decay,
-                   .bias_correction1 = 1 - std::pow(opt_.beta1, t),
-                   .bias_correction2 = 1 - std::pow(opt_.beta2, t)};
-  return fused_adam(param, grad, state, keeps_zeros, a);
+  return fused_adam(param, grad, state, keeps_zeros, adam_step_of(opt_, lr(), step, false));
 }
 
 // ---- RAdam
@@ -362,17 +367,8 @@ void RAdam::update(Tensor& param, const Tensor& grad, ParamState& s) {
 bool RAdam::fused_update(const Tensor& param, const Tensor& grad, const std::vector<Tensor>& state,
                          int64_t step, bool keeps_zeros) {
   if (!opt_.fused) return false;
-  const double t = double(step), b1 = opt_.beta1, b2 = opt_.beta2;
-  AdamStep a{.rectified = true,
-             .lr = lr(),
-             .beta1 = b1,
-             .beta2 = b2,
-             .eps = opt_.eps,
-             .weight_decay = opt_.weight_decay,
-             .decoupled_weight_decay = opt_.decoupled_weight_decay,
-             .bias_correction1 = 1 - std::pow(b1, t),
-             .bias_correction2 = 1 - std::pow(b2, t)};
-  a.rect = radam_rectification(t, b2).value_or(0.0);
+  AdamStep a = adam_step_of(opt_, lr(), step, true);
+  a.rect = radam_rectification(double(step), opt_.beta2).value_or(0.0);
   return fused_adam(param, grad, state, keeps_zeros, a);
 }
 
@@ -381,28 +377,8 @@ bool RAdam::fused_update(const Tensor& param, const Tensor& grad, const std::vec
 
 namespace {
 
-// f(g), a 0-dim tensor, for each defined gradient g of params (skipped where f returns an undefined
-// tensor), stacked on the first one's device; undefined when there is none. The per-parameter
-// values stay on the device and reach the host in one transfer: one synchronisation per call, not
-// one per parameter.
-template <class F>
-Tensor stacked_over_grads(const std::vector<Tensor>& params, F f) {
-  std::vector<Tensor> v;
-  for (const Tensor& p : params) {
-    const Tensor g = p.defined() ? p.grad() : Tensor();
-    if (!g.defined()) continue;
-    Tensor r = f(g);
-    if (r.defined()) v.push_back(v.empty() ? r : to(r, v.front().device()));
-  }
-  return v.empty() ? Tensor() : stack(v, 0);
-}
-
-}  // namespace
-
-namespace {
-
 // The flat gradient buffers of params when they hold exactly params' gradients (a flattened
-// module's parameters, every gradient in its slot), else empty.
+// module's parameters, every gradient in its slot; padding zero), else empty.
 std::vector<Tensor> flat_grad_buffers(const std::vector<Tensor>& params) {
   const std::shared_ptr<const FlatParameters> f = FlatParameters::of(params);
   std::vector<Tensor> out;
@@ -411,22 +387,33 @@ std::vector<Tensor> flat_grad_buffers(const std::vector<Tensor>& params) {
   return out;
 }
 
+// f(g), a 0-dim tensor, for each gradient tensor g of params (each flat gradient buffer where
+// they hold all the gradients, else each defined gradient; skipped where f returns an undefined
+// tensor), stacked on the first one's device; undefined when there is none. The values stay on
+// the device and reach the host in one transfer: one synchronisation per call, not one per
+// parameter.
+template <class F>
+Tensor stacked_over_grads(const std::vector<Tensor>& params, F f) {
+  std::vector<Tensor> grads = flat_grad_buffers(params);
+  if (grads.empty())
+    for (const Tensor& p : params)
+      if (p.defined() && p.grad().defined()) grads.push_back(p.grad());
+  std::vector<Tensor> v;
+  for (const Tensor& g : grads) {
+    Tensor r = f(g);
+    if (r.defined()) v.push_back(v.empty() ? r : to(r, v.front().device()));
+  }
+  return v.empty() ? Tensor() : stack(v, 0);
+}
+
 }  // namespace
 
 double grad_norm(const std::vector<Tensor>& params) {
   NoGradGuard ng;
   // As torch: the norm of each gradient (in f64), then the norm of those norms; over flat
   // buffers, the norm of each buffer (its padding is zero).
-  const std::vector<Tensor> flat = flat_grad_buffers(params);
-  auto norm = [](const Tensor& g) { return sqrt(sum(square(to(g, DType::f64)))); };
-  Tensor norms;
-  if (!flat.empty()) {
-    std::vector<Tensor> v;
-    for (const Tensor& g : flat) v.push_back(v.empty() ? norm(g) : to(norm(g), v[0].device()));
-    norms = stack(v, 0);
-  } else {
-    norms = stacked_over_grads(params, norm);
-  }
+  const Tensor norms = stacked_over_grads(
+      params, [](const Tensor& g) { return sqrt(sum(square(to(g, DType::f64)))); });
   return norms.defined() ? std::sqrt(sum(square(norms)).item<double>()) : 0.0;
 }
 
@@ -455,19 +442,9 @@ double clip_grad_norm(const std::vector<Tensor>& params, double max_norm) {
 bool grads_finite(const std::vector<Tensor>& params) {
   NoGradGuard ng;
   // The count of non-finite elements of each floating-point gradient (or buffer).
-  auto bad_count = [](const Tensor& g) {
+  const Tensor bad = stacked_over_grads(params, [](const Tensor& g) {
     return is_floating(g.dtype()) ? sum(logical_not(isfinite(g))) : Tensor();
-  };
-  const std::vector<Tensor> flat = flat_grad_buffers(params);
-  Tensor bad;
-  if (!flat.empty()) {
-    std::vector<Tensor> v;
-    for (const Tensor& g : flat)
-      v.push_back(v.empty() ? bad_count(g) : to(bad_count(g), v[0].device()));
-    bad = stack(v, 0);
-  } else {
-    bad = stacked_over_grads(params, bad_count);
-  }
+  });
   return !bad.defined() || sum(bad).item<int64_t>() == 0;
 }
 

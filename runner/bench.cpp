@@ -71,7 +71,8 @@ int run_bench(const BenchCommand& command) {
 
   for (const std::string& c : o.cases) {
     std::function<void()> run;
-    std::string extra;  // case-specific fields of the JSON line
+    std::string extra;           // case-specific fields of the JSON line
+    double allreduce_bytes = 0;  // --case allreduce: the buffer averaged
     if (c == "forward" || c == "sample") {
       net.eval();
       const double s = c == "sample" ? nc.sigma_max : 1.0;
@@ -98,6 +99,7 @@ int run_bench(const BenchCommand& command) {
       dist::Communicator& comm = dist::world();
       Tensor g = flat->grads().groups()[0].data;
       run = [&comm, g]() mutable { comm.all_reduce(g, dist::ReduceOp::Average); };
+      allreduce_bytes = double(g.nbytes());
       extra = ",\"ranks\":" + std::to_string(comm.size()) + ",\"engine\":\"" + comm.engine() +
               "\",\"buffer_bytes\":" + std::to_string(g.nbytes());
     } else {
@@ -119,8 +121,7 @@ int run_bench(const BenchCommand& command) {
     if (c == "allreduce") {
       // NCCL's conventions: algorithm bandwidth = bytes / time, bus bandwidth = algbw·2(K − 1)/K
       const dist::Communicator& comm = dist::world();
-      const double bytes = double(net.flat_parameters()->grads().groups()[0].data.nbytes());
-      const double algbw = bytes / (m * 1e-3) / 1e9, k = double(comm.size());
+      const double algbw = allreduce_bytes / (m * 1e-3) / 1e9, k = double(comm.size());
       char b[96];
       std::snprintf(b, sizeof b, ",\"algbw_GBps\":%.2f,\"busbw_GBps\":%.2f", algbw,
                     algbw * 2 * (k - 1) / k);

@@ -338,8 +338,8 @@ const char* kUsage =
     "          [--patch P] [--sigma S] [--sigmas s1,...] [--seeds ...] [--out DIR]\n"
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
-    "           [--memory-format auto|contiguous|channels_last] [--case forward|ct|sample]\n"
-    "           [--repeats R]\n"
+    "           [--memory-format auto|contiguous|channels_last] [--flat on|off]\n"
+    "           [--case forward|ct|sample|allreduce] [--repeats R]\n"
     "run 'cm <command> --help' for the options of a command; configs are documented in README.md "
     "and configs/.";
 

@@ -75,8 +75,6 @@ int64_t checkpoint_step(const std::pair<int64_t, fs::path>& named) {
   return named.first;
 }
 
-}  // namespace
-
 // Across ranks: every rank must run the same configuration (a different file or --set on one
 // rank would train K different models that average their gradients). The ranks compare a hash of
 // the resolved configuration with rank 0's; every rank fails with the same message.
@@ -93,6 +91,8 @@ void check_same_config(dist::Communicator& comm, const RunConfig& cfg) {
            " differs from rank 0's (each rank resolved its CONFIG and --set options to a different "
            "run): start every rank with the same arguments");
 }
+
+}  // namespace
 
 int run_train(const TrainCommand& c) {
   const std::vector<std::string>& sets = c.sets;

@@ -146,7 +146,7 @@ Tensor eye(int64_t n, TensorOptions opt) {
 // ---- generator
 // ---------------------------------------------------------------------------------------
 uint64_t Generator::reserve(int64_t n, DType dtype) {
-  const uint64_t per_block = dtype_size(dtype) == 8 ? 2 : 4;
+  const uint64_t per_block = uint64_t(values_per_block(dtype));
   const uint64_t first = offset_;
   offset_ += (uint64_t(n) + per_block - 1) / per_block;
   return first;

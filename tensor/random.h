@@ -187,6 +187,8 @@ class Generator {
   }
   // Reserves the blocks for n values of the given dtype and returns the first block index.
   uint64_t reserve(int64_t n, DType dtype);
+  // Values of `dtype` drawn from one block: 2 for 64-bit types (two lanes each), else 4.
+  static int64_t values_per_block(DType dtype) { return dtype_size(dtype) == 8 ? 2 : 4; }
 
   void set_shard(int64_t index, int64_t count);  // 0 ≤ index < count; (0, 1): no sharding
   int64_t shard_index() const { return shard_index_; }

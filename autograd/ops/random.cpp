@@ -19,7 +19,7 @@ Tensor draw(RandomKind kind, const Shape& shape, TensorOptions opt, Generator* g
     backend_of(t).random(kind, t, g.seed(), first, a, b);
   } else {
     // A batch shard (Generator::set_shard): rows [r·b, (r + 1)·b) of the draw of k·b rows.
-    const int64_t n = t.numel(), per_block = dtype_size(t.dtype()) == 8 ? 2 : 4;
+    const int64_t n = t.numel(), per_block = Generator::values_per_block(t.dtype());
     const uint64_t first = g.reserve(n * k, t.dtype());
     if ((n * r) % per_block == 0) {  // the shard starts on a block: draw only its blocks
       backend_of(t).random(kind, t, g.seed(), first + uint64_t(n * r / per_block), a, b);

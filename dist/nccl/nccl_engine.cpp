@@ -5,7 +5,6 @@
 #include <nccl.h>
 
 #include <cstdlib>
-#include <cstring>
 #include <string>
 
 #include "autograd/ops.h"
@@ -33,7 +32,7 @@ ncclDataType_t nccl_type(DType t) {
     case DType::b8:
       return ncclUint8;
     default:
-      return ncclFloat32;  // f16, bf16: converted to f32 first (see reduce_type)
+      return ncclFloat32;  // f16, bf16: all_reduce converts them to f32 first
   }
 }
 

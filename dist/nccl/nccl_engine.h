@@ -3,7 +3,7 @@
 // memory. The NCCL communicator is made at the first GPU collective, from an id rank 0 draws
 // (ncclGetUniqueId) and the job's MPI broadcasts; it stays bound to that device. Built with
 // -DCM_NCCL=ON|AUTO in a build with CUDA and MPI (NCCL 2 from the CUDA Toolkit); without it
-// (dist/nccl/no_nccl.cpp) has_nccl() is false and GPU tensors are staged through the host.
+// (dist/nccl/no_nccl.cpp) nccl_enabled() is false and GPU tensors are staged through the host.
 // CM_NCCL=0 in the environment stages them even where NCCL is built (to compare the two).
 #pragma once
 
