@@ -75,6 +75,7 @@ Grads AccumulateGrad::apply(const Grads& grad_outputs) {
   } else {
     add_(meta.grad, g);
   }
+  for (const PostAccumulateHook& h : meta.post_accumulate_hooks) h(leaf);
   return {};
 }
 
@@ -151,6 +152,12 @@ void Tensor::register_hook(GradHook hook) const {
     m.grad_fn->pre_hooks[m.output_nr].push_back(std::move(hook));
   else
     m.hooks.push_back(std::move(hook));
+}
+
+void Tensor::register_post_accumulate_grad_hook(PostAccumulateHook hook) const {
+  CM_CHECK(requires_grad() && is_leaf(), "register_post_accumulate_grad_hook: only leaves that ",
+           "require grad accumulate gradients");
+  ensure_autograd_meta().post_accumulate_hooks.push_back(std::move(hook));
 }
 
 void Tensor::retain_grad() const {

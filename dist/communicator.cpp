@@ -10,6 +10,12 @@ namespace cm::dist {
 
 namespace {
 
+class FinishedWork final : public Work {
+ public:
+  void wait() override {}
+  bool test() override { return true; }
+};
+
 class LocalCommunicator final : public Communicator {
  public:
   int rank() const override { return 0; }
@@ -39,6 +45,15 @@ int env_int(const char* name, int fallback) {
 }
 
 }  // namespace
+
+std::unique_ptr<Work> finished_work() {
+  return std::make_unique<FinishedWork>();
+}
+
+std::unique_ptr<Work> Communicator::all_reduce_async(Tensor& t, ReduceOp op) {
+  all_reduce(t, op);
+  return finished_work();
+}
 
 std::unique_ptr<Communicator> make_local_communicator() {
   return std::make_unique<LocalCommunicator>();

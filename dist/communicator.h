@@ -22,6 +22,18 @@ namespace cm::dist {
 
 enum class ReduceOp { Sum, Average, Max, Min };
 
+// A collective in flight (Communicator::all_reduce_async). wait() returns once the result is the
+// tensor's for whatever is queued after it: on the CPU the data is there; on a GPU cm's stream of
+// the device waits for the communication stream (the host does not). test() lets the engine make
+// progress without blocking (MPI progresses inside its calls) and says whether it has finished.
+// Dropping an unfinished Work waits for it.
+class Work {
+ public:
+  virtual ~Work() = default;
+  virtual void wait() = 0;
+  virtual bool test() = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -34,6 +46,13 @@ class Communicator {
   // in f32), i32 or i64 (Average: floating dtypes only). Shapes and dtypes that differ between
   // ranks are an error on every rank, naming the ranks' values.
   virtual void all_reduce(Tensor& t, ReduceOp op) = 0;
+  // all_reduce started now and finished by the Work's wait(), so that computation can go on
+  // meanwhile (the data-parallel reducer's buckets, dist/reducer.h). t must not be read or written
+  // until then. Unlike all_reduce it does not check that the ranks passed the same shape and
+  // dtype (that check is a collective of its own): the caller makes sure, once, that they do.
+  // Engines without an asynchronous path for t (the local one, GPU tensors staged through the
+  // host, 16-bit dtypes on MPI) reduce it at once and return a finished Work.
+  virtual std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op);
   // t ← root's t, on every rank (any dtype; contiguous).
   virtual void broadcast(Tensor& t, int root) = 0;
   // The ranks' t concatenated along a new leading dim in rank order: [size(), ...t.shape()].
@@ -43,6 +62,9 @@ class Communicator {
   // others waiting in a collective; the local engine exits the process.
   [[noreturn]] virtual void abort_job(int code) = 0;
 };
+
+// A Work that has already finished.
+std::unique_ptr<Work> finished_work();
 
 // The job of one process.
 std::unique_ptr<Communicator> make_local_communicator();

@@ -10,6 +10,7 @@
 
 #include "consistency/training.h"
 #include "dist/communicator.h"
+#include "dist/reducer.h"
 #include "nn/ema.h"
 #include "nn/optim.h"
 #include "tensor/cpu/blas.h"
@@ -69,6 +70,7 @@ int run_bench(const BenchCommand& command) {
   const std::vector<double> sigmas = consistency::karras_sigmas(18, nc);
   Backend& be = backend_for(dev);
 
+  std::unique_ptr<dist::GradientReducer> reducer;  // ct in a job of the MPI engine
   for (const std::string& c : o.cases) {
     std::function<void()> run;
     std::string extra;           // case-specific fields of the JSON line
@@ -83,9 +85,27 @@ int run_bench(const BenchCommand& command) {
     } else if (c == "ct") {
       net.train();
       target.train();
+      // under mpirun (or CM_DIST_ENGINE=mpi): a data-parallel step, --batch images per rank,
+      // the gradients averaged over the ranks by the trainer's reducer
+      dist::Communicator& comm = dist::world();
+      if (comm.engine() != "local" && !reducer) {
+        CM_CHECK(o.flat, "cm bench --case ct under mpirun: needs the flat buffers (--flat on)");
+        const auto mib = [](double m) { return int64_t(m * double(1 << 20)); };
+        reducer = std::make_unique<dist::GradientReducer>(
+            net.flat_parameters(), comm,
+            dist::ReducerOptions{.bucket_bytes = mib(o.bucket_mb),
+                                 .first_bucket_bytes = std::min(mib(o.bucket_mb), mib(1.0))});
+        char b[128];
+        std::snprintf(b, sizeof b,
+                      ",\"ranks\":%d,\"engine\":\"%s\",\"bucket_mb\":%g,\"buckets\":%zu",
+                      comm.size(), comm.engine().c_str(), o.bucket_mb, reducer->bucket_count());
+        extra = b;
+      }
       run = [&] {
         consistency::StepLoss r = consistency::ct_loss(f, ft, x, {}, sigmas, {}, data, dropout);
+        if (reducer) reducer->prepare();
         r.loss.backward();
+        if (reducer) reducer->finish();
         opt.step();
         opt.zero_grad();
         target_ema.update(0.99);
@@ -128,6 +148,7 @@ int run_bench(const BenchCommand& command) {
       extra += b;
       if (comm.rank() != 0) continue;  // rank 0 reports
     }
+    if (c == "ct" && reducer && dist::world().rank() != 0) continue;
     // What ran the convolutions and the products: every figure says which kernels it measured.
     const MemoryFormat format = cfg.activation_format(be);
     const std::string conv = dev.is_cuda() ? "cudnn" : cpu::onednn::conv_backend_name();

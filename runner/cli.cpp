@@ -339,7 +339,7 @@ const char* kUsage =
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
     "           [--memory-format auto|contiguous|channels_last] [--flat on|off]\n"
-    "           [--case forward|ct|sample|allreduce] [--repeats R]\n"
+    "           [--case forward|ct|sample|allreduce] [--repeats R] [--bucket-mb MB]\n"
     "run 'cm <command> --help' for the options of a command; configs are documented in README.md "
     "and configs/.";
 
@@ -580,6 +580,15 @@ struct Parser {
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
     int_option(bench, "--repeats", "5 (CPU), 20 (GPU)", "timed repeats after 2 warm-up runs",
                bench_c.repeats, 1, 1'000'000);
+    option(bench, "--bucket-mb", "MB", "25",
+           "under mpirun: the ct case is a data-parallel step, its gradients averaged over the "
+           "ranks in buckets of MB MiB sent during backward (0: one all-reduce after backward)",
+           [this](const std::string& v) {
+             const auto d = parse_double(v);
+             CM_CHECK(d && *d >= 0 && *d <= 1e6, "--bucket-mb ", shown(v),
+                      ": expected a number of MiB from 0 to 1e6");
+             bench_c.bucket_mb = *d;
+           });
   }
 
   // The command selected, checked.

@@ -101,7 +101,8 @@ struct BenchCommand {
   std::string memory_format = "auto";  // network.memory_format: auto, contiguous, channels_last
   bool flat = true;                    // parameters, gradients and optimizer state in flat buffers
   std::vector<std::string> cases = {"forward", "ct", "sample"};
-  int64_t repeats = 0;  // 0: 5 on the CPU, 20 on a GPU
+  int64_t repeats = 0;    // 0: 5 on the CPU, 20 on a GPU
+  double bucket_mb = 25;  // ct under mpirun: the gradient reducer's bucket size (0: one call)
 };
 
 // `--help` of `cm` or of a command: the text to print, exit code 0.

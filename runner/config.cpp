@@ -195,6 +195,15 @@ std::vector<Field> build_schema() {
        {},
        "consecutive steps with non-finite gradients after which the run stops with an error (0: "
        "never)"},
+      {"/train/allreduce_bucket_mb",
+       Kind::Number,
+       25.0,
+       0,
+       1e6,
+       {},
+       {},
+       "data-parallel runs: MiB of gradients per all-reduce bucket, each sent during backward as "
+       "soon as its gradients are complete (0: one all-reduce per gradient buffer)"},
 
       {"/consistency",
        Kind::Object,
@@ -749,6 +758,7 @@ RunConfig typed_config(const json& r) {
   tc.layer_stats_every = t.at("layer_stats_every").get<int64_t>();
   tc.keep_checkpoints = t.at("keep_checkpoints").get<int64_t>();
   tc.max_skipped_steps = t.value("max_skipped_steps", int64_t(20));
+  tc.allreduce_bucket_mb = t.value("allreduce_bucket_mb", 25.0);
 
   if (c.mode == "ct" || c.mode == "cd") {
     const json& k = r.at("consistency");

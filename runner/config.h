@@ -63,6 +63,8 @@ struct TrainConfig {
   int64_t keep_checkpoints = 0;  // 0: keep all
   int64_t max_skipped_steps =
       20;  // consecutive skipped (non-finite) steps that stop a run; 0: never
+  // data-parallel: gradient bucket size (dist/reducer.h); 0: one all-reduce per flat buffer
+  double allreduce_bucket_mb = 25;
 };
 
 struct ConsistencyConfig {

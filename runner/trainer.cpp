@@ -241,6 +241,14 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
       comm_->broadcast(d, 0);
     }
   }
+  if (comm_->engine() != "local") {  // gradient buckets averaged while backward goes on
+    const auto mib = [](double m) { return int64_t(m * double(1 << 20)); };
+    reducer_ = std::make_unique<dist::GradientReducer>(
+        online_->flat_parameters(), *comm_,
+        dist::ReducerOptions{
+            .bucket_bytes = mib(cfg.train.allreduce_bucket_mb),
+            .first_bucket_bytes = std::min(mib(cfg.train.allreduce_bucket_mb), mib(1.0))});
+  }
   if (cfg.mode == "cd") {
     LoadedNetwork t = load_network(cfg.cons.teacher, "ema", dev);
     CM_CHECK(t.config.mode == "edm", "/consistency/teacher: \"", cfg.cons.teacher, "\" is a ",
@@ -380,6 +388,7 @@ StepStats Trainer::train_step() {
   const std::vector<Tensor> params = online_->parameters();
   bool ok;
   st.loss = loss.item<double>();
+  if (reducer_) reducer_->prepare();
   if (scaler_) {
     scaler_->scale(loss).backward();
     average_over_ranks(st.loss);
@@ -432,23 +441,9 @@ StepStats Trainer::train_step() {
 }
 
 void Trainer::average_over_ranks(double& loss) {
-  if (comm_->size() == 1) return;
+  if (!reducer_) return;
   NoGradGuard ng;
-  const std::shared_ptr<const nn::FlatParameters> flat = online_->flat_parameters();
-  if (flat && flat->grads_in_buffers()) {
-    for (const nn::FlatBuffers::Group& g : flat->grads().groups()) {
-      Tensor d = g.data;
-      comm_->all_reduce(d, dist::ReduceOp::Average);
-    }
-  } else {
-    // some parameter had no gradient on this rank: tensor by tensor, a missing one as zeros (a
-    // rank whose set differs from the others' would otherwise hang them)
-    for (const Tensor& p : online_->parameters()) {
-      Tensor g = p.grad().defined() ? p.grad().contiguous() : zeros_like(p);
-      comm_->all_reduce(g, dist::ReduceOp::Average);
-      p.set_grad(g);
-    }
-  }
+  reducer_->finish();
   Tensor l = scalar_tensor(loss, {.dtype = DType::f64});
   comm_->all_reduce(l, dist::ReduceOp::Average);
   loss = l.item<double>();

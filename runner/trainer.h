@@ -21,6 +21,7 @@
 #include "consistency/training.h"
 #include "datasets/loader.h"
 #include "dist/communicator.h"
+#include "dist/reducer.h"
 #include "nn/amp.h"
 #include "nn/ema.h"
 #include "nn/optim.h"
@@ -79,7 +80,8 @@ class Trainer {
 
  private:
   void restore(const std::string& checkpoint);
-  // Averages the gradients over the ranks (one all-reduce per flat buffer) and the loss.
+  // Ends the gradients' average over the ranks (reducer_, whose buckets went out during
+  // backward) and averages the loss.
   void average_over_ranks(double& loss);
   void report_skipped_step(double loss);
   consistency::Denoiser denoiser(const nn::SongUNet& net, consistency::Parameterization p) const;
@@ -103,7 +105,8 @@ class Trainer {
   std::unique_ptr<nn::Ema> target_ema_;
   std::vector<std::unique_ptr<nn::Ema>> emas_;
   std::unique_ptr<nn::Optimizer> opt_;
-  std::unique_ptr<nn::DynamicLossScaler> scaler_;  // f16 only
+  std::unique_ptr<nn::DynamicLossScaler> scaler_;   // f16 only
+  std::unique_ptr<dist::GradientReducer> reducer_;  // a job of the MPI engine
 
   // layer statistics of the last step that computed them
   nlohmann::json last_activations_;

@@ -39,6 +39,8 @@ struct VersionCounter {
 };
 
 using GradHook = std::function<Tensor(const Tensor&)>;
+// Runs after backward has added a gradient into a leaf's .grad (the leaf is the argument).
+using PostAccumulateHook = std::function<void(const Tensor& leaf)>;
 
 struct AutogradMeta;
 
@@ -128,6 +130,10 @@ class Tensor {
   void retain_grad() const;
   // Runs `hook` on this tensor's gradient during backward; a defined return value replaces it.
   void register_hook(GradHook hook) const;
+  // Leaves: runs `hook` each time backward has accumulated a gradient into .grad() (so .grad()
+  // holds it), in registration order. What the data-parallel reducer (dist/reducer.h) listens to
+  // for a parameter whose gradient is complete.
+  void register_post_accumulate_grad_hook(PostAccumulateHook hook) const;
 
   // ---- [op] shorthands for autograd/ops.h (link cm_autograd)
   // -------------------------------------
@@ -164,7 +170,8 @@ struct AutogradMeta {
   uint32_t output_nr = 0;  // which output of grad_fn this tensor is
   bool requires_grad = false;
   bool retains_grad = false;
-  std::vector<GradHook> hooks;           // leaf hooks (non-leaf hooks live on grad_fn)
+  std::vector<GradHook> hooks;  // leaf hooks (non-leaf hooks live on grad_fn)
+  std::vector<PostAccumulateHook> post_accumulate_hooks;  // leaf: after each accumulation
   std::weak_ptr<Node> grad_accumulator;  // leaf: the node that accumulates into .grad
   Tensor grad_slot;                      // leaf: where the first gradient is written (or none)
 };

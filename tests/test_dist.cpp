@@ -5,6 +5,8 @@
 #include <cstdlib>
 
 #include "dist/communicator.h"
+#include "dist/reducer.h"
+#include "nn/layers.h"
 #include "tests/helpers.h"
 
 using namespace cm;
@@ -35,6 +37,44 @@ struct FakeJob final : Communicator {
   void barrier() override {}
   [[noreturn]] void abort_job(int code) override { std::exit(code); }
 };
+
+// Linear layers of `widths` with tanh between, some of them skipped by forward: several
+// parameters of different sizes, some without a gradient.
+struct Chain final : nn::Module {
+  std::vector<std::shared_ptr<nn::Linear>> layers;
+  std::vector<bool> used;
+  Chain(const std::vector<int64_t>& widths, std::vector<bool> used_, uint64_t seed)
+      : used(std::move(used_)) {
+    Generator gen(seed);
+    for (size_t i = 0; i + 1 < widths.size(); ++i) {
+      std::string name = "l";  // not "l" + to_string: GCC 12's -Wrestrict false positive
+      name += std::to_string(i);
+      layers.push_back(register_module(
+          name,
+          std::make_shared<nn::Linear>(widths[i], widths[i + 1], true, nn::InitOptions{}, gen)));
+    }
+  }
+  std::string type_name() const override { return "Chain"; }
+  Tensor forward(Tensor x) const {
+    for (size_t i = 0; i < layers.size(); ++i)
+      if (used[i]) x = tanh(layers[i]->forward(x));
+    return x;
+  }
+};
+
+// A loss of rank r's own data (so the ranks' gradients differ).
+Tensor chain_loss(const Chain& c, int r, int64_t width, uint64_t step = 0) {
+  Generator g(100 + 7 * uint64_t(r) + 1000 * step);
+  const Tensor x = randn({5, width}, {}, &g);
+  return mean(square(c.forward(x)));
+}
+
+std::vector<Tensor> grads_of(const nn::Module& m) {
+  std::vector<Tensor> g;
+  for (const Tensor& p : m.parameters())
+    g.push_back(p.grad().defined() ? clone(p.grad()) : Tensor());
+  return g;
+}
 
 }  // namespace
 
@@ -174,6 +214,152 @@ TEST_SUITE("dist") {
     CHECK(ag.device() == gpu);
     for (int k = 0; k < n; ++k)
       CHECK(max_abs_diff(select(to(ag, Device::cpu()), 0, k), rank_values(5, k, DType::f32)) == 0);
+    w.barrier();
+  }
+
+  TEST_CASE("all_reduce_async: several in flight at once equal all_reduce, bit for bit") {
+    Communicator& w = world();
+    const int r = w.rank();
+    std::vector<Tensor> async, sync;
+    std::vector<std::unique_ptr<dist::Work>> works;
+    const std::vector<DType> dts = {DType::f32, DType::f64, DType::bf16, DType::f32};
+    for (size_t k = 0; k < dts.size(); ++k) {
+      Generator g(11 + 5 * uint64_t(r) + k);
+      Tensor t = to(randn({int64_t(1000 + 37 * k)}, {}, &g), dts[k]);
+      sync.push_back(clone(t));
+      w.all_reduce(sync.back(), dist::ReduceOp::Average);
+      async.push_back(t);
+    }
+    for (size_t k = 0; k < dts.size(); ++k)
+      works.push_back(w.all_reduce_async(async[k], dist::ReduceOp::Average));
+    Tensor i = rank_values(9, r, DType::i64);
+    auto wi = w.all_reduce_async(i, dist::ReduceOp::Sum);
+    for (size_t k = dts.size(); k-- > 0;) works[k]->wait();  // in any order
+    wi->wait();
+    CHECK(wi->test());
+    for (size_t k = 0; k < dts.size(); ++k) {
+      CAPTURE(dtype_name(dts[k]));
+      CHECK(works[k]->test());
+      CHECK(max_abs_diff(to(async[k], DType::f64), to(sync[k], DType::f64)) == 0);
+    }
+    const int n = w.size();
+    CHECK(max_abs_diff(to(i, DType::f64),
+                       add(mul(arange(0.0, 9.0, 1.0, {.dtype = DType::f64}), double(n)),
+                           1000.0 * n * (n - 1) / 2.0)) == 0);
+    Tensor bad = rank_values(3, r, DType::i32);
+    CHECK(test::error_message_of([&] {
+            w.all_reduce_async(bad, dist::ReduceOp::Average);
+          }).find("floating-point") != std::string::npos);
+  }
+
+  TEST_CASE("GradientReducer: buckets sent during backward average as one all-reduce does") {
+    Communicator& w = world();
+    const int r = w.rank();
+    const std::vector<int64_t> widths = {6, 40, 3, 50, 20, 1, 8};
+    const std::vector<bool> all(widths.size() - 1, true);
+    // the reference: this rank's gradients, averaged by one blocking all-reduce of the buffer
+    Chain ref(widths, all, 3);
+    ref.flatten_parameters();
+    chain_loss(ref, r, widths[0]).backward();
+    for (const nn::FlatBuffers::Group& g : ref.flat_parameters()->grads().groups()) {
+      Tensor d = g.data;
+      w.all_reduce(d, dist::ReduceOp::Average);
+    }
+    const std::vector<Tensor> want = grads_of(ref);
+
+    for (int64_t bucket : {int64_t(256), int64_t(2000), int64_t(0)}) {
+      CAPTURE(bucket);
+      Chain m(widths, all, 3);
+      m.flatten_parameters();
+      dist::GradientReducer red(m.flat_parameters(), w,
+                                {.bucket_bytes = bucket, .first_bucket_bytes = 0});
+      if (bucket == 256) CHECK(red.bucket_count() >= 6);  // 12 tensors, several per bucket
+      if (bucket == 0) CHECK(red.bucket_count() == 1);
+      for (int step = 0; step < 2; ++step) {
+        red.prepare();
+        chain_loss(m, r, widths[0]).backward();
+        red.finish();
+        // every bucket completed inside backward (every parameter had a gradient)
+        CHECK(red.sent_during_backward() == red.bucket_count());
+        const std::vector<Tensor> got = grads_of(m);
+        REQUIRE(got.size() == want.size());
+        for (size_t i = 0; i < got.size(); ++i) CHECK(max_abs_diff(got[i], want[i]) == 0);
+        m.zero_grad();
+      }
+    }
+  }
+
+  TEST_CASE("GradientReducer: unused parameters, accumulation, a second gradient, mismatches") {
+    Communicator& w = world();
+    const int r = w.rank();
+    const std::vector<int64_t> widths = {4, 30, 30, 5};
+    // layer 1 unused: its gradients are zeros on every rank after finish(), not stale values
+    Chain m(widths, {true, false, true}, 5);
+    m.flatten_parameters();
+    dist::GradientReducer red(m.flat_parameters(), w,
+                              {.bucket_bytes = 128, .first_bucket_bytes = 0});
+    for (int step = 0; step < 2; ++step) {  // step 1: the slots hold step 0's values
+      red.prepare();
+      chain_loss(m, r, widths[0], uint64_t(step)).backward();
+      red.finish();
+      CHECK(red.sent_during_backward() < red.bucket_count());  // layer 1's buckets at finish()
+      for (const Tensor& p : m.layers[1]->parameters()) {
+        REQUIRE(p.grad().defined());
+        CHECK(amax(abs(p.grad())).item<double>() == 0);
+      }
+      for (const Tensor& p : m.layers[0]->parameters())
+        CHECK(amax(abs(p.grad())).item<double>() > 0);
+      if (step == 0) {  // scribble on the unused layer's slots: finish() must zero them
+        for (const Tensor& p : m.layers[1]->parameters()) {
+          Tensor g = p.grad();
+          fill_(g, 3.0);
+        }
+      }
+      m.zero_grad();
+    }
+
+    // gradient accumulation: the first backward unprepared (no communication), then the last
+    Chain a(widths, {true, true, true}, 5), b(widths, {true, true, true}, 5);
+    a.flatten_parameters();
+    b.flatten_parameters();
+    dist::GradientReducer ra(a.flat_parameters(), w, {.bucket_bytes = 512});
+    chain_loss(a, r, widths[0], 1).backward();
+    ra.prepare();
+    chain_loss(a, r, widths[0], 2).backward();
+    ra.finish();
+    chain_loss(b, r, widths[0], 1).backward();
+    chain_loss(b, r, widths[0], 2).backward();
+    for (const nn::FlatBuffers::Group& g : b.flat_parameters()->grads().groups()) {
+      Tensor d = g.data;
+      w.all_reduce(d, dist::ReduceOp::Average);
+    }
+    const std::vector<Tensor> ga = grads_of(a), gb = grads_of(b);
+    for (size_t i = 0; i < ga.size(); ++i) CHECK(max_abs_diff(ga[i], gb[i]) == 0);
+
+    // a second gradient in one prepared step: an error (its bucket may be on the wire)
+    a.zero_grad();
+    ra.prepare();
+    chain_loss(a, r, widths[0], 1).backward();
+    CHECK(test::error_message_of([&] {
+            chain_loss(a, r, widths[0], 2).backward();
+          }).find("received a second gradient in one step") != std::string::npos);
+    CHECK(test::error_message_of([&] { ra.prepare(); }).find("was not finished") !=
+          std::string::npos);
+    ra.finish();
+    CHECK(test::error_message_of([&] { ra.finish(); }).find("without prepare") !=
+          std::string::npos);
+    CHECK(test::error_message_of([&] {
+            Chain plain(widths, {true, true, true}, 5);
+            dist::GradientReducer bad(plain.flat_parameters(), w);
+          }).find("flat buffers") != std::string::npos);
+
+    if (w.size() > 1) {  // ranks whose networks differ: refused on every rank, no collective hangs
+      Chain odd({4, 30 + r, 5}, {true, true}, 5);
+      odd.flatten_parameters();
+      CHECK(test::error_message_of([&] {
+              dist::GradientReducer bad(odd.flat_parameters(), w);
+            }).find("every rank must train the same network") != std::string::npos);
+    }
     w.barrier();
   }
 }

@@ -105,6 +105,25 @@ TEST_SUITE("dist") {
     if (w.rank() == 0) fs::remove_all(dir);
   }
 
+  TEST_CASE("gradient buckets sent during backward train exactly as one all-reduce after it") {
+    dist::Communicator& w = dist::world();
+    if (w.size() == 1) {
+      MESSAGE("a job of one process: the cases run under mpirun (ctest -L dist)");
+      return;
+    }
+    nlohmann::json one_call = tiny("ct"), buckets = tiny("ct");
+    one_call["train"]["allreduce_bucket_mb"] = 0;
+    buckets["train"]["allreduce_bucket_mb"] = 0.002;  // about 2 KB: dozens of buckets
+    Trainer a(config_of(one_call), std::nullopt, nullptr, &w);
+    Trainer b(config_of(buckets), std::nullopt, nullptr, &w);
+    for (int k = 0; k < 4; ++k) {
+      const StepStats sa = a.train_step(), sb = b.train_step();
+      CHECK(sa.loss == sb.loss);
+      CHECK(sa.grad_norm == sb.grad_norm);
+    }
+    CHECK(weights_rel_diff(a, b) == 0);
+  }
+
   TEST_CASE("a checkpoint of K ranks resumes alone, and one of a single process on K ranks") {
     dist::Communicator& w = dist::world();
     if (w.size() == 1) {

@@ -101,6 +101,26 @@ class MpiCommunicator final : public Communicator {
     if (staged || op == ReduceOp::Average) copy_(t, h);
   }
 
+  // CPU tensors of MPI's own dtypes: MPI_Iallreduce, the average's division at wait() (the same
+  // division as all_reduce's, so both give the same bits); others at once, as all_reduce.
+  std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
+    check_tensor(t, "all_reduce_async");
+    if (NcclEngine* n = nccl_for(t)) return n->all_reduce_async(t, op);
+    CM_CHECK(op != ReduceOp::Average || is_floating(t.dtype()), "all_reduce_async (rank ", rank_,
+             "): Average needs a floating-point tensor, got ", dtype_name(t.dtype()));
+    CM_CHECK(t.dtype() != DType::b8 && t.dtype() != DType::u8, "all_reduce_async (rank ", rank_,
+             "): ", dtype_name(t.dtype()), " tensors are not reduced");
+    if (t.device().is_cuda() || mpi_type(t.dtype()) == MPI_DATATYPE_NULL || t.numel() == 0) {
+      all_reduce(t, op);
+      return finished_work();
+    }
+    MPI_Request req = MPI_REQUEST_NULL;
+    check(MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), int_count(t), mpi_type(t.dtype()), mpi_op(op),
+                         MPI_COMM_WORLD, &req),
+          "MPI_Iallreduce");
+    return std::make_unique<MpiWork>(*this, req, t, op == ReduceOp::Average);
+  }
+
   void broadcast(Tensor& t, int root) override {
     check_tensor(t, "broadcast");
     CM_CHECK(root >= 0 && root < size_, "broadcast (rank ", rank_, "): root ", root,
@@ -138,6 +158,43 @@ class MpiCommunicator final : public Communicator {
   }
 
  private:
+  // An MPI_Iallreduce in flight over a CPU tensor.
+  class MpiWork final : public Work {
+   public:
+    MpiWork(const MpiCommunicator& c, MPI_Request req, Tensor t, bool average)
+        : c_(c), req_(req), t_(std::move(t)), average_(average) {}
+    ~MpiWork() override {
+      // MPI forbids freeing the request of a collective in flight: finish it (the other ranks
+      // are in it too, or the job is being aborted)
+      if (!done_) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+    }
+    void wait() override {
+      if (done_) return;
+      c_.check(MPI_Wait(&req_, MPI_STATUS_IGNORE), "MPI_Wait (all_reduce)");
+      finish();
+    }
+    bool test() override {
+      if (done_) return true;
+      int flag = 0;
+      c_.check(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE), "MPI_Test (all_reduce)");
+      if (flag) finish();
+      return done_;
+    }
+
+   private:
+    void finish() {
+      done_ = true;
+      if (!average_) return;
+      NoGradGuard ng;
+      copy_(t_, div(t_, double(c_.size_)));
+    }
+    const MpiCommunicator& c_;
+    MPI_Request req_;
+    Tensor t_;
+    bool average_;
+    bool done_ = false;
+  };
+
   // NCCL for a CUDA tensor where it is built and enabled (made at the first GPU collective, on
   // the tensor's device), else null: the tensor is staged through the host.
   NcclEngine* nccl_for(const Tensor& t) {

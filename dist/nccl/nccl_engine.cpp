@@ -43,14 +43,24 @@ class Nccl final : public NcclEngine {
     ncclUniqueId id;
     if (rank == 0) check(ncclGetUniqueId(&id), "ncclGetUniqueId");
     bcast(&id, int(sizeof id));
-    stream_ = static_cast<cudaStream_t>(cuda::stream_handle(device));
+    compute_ = static_cast<cudaStream_t>(cuda::stream_handle(device));
+    const DeviceGuard on(device_);
+    cuda_check(cudaStreamCreateWithFlags(&comm_stream_, cudaStreamNonBlocking),
+               "cudaStreamCreateWithFlags");
+    cuda_check(cudaEventCreateWithFlags(&ready_, cudaEventDisableTiming), "cudaEventCreate");
     check(ncclCommInitRank(&comm_, size, id, rank), "ncclCommInitRank");
   }
   ~Nccl() override {
+    const DeviceGuard on(device_);
+    if (comm_stream_) cudaStreamSynchronize(comm_stream_);
     if (comm_) ncclCommDestroy(comm_);
+    if (ready_) cudaEventDestroy(ready_);
+    if (comm_stream_) cudaStreamDestroy(comm_stream_);
   }
 
-  void all_reduce(Tensor& t, ReduceOp op) override {
+  void all_reduce(Tensor& t, ReduceOp op) override { all_reduce_async(t, op)->wait(); }
+
+  std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
     on_my_device(t, "all_reduce");
     NoGradGuard ng;
     const bool wide = t.dtype() == DType::f16 || t.dtype() == DType::bf16;
@@ -59,18 +69,24 @@ class Nccl final : public NcclEngine {
     if (op == ReduceOp::Max) r = ncclMax;
     if (op == ReduceOp::Min) r = ncclMin;
     if (op == ReduceOp::Average) r = ncclAvg;
+    const DeviceGuard on(device_);
+    after_compute();
     if (w.numel() > 0)
       check(ncclAllReduce(w.data_ptr(), w.data_ptr(), size_t(w.numel()), nccl_type(w.dtype()), r,
-                          comm_, stream_),
+                          comm_, comm_stream_),
             "ncclAllReduce");
-    if (wide) copy_(t, w);
+    return std::make_unique<NcclWork>(*this, done_event(), wide ? t : Tensor(), w);
   }
 
   void broadcast(Tensor& t, int root) override {
     on_my_device(t, "broadcast");
+    const DeviceGuard on(device_);
+    after_compute();
     if (t.nbytes() > 0)
-      check(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm_, stream_),
+      check(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm_,
+                          comm_stream_),
             "ncclBroadcast");
+    NcclWork(*this, done_event(), Tensor(), Tensor()).wait();
   }
 
   Tensor all_gather(const Tensor& t0) override {
@@ -80,13 +96,84 @@ class Nccl final : public NcclEngine {
     Shape shape = t.shape();
     shape.insert(shape.begin(), size_);
     Tensor out = empty(shape, {.dtype = t.dtype(), .device = t.device()});
+    const DeviceGuard on(device_);
+    after_compute();
     if (t.nbytes() > 0)
-      check(ncclAllGather(t.data_ptr(), out.data_ptr(), t.nbytes(), ncclUint8, comm_, stream_),
+      check(ncclAllGather(t.data_ptr(), out.data_ptr(), t.nbytes(), ncclUint8, comm_, comm_stream_),
             "ncclAllGather");
+    NcclWork(*this, done_event(), Tensor(), Tensor()).wait();
     return out;
   }
 
  private:
+  // A collective queued on the communication stream: wait() makes cm's stream wait for it (and
+  // copies a 16-bit tensor's f32 result back, queued after that); the host never blocks.
+  class NcclWork final : public Work {
+   public:
+    NcclWork(Nccl& e, cudaEvent_t done, Tensor narrow, Tensor wide)
+        : e_(e), done_(done), narrow_(std::move(narrow)), wide_(std::move(wide)) {}
+    ~NcclWork() override {
+      if (done_) {
+        try {
+          wait();
+        } catch (...) {
+        }
+      }
+    }
+    void wait() override {
+      if (!done_) return;
+      const DeviceGuard on(e_.device_);
+      e_.cuda_check(cudaStreamWaitEvent(e_.compute_, done_, 0), "cudaStreamWaitEvent");
+      cudaEventDestroy(done_);
+      done_ = nullptr;
+      if (narrow_.defined()) copy_(narrow_, wide_);
+      narrow_ = wide_ = Tensor();
+    }
+    bool test() override {
+      if (!done_) return true;
+      const cudaError_t rc = cudaEventQuery(done_);
+      if (rc == cudaErrorNotReady) return false;
+      e_.cuda_check(rc, "cudaEventQuery");
+      return true;
+    }
+
+   private:
+    Nccl& e_;
+    cudaEvent_t done_;
+    Tensor narrow_, wide_;  // a 16-bit tensor and its f32 copy that NCCL reduced
+  };
+
+  // Makes the current device `d` for a scope (the engine's calls run on its GPU).
+  struct DeviceGuard {
+    explicit DeviceGuard(int d) {
+      cudaGetDevice(&prev);
+      if (prev != d) cudaSetDevice(d);
+      set = prev != d;
+    }
+    ~DeviceGuard() {
+      if (set) cudaSetDevice(prev);
+    }
+    int prev = 0;
+    bool set = false;
+  };
+
+  // The communication stream waits for what is queued on cm's stream so far.
+  void after_compute() {
+    cuda_check(cudaEventRecord(ready_, compute_), "cudaEventRecord");
+    cuda_check(cudaStreamWaitEvent(comm_stream_, ready_, 0), "cudaStreamWaitEvent");
+  }
+  // An event recorded on the communication stream after the collective just queued.
+  cudaEvent_t done_event() {
+    cudaEvent_t ev = nullptr;
+    cuda_check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+    cuda_check(cudaEventRecord(ev, comm_stream_), "cudaEventRecord");
+    return ev;
+  }
+  void cuda_check(cudaError_t rc, const char* what) const {
+    if (rc == cudaSuccess) return;
+    CM_FAIL("dist (rank ", rank_, " of ", size_, ", NCCL on cuda:", device_, "): ", what,
+            " failed: ", cudaGetErrorString(rc));
+  }
   void check(ncclResult_t rc, const char* what) const {
     if (rc == ncclSuccess) return;
     CM_FAIL("dist (rank ", rank_, " of ", size_, ", NCCL on cuda:", device_, "): ", what,
@@ -100,7 +187,9 @@ class Nccl final : public NcclEngine {
 
   int rank_, size_, device_;
   ncclComm_t comm_ = nullptr;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t compute_ = nullptr;      // cm's stream of the device
+  cudaStream_t comm_stream_ = nullptr;  // the engine's: every NCCL call, in the order issued
+  cudaEvent_t ready_ = nullptr;         // recorded on compute_ before each collective
 };
 
 }  // namespace
