@@ -347,7 +347,9 @@ StepStats Trainer::train_step() {
     ctx.observe = [this](const std::string& name, const Tensor& y) {
       NoGradGuard ng;
       const Tensor f = to(detach(y), DType::f32);
-      last_activations_[name] = {{"mean", mean(f).item<double>()}, {"std", std(f).item<double>()}};
+      double m = mean(f).item<double>(), sd = std(f).item<double>();
+      if (comm_->size() > 1) pool_over_ranks(double(f.numel()), m, sd);
+      last_activations_[name] = {{"mean", m}, {"std", sd}};
     };
   }
 
@@ -447,6 +449,25 @@ void Trainer::average_over_ranks(double& loss) {
   Tensor l = scalar_tensor(loss, {.dtype = DType::f64});
   comm_->all_reduce(l, dist::ReduceOp::Average);
   loss = l.item<double>();
+}
+
+// The mean and (unbiased) std of the whole batch from each rank's of its shard of n elements
+// (Chan et al.'s pairwise combination of counts, means and sums of squared deviations), so that a
+// data-parallel run's activation statistics are the batch's, as a single process's are.
+void Trainer::pool_over_ranks(double n, double& mean_out, double& std_out) const {
+  const Tensor mine =
+      from_vector<double>({n, mean_out, std_out * std_out * (n - 1)}, {3}, {.dtype = DType::f64});
+  const std::vector<double> all = comm_->all_gather(mine).contiguous().to_vector<double>();
+  double count = 0, mu = 0, m2 = 0;
+  for (size_t r = 0; r < all.size(); r += 3) {
+    const double nb = all[r], delta = all[r + 1] - mu, total = count + nb;
+    if (total == 0) continue;
+    mu += delta * nb / total;
+    m2 += all[r + 2] + delta * delta * count * nb / total;
+    count = total;
+  }
+  mean_out = mu;
+  std_out = count > 1 ? std::sqrt(m2 / (count - 1)) : 0.0;
 }
 
 // A step whose gradients are not finite was skipped: say which tensors, and stop the run when it

@@ -84,6 +84,8 @@ class Trainer {
   // backward) and averages the loss.
   void average_over_ranks(double& loss);
   void report_skipped_step(double loss);
+  // A statistic of this rank's shard (n elements, mean, std) made the batch's over the ranks.
+  void pool_over_ranks(double n, double& mean, double& std) const;
   consistency::Denoiser denoiser(const nn::SongUNet& net, consistency::Parameterization p) const;
   // The network to evaluate and sample from: the first eval EMA written into a scratch network.
   const nn::SongUNet& eval_network() const;

@@ -284,6 +284,26 @@ TEST_SUITE("autograd") {
       CHECK_THROWS_WITH_AS(c.register_hook([](const Tensor& g) { return g; }),
                            doctest::Contains("register_hook"), Error);
     }
+    SUBCASE("post-accumulate hooks see .grad() holding the sum, once per backward") {
+      Tensor x = vec({1, 2}, true);
+      std::vector<std::vector<double>> seen;
+      x.register_post_accumulate_grad_hook(
+          [&](const Tensor& leaf) { seen.push_back(values(leaf.grad())); });
+      x.register_hook([](const Tensor& g) { return g * 10.0; });  // runs before accumulation
+      (x * 2.0 + x * x).sum().backward();  // both uses reach the leaf's one accumulation
+      REQUIRE(seen.size() == 1);
+      CHECK(seen[0] == std::vector<double>{40, 60});
+      (x * 3.0).sum().backward();  // accumulates: the hook sees the running sum
+      REQUIRE(seen.size() == 2);
+      CHECK(seen[1] == std::vector<double>{70, 90});
+      (exp(vec({1}, true))).sum().backward();  // x not in this graph: no call
+      CHECK(seen.size() == 2);
+      Tensor y = x * 2.0;
+      CHECK_THROWS_WITH_AS(y.register_post_accumulate_grad_hook([](const Tensor&) {}),
+                           doctest::Contains("only leaves"), Error);
+      CHECK_THROWS_WITH_AS(vec({1}).register_post_accumulate_grad_hook([](const Tensor&) {}),
+                           doctest::Contains("only leaves"), Error);
+    }
   }
 
   TEST_CASE("retain_grad keeps a non-leaf's gradient") {

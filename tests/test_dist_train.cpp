@@ -58,6 +58,7 @@ nlohmann::json tiny(const std::string& mode) {
   // the default, and its float-order differences grow with larger steps)
   j["train"]["lr"] = mode == "edm" ? 1e-3 : 1e-2;
   j["train"]["ema"] = {0.9};
+  j["train"]["layer_stats_every"] = 3;  // activation statistics of the batch, not of a shard
   return j;
 }
 
@@ -74,7 +75,19 @@ void check_same_as_one_process(dist::Communicator& w, const RunConfig& cfg) {
   }
   const double e = weights_rel_diff(one, job);
   CHECK_MESSAGE(e <= 1e-6, cfg.mode, ": weights differ by ", e, " (relative)");
-  MESSAGE(cfg.mode, " on ", w.size(), " ranks vs one process: weights within ", e, " relative");
+  const nlohmann::json& sa = one.layer_stats()["activations"];
+  const nlohmann::json& sb = job.layer_stats()["activations"];
+  REQUIRE(sa.size() > 3);
+  REQUIRE(sa.size() == sb.size());
+  double worst = 0;
+  for (const auto& [layer, v] : sa.items())
+    for (const char* k : {"mean", "std"}) {
+      const double a = v[k].get<double>(), b = sb.at(layer)[k].get<double>();
+      worst = std::max(worst, std::abs(a - b) / std::max(1.0, std::abs(a)));
+    }
+  CHECK_MESSAGE(worst <= 1e-5, cfg.mode, ": activation statistics differ by ", worst);
+  MESSAGE(cfg.mode, " on ", w.size(), " ranks vs one process: weights within ", e,
+          " relative, activation statistics within ", worst);
 }
 
 }  // namespace
