@@ -65,7 +65,7 @@ struct Chain final : nn::Module {
 // A loss of rank r's own data (so the ranks' gradients differ).
 Tensor chain_loss(const Chain& c, int r, int64_t width, uint64_t step = 0) {
   Generator g(100 + 7 * uint64_t(r) + 1000 * step);
-  const Tensor x = randn({5, width}, {}, &g);
+  const Tensor x = randn({5, width}, {.device = c.layers[0]->weight.device()}, &g);
   return mean(square(c.forward(x)));
 }
 
@@ -205,6 +205,38 @@ TEST_SUITE("dist") {
         w.all_reduce(ga, dist::ReduceOp::Average);
         CHECK(max_abs_diff(to(ga, DType::f64), to(ca, DType::f64)) <= 1e-6 * 1000.0 * n);
       }
+    }
+    // asynchronous: on the communication stream, ordered with cm's by events
+    for (DType dt : {DType::f32, DType::bf16}) {
+      CAPTURE(dtype_name(dt));
+      Tensor ca = to(rank_values(1003, r, DType::f32), dt), ga = to(ca, gpu);
+      w.all_reduce(ca, dist::ReduceOp::Average);
+      Tensor gb = mul(ga, 1.0);  // queued on cm's stream just before the collective reads it
+      auto work = w.all_reduce_async(gb, dist::ReduceOp::Average);
+      work->wait();
+      CHECK(max_abs_diff(to(gb, DType::f64), to(ca, DType::f64)) <= 1e-6 * 1000.0 * n);
+    }
+    {  // the reducer on the GPU: buckets equal one blocking all-reduce, bit for bit
+      const std::vector<int64_t> widths = {6, 40, 3, 50, 20, 1, 8};
+      const std::vector<bool> all(widths.size() - 1, true);
+      Chain ref(widths, all, 3), m(widths, all, 3);
+      ref.to(gpu);
+      m.to(gpu);
+      ref.flatten_parameters();
+      m.flatten_parameters();
+      chain_loss(ref, r, widths[0]).backward();
+      for (const nn::FlatBuffers::Group& g : ref.flat_parameters()->grads().groups()) {
+        Tensor d = g.data;
+        w.all_reduce(d, dist::ReduceOp::Average);
+      }
+      dist::GradientReducer red(m.flat_parameters(), w,
+                                {.bucket_bytes = 256, .first_bucket_bytes = 0});
+      red.prepare();
+      chain_loss(m, r, widths[0]).backward();
+      red.finish();
+      CHECK(red.sent_during_backward() == red.bucket_count());
+      const std::vector<Tensor> want = grads_of(ref), got = grads_of(m);
+      for (size_t i = 0; i < got.size(); ++i) CHECK(max_abs_diff(got[i], want[i]) == 0);
     }
     Tensor b = to(to(rank_values(33, r, DType::f64), DType::f32), gpu);
     w.broadcast(b, n - 1);
