@@ -134,10 +134,112 @@ Tensor center_square_mask(int64_t channels, int64_t height, int64_t width) {
   return box_mask(channels, height, width, (height - h) / 2, (width - w) / 2, h, w);
 }
 
+namespace {
+
+// The 5×7 capitals: seven rows of five bits each (bit 4 the leftmost column).
+constexpr uint8_t kFont[26][7] = {
+    {14, 17, 17, 31, 17, 17, 17},  // A
+    {30, 17, 17, 30, 17, 17, 30},  // B
+    {14, 17, 16, 16, 16, 17, 14},  // C
+    {30, 17, 17, 17, 17, 17, 30},  // D
+    {31, 16, 16, 30, 16, 16, 31},  // E
+    {31, 16, 16, 30, 16, 16, 16},  // F
+    {14, 17, 16, 23, 17, 17, 15},  // G
+    {17, 17, 17, 31, 17, 17, 17},  // H
+    {14, 4, 4, 4, 4, 4, 14},       // I
+    {7, 2, 2, 2, 2, 18, 12},       // J
+    {17, 18, 20, 24, 20, 18, 17},  // K
+    {16, 16, 16, 16, 16, 16, 31},  // L
+    {17, 27, 21, 21, 17, 17, 17},  // M
+    {17, 17, 25, 21, 19, 17, 17},  // N
+    {14, 17, 17, 17, 17, 17, 14},  // O
+    {30, 17, 17, 30, 16, 16, 16},  // P
+    {14, 17, 17, 17, 21, 18, 13},  // Q
+    {30, 17, 17, 30, 20, 18, 17},  // R
+    {15, 16, 16, 14, 1, 1, 30},    // S
+    {31, 4, 4, 4, 4, 4, 4},        // T
+    {17, 17, 17, 17, 17, 17, 14},  // U
+    {17, 17, 17, 17, 17, 10, 4},   // V
+    {17, 17, 17, 21, 21, 21, 10},  // W
+    {17, 17, 10, 4, 10, 17, 17},   // X
+    {17, 17, 10, 4, 4, 4, 4},      // Y
+    {31, 1, 2, 4, 8, 16, 31},      // Z
+};
+
+}  // namespace
+
+Tensor letter_mask(int64_t channels, int64_t height, int64_t width, char letter) {
+  CM_CHECK(letter >= 'A' && letter <= 'Z', "letter_mask: '", std::string(1, letter),
+           "' is not a capital letter A-Z");
+  CM_CHECK(height >= 7 && width >= 5, "letter_mask: a ", height, "×", width,
+           " image is smaller than the 5×7 font");
+  const int64_t scale = std::max<int64_t>(
+      1, int64_t(std::floor(0.8 * std::min(double(height) / 7.0, double(width) / 5.0))));
+  const int64_t top = (height - 7 * scale) / 2, left = (width - 5 * scale) / 2;
+  std::vector<float> m(size_t(channels * height * width), 0.0f);
+  const uint8_t* rows = kFont[letter - 'A'];
+  for (int64_t i = 0; i < 7 * scale; ++i)
+    for (int64_t j = 0; j < 5 * scale; ++j) {
+      if (!((rows[i / scale] >> (4 - j / scale)) & 1)) continue;
+      for (int64_t c = 0; c < channels; ++c)
+        m[size_t((c * height + top + i) * width + left + j)] = 1.0f;
+    }
+  return from_vector(m, {1, channels, height, width});
+}
+
+Tensor random_boxes_mask(const std::vector<uint64_t>& seeds, int64_t channels, int64_t height,
+                         int64_t width, int64_t count) {
+  CM_CHECK(count >= 1, "random_boxes_mask: ", count, " boxes");
+  std::vector<Tensor> masks;
+  for (uint64_t seed : seeds) {
+    Generator g(seed, uint64_t(1) << 62);
+    const std::vector<double> u = rand({4 * count}, {.dtype = DType::f64}, &g).to_vector<double>();
+    Tensor m = zeros({1, channels, height, width});
+    for (int64_t b = 0; b < count; ++b) {
+      auto side = [](double v, int64_t size) {
+        const int64_t lo = std::max<int64_t>(1, (size + 7) / 8), hi = std::max(lo, size / 3);
+        return std::min(hi, lo + int64_t(v * double(hi - lo + 1)));
+      };
+      const int64_t h = side(u[size_t(4 * b)], height), w = side(u[size_t(4 * b + 1)], width);
+      const int64_t top =
+          std::min(height - h, int64_t(u[size_t(4 * b + 2)] * double(height - h + 1)));
+      const int64_t left =
+          std::min(width - w, int64_t(u[size_t(4 * b + 3)] * double(width - w + 1)));
+      m = maximum(m, box_mask(channels, height, width, top, left, h, w));
+    }
+    masks.push_back(m);
+  }
+  return cat(masks, 0);
+}
+
+EditFunction consistency_function(const Denoiser& f, const Tensor& class_labels) {
+  return [&f, class_labels](const Tensor& x, double t) {
+    return f(x, full({x.size(0)}, t, {.dtype = x.dtype(), .device = x.device()}), class_labels);
+  };
+}
+
+EditFunction teacher_ode_function(const Denoiser& d, int64_t steps, const Tensor& class_labels) {
+  CM_CHECK(steps >= 1, "teacher_ode_function: ", steps, " Heun steps");
+  return [&d, steps, class_labels](const Tensor& x, double t) {
+    NoiseConstants from_t = d.constants();
+    from_t.sigma_max = t;
+    // from σ_min (or with one step) the path to 0 is one Euler step: D(x, τ)
+    std::vector<double> grid = steps == 1 || t <= from_t.sigma_min ? std::vector<double>{t}
+                                                                    : karras_sigmas(steps, from_t);
+    grid.push_back(0.0);
+    return edm_heun_solve(d, x, grid, class_labels);
+  };
+}
+
 EditResult edit(const Denoiser& f, const Tensor& y, const EditTransform& a, const Tensor& omega,
                 const std::vector<uint64_t>& seeds, const EditOptions& o,
                 const Tensor& class_labels) {
-  const NoiseConstants& c = f.constants();
+  return edit(consistency_function(f, class_labels), f.constants(), y, a, omega, seeds, o);
+}
+
+EditResult edit(const EditFunction& f, const NoiseConstants& c, const Tensor& y,
+                const EditTransform& a, const Tensor& omega, const std::vector<uint64_t>& seeds,
+                const EditOptions& o) {
   CM_CHECK(y.dim() == 4, "edit: expected reference images [N, C, H, W], got ",
            shape_str(y.shape()));
   const int64_t n = y.size(0);
@@ -167,7 +269,7 @@ EditResult edit(const Denoiser& f, const Tensor& y, const EditTransform& a, cons
   r.degraded = o.fill ? a.inverse(add(known, mul(mask, *o.fill))) : y;
   auto constrain = [&](const Tensor& x) { return a.inverse(add(known, mul(a.forward(x), mask))); };
   auto denoise = [&](const Tensor& x, double t) {
-    const Tensor out = f(x, full({n}, t, {.dtype = x.dtype(), .device = dev}), class_labels);
+    const Tensor out = f(x, t);
     return o.clip ? clamp(out, -1.0, 1.0) : out;
   };
   auto noise = [&](int64_t draw) {

@@ -56,13 +56,34 @@ Tensor box_mask(int64_t channels, int64_t height, int64_t width, int64_t top, in
                 int64_t h, int64_t w);
 // The centre square of half the side (the paper's inpainting figures use a centred region).
 Tensor center_square_mask(int64_t channels, int64_t height, int64_t width);
+// A capital letter (A–Z) of a 5×7 bitmap font, scaled by the largest integer that keeps it within
+// 80 % of the image (at least 1) and centred: the reference inpaints a letter "S"
+// (openai/consistency_models iterative_inpainting draws one with PIL).
+Tensor letter_mask(int64_t channels, int64_t height, int64_t width, char letter = 'S');
+// Per image, `count` boxes with sides between ⌈1/8⌉ and ⌊1/3⌋ of the image's at uniform places,
+// drawn from the image's seed (Philox counter 2^62 on, far past any noise draw): [N, C, H, W], so
+// an image's mask depends only on its seed.
+Tensor random_boxes_mask(const std::vector<uint64_t>& seeds, int64_t channels, int64_t height,
+                         int64_t width, int64_t count = 3);
+
+// f of the algorithm: an estimate of the clean image from x at noise level τ (the same τ for the
+// batch), before clipping.
+using EditFunction = std::function<Tensor(const Tensor& x, double tau)>;
+// A consistency model's f(x, τ) (the Consistency parameterisation).
+EditFunction consistency_function(const Denoiser& f, const Tensor& class_labels = {});
+// What a consistency model distils, from an EDM teacher D: the probability-flow ODE solved from τ
+// down to 0 by EDM's Heun sampler on `steps` Karras points from τ to σ_min (then 0; NFE
+// 2·steps − 1; steps = 1: one Euler step, the denoiser D(x, τ) itself). Lets `cm edit` run the
+// teacher through Algorithm 4 as a baseline.
+EditFunction teacher_ode_function(const Denoiser& d, int64_t steps,
+                                  const Tensor& class_labels = {});
 
 struct EditOptions {
   std::vector<double> taus;  // τ_1 > … > τ_M, each in [σ_min, σ_max)… τ_1 may be σ_max
   // The value of the unknown coefficients in the degraded reference (the paper's −1); none: they
   // keep the reference's own values (stroke-guided generation starts from the painting itself).
   std::optional<double> fill = -1.0;
-  bool clip = true;          // clamp f's output to [−1, 1]
+  bool clip = true;  // clamp f's output to [−1, 1]
 };
 
 struct EditResult {
@@ -70,7 +91,12 @@ struct EditResult {
   Tensor result;    // the edit
 };
 
-// Algorithm 4 for the references `y` [N, C, H, W] in [−1, 1] with the seeds of their noise.
+// Algorithm 4 for the references `y` [N, C, H, W] in [−1, 1] with the seeds of their noise; Ω of
+// shape [1, C, H, W] or [N, C, H, W]; `c` gives ε = σ_min and the range of the τ.
+EditResult edit(const EditFunction& f, const NoiseConstants& c, const Tensor& y,
+                const EditTransform& a, const Tensor& omega, const std::vector<uint64_t>& seeds,
+                const EditOptions& o);
+// The same with a consistency model (consistency_function(f, class_labels)).
 EditResult edit(const Denoiser& f, const Tensor& y, const EditTransform& a, const Tensor& omega,
                 const std::vector<uint64_t>& seeds, const EditOptions& o,
                 const Tensor& class_labels = {});

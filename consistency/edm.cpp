@@ -102,16 +102,22 @@ Tensor edm_heun_sample(const Denoiser& D, const Tensor& latents, const Tensor& c
   NoGradGuard ng;
   std::vector<double> t = karras_sigmas(steps, D.constants());
   t.push_back(0.0);
-  const int64_t n = latents.size(0);
-  auto sig = [&](double v) {
-    return full({n}, v, {.dtype = latents.dtype(), .device = latents.device()});
-  };
-  Tensor x = mul(latents, t[0]);
-  for (int64_t i = 0; i < steps; ++i) {
-    const double tc = t[size_t(i)], tn = t[size_t(i + 1)];
+  return edm_heun_solve(D, mul(latents, t[0]), t, class_labels);
+}
+
+Tensor edm_heun_solve(const Denoiser& D, const Tensor& x0, const std::vector<double>& t,
+                      const Tensor& class_labels) {
+  CM_CHECK(t.size() >= 2 && t.back() == 0.0, "edm_heun_solve: the time points must end at 0");
+  NoGradGuard ng;
+  const int64_t n = x0.size(0);
+  auto sig = [&](double v) { return full({n}, v, {.dtype = x0.dtype(), .device = x0.device()}); };
+  const size_t steps = t.size() - 1;
+  Tensor x = x0;
+  for (size_t i = 0; i < steps; ++i) {
+    const double tc = t[i], tn = t[i + 1];
     const Tensor d = div(sub(x, D(x, sig(tc), class_labels)), tc);
     Tensor xn = add(x, mul(d, tn - tc));
-    if (i < steps - 1) {
+    if (i + 1 < steps) {
       const Tensor d2 = div(sub(xn, D(xn, sig(tn), class_labels)), tn);
       xn = add(x, mul(add(mul(d, 0.5), mul(d2, 0.5)), tn - tc));
     }

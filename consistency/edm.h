@@ -86,5 +86,9 @@ Tensor edm_loss_at(const Denoiser& D, const Tensor& x, const Tensor& class_label
 // I) [N, C, H, W].
 Tensor edm_heun_sample(const Denoiser& D, const Tensor& latents, const Tensor& class_labels,
                        int64_t steps = 18);
+// The same solver from x at σ = t[0] along the decreasing points t (the last 0): Heun steps, the
+// last one Euler.
+Tensor edm_heun_solve(const Denoiser& D, const Tensor& x, const std::vector<double>& t,
+                      const Tensor& class_labels);
 
 }  // namespace cm::consistency

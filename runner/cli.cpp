@@ -334,8 +334,9 @@ const char* kUsage =
     "  cm eval --ref-only --data SPEC --out STATS.npz [--metric fid|domain] [--inception PATH]\n"
     "  cm classifier train --data digits|fashion-mnist [--steps N] [--out PATH]\n"
     "  cm edit RUN_DIR|CHECKPOINT --task inpaint|colorize|superres|stroke|denoise|interpolate\n"
-    "          [--data SPEC --n N | --images A.png,...] [--mask builtin:center|left|top|PNG]\n"
-    "          [--patch P] [--sigma S] [--sigmas s1,...] [--seeds ...] [--out DIR]\n"
+    "          [--data SPEC --n N | --images A.png,...] [--mask builtin:NAME|PNG]\n"
+    "          [--patch P] [--sigma S] [--sigmas s1,...] [--seeds ...] [--teacher-steps K]\n"
+    "          [--out DIR]\n"
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
     "           [--memory-format auto|contiguous|channels_last] [--flat on|off]\n"
@@ -491,8 +492,15 @@ struct Parser {
            });
     int_option(edit, "--n", "8", "images of --data; points of an interpolation", edit_c.n, 1,
                100'000);
-    string_option(edit, "--mask", "builtin:center|builtin:left|builtin:top|PNG", "builtin:center",
-                  "inpaint: the region to generate (a PNG: its white pixels)", edit_c.mask);
+    string_option(edit, "--mask", "builtin:center|left|top|letter[:X]|boxes[:K]|PNG",
+                  "builtin:center",
+                  "inpaint: the region to generate (letter: a capital, S by default; boxes: K "
+                  "random boxes per image from its seed, 3 by default; a PNG: its white pixels)",
+                  edit_c.mask);
+    int_option(edit, "--teacher-steps", "18",
+               "an EDM teacher run: Heun steps of the ODE solve from each time point (f of the "
+               "algorithm; 1: the denoiser alone)",
+               edit_c.teacher_steps, 1, 1000);
     int_option(edit, "--patch", "2", "superres: the factor (a divisor of the image size)",
                edit_c.patch, 2, 4096);
     option(edit, "--sigma", "S", "", "stroke: the starting sigma (20); denoise: the noise (0.5)",

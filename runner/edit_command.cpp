@@ -50,12 +50,30 @@ Tensor load_inputs(const EditCommand& c) {
 }
 
 // Ω for inpainting: a built-in region or a PNG whose white pixels are to be generated.
-Tensor inpainting_mask(const std::string& spec, int64_t channels, int64_t res) {
+Tensor inpainting_mask(const std::string& spec, int64_t channels, int64_t res,
+                       const std::vector<uint64_t>& seeds) {
+  const std::string known =
+      " (builtin:center, builtin:left, builtin:top, builtin:letter[:A-Z], builtin:boxes[:K])";
   if (spec == "builtin:center") return consistency::center_square_mask(channels, res, res);
   if (spec == "builtin:left") return consistency::box_mask(channels, res, res, 0, 0, res, res / 2);
   if (spec == "builtin:top") return consistency::box_mask(channels, res, res, 0, 0, res / 2, res);
-  CM_CHECK(spec.rfind("builtin:", 0) != 0, "--mask ", spec,
-           ": unknown built-in mask (builtin:center, builtin:left, builtin:top)");
+  if (spec == "builtin:letter" || spec.rfind("builtin:letter:", 0) == 0) {
+    const std::string l = spec == "builtin:letter" ? "S" : spec.substr(15);
+    CM_CHECK(l.size() == 1 && l[0] >= 'A' && l[0] <= 'Z', "--mask ", spec,
+             ": the letter must be one capital A-Z");
+    CM_CHECK(res >= 7, "--mask ", spec, ": the model's ", res, "×", res,
+             " images are smaller than the 5×7 font");
+    return consistency::letter_mask(channels, res, res, l[0]);
+  }
+  if (spec == "builtin:boxes" || spec.rfind("builtin:boxes:", 0) == 0) {
+    const std::vector<double> k = spec == "builtin:boxes"
+                                      ? std::vector<double>{3}
+                                      : parse_numbers(spec.substr(14), "--mask builtin:boxes:K");
+    CM_CHECK(k.size() == 1 && k[0] >= 1 && k[0] <= 100 && k[0] == std::floor(k[0]), "--mask ", spec,
+             ": the number of boxes must be a whole number from 1 to 100");
+    return consistency::random_boxes_mask(seeds, channels, res, res, int64_t(k[0]));
+  }
+  CM_CHECK(spec.rfind("builtin:", 0) != 0, "--mask ", spec, ": unknown built-in mask", known);
   const Tensor png = data::read_png(spec);  // [c, H, W] u8
   CM_CHECK(png.size(1) == res && png.size(2) == res, "--mask ", spec, " is ", png.size(1), "×",
            png.size(2), ", the model's images are ", res, "×", res);
@@ -73,23 +91,32 @@ int run_edit(const EditCommand& c) {
   const Device dev = Device::parse(c.device);
   LoadedNetwork m = load_network(c.source, c.weights, dev, c.allow_nonfinite);
   const RunConfig& cfg = m.config;
-  CM_CHECK(cfg.mode != "edm", c.source,
-           " is an EDM teacher run; cm edit needs a consistency model (a ct or cd run)");
   const int64_t C = cfg.network.in_channels, R = cfg.network.img_resolution;
   const consistency::NoiseConstants& nc = cfg.noise;
-  const consistency::Denoiser f(*m.net, consistency::Parameterization::Consistency,
-                                consistency::NoiseLabels::EdmLog4, nc);
+  // f of Algorithm 4: the consistency model, or an EDM teacher's ODE solved from each τ (the
+  // function a consistency model distils), run through the same algorithm as a baseline
+  const bool teacher = cfg.mode == "edm";
+  const consistency::Denoiser net(
+      *m.net,
+      teacher ? consistency::Parameterization::Edm : consistency::Parameterization::Consistency,
+      consistency::NoiseLabels::EdmLog4, nc);
+  const consistency::EditFunction f = teacher
+                                          ? consistency::teacher_ode_function(net, c.teacher_steps)
+                                          : consistency::consistency_function(net);
   const Shape image = {C, R, R};
   NoGradGuard ng;
 
-  // The time points: --sigmas, or the model's own grid from σ_max (σ_min only ends it).
-  std::vector<double> grid = consistency::karras_sigmas(cfg.cons.schedule.n(m.step), nc);
+  // The time points: --sigmas, or the model's own grid from σ_max (σ_min only ends it); a
+  // teacher's: CD's grid of its sample steps (18)
+  std::vector<double> grid = consistency::karras_sigmas(
+      teacher ? cfg.sample.teacher_steps : cfg.cons.schedule.n(m.step), nc);
   grid.pop_back();
   std::vector<double> taus = c.sigmas.empty() ? grid : parse_numbers(c.sigmas, "--sigmas");
 
   Tensor reference, degraded, result, mask;
   std::vector<uint64_t> seeds;
   json recipe = {{"task", c.task}, {"weights", m.weights}};
+  if (teacher) recipe["teacher_heun_steps"] = c.teacher_steps;
   if (c.task == "interpolate") {
     seeds = parse_seeds(c.seeds.empty() ? "0,1" : c.seeds);
     CM_CHECK(seeds.size() == 2, "--task interpolate: --seeds names the two endpoints (A,B), got ",
@@ -111,7 +138,7 @@ int run_edit(const EditCommand& c) {
       points.push_back(k == 0 ? za : k == c.n - 1 ? zb : add(mul(za, wa), mul(zb, wb)));
     }
     const Tensor z = cat(points, 0);
-    result = clamp(f(mul(z, nc.sigma_max), full({c.n}, nc.sigma_max, {.device = dev})), -1.0, 1.0);
+    result = clamp(f(mul(z, nc.sigma_max), nc.sigma_max), -1.0, 1.0);
     recipe["seeds"] = {seeds[0], seeds[1]};
     recipe["points"] = c.n;
     recipe["sigmas"] = {nc.sigma_max};
@@ -132,13 +159,13 @@ int run_edit(const EditCommand& c) {
       CM_CHECK(s >= nc.sigma_min && s <= nc.sigma_max, "--sigma ", s,
                ": outside [sigma_min, sigma_max] = [", nc.sigma_min, ", ", nc.sigma_max, "]");
       degraded = add(reference, mul(consistency::per_image_noise(seeds, image, 0, dev), s));
-      result = clamp(f(degraded, full({n}, s, {.device = dev})), -1.0, 1.0);
+      result = clamp(f(degraded, s), -1.0, 1.0);
       recipe["sigma"] = s;
     } else {
       EditTransform a = consistency::identity_transform();
       consistency::EditOptions o;
       if (c.task == "inpaint") {
-        mask = inpainting_mask(c.mask, C, R);
+        mask = inpainting_mask(c.mask, C, R, seeds);
         recipe["mask"] = c.mask;
       } else if (c.task == "colorize") {
         CM_CHECK(C == 3, "--task colorize: the model makes ", C,
@@ -168,7 +195,7 @@ int run_edit(const EditCommand& c) {
         recipe["sigma"] = s;
       }
       o.taus = taus;
-      const consistency::EditResult r = consistency::edit(f, reference, a, mask, seeds, o);
+      const consistency::EditResult r = consistency::edit(f, nc, reference, a, mask, seeds, o);
       degraded = r.degraded;
       result = r.result;
       recipe["sigmas"] = taus;

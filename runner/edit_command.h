@@ -11,20 +11,22 @@
 namespace cm::runner {
 
 struct EditCommand {
-  std::string source;                   // RUN_DIR or CHECKPOINT of a CT or CD run
-  std::string task;                     // inpaint, colorize, superres, stroke, denoise, interpolate
-  std::optional<std::string> data;      // the first --n images of a data set spec, or
-  std::vector<std::string> images;      // PNG files (stroke paintings, photos)
-  int64_t n = 8;                        // images of --data; points of an interpolation
-  std::string mask = "builtin:center";  // inpaint: builtin:center|left|top or a PNG (white = fill)
-  int64_t patch = 2;                    // superres: the factor
-  std::optional<double> sigma;          // stroke: τ_1 (default 20); denoise: the noise σ (0.5)
-  std::string sigmas;                   // explicit time points (default: the model's grid)
-  std::string seeds;                    // the noise seeds (default 0..N−1; interpolate: "0,1")
+  std::string source;               // RUN_DIR or CHECKPOINT of a CT, CD or EDM run
+  std::string task;                 // inpaint, colorize, superres, stroke, denoise, interpolate
+  std::optional<std::string> data;  // the first --n images of a data set spec, or
+  std::vector<std::string> images;  // PNG files (stroke paintings, photos)
+  int64_t n = 8;                    // images of --data; points of an interpolation
+  std::string mask =
+      "builtin:center";         // inpaint: builtin:center|left|top|letter[:X]|boxes[:K], PNG
+  int64_t patch = 2;            // superres: the factor
+  std::optional<double> sigma;  // stroke: τ_1 (default 20); denoise: the noise σ (0.5)
+  std::string sigmas;           // explicit time points (default: the model's grid)
+  std::string seeds;            // the noise seeds (default 0..N−1; interpolate: "0,1")
   std::string weights = "ema";
   std::string device = "cpu";
   std::optional<std::string> out;  // default <run>/edits-<task>
   bool allow_nonfinite = false;
+  int64_t teacher_steps = 18;  // an EDM run: Heun steps of each ODE solve from τ (f's estimate)
 };
 
 // Runs the command; returns the exit code. Errors are cm::Errors naming the argument and value.

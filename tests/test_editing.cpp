@@ -4,9 +4,11 @@
 // colorization the luma, super-resolution the patch means, an empty mask returns the reference,
 // stroke-guided generation from σ_min returns its input, and a result depends only on its
 // reference and seed.
+#include <algorithm>
 #include <cmath>
 
 #include <filesystem>
+#include <fstream>
 
 #include "consistency/editing.h"
 #include "datasets/npz.h"
@@ -175,6 +177,87 @@ TEST_SUITE("consistency") {
     CHECK(max_abs_diff(other.result, one.result) > 1e-3);
   }
 
+  TEST_CASE("built-in masks: a bitmap letter, centred; random boxes from each image's seed") {
+    // 'S' at 28×28: scale ⌊0.8·min(28/7, 28/5)⌋ = 3, 15 set bits of 9 pixels each, at (3, 6)
+    const Tensor s = letter_mask(2, 28, 28, 'S');
+    CHECK(s.shape() == Shape{1, 2, 28, 28});
+    CHECK(sum(s).item<double>() == 2 * 15 * 9);
+    CHECK(s.to_vector<float>()[size_t(3 * 28 + 6)] == 0.0f);   // row 0 of S is .XXXX
+    CHECK(s.to_vector<float>()[size_t(3 * 28 + 9)] == 1.0f);   // its second column
+    CHECK(s.to_vector<float>()[size_t(23 * 28 + 6)] == 1.0f);  // the last row XXXX.: its first
+    CHECK(s.to_vector<float>()[size_t(2 * 28 + 9)] == 0.0f);   // above the letter
+    CHECK(max_abs_diff(select(s, 1, 0), select(s, 1, 1)) == 0);
+    // at 8×8 the font is drawn once, at (0, 1)
+    const Tensor i8 = letter_mask(1, 8, 8, 'I');
+    CHECK(sum(i8).item<double>() == 3 + 5 + 3);  // I: .XXX. then five ..X.. then .XXX.
+    CHECK(max_abs_diff(letter_mask(1, 8, 8, 'O'), letter_mask(1, 8, 8, 'Q')) > 0);
+    CHECK(test::error_message_of([] { letter_mask(1, 8, 8, 's'); }).find("capital") !=
+          std::string::npos);
+    CHECK(test::error_message_of([] { letter_mask(1, 6, 6, 'S'); }).find("smaller than") !=
+          std::string::npos);
+
+    const Tensor boxes = random_boxes_mask({3, 4, 3}, 2, 28, 28, 3);
+    REQUIRE(boxes.shape() == Shape{3, 2, 28, 28});
+    CHECK(max_abs_diff(select(boxes, 0, 0), select(boxes, 0, 2)) == 0);  // same seed, same mask
+    CHECK(max_abs_diff(select(boxes, 0, 0), select(boxes, 0, 1)) > 0);
+    CHECK(max_abs_diff(narrow(boxes, 0, 1, 1), random_boxes_mask({4}, 2, 28, 28, 3)) == 0);
+    CHECK(max_abs_diff(select(boxes, 1, 0), select(boxes, 1, 1)) == 0);  // every channel alike
+    for (int64_t k = 0; k < 3; ++k) {
+      const double area = sum(select(select(boxes, 0, k), 0, 0)).item<double>();
+      CHECK(area >= 4 * 4);      // at least one box of the smallest side (⌈28/8⌉ = 4)
+      CHECK(area <= 3 * 9 * 9);  // at most three of the largest (⌊28/3⌋ = 9)
+    }
+    const std::vector<float> v = boxes.to_vector<float>();
+    CHECK(std::all_of(v.begin(), v.end(), [](float x) { return x == 0.0f || x == 1.0f; }));
+  }
+
+  TEST_CASE("a per-image mask: inpainting keeps each image's own known pixels") {
+    Model m(1);
+    const Tensor y = references(3, 1, 8);
+    const Tensor omega = random_boxes_mask({0, 1, 2}, 1, 8, 8, 2);
+    const EditResult r = edit(m.f, y, identity_transform(), omega, {0, 1, 2}, {.taus = kTaus});
+    const std::vector<float> res = r.result.to_vector<float>(), ref = y.to_vector<float>(),
+                             om = omega.to_vector<float>();
+    size_t known_wrong = 0, generated_changed = 0;
+    for (size_t i = 0; i < res.size(); ++i) {
+      if (om[i] < 0.5f) known_wrong += res[i] != ref[i];
+      if (om[i] > 0.5f) generated_changed += res[i] != ref[i];
+    }
+    CHECK(known_wrong == 0);
+    CHECK(generated_changed > 0);
+  }
+
+  TEST_CASE("the EDM teacher's f: its ODE from τ by Heun, EDM's sampler from σ_max") {
+    Model m(1);  // its weights as a teacher's (the EDM parameterisation)
+    const Denoiser d(m.net, Parameterization::Edm, NoiseLabels::EdmLog4, NoiseConstants{});
+    Generator g(21);
+    const Tensor latents = randn({2, 1, 8, 8}, {}, &g);
+    const double smax = NoiseConstants{}.sigma_max;
+    // from σ_max with K steps it is edm_heun_sample, bit for bit
+    for (int64_t k : {2, 6}) {
+      CAPTURE(k);
+      const Tensor a = teacher_ode_function(d, k)(mul(latents, smax), smax);
+      CHECK(max_abs_diff(a, edm_heun_sample(d, latents, {}, k)) == 0);
+    }
+    const Tensor x = mul(latents, 3.0);
+    // one step: the denoiser at τ itself (x + (x − D)/τ·(0 − τ), up to its rounding)
+    CHECK(max_abs_diff(teacher_ode_function(d, 1)(x, 3.0), d(x, full({2}, 3.0))) < 1e-5);
+    // from σ_min the solve barely moves the input (the ODE's whole remaining path is σ_min)
+    const Tensor ref = references(2, 1, 9);
+    const double smin = NoiseConstants{}.sigma_min;
+    CHECK(max_abs_diff(teacher_ode_function(d, 4)(ref, smin), ref) < 0.05);
+    // through Algorithm 4: the known pixels stay the reference's
+    const EditResult r =
+        edit(teacher_ode_function(d, 2), NoiseConstants{}, ref, identity_transform(),
+             center_square_mask(1, 8, 8), {5, 6}, {.taus = kTaus});
+    const std::vector<float> res = r.result.to_vector<float>(), rv = ref.to_vector<float>(),
+                             om = center_square_mask(1, 8, 8).to_vector<float>();
+    size_t known_wrong = 0;
+    for (size_t i = 0; i < res.size(); ++i)
+      known_wrong += om[i % om.size()] < 0.5f && res[i] != rv[i];
+    CHECK(known_wrong == 0);
+  }
+
   TEST_CASE("editing errors name the argument and the value") {
     Model grey(1);
     const Tensor y = references(1, 1, 1);
@@ -262,6 +345,44 @@ TEST_SUITE("consistency") {
     c.mask = "builtin:x";
     CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("unknown built-in mask") !=
           std::string::npos);
+    c.mask = "builtin:letter:s";
+    CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("one capital A-Z") !=
+          std::string::npos);
+    c.mask = "builtin:boxes:0";
+    CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("from 1 to 100") !=
+          std::string::npos);
+    c.mask = "builtin:letter";  // the digits are 8×8: the font drawn once
+    CHECK(runner::run_edit(c) == 0);
+    c.mask = "builtin:boxes:2";
+    CHECK(runner::run_edit(c) == 0);
+    const auto b = data::read_npz((dir / "inpaint" / "edits.npz").string());
+    CHECK(b.at("mask").shape() == Shape{3, 8, 8, 1});  // one mask per image
+
+    // an EDM teacher run through the same algorithm (its ODE from each time point)
+    const std::string edm = (dir / "edm.safetensors").string();
+    {
+      runner::Trainer t(
+          runner::typed_config(runner::resolve_config(test::tiny_run_config("edm", 2), "t.json")),
+          std::nullopt, nullptr);
+      t.train_step();
+      t.save_checkpoint(edm);
+    }
+    c = run("inpaint");
+    c.source = edm;
+    c.teacher_steps = 2;
+    c.out = (dir / "teacher").string();
+    REQUIRE(runner::run_edit(c) == 0);
+    const auto te = data::read_npz((dir / "teacher" / "edits.npz").string());
+    const std::vector<uint8_t> tref = te.at("reference").to_vector<uint8_t>(),
+                               tres = te.at("result").to_vector<uint8_t>(),
+                               tmask = te.at("mask").to_vector<uint8_t>();
+    size_t twrong = 0;
+    for (size_t i = 0; i < tres.size(); ++i)
+      twrong += tmask[i % tmask.size()] == 0 && tres[i] != tref[i];
+    CHECK(twrong == 0);
+    std::ifstream rf(dir / "teacher" / "recipe.json");
+    const nlohmann::json recipe = nlohmann::json::parse(rf);
+    CHECK(recipe["teacher_heun_steps"] == 2);
     fs::remove_all(dir);
   }
 }

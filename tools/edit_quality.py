@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """The error of `cm edit`'s generated region against the true images, beside simple baselines.
 
-    python3 tools/edit_quality.py EDITS.npz [--baseline-mean TRAIN_EDITS.npz]
+    python3 tools/edit_quality.py EDITS.npz [--patch P]
 
-Reads the uint8 NHWC arrays `reference`, `result` and `mask` (1 = generated) that cm edit writes
-and prints, over the generated pixels (inpainting) or all pixels (super-resolution, where the mask
-is in the patch basis), the RMSE in [0, 1] units of: the result, the mean of the known pixels of
-each image (a flat fill), and for super-resolution the nearest-neighbour upsampling of the patch
-means. Standard library only (no numpy): the .npz is a zip of .npy files.
+Reads the uint8 NHWC arrays `reference`, `result` and `mask` (1 = generated; one mask for all
+images or one per image) that cm edit writes and prints the RMSE in [0, 1] units over the
+generated pixels (inpainting) or all pixels (super-resolution, `--patch P`, where the mask is in
+the patch basis) of:
+  - the result;
+  - inpainting: a flat fill with the mean of each image's known pixels, and the mean image of the
+    file's references (the data set's mean, pixel by pixel);
+  - super-resolution: the patch means upsampled, nearest-neighbour and bilinear (between the
+    patches' centres, edges clamped).
+Standard library only (no numpy): the .npz is a zip of .npy files.
 """
 import argparse
 import ast
@@ -30,6 +35,23 @@ def read_npy(data):
     return header["shape"], data[start + hlen:]
 
 
+def patch_means(r, h, w, c, p):
+    """Per channel, the mean of each p×p patch: [h/p][w/p][c]."""
+    return [[[sum(r[((pi * p + u) * w + pj * p + v) * c + ch] for u in range(p) for v in range(p)) / (p * p)
+              for ch in range(c)] for pj in range(w // p)] for pi in range(h // p)]
+
+
+def bilinear(means, i, j, ch, p, hp, wp):
+    """The patch means interpolated at pixel (i, j): patch centres at (k + 1/2)·p − 1/2."""
+    y = min(max((i + 0.5) / p - 0.5, 0.0), hp - 1.0)
+    x = min(max((j + 0.5) / p - 0.5, 0.0), wp - 1.0)
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    y1, x1 = min(y0 + 1, hp - 1), min(x0 + 1, wp - 1)
+    fy, fx = y - y0, x - x0
+    return ((1 - fy) * ((1 - fx) * means[y0][x0][ch] + fx * means[y0][x1][ch]) +
+            fy * ((1 - fx) * means[y1][x0][ch] + fx * means[y1][x1][ch]))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("edits")
@@ -38,40 +60,50 @@ def main():
     z = zipfile.ZipFile(a.edits)
     (n, h, w, c), ref = read_npy(z.read("reference.npy"))
     _, res = read_npy(z.read("result.npy"))
-    _, mask = read_npy(z.read("mask.npy"))
     per = h * w * c
-    err_result = err_flat = err_up = 0.0
+    errs = {"result": 0.0, "flat": 0.0, "mean_image": 0.0, "nearest": 0.0, "bilinear": 0.0}
     count = 0
-    for k in range(n):
-        r = ref[k * per:(k + 1) * per]
-        x = res[k * per:(k + 1) * per]
-        if a.patch:
-            p = a.patch
+    if a.patch:
+        p = a.patch
+        for k in range(n):
+            r = ref[k * per:(k + 1) * per]
+            x = res[k * per:(k + 1) * per]
+            means = patch_means(r, h, w, c, p)
             for i in range(h):
                 for j in range(w):
                     for ch in range(c):
                         idx = (i * w + j) * c + ch
-                        # the patch mean (known to the edit): nearest-neighbour upsampling
-                        pi, pj = i - i % p, j - j % p
-                        m = sum(r[((pi + u) * w + pj + v) * c + ch] for u in range(p) for v in range(p)) / (p * p)
-                        err_result += ((x[idx] - r[idx]) / 255.0) ** 2
-                        err_up += ((m - r[idx]) / 255.0) ** 2
+                        t = r[idx] / 255.0
+                        errs["result"] += (x[idx] / 255.0 - t) ** 2
+                        errs["nearest"] += (means[i // p][j // p][ch] / 255.0 - t) ** 2
+                        errs["bilinear"] += (bilinear(means, i, j, ch, p, h // p, w // p) / 255.0 - t) ** 2
                         count += 1
-        else:
-            known = [r[i] for i in range(per) if mask[i % len(mask)] == 0]
+    else:
+        mshape, mask = read_npy(z.read("mask.npy"))
+        per_image = mshape[0] == n and n > 1
+        mean_image = [sum(ref[k * per + i] for k in range(n)) / n for i in range(per)]
+        for k in range(n):
+            r = ref[k * per:(k + 1) * per]
+            x = res[k * per:(k + 1) * per]
+            m = mask[k * per:(k + 1) * per] if per_image else mask[:per]
+            known = [r[i] for i in range(per) if m[i] == 0]
             fill = sum(known) / max(len(known), 1)
             for i in range(per):
-                if mask[i % len(mask)] == 1:
-                    err_result += ((x[i] - r[i]) / 255.0) ** 2
-                    err_flat += ((fill - r[i]) / 255.0) ** 2
+                if m[i] == 1:
+                    t = r[i] / 255.0
+                    errs["result"] += (x[i] / 255.0 - t) ** 2
+                    errs["flat"] += (fill / 255.0 - t) ** 2
+                    errs["mean_image"] += (mean_image[i] / 255.0 - t) ** 2
                     count += 1
     rmse = lambda e: math.sqrt(e / max(count, 1))
     print(f"images {n}, pixels scored {count}")
-    print(f"  cm edit result      RMSE {rmse(err_result):.4f}")
+    print(f"  cm edit result                       RMSE {rmse(errs['result']):.4f}")
     if a.patch:
-        print(f"  patch-mean upsample RMSE {rmse(err_up):.4f}")
+        print(f"  patch means, nearest-neighbour       RMSE {rmse(errs['nearest']):.4f}")
+        print(f"  patch means, bilinear                RMSE {rmse(errs['bilinear']):.4f}")
     else:
-        print(f"  flat fill (mean of the known pixels) RMSE {rmse(err_flat):.4f}")
+        print(f"  flat fill (mean of the known pixels) RMSE {rmse(errs['flat']):.4f}")
+        print(f"  the references' mean image           RMSE {rmse(errs['mean_image']):.4f}")
 
 
 if __name__ == "__main__":
