@@ -12,7 +12,12 @@
 #include <functional>
 #include <sstream>
 
+#include "cm_revision.h"  // CM_GIT_REVISION (runner/revision.cmake)
+#include "dist/communicator.h"
 #include "nn/songunet.h"
+#include "tensor/backend.h"
+#include "tensor/cpu/blas.h"
+#include "tensor/cpu/conv_onednn.h"
 #include "tensor/tensor.h"
 
 namespace cm::runner {
@@ -341,6 +346,7 @@ const char* kUsage =
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
     "           [--memory-format auto|contiguous|channels_last] [--flat on|off]\n"
     "           [--case forward|ct|sample|allreduce] [--repeats R] [--bucket-mb MB]\n"
+    "  cm --version\n"
     "run 'cm <command> --help' for the options of a command; configs are documented in README.md "
     "and configs/.";
 
@@ -732,8 +738,26 @@ std::string usage() {
   return kUsage;
 }
 
+std::string version_text() {
+  std::string s = std::string("cm ") + CM_GIT_REVISION + " (" +
+                  (std::string(CM_BUILD_TYPE).empty() ? "no build type" : CM_BUILD_TYPE) +
+                  " build)\n";
+#ifdef CM_WITH_CUDA
+  s += std::string("  CUDA: on (built for sm_") + CM_CUDA_ARCHS + "; " +
+       std::to_string(cuda::device_count()) + " device(s) visible)\n";
+#else
+  s += "  CUDA: off\n";
+#endif
+  s += std::string("  MPI: ") + (dist::has_mpi() ? "on" : "off") +
+       ", NCCL: " + (CM_NCCL_BUILT ? "on" : "off") + "\n";
+  s += "  CPU: convolutions " + cpu::onednn::conv_backend_name() + ", BLAS openblas " +
+       cpu::blas::core_name() + "\n";
+  return s;
+}
+
 Command parse_command_line(int argc, const char* const* argv) {
   if (argc < 2) throw UsageError("", std::string("expected a command\n") + kUsage);
+  if (argc == 2 && std::string(argv[1]) == "--version") return Help{version_text()};
   Parser p;
   try {
     p.app.parse(argc, argv);

@@ -130,5 +130,8 @@ Command parse_command_line(int argc, const char* const* argv);
 
 // The usage of every command, as `cm --help` prints it.
 std::string usage();
+// `cm --version`: the git revision, the build type, and whether CUDA, MPI and NCCL are built in
+// (with the devices visible) and which CPU kernels run.
+std::string version_text();
 
 }  // namespace cm::runner

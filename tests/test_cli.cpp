@@ -237,6 +237,10 @@ TEST_SUITE("cli") {
          {"--network", "ddpmpp-small-28", "--batch", "--precision", "{f32,tf32,bf16,f16}", "--case",
           "--repeats"}},
         {{"sample", "x", "--n", "3", "-h"}, {"--n"}},
+        {{"bench", "--help"}, {"--bucket-mb"}},
+        {{"edit", "--help"}, {"--teacher-steps", "builtin:center|left|top|letter[:X]|boxes[:K]"}},
+        // the build: revision, build type, CUDA, MPI, NCCL, the CPU's kernels
+        {{"--version"}, {"cm ", " build)", "CUDA: ", "MPI: ", "NCCL: ", "CPU: convolutions"}},
     };
     for (const auto& [args, pieces] : cases) {
       const Run r = cm_run(args);

@@ -65,8 +65,9 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   check_floating(x, "dropout", "x");
   if (!training || p == 0) return x;
   if (p == 1) return mul(x, 0.0);
-  const Tensor mask = bernoulli(x.shape(), 1 - p, {.dtype = x.dtype(), .device = x.device()}, &gen);
-  return mul(x, mul(mask, 1.0 / (1 - p)));
+  Tensor mask = bernoulli(x.shape(), 1 - p, {.dtype = x.dtype(), .device = x.device()}, &gen);
+  mul_(mask, 1.0 / (1 - p));  // in place: the fresh mask becomes the scaled one, no third tensor
+  return mul(x, mask);
 }
 
 // x [N, C, H, W] -> [N, C, H·s, W·s]: x viewed as [N, C, H, 1, W, 1], expanded to
