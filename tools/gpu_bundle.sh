@@ -6,7 +6,7 @@
 #   bash tools/gpu_bundle.sh [--build-dir build-cuda] [--out .gpu]
 # Build first: cmake -S . -B build-cuda -DCM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 &&
 #   cmake --build build-cuda --target cm cm_bench_ops cm_test_cuda cm_test_cuda_conv cm_test_cuda_nn \
-#     cm_test_autograd cm_test_inplace
+#     cm_test_autograd cm_test_inplace cm_test_dist
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=build-cuda
@@ -20,7 +20,8 @@ while [ $# -gt 0 ]; do
 done
 bins=("$build_dir/runner/cm" "$build_dir/bench/cm_bench_ops" "$build_dir/tests/cm_test_cuda"
       "$build_dir/tests/cm_test_cuda_conv" "$build_dir/tests/cm_test_cuda_nn"
-      "$build_dir/tests/cm_test_autograd" "$build_dir/tests/cm_test_inplace")
+      "$build_dir/tests/cm_test_autograd" "$build_dir/tests/cm_test_inplace"
+      "$build_dir/tests/cm_test_dist")
 for b in "${bins[@]}"; do
   [ -x "$b" ] || { echo "gpu_bundle.sh: '$b' is missing; build it first (see the header)" >&2; exit 1; }
 done
@@ -33,7 +34,14 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/bin" "$out"
 cp "${bins[@]}" "$stage/bin/"
 strip "$stage"/bin/*
-tar -C "$stage" -cf - bin | xz -9e --lzma2=dict=192MiB -T1 > "$out/bin.tar.xz"
+# The Debian libraries the binaries link (OpenBLAS, libpng, oneDNN, OpenMPI and what they need),
+# which the GPU machine's image may lack; not glibc, the C++ runtime or CUDA's (the machine has
+# its own). gpu_device_run.sh puts them on LD_LIBRARY_PATH.
+mkdir -p "$stage/lib"
+ldd "${bins[@]}" 2>/dev/null | awk '/=> \//{print $3}' | sort -u |
+  grep -vE '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|/libcuda|/libcu(blas|dnn|rand|fft|sparse|solver)|/libcudart|/libnccl|/libnv|/usr/local/cuda' |
+  while read -r l; do cp -L "$l" "$stage/lib/"; done
+tar -C "$stage" -cf - bin lib | xz -9e --lzma2=dict=192MiB -T1 > "$out/bin.tar.xz"
 cp "$fashion/t10k-images-idx3-ubyte.gz" "$fashion/t10k-labels-idx1-ubyte.gz" "$out/"
 git describe --always --dirty > "$out/revision.txt" 2>/dev/null || true
 pwd > "$out/source_dir.txt"  # the test binaries read their golden files below this path

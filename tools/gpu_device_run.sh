@@ -7,7 +7,8 @@
 # Stages (comma-separated, run in this order): tests (the GPU suites, and the autograd suites with
 # CM_TEST_DEVICE=cuda), smoke (a few steps of every
 # training mode on a CIFAR-10-sized network, bf16 and resume included), bench (cm bench and
-# cm_bench_ops on the GPU), profile (Nsight Compute's time of every kernel of about one CT step,
+# cm_bench_ops on the GPU), dist (the MPI engine, NCCL and the gradient reducer with world size
+# 1), profile (Nsight Compute's time of every kernel of about one CT step,
 # profile.csv; tools/kernel_times.py sums it by kernel), ct (configs/cifar10-ct.json for
 # --ct-steps steps) with memcheck (compute-sanitizer on the GPU suites) beside it.
 # The training data is Fashion-MNIST's test split in CIFAR-10's binary layout
@@ -18,7 +19,7 @@ root=$PWD
 bundle=${1:?usage: gpu_device_run.sh BUNDLE_DIR [options]}
 shift
 budget=540
-stages=tests,smoke,bench,ct,memcheck  # profile on request
+stages=tests,dist,smoke,bench,ct,memcheck  # profile on request
 ct_steps=300
 ct_batch=128
 ct_precision=tf32
@@ -64,7 +65,9 @@ src_dir=$(cat "$bundle/source_dir.txt" 2>/dev/null)
 if [ -n "$src_dir" ] && [ ! -e "$src_dir" ]; then
   mkdir -p "$(dirname "$src_dir")" && ln -s "$root" "$src_dir"
 fi
-# Shared libraries: the toolkit's, else the ones PyTorch's wheels carry.
+# Shared libraries: the Debian ones the bundle carries (work/lib), the toolkit's, else the ones
+# PyTorch's wheels carry.
+[ -d "$work/lib" ] && export LD_LIBRARY_PATH=$work/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if ldd "$bin/cm" | grep -q 'not found'; then
   extra=/usr/local/cuda/lib64:/usr/local/cuda/targets/x86_64-linux/lib
   site=$(python3 -c 'import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0]))' 2>/dev/null)
@@ -98,6 +101,31 @@ if has tests; then
   for t in cm_test_autograd cm_test_inplace; do
     [ -x "$bin/$t" ] && CM_TEST_DEVICE=cuda suite "CM_TEST_DEVICE=cuda $t" "$bin/$t"
   done
+fi
+
+# ---- the MPI engine and NCCL in a job of one (CM_DIST_ENGINE=mpi; one GPU: NCCL's all-reduce is
+# a copy). OpenMPI's runtime (its plugins, and orted for a singleton) may be missing on the
+# machine: then the first probe fails and says so, and the rest is skipped.
+if has dist; then
+  say "== dist: the MPI engine and NCCL with world size 1"
+  if CM_DIST_ENGINE=mpi box 60 "$bin/cm" bench --device cuda --network ddpmpp-digits-8 \
+      --case allreduce --repeats 3 >>"$out/dist.log" 2>&1; then
+    for nccl in 1 0; do
+      CM_NCCL=$nccl CM_DIST_ENGINE=mpi box 120 "$bin/cm_test_dist" --test-suite=dist \
+        >>"$out/dist.log" 2>&1
+      say "cm_test_dist CM_NCCL=$nccl: rc $?; $(grep -E '^\[doctest\] (test cases|assertions)' "$out/dist.log" | tail -2 | tr '\n' ' ')"
+    done
+    for mb in 25 0; do
+      CM_DIST_ENGINE=mpi box 120 "$bin/cm" bench --device cuda --network ddpmpp-cifar10 \
+        --precision bf16 --batch 128 --case ct --bucket-mb $mb --repeats 10 >>"$out/dist.log" 2>&1
+      say "ct step, bucket-mb $mb: $(grep '"case":"ct"' "$out/dist.log" | tail -1)"
+    done
+    CM_DIST_ENGINE=mpi box 60 "$bin/cm" bench --device cuda --network ddpmpp-cifar10 \
+      --case allreduce --repeats 10 >>"$out/dist.log" 2>&1
+    say "allreduce: $(grep '"case":"allreduce"' "$out/dist.log" | tail -1)"
+  else
+    say "dist: the MPI engine did not start here (see dist.log): OpenMPI's runtime is missing"
+  fi
 fi
 
 # ---- every training mode for a few steps
