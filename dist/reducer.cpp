@@ -98,8 +98,9 @@ GradientReducer::GradientReducer(std::shared_ptr<const nn::FlatParameters> flat,
   }
 
   // Every rank must send the same buckets, or the collectives would mismatch (or hang).
-  int64_t elements = 0, checksum = 0;
-  auto mix = [&checksum](int64_t v) { checksum = (checksum * 1000003 + v) % (int64_t(1) << 61); };
+  int64_t elements = 0;
+  uint64_t checksum = 0;  // unsigned: wraps around, as a hash should
+  auto mix = [&checksum](int64_t v) { checksum = checksum * 1000003u + uint64_t(v); };
   for (const State::Bucket& b : s.buckets) {
     elements += b.span.numel();
     mix(b.span.numel());
@@ -110,7 +111,7 @@ GradientReducer::GradientReducer(std::shared_ptr<const nn::FlatParameters> flat,
   int64_t* m = mine.data<int64_t>();
   m[0] = int64_t(s.buckets.size());
   m[1] = elements;
-  m[2] = checksum;
+  m[2] = int64_t(checksum);  // the same bits (C++20: modular)
   const Tensor all = comm.all_gather(mine).contiguous();
   const int64_t* a = all.data<int64_t>();
   for (int r = 0; r < comm.size(); ++r)
