@@ -124,7 +124,7 @@ TEST_SUITE("consistency") {
     CHECK(amax(abs(r.result)).item<double>() <= 1.0);
   }
 
-  TEST_CASE("colorization keeps the reference's luma; super-resolution its patch means") {
+  TEST_CASE("colorization keeps the reference's luma — super-resolution its patch means") {
     Model rgb(3);
     const Tensor y = references(2, 3, 6);
     const EditTransform col = colorization_transform();
@@ -145,7 +145,7 @@ TEST_SUITE("consistency") {
     }
   }
 
-  TEST_CASE("an empty mask returns the reference; stroke-guided generation from σ_min its input") {
+  TEST_CASE("an empty mask returns the reference — stroke-guided generation from σ_min its input") {
     Model m(3);
     const Tensor y = references(2, 3, 8);
     const Tensor none = zeros({1, 3, 8, 8});
@@ -177,7 +177,7 @@ TEST_SUITE("consistency") {
     CHECK(max_abs_diff(other.result, one.result) > 1e-3);
   }
 
-  TEST_CASE("built-in masks: a bitmap letter, centred; random boxes from each image's seed") {
+  TEST_CASE("built-in masks: a bitmap letter, centred — random boxes from each image's seed") {
     // 'S' at 28×28: scale ⌊0.8·min(28/7, 28/5)⌋ = 3, 15 set bits of 9 pixels each, at (3, 6)
     const Tensor s = letter_mask(2, 28, 28, 'S');
     CHECK(s.shape() == Shape{1, 2, 28, 28});
@@ -281,7 +281,7 @@ TEST_SUITE("consistency") {
           std::string::npos);
   }
 
-  TEST_CASE("cm edit: every task writes its files; inpainting and interpolation keep their ends") {
+  TEST_CASE("cm edit: every task writes its files — inpainting and interpolation keep their ends") {
     namespace fs = std::filesystem;
     const fs::path dir =
         fs::temp_directory_path() / ("cm_test_editing_" + std::to_string(::getpid()));

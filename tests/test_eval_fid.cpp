@@ -112,7 +112,7 @@ TEST_SUITE("eval") {
     CHECK(max_abs_diff(max_pool2d(x32, 1), x32) == 0);
   }
 
-  TEST_CASE("max_pool2d: gradcheck; tied maxima share the gradient; errors") {
+  TEST_CASE("max_pool2d: gradcheck — tied maxima share the gradient — errors") {
     for (Layout layout : kLayouts) {
       CHECK_GRADCHECK([](const V& v) { return max_pool2d(v[0], 2); },
                       {grad_input({1, 2, 4, 4}, 21, layout)});
@@ -213,7 +213,7 @@ TEST_SUITE("eval") {
         {"resize_bilinear_tf1", "positive"});
   }
 
-  TEST_CASE("inception_input: the resize to 299 then (x − 128)/128; gray repeated to 3 channels") {
+  TEST_CASE("inception_input: the resize to 299 then (x − 128)/128 — gray repeated to 3 channels") {
     const auto g = load_all("fid_resize.safetensors");
     for (const std::string name : {"cifar", "mnist"}) {
       const Tensor in = g.at(name + ".input");
@@ -301,7 +301,7 @@ TEST_SUITE("eval") {
 
   // ---- the Fréchet distance -------------------------------------------------------------------
 
-  TEST_CASE("eigh: the tridiagonal (−1, 2, −1) matrix's closed-form spectrum; reconstruction") {
+  TEST_CASE("eigh: the tridiagonal (−1, 2, −1) matrix's closed-form spectrum — reconstruction") {
     const int64_t n = 7;
     std::vector<double> a(size_t(n * n), 0.0);
     for (int64_t i = 0; i < n; ++i) {
@@ -473,7 +473,7 @@ TEST_SUITE("eval") {
     check_error([&] { eval::load_stats_npz(temp_path("missing.npz")); }, {"missing.npz"});
   }
 
-  TEST_CASE("npz: every dtype round trips; numpy's compressed, Fortran-order archive reads") {
+  TEST_CASE("npz: every dtype round trips — numpy's compressed, Fortran-order archive reads") {
     const std::string path = temp_path("all.npz");
     const Tensor f64 = randn_input({3, 4}, 1);
     std::vector<std::pair<std::string, Tensor>> arrays = {
@@ -526,7 +526,7 @@ TEST_SUITE("eval") {
 
   // ---- the Inception Score --------------------------------------------------------------------
 
-  TEST_CASE("inception_score: torch-fidelity's values; NumPy's legacy permutation") {
+  TEST_CASE("inception_score: torch-fidelity's values — NumPy's legacy permutation") {
     std::ifstream in(kGoldenDir + "fid_is.json");
     const nlohmann::json j = nlohmann::json::parse(in);
     for (const auto& p : j.at("permutations")) {
@@ -546,7 +546,7 @@ TEST_SUITE("eval") {
     }
   }
 
-  TEST_CASE("inception_score: closed forms on hand-made logits; errors") {
+  TEST_CASE("inception_score: closed forms on hand-made logits — errors") {
     // Sample i is confident in class i mod C: logit L there, 0 elsewhere. Unshuffled splits of 2·C
     // rows see every class twice, so p(y) is uniform and each split scores
     //   exp(p·log(p·C) + (C − 1)·q·log(q·C)),  p = e^L/(e^L + C − 1), q = 1/(e^L + C − 1).

@@ -238,7 +238,7 @@ TEST_SUITE("nn") {
   // ---- embedding
   // -------------------------------------------------------------------------------------
   TEST_CASE(
-      "embedding: picks rows for i64 and i32 indices of any shape; repeated rows accumulate") {
+      "embedding: picks rows for i64 and i32 indices of any shape — repeated rows accumulate") {
     Tensor w = randn_input({6, 3}, 10, Layout::Transposed);
     const std::vector<int64_t> idx = {5, 0, 2, 2, 5, 5};
     for (DType it : {DType::i64, DType::i32}) {
@@ -303,7 +303,7 @@ TEST_SUITE("nn") {
     }
   }
 
-  TEST_CASE("dropout: a generator in the same state replays the mask; an advanced one does not") {
+  TEST_CASE("dropout: a generator in the same state replays the mask — an advanced one does not") {
     Tensor x = randn_input({64, 64}, 21);
     Generator g1(99);
     Tensor a = dropout(x, 0.5, true, g1);
@@ -354,7 +354,7 @@ TEST_SUITE("nn") {
 
   // ---- upsample_nearest2d
   // ----------------------------------------------------------------------------
-  TEST_CASE("upsample_nearest2d: each pixel repeated s×s times; gradcheck; errors") {
+  TEST_CASE("upsample_nearest2d: each pixel repeated s×s times — gradcheck — errors") {
     for (int64_t s : {1, 2, 3})
       for (Layout l : kLayouts) {
         Tensor x = randn_input({2, 3, 2, 3}, 30, l);
@@ -427,7 +427,7 @@ TEST_SUITE("nn") {
     for (bool ac : {false, true}) CHECK(max_abs_diff(upsample_bilinear2d(r, 4, 5, ac), r) == 0);
   }
 
-  TEST_CASE("upsample_bilinear2d: gradcheck up and down, both alignments; errors") {
+  TEST_CASE("upsample_bilinear2d: gradcheck up and down, both alignments — errors") {
     for (bool ac : {false, true}) {
       INFO("align_corners ", ac);
       CHECK_GRADCHECK([ac](const V& v) { return upsample_bilinear2d(v[0], 4, 5, ac); },
@@ -473,7 +473,7 @@ TEST_SUITE("nn") {
                  "constant");
   }
 
-  TEST_CASE("avg_pool2d: gradcheck; errors") {
+  TEST_CASE("avg_pool2d: gradcheck — errors") {
     CHECK_GRADCHECK([](const V& v) { return avg_pool2d(v[0], 2); },
                     {grad_input({1, 2, 4, 3}, 51, Layout::Transposed)});
     CHECK_GRADCHECK([](const V& v) { return avg_pool2d(v[0], 3, 2, 1); },
@@ -529,7 +529,7 @@ TEST_SUITE("nn") {
     }
   }
 
-  TEST_CASE("scaled_dot_product_attention: gradcheck for q, k and v; errors") {
+  TEST_CASE("scaled_dot_product_attention: gradcheck for q, k and v — errors") {
     CHECK_GRADCHECK([](const V& v) { return scaled_dot_product_attention(v[0], v[1], v[2]); },
                     {grad_input({1, 2, 3}, 70, Layout::Transposed), grad_input({1, 3, 3}, 71),
                      grad_input({1, 3, 2}, 72, Layout::Strided)});

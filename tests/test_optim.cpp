@@ -237,7 +237,7 @@ TEST_SUITE("nn") {
     CHECK(max_rel_err(p, want) < 1e-15);  // no division by √v: a tiny gradient gives a tiny update
   }
 
-  TEST_CASE("optim: step skips parameters without a gradient; zero_grad drops gradients") {
+  TEST_CASE("optim: step skips parameters without a gradient — zero_grad drops gradients") {
     Tensor a = param_of({1, 2}, {2}, Layout::Contiguous),
            b = param_of({3, 4}, {2}, Layout::Contiguous);
     nn::Adam opt({a, b}, {.lr = 0.1});
