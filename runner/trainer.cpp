@@ -510,11 +510,18 @@ void Trainer::save_checkpoint(const std::string& path) const {
   std::map<std::string, Tensor> t;
   for (auto& [n, v] : online_->state_dict()) t["model." + n] = v;
   const auto named = online_->named_parameters();
-  if (target_)
+  // the target and every EMA with the network's buffers (the resampling filters), so that each
+  // prefix is a whole state dict: a strict load_state_dict of it works, in cm or in PyTorch
+  const auto buffers = online_->named_buffers();
+  if (target_) {
     for (auto& [n, v] : target_->named_parameters()) t["target." + n] = v;
-  for (size_t k = 0; k < emas_.size(); ++k)
-    for (size_t i = 0; i < named.size(); ++i)
-      t["ema" + std::to_string(k) + "." + named[i].first] = emas_[k]->shadow()[i];
+    for (auto& [n, v] : buffers) t["target." + n] = v;
+  }
+  for (size_t k = 0; k < emas_.size(); ++k) {
+    const std::string prefix = "ema" + std::to_string(k) + ".";
+    for (size_t i = 0; i < named.size(); ++i) t[prefix + named[i].first] = emas_[k]->shadow()[i];
+    for (auto& [n, v] : buffers) t[prefix + n] = v;
+  }
   for (auto& [n, v] : opt_->state()) t["opt." + n] = v;
   if (scaler_)
     for (auto& [n, v] : scaler_->state()) t["scaler." + n] = v;

@@ -8,6 +8,7 @@
 #include "datasets/dataset.h"
 #include "datasets/zip.h"
 #include "nn/safetensors.h"
+#include "nn/songunet.h"
 #include "runner/config.h"
 #include "runner/images.h"
 #include "runner/trainer.h"
@@ -209,6 +210,35 @@ TEST_SUITE("runner") {
     CHECK(s.n == 18);
     CHECK_THROWS_WITH_AS(load_network(ckpt, "ema:0.123", Device::cpu()),
                          doctest::Contains("no eval EMA \"0.123\""), Error);
+    fs::remove_all(dir);
+  }
+
+  TEST_CASE("every network copy in a checkpoint is a whole state dict, buffers included") {
+    const fs::path dir = temp_dir("state_dicts");
+    json j = tiny("ct");
+    j["consistency"] = {{"schedule", "fixed"}, {"n", 18}, {"mu", 0.9}};  // a separate target
+    const RunConfig cfg = typed_config(resolve_config(j, "test.json"));
+    const std::string ckpt = (dir / "ct.safetensors").string();
+    {
+      Trainer t(cfg, std::nullopt, nullptr);
+      t.train_step();
+      t.save_checkpoint(ckpt);
+    }
+    Generator g(0);
+    nn::SongUNet net(cfg.network, g);
+    REQUIRE(!net.named_buffers().empty());  // the resampling filters: what the copies missed
+    const nn::SafetensorsFile f(ckpt);
+    for (const std::string prefix : {"model.", "target.", "ema0."}) {
+      CAPTURE(prefix);
+      std::map<std::string, Tensor> sd;
+      for (const std::string& n : f.names())
+        if (n.rfind(prefix, 0) == 0) sd[n.substr(prefix.size())] = f.get(n);
+      CHECK(sd.size() == net.state_dict().size());
+      CHECK_NOTHROW(net.load_state_dict(sd, true));  // strict: no key missing, none extra
+    }
+    // and the copies' buffers are the network's
+    for (const auto& [n, b] : net.named_buffers())
+      CHECK(max_abs_diff(f.get("ema0." + n), f.get("model." + n)) == 0);
     fs::remove_all(dir);
   }
 
