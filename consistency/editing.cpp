@@ -224,8 +224,8 @@ EditFunction teacher_ode_function(const Denoiser& d, int64_t steps, const Tensor
     NoiseConstants from_t = d.constants();
     from_t.sigma_max = t;
     // from σ_min (or with one step) the path to 0 is one Euler step: D(x, τ)
-    std::vector<double> grid = steps == 1 || t <= from_t.sigma_min ? std::vector<double>{t}
-                                                                    : karras_sigmas(steps, from_t);
+    std::vector<double> grid =
+        steps == 1 || t <= from_t.sigma_min ? std::vector<double>{t} : karras_sigmas(steps, from_t);
     grid.push_back(0.0);
     return edm_heun_solve(d, x, grid, class_labels);
   };

@@ -363,7 +363,8 @@ TEST_SUITE("eval") {
     CHECK(scale > 0);
   }
 
-  TEST_CASE("domain metric: real vs real is low — noise, constant and blurred images score higher") {
+  TEST_CASE(
+      "domain metric: real vs real is low — noise, constant and blurred images score higher") {
     const Trained& t = trained();
     const eval::FidStats ref = eval::classifier_stats(*t.net, t.test.images, 128);
     const double self = domain_distance(t.test.images, ref);
