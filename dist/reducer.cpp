@@ -21,9 +21,9 @@ struct GradientReducer::State {
   std::vector<size_t> bucket_of;
   std::vector<char> arrived;
   bool armed = false;
-  size_t next = 0;      // the next bucket to send
-  size_t finished = 0;  // buckets [0, finished) are known to have completed
-  size_t sent_in_backward = 0, last_sent_in_backward = 0;
+  size_t next = 0;                   // the next bucket to send
+  size_t finished = 0;               // buckets [0, finished) are known to have completed
+  size_t last_sent_in_backward = 0;  // of the last finished step: `next` when finish() began
 
   // A parameter's hook: its gradient for this step is complete.
   void on_gradient(size_t i) {
@@ -41,10 +41,7 @@ struct GradientReducer::State {
       p.set_grad(slot);
     }
     --buckets[bucket_of[i]].remaining;
-    while (next < buckets.size() && buckets[next].remaining == 0) {
-      send(buckets[next]);
-      ++sent_in_backward;
-    }
+    while (next < buckets.size() && buckets[next].remaining == 0) send(buckets[next]);
     // let the engine progress (MPI moves a non-blocking collective on inside its own calls)
     while (finished < next && buckets[finished].work->test()) ++finished;
   }
@@ -138,7 +135,7 @@ void GradientReducer::prepare() {
     b.remaining = b.params.size();
     b.work.reset();
   }
-  s.next = s.finished = s.sent_in_backward = 0;
+  s.next = s.finished = 0;
   s.armed = true;
 }
 
@@ -146,6 +143,7 @@ void GradientReducer::finish() {
   State& s = *state_;
   CM_CHECK(s.armed, "GradientReducer::finish without prepare()");
   s.armed = false;
+  s.last_sent_in_backward = s.next;
   NoGradGuard ng;
   for (size_t k = s.next; k < s.buckets.size(); ++k) {
     State::Bucket& b = s.buckets[k];
@@ -162,7 +160,6 @@ void GradientReducer::finish() {
     b.work->wait();
     b.work.reset();
   }
-  s.last_sent_in_backward = s.sent_in_backward;
 }
 
 size_t GradientReducer::bucket_count() const {

@@ -26,6 +26,7 @@
 // the ranks' values in: bit for bit on two ranks (tested).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 
@@ -41,6 +42,13 @@ struct ReducerOptions {
   // The first bucket (the last layers, whose gradients are complete first) smaller, so that
   // communication starts early: DDP's 1 MiB. 0: as bucket_bytes.
   int64_t first_bucket_bytes = int64_t(1) << 20;
+
+  // The options of a bucket size in MiB (train.allreduce_bucket_mb, cm bench --bucket-mb): the
+  // first bucket 1 MiB, or the bucket size where that is smaller (0: one bucket per buffer).
+  static ReducerOptions of_mib(double bucket_mib) {
+    const int64_t bytes = int64_t(bucket_mib * double(1 << 20));
+    return {.bucket_bytes = bytes, .first_bucket_bytes = std::min(bytes, int64_t(1) << 20)};
+  }
 };
 
 class GradientReducer {

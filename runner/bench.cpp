@@ -90,11 +90,8 @@ int run_bench(const BenchCommand& command) {
       dist::Communicator& comm = dist::world();
       if (comm.engine() != "local" && !reducer) {
         CM_CHECK(o.flat, "cm bench --case ct under mpirun: needs the flat buffers (--flat on)");
-        const auto mib = [](double m) { return int64_t(m * double(1 << 20)); };
         reducer = std::make_unique<dist::GradientReducer>(
-            net.flat_parameters(), comm,
-            dist::ReducerOptions{.bucket_bytes = mib(o.bucket_mb),
-                                 .first_bucket_bytes = std::min(mib(o.bucket_mb), mib(1.0))});
+            net.flat_parameters(), comm, dist::ReducerOptions::of_mib(o.bucket_mb));
         char b[128];
         std::snprintf(b, sizeof b,
                       ",\"ranks\":%d,\"engine\":\"%s\",\"bucket_mb\":%g,\"buckets\":%zu",

@@ -242,12 +242,9 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
     }
   }
   if (comm_->engine() != "local") {  // gradient buckets averaged while backward goes on
-    const auto mib = [](double m) { return int64_t(m * double(1 << 20)); };
     reducer_ = std::make_unique<dist::GradientReducer>(
         online_->flat_parameters(), *comm_,
-        dist::ReducerOptions{
-            .bucket_bytes = mib(cfg.train.allreduce_bucket_mb),
-            .first_bucket_bytes = std::min(mib(cfg.train.allreduce_bucket_mb), mib(1.0))});
+        dist::ReducerOptions::of_mib(cfg.train.allreduce_bucket_mb));
   }
   if (cfg.mode == "cd") {
     LoadedNetwork t = load_network(cfg.cons.teacher, "ema", dev);

@@ -80,11 +80,7 @@ class MpiCommunicator final : public Communicator {
   std::string engine() const override { return "mpi"; }
 
   void all_reduce(Tensor& t, ReduceOp op) override {
-    check_tensor(t, "all_reduce");
-    CM_CHECK(op != ReduceOp::Average || is_floating(t.dtype()), "all_reduce (rank ", rank_,
-             "): Average needs a floating-point tensor, got ", dtype_name(t.dtype()));
-    CM_CHECK(t.dtype() != DType::b8 && t.dtype() != DType::u8, "all_reduce (rank ", rank_,
-             "): ", dtype_name(t.dtype()), " tensors are not reduced");
+    check_reducible(t, op, "all_reduce");
     same_on_every_rank(t, "all_reduce");
     if (NcclEngine* n = nccl_for(t)) return n->all_reduce(t, op);
     NoGradGuard ng;
@@ -104,12 +100,8 @@ class MpiCommunicator final : public Communicator {
   // CPU tensors of MPI's own dtypes: MPI_Iallreduce, the average's division at wait() (the same
   // division as all_reduce's, so both give the same bits); others at once, as all_reduce.
   std::unique_ptr<Work> all_reduce_async(Tensor& t, ReduceOp op) override {
-    check_tensor(t, "all_reduce_async");
+    check_reducible(t, op, "all_reduce_async");
     if (NcclEngine* n = nccl_for(t)) return n->all_reduce_async(t, op);
-    CM_CHECK(op != ReduceOp::Average || is_floating(t.dtype()), "all_reduce_async (rank ", rank_,
-             "): Average needs a floating-point tensor, got ", dtype_name(t.dtype()));
-    CM_CHECK(t.dtype() != DType::b8 && t.dtype() != DType::u8, "all_reduce_async (rank ", rank_,
-             "): ", dtype_name(t.dtype()), " tensors are not reduced");
     if (t.device().is_cuda() || mpi_type(t.dtype()) == MPI_DATATYPE_NULL || t.numel() == 0) {
       all_reduce(t, op);
       return finished_work();
@@ -215,6 +207,15 @@ class MpiCommunicator final : public Communicator {
   void check_tensor(const Tensor& t, const char* op) const {
     CM_CHECK(t.defined() && t.is_contiguous(), op, " (rank ", rank_,
              "): expected a contiguous tensor (a flat buffer or a whole parameter)");
+  }
+  // What all_reduce and all_reduce_async accept: a contiguous tensor of a reducible dtype, and a
+  // floating one for Average.
+  void check_reducible(const Tensor& t, ReduceOp op, const char* what) const {
+    check_tensor(t, what);
+    CM_CHECK(op != ReduceOp::Average || is_floating(t.dtype()), what, " (rank ", rank_,
+             "): Average needs a floating-point tensor, got ", dtype_name(t.dtype()));
+    CM_CHECK(t.dtype() != DType::b8 && t.dtype() != DType::u8, what, " (rank ", rank_,
+             "): ", dtype_name(t.dtype()), " tensors are not reduced");
   }
   int int_count(const Tensor& t) const {
     CM_CHECK(t.numel() <= INT32_MAX, "dist (rank ", rank_, "): ", t.numel(),

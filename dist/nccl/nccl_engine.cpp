@@ -69,24 +69,24 @@ class Nccl final : public NcclEngine {
     if (op == ReduceOp::Max) r = ncclMax;
     if (op == ReduceOp::Min) r = ncclMin;
     if (op == ReduceOp::Average) r = ncclAvg;
-    const DeviceGuard on(device_);
-    after_compute();
-    if (w.numel() > 0)
-      check(ncclAllReduce(w.data_ptr(), w.data_ptr(), size_t(w.numel()), nccl_type(w.dtype()), r,
-                          comm_, comm_stream_),
-            "ncclAllReduce");
-    return std::make_unique<NcclWork>(*this, done_event(), wide ? t : Tensor(), w);
+    return enqueue(
+        [&] {
+          if (w.numel() > 0)
+            check(ncclAllReduce(w.data_ptr(), w.data_ptr(), size_t(w.numel()), nccl_type(w.dtype()),
+                                r, comm_, comm_stream_),
+                  "ncclAllReduce");
+        },
+        wide ? t : Tensor(), w);
   }
 
   void broadcast(Tensor& t, int root) override {
     on_my_device(t, "broadcast");
-    const DeviceGuard on(device_);
-    after_compute();
-    if (t.nbytes() > 0)
-      check(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm_,
-                          comm_stream_),
-            "ncclBroadcast");
-    NcclWork(*this, done_event(), Tensor(), Tensor()).wait();
+    enqueue([&] {
+      if (t.nbytes() > 0)
+        check(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.nbytes(), ncclUint8, root, comm_,
+                            comm_stream_),
+              "ncclBroadcast");
+    })->wait();
   }
 
   Tensor all_gather(const Tensor& t0) override {
@@ -96,12 +96,12 @@ class Nccl final : public NcclEngine {
     Shape shape = t.shape();
     shape.insert(shape.begin(), size_);
     Tensor out = empty(shape, {.dtype = t.dtype(), .device = t.device()});
-    const DeviceGuard on(device_);
-    after_compute();
-    if (t.nbytes() > 0)
-      check(ncclAllGather(t.data_ptr(), out.data_ptr(), t.nbytes(), ncclUint8, comm_, comm_stream_),
+    enqueue([&] {
+      if (t.nbytes() > 0)
+        check(
+            ncclAllGather(t.data_ptr(), out.data_ptr(), t.nbytes(), ncclUint8, comm_, comm_stream_),
             "ncclAllGather");
-    NcclWork(*this, done_event(), Tensor(), Tensor()).wait();
+    })->wait();
     return out;
   }
 
@@ -157,17 +157,19 @@ class Nccl final : public NcclEngine {
     bool set = false;
   };
 
-  // The communication stream waits for what is queued on cm's stream so far.
-  void after_compute() {
+  // Queues `call` (NCCL calls on comm_stream_) after what is queued on cm's stream so far, and
+  // returns the Work whose wait() makes cm's stream wait for it (then copies wide into narrow,
+  // where given).
+  template <class F>
+  std::unique_ptr<Work> enqueue(F call, Tensor narrow = {}, Tensor wide = {}) {
+    const DeviceGuard on(device_);
     cuda_check(cudaEventRecord(ready_, compute_), "cudaEventRecord");
     cuda_check(cudaStreamWaitEvent(comm_stream_, ready_, 0), "cudaStreamWaitEvent");
-  }
-  // An event recorded on the communication stream after the collective just queued.
-  cudaEvent_t done_event() {
-    cudaEvent_t ev = nullptr;
-    cuda_check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
-    cuda_check(cudaEventRecord(ev, comm_stream_), "cudaEventRecord");
-    return ev;
+    call();
+    cudaEvent_t done = nullptr;
+    cuda_check(cudaEventCreateWithFlags(&done, cudaEventDisableTiming), "cudaEventCreate");
+    cuda_check(cudaEventRecord(done, comm_stream_), "cudaEventRecord");
+    return std::make_unique<NcclWork>(*this, done, std::move(narrow), std::move(wide));
   }
   void cuda_check(cudaError_t rc, const char* what) const {
     if (rc == cudaSuccess) return;
