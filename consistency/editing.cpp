@@ -277,10 +277,12 @@ EditResult edit(const EditFunction& f, const NoiseConstants& c, const Tensor& y,
   };
   Tensor x = add(r.degraded, mul(noise(0), o.taus[0]));
   x = constrain(denoise(x, o.taus[0]));
+  if (o.on_point) o.on_point(1);
   for (size_t m = 1; m < o.taus.size(); ++m) {
     const double t = o.taus[m];
     x = add(x, mul(noise(int64_t(m)), std::sqrt(t * t - c.sigma_min * c.sigma_min)));
     x = constrain(denoise(x, t));
+    if (o.on_point) o.on_point(m + 1);
   }
   r.result = x;
   return r;

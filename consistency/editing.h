@@ -84,6 +84,8 @@ struct EditOptions {
   // keep the reference's own values (stroke-guided generation starts from the painting itself).
   std::optional<double> fill = -1.0;
   bool clip = true;  // clamp f's output to [−1, 1]
+  // Called after each time point with the number done (a progress line); may be empty.
+  std::function<void(size_t)> on_point = {};
 };
 
 struct EditResult {

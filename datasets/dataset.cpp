@@ -674,6 +674,51 @@ ImageDataset load_imagenet_npz(const std::string& path) {
   return ds;
 }
 
+// ---- class tint ---------------------------------------------------------------------------------
+
+const std::array<std::array<uint8_t, 3>, 10>& tint_palette() {
+  // Ten saturated colours of distinct hue and a usable luma (none gray), class k → colour k mod 10.
+  static const std::array<std::array<uint8_t, 3>, 10> palette = {{{230, 25, 75},
+                                                                  {60, 180, 75},
+                                                                  {255, 225, 25},
+                                                                  {0, 130, 200},
+                                                                  {245, 130, 48},
+                                                                  {145, 30, 180},
+                                                                  {70, 240, 240},
+                                                                  {240, 50, 230},
+                                                                  {210, 245, 60},
+                                                                  {0, 128, 128}}};
+  return palette;
+}
+
+ImageDataset tint_by_class(const ImageDataset& gray) {
+  const char* op = "tint_by_class";
+  CM_CHECK(gray.channels() == 1, op, ": '", gray.source, "' has ", gray.channels(),
+           " channels; only a gray data set (1 channel) can be tinted");
+  CM_CHECK(gray.num_classes > 0, op, ": '", gray.source,
+           "' has no labels; the tint is the class's colour");
+  const int64_t n = gray.size(), hw = gray.height() * gray.width();
+  const Tensor src = gray.images.contiguous();
+  const uint8_t* in = src.data<uint8_t>();
+  const std::vector<int64_t> labels = gray.labels.to_vector<int64_t>();
+  ImageDataset ds;
+  ds.images = u8_tensor({n, 3, gray.height(), gray.width()});
+  uint8_t* out = ds.images.data<uint8_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    CM_CHECK(labels[size_t(i)] >= 0, op, ": '", gray.source, "' image ", i,
+             " has no label; the tint is the class's colour");
+    const auto& colour = tint_palette()[size_t(labels[size_t(i)] % 10)];
+    for (int64_t c = 0; c < 3; ++c)
+      for (int64_t p = 0; p < hw; ++p)
+        out[(i * 3 + c) * hw + p] =
+            uint8_t((unsigned(in[i * hw + p]) * colour[size_t(c)] + 127) / 255);
+  }
+  ds.labels = gray.labels;
+  ds.num_classes = gray.num_classes;
+  ds.source = "tint:" + gray.source;
+  return ds;
+}
+
 // ---- by name ------------------------------------------------------------------------------------
 
 ImageDataset load_dataset(const std::string& spec) {
@@ -698,6 +743,10 @@ ImageDataset load_dataset(const std::string& spec) {
              kind, ":'");
   };
   ImageDataset ds;
+  if (kind == "tint") {
+    need_arg("a gray, labelled data set");
+    return tint_by_class(load_dataset(rest));
+  }
   if (kind == "digits" && !has_arg) {
     ds = load_digits_csv(digits_path());
     ds.source = "digits";
@@ -732,6 +781,7 @@ ImageDataset load_dataset(const std::string& spec) {
   } else {
     CM_FAIL("load_dataset: unknown data set \"", spec,
             "\"; expected digits, fashion-mnist[:train|:test], idx:<images>,<labels>, "
+            "tint:<spec>, "
             "cifar10:<dir>[:train|:test], folder:<dir>, zip:<path> or npz:<path>");
   }
   ds.source = spec;

@@ -18,6 +18,7 @@
 //            channel-planar) and labels.npy (integers 1..1000, stored here 0-based).
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -79,6 +80,14 @@ struct NpyHeader {
 };
 NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& name);
 
+// ---- class tint -----------------------------------------------------------------------------
+// An RGB data set made from a gray, labelled one, for colorization (the paper's Algorithm 4) on
+// data where the colour is a function of the content: image i becomes v·c_k / 255 per channel,
+// rounded, with v its gray level and c_k the k-th of ten saturated colours (tint_palette, none of
+// them gray), k = label mod 10. Labels and classes are kept. RGB or unlabelled input is an error.
+const std::array<std::array<uint8_t, 3>, 10>& tint_palette();
+ImageDataset tint_by_class(const ImageDataset& gray);
+
 // ---- by name, as the runner's configs reference data sets -----------------------------------
 // spec grammar:
 //   "digits"                        the shipped 8×8 digits
@@ -88,6 +97,8 @@ NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& 
 //   "folder:<dir>"                  an EDM image folder
 //   "zip:<path>"                    an EDM dataset zip
 //   "npz:<path>"                    a downsampled-ImageNet .npz
+//   "tint:<spec>"                   a gray, labelled data set in its classes' colours
+//                                   (tint_by_class), e.g. "tint:fashion-mnist:test"
 // Paths may contain ':' (the split is only taken from a trailing ":train" or ":test").
 ImageDataset load_dataset(const std::string& spec);
 

@@ -346,15 +346,22 @@ const char* kUsage =
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
     "           [--memory-format auto|contiguous|channels_last] [--flat on|off]\n"
     "           [--case forward|ct|sample|allreduce] [--repeats R] [--bucket-mb MB]\n"
+    "  cm report RUN_DIR [RUN_DIR ...] [--out FILE] [--watch SECONDS]\n"
     "  cm --version\n"
-    "run 'cm <command> --help' for the options of a command; configs are documented in README.md "
-    "and configs/.";
+    "run 'cm <command> --help' for the options and examples of a command; configs are documented "
+    "in "
+    "README.md and configs/.\n"
+    "exit codes: 0 done, 1 the command failed (bad input: a config, data, checkpoint or file; or "
+    "the\n"
+    "environment: disk, memory), 2 a usage error (the command line), 3 an internal error (a bug:\n"
+    "please report it); killed by a signal: 128 + its number.";
 
 // The parser of one command line and the command it fills.
 struct Parser {
   CLI::App app{"cm: consistency models from scratch", "cm"};
-  CLI::App *train, *sample, *eval, *classifier, *classifier_train, *info, *bench, *edit;
+  CLI::App *train, *sample, *eval, *classifier, *classifier_train, *info, *bench, *edit, *report;
   EditCommand edit_c;
+  ReportCommand report_c;
   TrainCommand train_c;
   SampleCommand sample_c;
   EvalCommand eval_c;
@@ -402,9 +409,6 @@ struct Parser {
     optional_string(sample, "--out", "DIR",
                     "output directory (default: RUN_DIR/samples, or samples/ beside a CHECKPOINT)",
                     sample_c.out);
-    sample->footer(
-        "Writes one PNG per seed, grid.png, samples.npz (uint8 NHWC arr_0) and recipe.json.\n"
-        "Image k depends only on its seed, not on the batch it was drawn in.");
 
     // cm eval
     eval = app.add_subcommand("eval", "FID, Inception Score or the domain metric of a model");
@@ -534,10 +538,6 @@ struct Parser {
                     edit_c.out);
     edit->add_flag("--allow-nonfinite", edit_c.allow_nonfinite,
                    "go on with non-finite weights or results (forensics)");
-    edit->footer(
-        "Writes result-NNNN.png per image, grid.png (rows: reference, degraded, result), "
-        "edits.npz\n"
-        "(uint8 NHWC reference, degraded, result, mask: 1 = generated) and recipe.json.");
 
     // cm info
     info = app.add_subcommand("info", "a network's modules and parameter counts");
@@ -603,6 +603,86 @@ struct Parser {
                       ": expected a number of MiB from 0 to 1e6");
              bench_c.bucket_mb = *d;
            });
+    add_report();
+    add_footers();
+  }
+
+  void add_report() {
+    report = app.add_subcommand(
+        "report", "a run's training dynamics as one self-contained HTML page (plots, samples)");
+    configure(report);
+    report
+        ->add_option_function<std::vector<std::string>>(
+            "RUN_DIR",
+            [this](const std::vector<std::string>& v) {
+              report_c.runs.insert(report_c.runs.end(), v.begin(), v.end());
+            },
+            "run directories (several are overlaid on the same axes)")
+        ->type_name("RUN_DIR ...");
+    optional_string(report, "--out", "FILE", "the page to write (default: RUN_DIR/report.html)",
+                    report_c.out);
+    int_option(report, "--watch", "0",
+               "rewrite the page every SECONDS until the runs end (the page reloads itself)",
+               report_c.watch, 0, 86400);
+  }
+
+  // What each command writes and examples of it, below its options in --help.
+  void add_footers() {
+    train->footer(
+        "Examples:\n"
+        "  cm train configs/default.json                  CT on the shipped digits (minutes)\n"
+        "  cm train configs/fashion-ict.json --set train.steps=2000 --set seed=1\n"
+        "  cm train --resume runs/00000-ct-ddpmpp-digits-8-digits --set train.steps=3000\n"
+        "  mpirun -np 4 cm train configs/cifar10-ct.json  data-parallel (docs/scaling.md)\n"
+        "Writes runs/NNNNN-MODE-NETWORK-NAME/: config.json, log.txt, metrics.jsonl, checkpoints/,\n"
+        "samples/ (docs/run-directory.md).");
+    sample->footer(
+        "Examples:\n"
+        "  cm sample runs/00000-ct-ddpmpp-digits-8-digits --n 64\n"
+        "  cm sample RUN --seeds 0-9999 --steps 2 --out /tmp/samples --batch 512\n"
+        "  cm sample RUN/checkpoints/checkpoint-00001500.safetensors --weights online\n"
+        "Writes one PNG per seed, grid.png, samples.npz (uint8 NHWC arr_0) and recipe.json.\n"
+        "Image k depends only on its seed, not on the batch it was drawn in.");
+    eval->footer(
+        "Examples:\n"
+        "  cm eval runs/00000-ct-ddpmpp-digits-8-digits --n 2000        the domain metric\n"
+        "  cm eval RUN --metric fid --inception inception.safetensors --ref cifar10-ref.npz\n"
+        "  cm eval --ref-only --data cifar10:/data/cifar10 --metric fid --inception "
+        "inception.safetensors\n"
+        "          --out cifar10-ref.npz\n"
+        "Writes RUN/eval-STEP-METRIC-NFEstep.json (value, recipe, provenance), read by cm report.");
+    classifier_train->footer(
+        "Examples:\n"
+        "  cm classifier train --data digits\n"
+        "  cm classifier train --data fashion-mnist --out classifier-fashion-mnist.safetensors");
+    edit->footer(
+        "Examples:\n"
+        "  cm edit RUN --task inpaint --data fashion-mnist:test --n 16 --mask builtin:center\n"
+        "  cm edit RUN --task superres --patch 4 --data digits --n 8\n"
+        "  cm edit RUN --task colorize --data tint:fashion-mnist:test --n 16\n"
+        "  cm edit RUN --task stroke --images painting.png --sigma 20\n"
+        "  cm edit RUN --task interpolate --seeds 3,7 --n 9\n"
+        "Writes result-NNNN.png per image, grid.png (rows: reference, degraded, result), "
+        "edits.npz\n"
+        "(uint8 NHWC reference, degraded, result, mask: 1 = generated) and recipe.json.");
+    info->footer(
+        "Examples:\n"
+        "  cm info --presets\n"
+        "  cm info --preset ddpmpp-cifar10\n"
+        "  cm info configs/fashion-ict.json               the resolved configuration's network");
+    bench->footer(
+        "Examples:\n"
+        "  cm bench --network ddpmpp-small-28 --batch 64 --case ct\n"
+        "  cm bench --device cuda --precision bf16 --batch 512 --case ct --case sample\n"
+        "  mpirun -np 2 cm bench --case ct --bucket-mb 25\n"
+        "Prints one JSON line per case: ms per step, images/s, peak memory, the kernels used.");
+    report->footer(
+        "Examples:\n"
+        "  cm report runs/00000-ct-ddpmpp-digits-8-digits\n"
+        "  cm report runs/00001-* runs/00002-* --out compare.html   overlaid, one colour per run\n"
+        "  cm report runs/00003-ct-* --watch 60                     beside a live cm train\n"
+        "Reads config.json, metrics.jsonl, samples/grid-*.png and eval-*.json; writes one HTML\n"
+        "file with inline SVG plots and PNGs (no network, no external files).");
   }
 
   // The command selected, checked.
@@ -642,6 +722,11 @@ struct Parser {
                "needs --task inpaint|colorize|superres|stroke|denoise|interpolate");
       return edit_c;
     }
+    if (report->parsed()) {
+      check_extras(report);
+      CM_CHECK(!report_c.runs.empty(), "needs at least one RUN_DIR");
+      return report_c;
+    }
     if (info->parsed()) {
       check_extras(info);
       check_info(info_c);
@@ -659,7 +744,7 @@ struct Parser {
   // The name of the command being parsed ("" before one is found), for messages.
   std::string command() const {
     if (classifier->parsed()) return classifier_train->parsed() ? "classifier train" : "classifier";
-    for (const CLI::App* a : {train, sample, eval, info, bench, edit})
+    for (const CLI::App* a : {train, sample, eval, info, bench, edit, report})
       if (a->parsed()) return a->get_name();
     return "";
   }

@@ -11,6 +11,7 @@
 //   cm classifier train --data digits|fashion-mnist         runner/evaluate.h
 //   cm info CONFIG | --preset NAME | --presets              runner/main.cpp
 //   cm bench [options]                                      runner/bench.h
+//   cm report RUN_DIR [RUN_DIR ...] [--out FILE] [--watch S] runner/report.h
 #pragma once
 
 #include <cstdint>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "runner/edit_command.h"
+#include "runner/report.h"
 #include "runner/train_command.h"
 #include "tensor/error.h"
 
@@ -111,7 +113,7 @@ struct Help {
 };
 
 using Command = std::variant<Help, TrainCommand, SampleCommand, EvalCommand, ClassifierCommand,
-                             InfoCommand, BenchCommand, EditCommand>;
+                             InfoCommand, BenchCommand, EditCommand, ReportCommand>;
 
 // A command line that does not parse or fails a check that needs no file: exit code 2.
 class UsageError : public Error {

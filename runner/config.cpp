@@ -672,7 +672,29 @@ json resolve_config(const json& user, const std::string& source) {
       // every other rule the typed configuration checks (the network's channel multipliers and
       // attention resolutions, the schedule), reported here, before anything is created
       try {
-        (void)typed_config(out);
+        // the network written out whole (the preset's values included), so that a reader of
+        // config.json needs no preset table; resolving a resolved file changes nothing
+        const nn::SongUNetConfig n = typed_config(out).network;
+        json& net = out["network"];
+        net["img_resolution"] = n.img_resolution;
+        net["in_channels"] = n.in_channels;
+        net["out_channels"] = n.out_channels;
+        net["label_dim"] = n.label_dim;
+        net["augment_dim"] = n.augment_dim;
+        net["model_channels"] = n.model_channels;
+        net["channel_mult"] = n.channel_mult;
+        net["channel_mult_emb"] = n.channel_mult_emb;
+        net["num_blocks"] = n.num_blocks;
+        net["attn_resolutions"] = n.attn_resolutions;
+        net["dropout"] = n.dropout;
+        net["label_dropout"] = n.label_dropout;
+        net["embedding_type"] = n.embedding_type;
+        net["channel_mult_noise"] = n.channel_mult_noise;
+        net["encoder_type"] = n.encoder_type;
+        net["decoder_type"] = n.decoder_type;
+        net["resample_filter"] = n.resample_filter;
+        net["fourier_scale"] = n.fourier_scale;
+        net["memory_format"] = n.memory_format;
       } catch (const Error& e) {
         err("/", e.what());
       }

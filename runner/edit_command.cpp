@@ -1,5 +1,7 @@
 #include "runner/edit_command.h"
 
+#include "runner/progress.h"
+
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -14,6 +16,7 @@
 #include "nn/optim.h"
 #include "runner/cli.h"
 #include "runner/images.h"
+#include "runner/progress.h"
 #include "runner/trainer.h"
 
 namespace fs = std::filesystem;
@@ -195,6 +198,8 @@ int run_edit(const EditCommand& c) {
         recipe["sigma"] = s;
       }
       o.taus = taus;
+      TerminalProgress bar(int64_t(taus.size()), "time points");
+      o.on_point = [&](size_t done) { bar.update(int64_t(done)); };
       const consistency::EditResult r = consistency::edit(f, nc, reference, a, mask, seeds, o);
       degraded = r.degraded;
       result = r.result;

@@ -22,6 +22,7 @@
 #include "runner/sha256.h"
 
 #include "cm_revision.h"  // CM_GIT_REVISION, written at build time by runner/revision.cmake
+#include "runner/progress.h"
 
 namespace fs = std::filesystem;
 
@@ -63,7 +64,8 @@ std::string seed_list(const std::vector<uint64_t>& seeds, size_t limit = 8) {
 }  // namespace
 
 Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seeds, const Sampler& s,
-                       Quantization q, Device dev, int64_t batch, bool allow_nonfinite) {
+                       Quantization q, Device dev, int64_t batch, bool allow_nonfinite,
+                       const std::function<void(int64_t)>& on_batch) {
   CM_CHECK(batch > 0, "generate_images: the batch must be positive, got ", batch);
   NoGradGuard ng;
   const RunConfig& c = m.config;
@@ -113,6 +115,7 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
     }
     Tensor dst = narrow(out, 0, i, len);
     copy_(dst, quantize(images, q));
+    if (on_batch) on_batch(i + len);
   }
   if (nonfinite > 0) {
     std::fprintf(stderr,
@@ -127,9 +130,10 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
 
 Tensor generate_images_on_ranks(const LoadedNetwork& m, const std::vector<uint64_t>& seeds,
                                 const Sampler& s, Quantization q, Device device, int64_t batch,
-                                bool allow_nonfinite, dist::Communicator& comm) {
+                                bool allow_nonfinite, dist::Communicator& comm,
+                                const std::function<void(int64_t)>& on_batch) {
   const int64_t k = comm.size();
-  if (k == 1) return generate_images(m, seeds, s, q, device, batch, allow_nonfinite);
+  if (k == 1) return generate_images(m, seeds, s, q, device, batch, allow_nonfinite, on_batch);
   CM_CHECK(!device.is_cuda(), "sampling on ", k,
            " ranks runs on the CPU in this version (the GPU path is NCCL's, not built yet); "
            "drop --device or run one process");
@@ -137,7 +141,12 @@ Tensor generate_images_on_ranks(const LoadedNetwork& m, const std::vector<uint64
   const int64_t share = (n + k - 1) / k;
   const int64_t begin = std::min(n, share * comm.rank()), end = std::min(n, begin + share);
   const std::vector<uint64_t> mine(seeds.begin() + begin, seeds.begin() + end);
-  const Tensor local = generate_images(m, mine, s, q, device, batch, allow_nonfinite);
+  std::function<void(int64_t)> scaled;
+  if (on_batch && comm.rank() == 0)
+    scaled = [&](int64_t done) {
+      on_batch(std::min(n, done * n / std::max<int64_t>(int64_t(mine.size()), 1)));
+    };
+  const Tensor local = generate_images(m, mine, s, q, device, batch, allow_nonfinite, scaled);
   const RunConfig& c = m.config;
   const Shape one = {c.network.in_channels, c.network.img_resolution, c.network.img_resolution};
   Tensor padded = zeros({share, one[0], one[1], one[2]}, {.dtype = DType::u8});
@@ -467,8 +476,10 @@ int run_eval(const EvalCommand& a) {
       std::printf("sampling %lld images (%s, NFE %lld) from %s%s\n", (long long)n,
                   sampler->name.c_str(), (long long)sampler->nfe, m->weights.c_str(),
                   comm.size() > 1 ? (" on " + std::to_string(comm.size()) + " ranks").c_str() : "");
-    images = generate_images_on_ranks(*m, parse_seeds(a.seeds), *sampler, q, dev, batch,
-                                      a.allow_nonfinite, comm);
+    TerminalProgress bar(n, "images", comm.rank() == 0 && TerminalProgress::stdout_is_terminal());
+    images =
+        generate_images_on_ranks(*m, parse_seeds(a.seeds), *sampler, q, dev, batch,
+                                 a.allow_nonfinite, comm, [&](int64_t done) { bar.update(done); });
     if (comm.rank() != 0) return 0;
   }
   const double sample_s = seconds_since(t_sample);

@@ -32,6 +32,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,16 +62,20 @@ Sampler choose_sampler(const RunConfig& c, const std::string& steps, const std::
 // batch with non-finite values (NaN, Inf) is an error naming how many and the first seeds
 // affected, unless `allow_nonfinite`: then they quantise as quantize() does and a warning is
 // printed on stderr.
+// `on_batch` (when set) is called after each batch with the number of images done so far.
 Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seeds, const Sampler& s,
-                       Quantization q, Device device, int64_t batch, bool allow_nonfinite = false);
+                       Quantization q, Device device, int64_t batch, bool allow_nonfinite = false,
+                       const std::function<void(int64_t)>& on_batch = {});
 
 // generate_images across the ranks of `comm`: rank r draws the r-th of size() contiguous shares of
 // the seeds (on its own device: cuda:<local rank> when `device` is a GPU), and every rank gets all
 // the images, in seed order — the same bytes as one process draws (image k depends only on seed
 // k). A rank that fails ends the job (cm's main aborts it).
+// Rank 0's `on_batch` sees its own share's progress, scaled to the whole job.
 Tensor generate_images_on_ranks(const LoadedNetwork& m, const std::vector<uint64_t>& seeds,
                                 const Sampler& s, Quantization q, Device device, int64_t batch,
-                                bool allow_nonfinite, dist::Communicator& comm);
+                                bool allow_nonfinite, dist::Communicator& comm,
+                                const std::function<void(int64_t)>& on_batch = {});
 
 // What n images of C×H×W need: in memory, the u8 images generate_images holds (n·C·H·W bytes)
 // plus one float batch; on disk (with `files`, as `cm sample` writes them), one PNG per image, the

@@ -6,12 +6,16 @@
 //   cm classifier train --data digits|fashion-mnist      the domain metric's classifier
 //   cm info CONFIG|--preset NAME                         network summary with parameter counts
 //   cm bench [options]                                   speed of forward / CT step / sampling
-// Exit codes: 0 success (and --help), 1 a runtime error, 2 a usage error.
+// Exit codes: 0 done (and --help), 1 the command failed on its input or environment (a cm::Error,
+// a file-system or system error, out of memory), 2 a usage error, 3 an internal error (any other
+// exception: a bug); a signal: 128 + its number.
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <new>
+#include <system_error>
 
 #include "datasets/png.h"
 #include "dist/communicator.h"
@@ -20,6 +24,7 @@
 #include "runner/cli.h"
 #include "runner/evaluate.h"
 #include "runner/images.h"
+#include "runner/progress.h"
 #include "runner/train_command.h"
 #include "runner/trainer.h"
 #include "tensor/cpu/conv_onednn.h"
@@ -48,8 +53,13 @@ int run_sample(const SampleCommand& c) {
                   image_footprint(c.n, ch, res, c.batch, true), available_memory(),
                   available_disk(out.string()), out.string());
   const std::vector<uint64_t> seeds = parse_seeds(c.seeds);
-  const Tensor u8 =
-      generate_images_on_ranks(m, seeds, sampler, q, dev, c.batch, c.allow_nonfinite, comm);
+  Tensor u8;
+  {
+    TerminalProgress bar(int64_t(seeds.size()), "images",
+                         comm.rank() == 0 && TerminalProgress::stdout_is_terminal());
+    u8 = generate_images_on_ranks(m, seeds, sampler, q, dev, c.batch, c.allow_nonfinite, comm,
+                                  [&](int64_t done) { bar.update(done); });
+  }
   if (comm.rank() != 0) return 0;
   fs::create_directories(out);
   for (const std::string& p : nn::remove_stale_temporaries(out.string()))
@@ -142,11 +152,13 @@ int main(int argc, char** argv) {
     // job (K runs): refused until they do.
     if (job.size > 1) {
       dist::Communicator& comm = dist::world();
-      CM_CHECK(!std::holds_alternative<ClassifierCommand>(command) &&
-                   !std::holds_alternative<EditCommand>(command),
-               "started as rank ", comm.rank(), " of ", comm.size(), " (", comm.engine(),
-               "): this version of cm edits and trains classifiers as a single process only "
-               "(train, sample and eval run across ranks); start it without mpirun/srun");
+      CM_CHECK(
+          !std::holds_alternative<ClassifierCommand>(command) &&
+              !std::holds_alternative<EditCommand>(command) &&
+              !std::holds_alternative<ReportCommand>(command),
+          "started as rank ", comm.rank(), " of ", comm.size(), " (", comm.engine(),
+          "): this version of cm edits, reports and trains classifiers as a single process only "
+          "(train, sample and eval run across ranks); start it without mpirun/srun");
     }
     return std::visit(
         [](const auto& c) -> int {
@@ -167,6 +179,8 @@ int main(int argc, char** argv) {
             return run_edit(c);
           } else if constexpr (std::is_same_v<T, InfoCommand>) {
             return run_info(c);
+          } else if constexpr (std::is_same_v<T, ReportCommand>) {
+            return run_report(c);
           } else {
             static_assert(std::is_same_v<T, BenchCommand>);
             return run_bench(c);
@@ -174,14 +188,21 @@ int main(int argc, char** argv) {
         },
         command);
   } catch (const std::exception& e) {
+    // bad input or the environment (1), or a bug (3)
+    const bool expected = dynamic_cast<const Error*>(&e) != nullptr ||
+                          dynamic_cast<const std::system_error*>(&e) != nullptr ||
+                          dynamic_cast<const std::bad_alloc*>(&e) != nullptr;
+    const int rc = expected ? 1 : 3;
+    const std::string what =
+        expected ? e.what() : std::string("internal error (please report it): ") + e.what();
     if (job.size > 1) {
       std::fprintf(stderr, "cm %s (rank %d of %d): %s\n", cmd.c_str(), job.rank, job.size,
-                   e.what());
+                   what.c_str());
       // a failed rank ends the whole job, never leaving the others waiting in a collective
-      if (dist::has_mpi()) dist::world().abort_job(1);
-      return 1;
+      if (dist::has_mpi()) dist::world().abort_job(rc);
+      return rc;
     }
-    std::fprintf(stderr, "cm %s: %s\n", cmd.c_str(), e.what());
-    return 1;
+    std::fprintf(stderr, "cm %s: %s\n", cmd.c_str(), what.c_str());
+    return rc;
   }
 }

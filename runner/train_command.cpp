@@ -1,16 +1,21 @@
 #include "runner/train_command.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <optional>
 
+#include "cm_revision.h"  // CM_GIT_REVISION (runner/revision.cmake)
 #include "nn/atomic_file.h"
 #include "nn/file_io.h"
 #include "nn/safetensors.h"
+#include "runner/progress.h"
 #include "runner/sha256.h"
 #include "runner/trainer.h"
 
@@ -24,17 +29,6 @@ std::string describe(const RunConfig& c) {
   std::string d = c.mode + "-" + c.network_preset;
   if (!c.name.empty()) d += "-" + c.name;
   return d;
-}
-
-std::string format_duration(double s) {
-  char buf[32];
-  if (s < 60)
-    std::snprintf(buf, sizeof buf, "%.0fs", s);
-  else if (s < 3600)
-    std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(s) % 60);
-  else
-    std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
-  return buf;
 }
 
 // The resolved configuration, written atomically, so that a kill leaves the old file or the new.
@@ -172,6 +166,22 @@ int run_train(const TrainCommand& c) {
   if (writer) metrics_file.emplace(run.path() / "metrics.jsonl", checkpoint.has_value());
   MetricsWriter nowhere;
   MetricsWriter& metrics = metrics_file ? *metrics_file : nowhere;
+  {
+    // provenance of this start (cm report's table): "from_step", not "step", so that the lines
+    // with a "step" stay one per logged step
+    char host[256] = "";
+    if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+    const std::time_t now = std::time(nullptr);
+    char date[32];
+    std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+    metrics.write({{"event", "start"},
+                   {"from_step", trainer.step()},
+                   {"date", date},
+                   {"cm_revision", CM_GIT_REVISION},
+                   {"device", cfg.device.str()},
+                   {"world_size", comm.size()},
+                   {"host", host}});
+  }
   const auto t_start = std::chrono::steady_clock::now();
   auto last = t_start;
   const int64_t first = trainer.step();
@@ -200,15 +210,9 @@ int run_train(const TrainCommand& c) {
     const double elapsed = std::chrono::duration<double>(now - t_start).count();
     const double rate = double(k - first) / std::max(elapsed, 1e-9);
     if (log.interactive()) {
-      const double frac = double(k) / double(cfg.train.steps);
-      const int width = 30, filled = int(frac * width);
-      char bar[160];
-      std::snprintf(bar, sizeof bar, "[%s%s] %lld/%lld loss %.4g  %.1f it/s  ETA %s",
-                    std::string(size_t(filled), '#').c_str(),
-                    std::string(size_t(width - filled), '.').c_str(), (long long)k,
-                    (long long)cfg.train.steps, st.loss, rate,
-                    format_duration(double(cfg.train.steps - k) / std::max(rate, 1e-9)).c_str());
-      log.progress(bar);
+      char loss_s[48];
+      std::snprintf(loss_s, sizeof loss_s, "loss %.4g", st.loss);
+      log.progress(progress_bar(k, cfg.train.steps, "steps", rate, loss_s));
     }
     if (k % cfg.train.log_every == 0 || k == cfg.train.steps) {
       const double dt = std::chrono::duration<double>(now - last).count() / double(k - last_step);

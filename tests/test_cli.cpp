@@ -215,6 +215,11 @@ TEST_SUITE("cli") {
     check_fails({"classifier", "test"}, {"expected the subcommand train, got test"});
     check_fails({"classifier", "train"}, {"needs --data"});
     check_fails({"frobnicate"}, {"unknown command frobnicate", "usage:"});
+    check_fails({"report"}, {"cm report", "needs at least one RUN_DIR"});
+    check_fails({"report", "x", "--watch", "-3"}, {"--watch"});
+    check_fails({"report", "x", "--bogus"}, {"unknown option --bogus"});
+    check_fails({"report", "/no/such/run"}, {"cm report", "/no/such/run", "not a run directory"},
+                1);
     check_fails({}, {"expected a command", "usage:"});
   }
 
@@ -239,6 +244,18 @@ TEST_SUITE("cli") {
         {{"sample", "x", "--n", "3", "-h"}, {"--n"}},
         {{"bench", "--help"}, {"--bucket-mb"}},
         {{"edit", "--help"}, {"--teacher-steps", "builtin:center|left|top|letter[:X]|boxes[:K]"}},
+        {{"report", "--help"}, {"RUN_DIR", "--out", "--watch", "self-contained HTML"}},
+        // every command's help ends with examples of it
+        {{"train", "--help"}, {"Examples:", "  cm train configs/default.json", "mpirun -np 4"}},
+        {{"sample", "--help"}, {"Examples:", "  cm sample runs/"}},
+        {{"eval", "--help"}, {"Examples:", "  cm eval --ref-only"}},
+        {{"classifier", "train", "--help"}, {"Examples:", "  cm classifier train --data digits"}},
+        {{"edit", "--help"}, {"Examples:", "  cm edit RUN --task colorize"}},
+        {{"info", "--help"}, {"Examples:", "  cm info --presets"}},
+        {{"bench", "--help"}, {"Examples:", "  cm bench --network"}},
+        {{"report", "--help"}, {"Examples:", "  cm report runs/"}},
+        {{"--help"},
+         {"cm report RUN_DIR", "exit codes: 0 done", "2 a usage error", "3 an internal"}},
         // the build: revision, build type, CUDA, MPI, NCCL, the CPU's kernels
         {{"--version"}, {"cm ", " build)", "CUDA: ", "MPI: ", "NCCL: ", "CPU: convolutions"}},
     };

@@ -674,6 +674,41 @@ TEST_SUITE("datasets") {
     CHECK(values_of(load_dataset("digits").images) == values_of(ds.images));
   }
 
+  TEST_CASE("tint: each gray image in its class's colour, labels kept") {
+    const ImageDataset gray = load_digits_csv(digits_path());
+    const ImageDataset ds = load_dataset("tint:digits");
+    REQUIRE(ds.images.shape() == Shape{1797, 3, 8, 8});
+    CHECK(ds.images.dtype() == DType::u8);
+    CHECK(ds.num_classes == 10);
+    CHECK(ds.labels.to_vector<int64_t>() == gray.labels.to_vector<int64_t>());
+    CHECK(ds.source == "tint:digits");
+    // Every pixel: round(v·c/255) in integers, from the palette by the label.
+    const std::vector<double> g = gray.images.to_vector<double>();
+    const std::vector<double> t = ds.images.to_vector<double>();
+    const std::vector<int64_t> labels = gray.labels.to_vector<int64_t>();
+    size_t wrong = 0;
+    for (size_t i = 0; i < 1797; ++i)
+      for (size_t c = 0; c < 3; ++c)
+        for (size_t p = 0; p < 64; ++p) {
+          const double v = g[i * 64 + p];
+          const double colour = tint_palette()[size_t(labels[i])][c];
+          wrong += t[(i * 3 + c) * 64 + p] != std::round(v * colour / 255.0);
+        }
+    CHECK(wrong == 0);
+    // Ten distinct colours, none gray: colorization has something to recover.
+    for (size_t a = 0; a < 10; ++a) {
+      const auto& ca = tint_palette()[a];
+      CHECK_FALSE((ca[0] == ca[1] && ca[1] == ca[2]));
+      for (size_t b = a + 1; b < 10; ++b) CHECK(ca != tint_palette()[b]);
+    }
+    // An RGB or an unlabelled set cannot be tinted.
+    CHECK_ERROR_MENTIONS(tint_by_class(ds), "tint_by_class", "tint:digits", "3 channels");
+    ImageDataset unlabelled = gray;
+    unlabelled.num_classes = 0;
+    CHECK_ERROR_MENTIONS(tint_by_class(unlabelled), "no labels");
+    CHECK_ERROR_MENTIONS(load_dataset("tint:"), "needs a gray, labelled data set");
+  }
+
   TEST_CASE("digits: malformed CSV files are cm::Errors naming the file and line") {
     TempDir dir;
     std::string ok_line;

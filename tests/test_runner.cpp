@@ -164,6 +164,36 @@ TEST_SUITE("runner") {
     CHECK(n >= 8);
   }
 
+  TEST_CASE("config.json holds the network whole: every field of the preset, resolved once") {
+    json j = tiny("ct");
+    j["network"] = {{"preset", "ddpmpp-small-28"}, {"model_channels", 16}};
+    const json r = resolve_config(j, "test.json");
+    const nn::SongUNetConfig p = nn::songunet_preset("ddpmpp-small-28");
+    const json& n = r["network"];
+    CHECK(n["preset"] == "ddpmpp-small-28");
+    CHECK(n["model_channels"] == 16);  // the override
+    CHECK(n["img_resolution"] == p.img_resolution);
+    CHECK(n["in_channels"] == p.in_channels);
+    CHECK(n["out_channels"] == p.out_channels);
+    CHECK(n["channel_mult"] == json(p.channel_mult));
+    CHECK(n["num_blocks"] == p.num_blocks);
+    CHECK(n["attn_resolutions"] == json(p.attn_resolutions));
+    CHECK(n["dropout"] == p.dropout);
+    CHECK(n["embedding_type"] == p.embedding_type);
+    CHECK(n["encoder_type"] == p.encoder_type);
+    CHECK(n["resample_filter"] == json(p.resample_filter));
+    CHECK(n["memory_format"] == p.memory_format);
+    // every field of the network is written (a reader needs no preset table)
+    for (const char* k : {"label_dim", "augment_dim", "channel_mult_emb", "label_dropout",
+                          "channel_mult_noise", "decoder_type", "fourier_scale"})
+      CHECK_MESSAGE(n.contains(k), k);
+    // resolving the resolved file changes nothing, and builds the same network
+    CHECK(resolve_config(r, "config.json") == r);
+    const RunConfig a = typed_config(r), b = typed_config(resolve_config(j, "test.json"));
+    CHECK(a.network.model_channels == b.network.model_channels);
+    CHECK(a.network.channel_mult == b.network.channel_mult);
+  }
+
   TEST_CASE("--set overrides reach nested fields and parse JSON values") {
     json j = tiny("ct");
     apply_overrides(j, {"train.lr=2e-4", "consistency.schedule=fixed", "network.channel_mult=[1,1]",
