@@ -47,7 +47,7 @@ Scalings scalings(double sigma, Parameterization p, NoiseLabels labels, const No
   return s;
 }
 
-Denoiser::Denoiser(const nn::SongUNet& net, Parameterization p, NoiseLabels labels,
+Denoiser::Denoiser(const nn::Network& net, Parameterization p, NoiseLabels labels,
                    const NoiseConstants& c, std::optional<DType> compute_dtype)
     : net_(net), p_(p), labels_(labels), c_(c), compute_(compute_dtype) {
   CM_CHECK(!compute_dtype || is_floating(*compute_dtype),

@@ -1,7 +1,8 @@
 // The EDM parameterisation shared by the teacher and the consistency model (paper App. C;
 // shared/spec/consistency-models.md §1): the Karras noise grid, the skip/out/in scalings with and
 // without the σ_min boundary offset, the noise-label conventions, and the denoiser
-// D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ)) around a SongUNet.
+// D(x, σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x, c_noise(σ)) around a network (SongUNet or ADM
+// U-Net).
 #pragma once
 
 #include <optional>
@@ -49,16 +50,16 @@ Scalings scalings(double sigma, Parameterization p, NoiseLabels labels, const No
 // `compute_dtype` (default: x's dtype; bf16/f16 for mixed precision with f32 master weights).
 class Denoiser {
  public:
-  Denoiser(const nn::SongUNet& net, Parameterization p, NoiseLabels labels, const NoiseConstants& c,
+  Denoiser(const nn::Network& net, Parameterization p, NoiseLabels labels, const NoiseConstants& c,
            std::optional<DType> compute_dtype = std::nullopt);
   Tensor operator()(const Tensor& x, const Tensor& sigma, const Tensor& class_labels = {},
                     const nn::ForwardContext& ctx = {}) const;
-  const nn::SongUNet& net() const { return net_; }
+  const nn::Network& net() const { return net_; }
   Parameterization parameterization() const { return p_; }
   const NoiseConstants& constants() const { return c_; }
 
  private:
-  const nn::SongUNet& net_;
+  const nn::Network& net_;
   Parameterization p_;
   NoiseLabels labels_;
   NoiseConstants c_;

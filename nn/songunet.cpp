@@ -48,10 +48,16 @@ std::vector<std::string> songunet_preset_names() {
           "ddpmpp-digits-8"};
 }
 
+MemoryFormat resolve_memory_format(const std::string& option, const Backend& backend) {
+  if (option == "channels_last") return MemoryFormat::ChannelsLast;
+  if (option == "contiguous") return MemoryFormat::Contiguous;
+  CM_CHECK(option == "auto", "memory_format must be \"auto\", \"contiguous\" or ",
+           "\"channels_last\", got \"", option, "\"");
+  return backend.preferred_conv_format();
+}
+
 MemoryFormat SongUNetConfig::activation_format(const Backend& backend) const {
-  if (memory_format == "channels_last") return MemoryFormat::ChannelsLast;
-  if (memory_format == "contiguous") return MemoryFormat::Contiguous;
-  return backend.preferred_conv_format();  // "auto"
+  return resolve_memory_format(memory_format, backend);
 }
 
 SongUNetConfig songunet_preset(const std::string& name) {

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "nn/layers.h"
+#include "nn/network.h"
 
 namespace cm::nn {
 
@@ -45,15 +45,19 @@ struct SongUNetConfig {
 SongUNetConfig songunet_preset(const std::string& name);
 std::vector<std::string> songunet_preset_names();
 
-class SongUNet : public Module {
+class SongUNet : public Network {
  public:
   SongUNet(const SongUNetConfig& cfg, Generator& gen);
   // x [N, in, R, R], noise_labels [N], class_labels [N, label_dim] (or undefined),
   // augment_labels [N, augment_dim] (or undefined) -> [N, out, R, R].
   Tensor forward(const Tensor& x, const Tensor& noise_labels, const Tensor& class_labels = {},
-                 const Tensor& augment_labels = {}, const ForwardContext& ctx = {}) const;
+                 const Tensor& augment_labels = {}, const ForwardContext& ctx = {}) const override;
   std::string type_name() const override { return "SongUNet"; }
   const SongUNetConfig& config() const { return cfg_; }
+  int64_t img_resolution() const override { return cfg_.img_resolution; }
+  int64_t in_channels() const override { return cfg_.in_channels; }
+  int64_t out_channels() const override { return cfg_.out_channels; }
+  int64_t label_dim() const override { return cfg_.label_dim; }
 
  private:
   enum class Kind { Conv, Block, AuxDown, AuxSkip, AuxResidual, AuxUp, AuxNorm, AuxConv };

@@ -13,6 +13,7 @@
 #include "dist/reducer.h"
 #include "nn/ema.h"
 #include "nn/optim.h"
+#include "runner/config.h"
 #include "tensor/cpu/blas.h"
 #include "tensor/cpu/conv_onednn.h"
 
@@ -48,9 +49,10 @@ int run_bench(const BenchCommand& command) {
                                                : DType::f32;
 
   Generator gen(0);
-  nn::SongUNetConfig cfg = nn::songunet_preset(o.network);
-  cfg.memory_format = o.memory_format;
-  nn::SongUNet net(cfg, gen), target(cfg, gen);
+  NetworkConfig cfg = network_from_preset(o.network);
+  cfg.songunet.memory_format = cfg.adm.memory_format = o.memory_format;
+  const std::unique_ptr<nn::Network> net_ptr = cfg.make(gen), target_ptr = cfg.make(gen);
+  nn::Network &net = *net_ptr, &target = *target_ptr;
   net.to(dev);
   target.to(dev);
   if (o.flat) {
@@ -60,11 +62,18 @@ int run_bench(const BenchCommand& command) {
   nn::Ema target_ema(net.parameters(), target.parameters(), nn::EmaDecay::fixed(0.99));
   nn::RAdam opt(net.parameters(), {.lr = 1e-4});
   const consistency::NoiseConstants nc;
-  const consistency::Denoiser f(net, consistency::Parameterization::Consistency,
-                                consistency::NoiseLabels::EdmLog4, nc, compute);
+  const consistency::Denoiser f(net, consistency::Parameterization::Consistency, cfg.noise_labels,
+                                nc, compute);
   const consistency::Denoiser ft(target, consistency::Parameterization::Consistency,
-                                 consistency::NoiseLabels::EdmLog4, nc, compute);
-  const Shape shape = {o.batch, cfg.in_channels, cfg.img_resolution, cfg.img_resolution};
+                                 cfg.noise_labels, nc, compute);
+  const Shape shape = {o.batch, cfg.in_channels(), cfg.img_resolution(), cfg.img_resolution()};
+  // a class-conditional network gets one-hot labels cycling through the classes
+  Tensor labels;
+  if (const int64_t classes = cfg.label_dim(); classes > 0) {
+    std::vector<float> l(size_t(o.batch * classes), 0.f);
+    for (int64_t i = 0; i < o.batch; ++i) l[size_t(i * classes + i % classes)] = 1.f;
+    labels = from_vector(l, {o.batch, classes}, {.device = dev});
+  }
   Generator data(1), dropout(2);
   const Tensor x = clamp(randn(shape, {.device = dev}, &data), -1.0, 1.0);
   const std::vector<double> sigmas = consistency::karras_sigmas(18, nc);
@@ -80,7 +89,7 @@ int run_bench(const BenchCommand& command) {
       const double s = c == "sample" ? nc.sigma_max : 1.0;
       run = [&, s] {
         NoGradGuard ng;
-        f(c == "sample" ? mul(x, s) : x, full({o.batch}, s, {.device = dev}));
+        f(c == "sample" ? mul(x, s) : x, full({o.batch}, s, {.device = dev}), labels);
       };
     } else if (c == "ct") {
       net.train();
@@ -99,7 +108,7 @@ int run_bench(const BenchCommand& command) {
         extra = b;
       }
       run = [&] {
-        consistency::StepLoss r = consistency::ct_loss(f, ft, x, {}, sigmas, {}, data, dropout);
+        consistency::StepLoss r = consistency::ct_loss(f, ft, x, labels, sigmas, {}, data, dropout);
         if (reducer) reducer->prepare();
         r.loss.backward();
         if (reducer) reducer->finish();
@@ -147,7 +156,7 @@ int run_bench(const BenchCommand& command) {
     }
     if (c == "ct" && reducer && dist::world().rank() != 0) continue;
     // What ran the convolutions and the products: every figure says which kernels it measured.
-    const MemoryFormat format = cfg.activation_format(be);
+    const MemoryFormat format = nn::resolve_memory_format(o.memory_format, be);
     const std::string conv = dev.is_cuda() ? "cudnn" : cpu::onednn::conv_backend_name();
     const std::string blas = dev.is_cuda() ? "cublas" : "openblas " + cpu::blas::core_name();
     std::printf(

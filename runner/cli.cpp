@@ -15,6 +15,7 @@
 #include "cm_revision.h"  // CM_GIT_REVISION (runner/revision.cmake)
 #include "dist/communicator.h"
 #include "nn/songunet.h"
+#include "runner/config.h"
 #include "tensor/backend.h"
 #include "tensor/cpu/blas.h"
 #include "tensor/cpu/conv_onednn.h"
@@ -547,7 +548,7 @@ struct Parser {
         ->type_name("FILE");
     option(info, "--preset", "NAME", "", "a network preset (see --presets)",
            [this](const std::string& v) {
-             checked("--preset", v, [&] { nn::songunet_preset(v); });
+             checked("--preset", v, [&] { network_from_preset(v); });
              info_c.preset = v;
            });
     info->add_flag("--presets", info_c.presets, "list the network presets");
@@ -557,7 +558,7 @@ struct Parser {
     configure(bench);
     option(bench, "--network", "NAME", bench_c.network, "a network preset (cm info --presets)",
            [this](const std::string& v) {
-             checked("--network", v, [&] { nn::songunet_preset(v); });
+             checked("--network", v, [&] { network_from_preset(v); });
              bench_c.network = v;
            });
     add_device(bench, bench_c.device);

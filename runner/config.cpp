@@ -138,6 +138,42 @@ std::vector<Field> build_schema() {
        {},
        "",
        true},
+      {"/network/type",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {"songunet", "adm"},
+       {},
+       "the network family, given by the preset",
+       true},
+      {"/network/noise_labels",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {"edm", "adm"},
+       {},
+       "c_noise: ln(sigma)/4 (edm, SongUNet's default) or 250 ln(sigma) (adm, ADM's default)",
+       true},
+      // ADM's U-Net (type "adm"), with the reference scripts' flag names
+      {"/network/num_res_blocks", Kind::Int, nullptr, 1, 64, {}, {}, "", true},
+      {"/network/attention_resolutions", Kind::IntList, nullptr, 1, 4096, {}, {}, "", true},
+      {"/network/conv_resample", Kind::Bool, nullptr, -inf, inf, {}, {}, "", true},
+      {"/network/num_heads", Kind::Int, nullptr, 1, 1024, {}, {}, "", true},
+      {"/network/num_head_channels", Kind::Int, nullptr, -1, 4096, {}, {}, "", true},
+      {"/network/num_heads_upsample", Kind::Int, nullptr, -1, 1024, {}, {}, "", true},
+      {"/network/use_scale_shift_norm", Kind::Bool, nullptr, -inf, inf, {}, {}, "", true},
+      {"/network/resblock_updown", Kind::Bool, nullptr, -inf, inf, {}, {}, "", true},
+      {"/network/attention_split",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {"flash", "legacy"},
+       {},
+       "",
+       true},
 
       {"/train", Kind::Object, json::object(), -inf, inf, {}, {}, "the optimisation"},
       {"/train/steps", Kind::Int, 2000, 1, 1e12, {}, {}, "training iterations"},
@@ -543,6 +579,64 @@ void apply_overrides(json& user, const std::vector<std::string>& sets) {
   }
 }
 
+namespace {
+// The keys of /network that only one family takes.
+const std::vector<const char*> kSongUNetOnlyKeys = {
+    "augment_dim",   "channel_mult_emb", "num_blocks",         "attn_resolutions",
+    "label_dropout", "embedding_type",   "channel_mult_noise", "encoder_type",
+    "decoder_type",  "resample_filter",  "fourier_scale"};
+const std::vector<const char*> kAdmOnlyKeys = {
+    "num_res_blocks",    "attention_resolutions", "conv_resample",        "num_heads",
+    "num_head_channels", "num_heads_upsample",    "use_scale_shift_norm", "resblock_updown",
+    "attention_split"};
+
+// "songunet" or "adm" for a preset name, "" for an unknown one.
+std::string network_type_of(const std::string& preset) {
+  for (const std::string& n : nn::songunet_preset_names())
+    if (n == preset) return "songunet";
+  for (const std::string& n : nn::adm_unet_preset_names())
+    if (n == preset) return "adm";
+  return "";
+}
+std::string known_presets() {
+  std::string known;
+  for (const std::string& n : nn::songunet_preset_names()) known += (known.empty() ? "" : ", ") + n;
+  for (const std::string& n : nn::adm_unet_preset_names()) known += ", " + n;
+  return known;
+}
+}  // namespace
+
+int64_t NetworkConfig::img_resolution() const {
+  return type == "adm" ? adm.image_size : songunet.img_resolution;
+}
+int64_t NetworkConfig::in_channels() const {
+  return type == "adm" ? adm.in_channels : songunet.in_channels;
+}
+int64_t NetworkConfig::out_channels() const {
+  return type == "adm" ? adm.out_channels : songunet.out_channels;
+}
+int64_t NetworkConfig::label_dim() const {
+  return type == "adm" ? adm.num_classes : songunet.label_dim;
+}
+NetworkConfig network_from_preset(const std::string& preset) {
+  NetworkConfig c;
+  c.preset = preset;
+  c.type = network_type_of(preset);
+  CM_CHECK(!c.type.empty(), "unknown network \"", preset, "\" (known: ", known_presets(), ")");
+  if (c.type == "adm") {
+    c.adm = nn::adm_unet_preset(preset);
+    c.noise_labels = consistency::NoiseLabels::Adm250;
+  } else {
+    c.songunet = nn::songunet_preset(preset);
+  }
+  return c;
+}
+
+std::unique_ptr<nn::Network> NetworkConfig::make(Generator& gen) const {
+  if (type == "adm") return std::make_unique<nn::AdmUNet>(adm, gen);
+  return std::make_unique<nn::SongUNet>(songunet, gen);
+}
+
 json resolve_config(const json& user, const std::string& source) {
   std::vector<std::string> errors;
   auto err = [&](const std::string& path, const std::string& msg) {
@@ -661,12 +755,26 @@ json resolve_config(const json& user, const std::string& source) {
                                       k["distance"].get<std::string>() + "\")");
       }
     }
-    try {
-      const json net = out["network"];
-      nn::SongUNetConfig c = nn::songunet_preset(net["preset"].get<std::string>());
-      (void)c;
-    } catch (const Error& e) {
-      err("/network/preset", e.what());
+    {
+      // the preset names the family; each family takes its own keys
+      const json& net = out["network"];
+      const std::string preset = net["preset"];
+      const std::string type = network_type_of(preset);
+      if (type.empty()) {
+        err("/network/preset",
+            "unknown network \"" + preset + "\" (known: " + known_presets() + ")");
+      } else {
+        if (net.contains("type") && net["type"] != type)
+          err("/network/type", "\"" + net["type"].get<std::string>() +
+                                   "\" does not match preset \"" + preset + "\" (a " + type +
+                                   " network)");
+        const auto& other = type == "adm" ? kSongUNetOnlyKeys : kAdmOnlyKeys;
+        for (const char* k : other)
+          if (net.contains(k))
+            err(std::string("/network/") + k,
+                "applies only to " + std::string(type == "adm" ? "SongUNet" : "ADM") +
+                    " networks (preset \"" + preset + "\" is a " + type + " network)");
+      }
     }
     if (errors.empty()) {
       // every other rule the typed configuration checks (the network's channel multipliers and
@@ -674,27 +782,51 @@ json resolve_config(const json& user, const std::string& source) {
       try {
         // the network written out whole (the preset's values included), so that a reader of
         // config.json needs no preset table; resolving a resolved file changes nothing
-        const nn::SongUNetConfig n = typed_config(out).network;
+        const NetworkConfig t = typed_config(out).network;
         json& net = out["network"];
-        net["img_resolution"] = n.img_resolution;
-        net["in_channels"] = n.in_channels;
-        net["out_channels"] = n.out_channels;
-        net["label_dim"] = n.label_dim;
-        net["augment_dim"] = n.augment_dim;
-        net["model_channels"] = n.model_channels;
-        net["channel_mult"] = n.channel_mult;
-        net["channel_mult_emb"] = n.channel_mult_emb;
-        net["num_blocks"] = n.num_blocks;
-        net["attn_resolutions"] = n.attn_resolutions;
-        net["dropout"] = n.dropout;
-        net["label_dropout"] = n.label_dropout;
-        net["embedding_type"] = n.embedding_type;
-        net["channel_mult_noise"] = n.channel_mult_noise;
-        net["encoder_type"] = n.encoder_type;
-        net["decoder_type"] = n.decoder_type;
-        net["resample_filter"] = n.resample_filter;
-        net["fourier_scale"] = n.fourier_scale;
-        net["memory_format"] = n.memory_format;
+        net["type"] = t.type;
+        net["noise_labels"] = t.noise_labels == consistency::NoiseLabels::Adm250 ? "adm" : "edm";
+        if (t.type == "adm") {
+          const nn::AdmUNetConfig& a = t.adm;
+          net["img_resolution"] = a.image_size;
+          net["in_channels"] = a.in_channels;
+          net["out_channels"] = a.out_channels;
+          net["label_dim"] = a.num_classes;
+          net["model_channels"] = a.model_channels;
+          net["channel_mult"] = a.channel_mult;
+          net["num_res_blocks"] = a.num_res_blocks;
+          net["attention_resolutions"] = a.attention_resolutions;
+          net["dropout"] = a.dropout;
+          net["conv_resample"] = a.conv_resample;
+          net["num_heads"] = a.num_heads;
+          net["num_head_channels"] = a.num_head_channels;
+          net["num_heads_upsample"] = a.num_heads_upsample;
+          net["use_scale_shift_norm"] = a.use_scale_shift_norm;
+          net["resblock_updown"] = a.resblock_updown;
+          net["attention_split"] = a.attention_split;
+          net["memory_format"] = a.memory_format;
+        } else {
+          const nn::SongUNetConfig& n = t.songunet;
+          net["img_resolution"] = n.img_resolution;
+          net["in_channels"] = n.in_channels;
+          net["out_channels"] = n.out_channels;
+          net["label_dim"] = n.label_dim;
+          net["augment_dim"] = n.augment_dim;
+          net["model_channels"] = n.model_channels;
+          net["channel_mult"] = n.channel_mult;
+          net["channel_mult_emb"] = n.channel_mult_emb;
+          net["num_blocks"] = n.num_blocks;
+          net["attn_resolutions"] = n.attn_resolutions;
+          net["dropout"] = n.dropout;
+          net["label_dropout"] = n.label_dropout;
+          net["embedding_type"] = n.embedding_type;
+          net["channel_mult_noise"] = n.channel_mult_noise;
+          net["encoder_type"] = n.encoder_type;
+          net["decoder_type"] = n.decoder_type;
+          net["resample_filter"] = n.resample_filter;
+          net["fourier_scale"] = n.fourier_scale;
+          net["memory_format"] = n.memory_format;
+        }
       } catch (const Error& e) {
         err("/", e.what());
       }
@@ -724,9 +856,13 @@ RunConfig typed_config(const json& r) {
   c.data = {d.at("dataset"), d.at("flip"), d.at("labels")};
 
   const json& n = r.at("network");
-  c.network_preset = n.at("preset");
-  nn::SongUNetConfig& net = c.network;
-  net = nn::songunet_preset(c.network_preset);
+  NetworkConfig& network = c.network;
+  network.preset = n.at("preset");
+  network.type = network_type_of(network.preset);
+  CM_CHECK(!network.type.empty(), "/network/preset: unknown network \"", network.preset,
+           "\" (known: ", known_presets(), ")");
+  network.noise_labels = consistency::parse_noise_labels(
+      n.value("noise_labels", network.type == "adm" ? "adm" : "edm"));
   auto get_i = [&](const char* k, int64_t& v) {
     if (n.contains(k)) v = n[k].get<int64_t>();
   };
@@ -736,28 +872,59 @@ RunConfig typed_config(const json& r) {
   auto get_s = [&](const char* k, std::string& v) {
     if (n.contains(k)) v = n[k].get<std::string>();
   };
-  get_i("img_resolution", net.img_resolution);
-  get_i("in_channels", net.in_channels);
-  get_i("out_channels", net.out_channels);
-  get_i("label_dim", net.label_dim);
-  get_i("augment_dim", net.augment_dim);
-  get_i("model_channels", net.model_channels);
-  if (n.contains("channel_mult")) net.channel_mult = n["channel_mult"].get<std::vector<int64_t>>();
-  get_i("channel_mult_emb", net.channel_mult_emb);
-  get_i("num_blocks", net.num_blocks);
-  if (n.contains("attn_resolutions"))
-    net.attn_resolutions = n["attn_resolutions"].get<std::vector<int64_t>>();
-  get_d("dropout", net.dropout);
-  get_d("label_dropout", net.label_dropout);
-  get_s("embedding_type", net.embedding_type);
-  get_i("channel_mult_noise", net.channel_mult_noise);
-  get_s("encoder_type", net.encoder_type);
-  get_s("decoder_type", net.decoder_type);
-  if (n.contains("resample_filter"))
-    net.resample_filter = n["resample_filter"].get<std::vector<double>>();
-  get_d("fourier_scale", net.fourier_scale);
-  get_s("memory_format", net.memory_format);
-  net.validate();
+  auto get_b = [&](const char* k, bool& v) {
+    if (n.contains(k)) v = n[k].get<bool>();
+  };
+  if (network.type == "adm") {
+    nn::AdmUNetConfig& net = network.adm;
+    net = nn::adm_unet_preset(network.preset);
+    get_i("img_resolution", net.image_size);
+    get_i("in_channels", net.in_channels);
+    get_i("out_channels", net.out_channels);
+    get_i("label_dim", net.num_classes);
+    get_i("model_channels", net.model_channels);
+    if (n.contains("channel_mult"))
+      net.channel_mult = n["channel_mult"].get<std::vector<int64_t>>();
+    get_i("num_res_blocks", net.num_res_blocks);
+    if (n.contains("attention_resolutions"))
+      net.attention_resolutions = n["attention_resolutions"].get<std::vector<int64_t>>();
+    get_d("dropout", net.dropout);
+    get_b("conv_resample", net.conv_resample);
+    get_i("num_heads", net.num_heads);
+    get_i("num_head_channels", net.num_head_channels);
+    get_i("num_heads_upsample", net.num_heads_upsample);
+    get_b("use_scale_shift_norm", net.use_scale_shift_norm);
+    get_b("resblock_updown", net.resblock_updown);
+    get_s("attention_split", net.attention_split);
+    get_s("memory_format", net.memory_format);
+    net.validate();
+  } else {
+    nn::SongUNetConfig& net = network.songunet;
+    net = nn::songunet_preset(network.preset);
+    get_i("img_resolution", net.img_resolution);
+    get_i("in_channels", net.in_channels);
+    get_i("out_channels", net.out_channels);
+    get_i("label_dim", net.label_dim);
+    get_i("augment_dim", net.augment_dim);
+    get_i("model_channels", net.model_channels);
+    if (n.contains("channel_mult"))
+      net.channel_mult = n["channel_mult"].get<std::vector<int64_t>>();
+    get_i("channel_mult_emb", net.channel_mult_emb);
+    get_i("num_blocks", net.num_blocks);
+    if (n.contains("attn_resolutions"))
+      net.attn_resolutions = n["attn_resolutions"].get<std::vector<int64_t>>();
+    get_d("dropout", net.dropout);
+    get_d("label_dropout", net.label_dropout);
+    get_s("embedding_type", net.embedding_type);
+    get_i("channel_mult_noise", net.channel_mult_noise);
+    get_s("encoder_type", net.encoder_type);
+    get_s("decoder_type", net.decoder_type);
+    if (n.contains("resample_filter"))
+      net.resample_filter = n["resample_filter"].get<std::vector<double>>();
+    get_d("fourier_scale", net.fourier_scale);
+    get_s("memory_format", net.memory_format);
+    net.validate();
+  }
 
   const json& t = r.at("train");
   TrainConfig& tc = c.train;

@@ -7,10 +7,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "consistency/training.h"
+#include "nn/adm_unet.h"
 #include "nn/songunet.h"
 
 namespace cm::runner {
@@ -84,6 +86,28 @@ struct SampleConfig {
   int64_t teacher_steps = 18;         // EDM Heun steps for teacher (mode edm) grids
 };
 
+// The network of a run: EDM's SongUNet or ADM's U-Net (network.type, given by the preset's
+// family), with its noise-label convention.
+struct NetworkConfig {
+  std::string type = "songunet";  // "songunet" or "adm"
+  std::string preset;
+  nn::SongUNetConfig songunet;  // type "songunet"
+  nn::AdmUNetConfig adm;        // type "adm"
+  // c_noise(σ): ln σ / 4 (EDM's, the default of SongUNet) or 250·ln σ (the reference's ImageNet
+  // and LSUN code, the default of ADM); network.noise_labels "edm" or "adm".
+  consistency::NoiseLabels noise_labels = consistency::NoiseLabels::EdmLog4;
+
+  int64_t img_resolution() const;
+  int64_t in_channels() const;
+  int64_t out_channels() const;
+  int64_t label_dim() const;  // classes of a class-conditional network, 0 otherwise
+  std::unique_ptr<nn::Network> make(Generator& gen) const;
+};
+
+// A preset's network with its defaults ("ddpmpp-cifar10", "adm-imagenet64", ...); errors list the
+// known names.
+NetworkConfig network_from_preset(const std::string& preset);
+
 struct RunConfig {
   std::string mode;  // "ct", "cd", "edm"
   std::string name;
@@ -92,8 +116,7 @@ struct RunConfig {
   DType precision = DType::f32;  // compute dtype of the network
   bool tf32 = false;             // f32 matrix products and convolutions in TF32 (precision "tf32")
   DataConfig data;
-  nn::SongUNetConfig network;
-  std::string network_preset;
+  NetworkConfig network;
   TrainConfig train;
   ConsistencyConfig cons;
   consistency::EdmLossOptions edm;

@@ -94,7 +94,7 @@ int run_edit(const EditCommand& c) {
   const Device dev = Device::parse(c.device);
   LoadedNetwork m = load_network(c.source, c.weights, dev, c.allow_nonfinite);
   const RunConfig& cfg = m.config;
-  const int64_t C = cfg.network.in_channels, R = cfg.network.img_resolution;
+  const int64_t C = cfg.network.in_channels(), R = cfg.network.img_resolution();
   const consistency::NoiseConstants& nc = cfg.noise;
   // f of Algorithm 4: the consistency model, or an EDM teacher's ODE solved from each τ (the
   // function a consistency model distils), run through the same algorithm as a baseline
@@ -102,7 +102,7 @@ int run_edit(const EditCommand& c) {
   const consistency::Denoiser net(
       *m.net,
       teacher ? consistency::Parameterization::Edm : consistency::Parameterization::Consistency,
-      consistency::NoiseLabels::EdmLog4, nc);
+      cfg.network.noise_labels, nc);
   const consistency::EditFunction f = teacher
                                           ? consistency::teacher_ode_function(net, c.teacher_steps)
                                           : consistency::consistency_function(net);

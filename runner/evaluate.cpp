@@ -69,7 +69,8 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
   CM_CHECK(batch > 0, "generate_images: the batch must be positive, got ", batch);
   NoGradGuard ng;
   const RunConfig& c = m.config;
-  const Shape img = {c.network.in_channels, c.network.img_resolution, c.network.img_resolution};
+  const Shape img = {c.network.in_channels(), c.network.img_resolution(),
+                     c.network.img_resolution()};
   const int64_t n = int64_t(seeds.size());
   const int64_t per_image = img[0] * img[1] * img[2];
   Tensor out = empty({n, img[0], img[1], img[2]}, {.dtype = DType::u8});
@@ -80,14 +81,14 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
     const std::vector<uint64_t> part(seeds.begin() + i, seeds.begin() + i + len);
     Tensor images;
     if (c.mode == "edm") {
-      consistency::Denoiser D(*m.net, consistency::Parameterization::Edm,
-                              consistency::NoiseLabels::EdmLog4, c.noise);
+      consistency::Denoiser D(*m.net, consistency::Parameterization::Edm, c.network.noise_labels,
+                              c.noise);
       images = clamp(consistency::edm_heun_sample(
                          D, consistency::per_image_noise(part, img, 0, dev), {}, s.heun_steps),
                      -1.0, 1.0);
     } else {
       consistency::Denoiser f(*m.net, consistency::Parameterization::Consistency,
-                              consistency::NoiseLabels::EdmLog4, c.noise);
+                              c.network.noise_labels, c.noise);
       images = consistency::consistency_sample(f, part, img, {}, {.taus = s.taus}, dev);
     }
     // Non-finite values before quantisation, which would turn them into black pixels.
@@ -148,7 +149,8 @@ Tensor generate_images_on_ranks(const LoadedNetwork& m, const std::vector<uint64
     };
   const Tensor local = generate_images(m, mine, s, q, device, batch, allow_nonfinite, scaled);
   const RunConfig& c = m.config;
-  const Shape one = {c.network.in_channels, c.network.img_resolution, c.network.img_resolution};
+  const Shape one = {c.network.in_channels(), c.network.img_resolution(),
+                     c.network.img_resolution()};
   Tensor padded = zeros({share, one[0], one[1], one[2]}, {.dtype = DType::u8});
   if (end > begin) {
     Tensor head = narrow(padded, 0, 0, end - begin);
@@ -400,8 +402,8 @@ int run_eval(const EvalCommand& a) {
   } else {
     m = load_network(checkpoint.string(), a.weights, dev, a.allow_nonfinite);
     sampler = choose_sampler(m->config, a.steps, a.sigmas);
-    channels = m->config.network.in_channels;
-    resolution = m->config.network.img_resolution;
+    channels = m->config.network.in_channels();
+    resolution = m->config.network.img_resolution();
     source_name = "the run (" + m->config.data.dataset + ")";
     check_footprint(std::to_string(n) + " images of " + std::to_string(channels) + "×" +
                         std::to_string(resolution) + "×" + std::to_string(resolution),

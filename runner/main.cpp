@@ -47,7 +47,7 @@ int run_sample(const SampleCommand& c) {
                        : fs::is_directory(c.source) ? fs::path(c.source) / "samples"
                                                     : fs::path(c.source).parent_path() / "samples";
   // Before any work: the images fit in memory and their files on the disk.
-  const int64_t ch = m.config.network.in_channels, res = m.config.network.img_resolution;
+  const int64_t ch = m.config.network.in_channels(), res = m.config.network.img_resolution();
   check_footprint(std::to_string(c.n) + " images of " + std::to_string(ch) + "×" +
                       std::to_string(res) + "×" + std::to_string(res),
                   image_footprint(c.n, ch, res, c.batch, true), available_memory(),
@@ -88,25 +88,26 @@ int run_sample(const SampleCommand& c) {
 int run_info(const InfoCommand& c) {
   if (c.presets) {
     for (const std::string& n : nn::songunet_preset_names()) std::puts(n.c_str());
+    for (const std::string& n : nn::adm_unet_preset_names()) std::puts(n.c_str());
     return 0;
   }
-  nn::SongUNetConfig net;
+  NetworkConfig net;
   std::string title;
   if (c.preset) {
-    net = nn::songunet_preset(*c.preset);
+    net = network_from_preset(*c.preset);
     title = *c.preset;
   } else {
     net = typed_config(resolve_config(read_json_file(*c.config), *c.config)).network;
     title = *c.config;
   }
   Generator gen(0);
-  nn::SongUNet model(net, gen);
-  std::printf("%s: SongUNet %lldx%lld, %lld -> %lld channels\n%s", title.c_str(),
-              (long long)net.img_resolution, (long long)net.img_resolution,
-              (long long)net.in_channels, (long long)net.out_channels,
-              nn::summary(model, 2).c_str());
-  std::printf("trainable parameters: %lld; buffers: %lld\n", (long long)model.num_parameters(),
-              (long long)(model.num_parameters(true) - model.num_parameters()));
+  const std::unique_ptr<nn::Network> model = net.make(gen);
+  std::printf("%s: %s %lldx%lld, %lld -> %lld channels\n%s", title.c_str(),
+              model->type_name().c_str(), (long long)net.img_resolution(),
+              (long long)net.img_resolution(), (long long)net.in_channels(),
+              (long long)net.out_channels(), nn::summary(*model, 2).c_str());
+  std::printf("trainable parameters: %lld; buffers: %lld\n", (long long)model->num_parameters(),
+              (long long)(model->num_parameters(true) - model->num_parameters()));
   return 0;
 }
 

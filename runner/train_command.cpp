@@ -26,7 +26,7 @@ namespace cm::runner {
 namespace {
 
 std::string describe(const RunConfig& c) {
-  std::string d = c.mode + "-" + c.network_preset;
+  std::string d = c.mode + "-" + c.network.preset;
   if (!c.name.empty()) d += "-" + c.name;
   return d;
 }
@@ -157,7 +157,7 @@ int run_train(const TrainCommand& c) {
              std::to_string(cfg.train.batch / comm.size()) + " of the batch's " +
              std::to_string(cfg.train.batch) + " images each");
   Trainer& trainer = *trainer_ptr;
-  log.line("network " + cfg.network_preset + ": " +
+  log.line("network " + cfg.network.preset + ": " +
            std::to_string(trainer.online().num_parameters()) + " parameters; mode " + cfg.mode +
            "; device " + cfg.device.str() + "; " + (cfg.tf32 ? "tf32" : dtype_name(cfg.precision)) +
            "; data " + cfg.data.dataset + " (" +

@@ -199,20 +199,20 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
 
   // Data.
   data::ImageDataset ds = data::load_dataset(cfg.data.dataset);
-  const nn::SongUNetConfig& net = cfg.network;
-  CM_CHECK(ds.images.size(1) == net.in_channels && ds.images.size(2) == net.img_resolution &&
-               ds.images.size(3) == net.img_resolution,
+  const NetworkConfig& net = cfg.network;
+  CM_CHECK(ds.images.size(1) == net.in_channels() && ds.images.size(2) == net.img_resolution() &&
+               ds.images.size(3) == net.img_resolution(),
            "/data/dataset: \"", cfg.data.dataset, "\" has images of shape ",
            shape_str(Shape(ds.images.shape().begin() + 1, ds.images.shape().end())),
-           ", but the network expects [", net.in_channels, ", ", net.img_resolution, ", ",
-           net.img_resolution, "] (set network.img_resolution / in_channels / out_channels)");
+           ", but the network expects [", net.in_channels(), ", ", net.img_resolution(), ", ",
+           net.img_resolution(), "] (set network.img_resolution / in_channels / out_channels)");
   if (cfg.data.labels) {
     CM_CHECK(ds.num_classes > 0, "/data/labels: the data set \"", cfg.data.dataset,
              "\" has no labels");
-    CM_CHECK(net.label_dim == ds.num_classes, "/data/labels: the data set has ", ds.num_classes,
-             " classes, but network.label_dim is ", net.label_dim);
+    CM_CHECK(net.label_dim() == ds.num_classes, "/data/labels: the data set has ", ds.num_classes,
+             " classes, but network.label_dim is ", net.label_dim());
   } else {
-    CM_CHECK(net.label_dim == 0, "/network/label_dim: ", net.label_dim,
+    CM_CHECK(net.label_dim() == 0, "/network/label_dim: ", net.label_dim(),
              " makes a conditional network; set data.labels to true to train it on labels");
   }
   CM_CHECK(cfg.train.batch <= ds.images.size(0), "/train/batch: ", cfg.train.batch,
@@ -232,7 +232,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
 
   // Networks.
   Generator init(stream_key(cfg.seed, kInit));
-  online_ = std::make_unique<nn::SongUNet>(net, init);
+  online_ = net.make(init);
   online_->to(dev);
   online_->flatten_parameters();  // nn/flat.h: the optimizer and the EMAs a buffer at a time
   if (ranks > 1) {                // every rank starts from rank 0's weights
@@ -251,6 +251,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
     CM_CHECK(t.config.mode == "edm", "/consistency/teacher: \"", cfg.cons.teacher, "\" is a ",
              t.config.mode, " run; a teacher is an EDM run (mode edm)");
     teacher_ = std::move(t.net);
+    teacher_noise_labels_ = t.config.network.noise_labels;  // the teacher's own convention
     teacher_->eval();
     if (log_) log_->line("teacher: " + t.weights);
     // the student (and its target) start from the teacher's weights
@@ -274,7 +275,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
   }
   if ((cfg.mode == "ct" || cfg.mode == "cd") && target_needs_network(cfg.cons.schedule)) {
     Generator unused(0);
-    target_ = std::make_unique<nn::SongUNet>(net, unused);
+    target_ = net.make(unused);
     target_->to(dev);
     target_->flatten_parameters(false);  // the target EMA: one lerp per buffer
     target_ema_ = std::make_unique<nn::Ema>(online_->parameters(), target_->parameters(),
@@ -293,7 +294,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
       emas_.push_back(std::make_unique<nn::Ema>(online_->parameters(), nn::EmaDecay::fixed(r)));
   }
   Generator unused(0);
-  scratch_ = std::make_unique<nn::SongUNet>(net, unused);
+  scratch_ = net.make(unused);
   scratch_->to(dev);
 
   // Optimisation.
@@ -316,10 +317,9 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
 
 Trainer::~Trainer() = default;
 
-consistency::Denoiser Trainer::denoiser(const nn::SongUNet& net,
+consistency::Denoiser Trainer::denoiser(const nn::Network& net,
                                         consistency::Parameterization p) const {
-  return consistency::Denoiser(net, p, consistency::NoiseLabels::EdmLog4, cfg_.noise,
-                               cfg_.precision);
+  return consistency::Denoiser(net, p, cfg_.network.noise_labels, cfg_.noise, cfg_.precision);
 }
 
 StepStats Trainer::train_step() {
@@ -367,7 +367,8 @@ StepStats Trainer::train_step() {
           consistency::ct_loss(f, ft, batch.images, labels, sigmas, cfg_.cons.loss, gen_, dropout_);
       loss = r.loss;
     } else {
-      const consistency::Denoiser teacher = denoiser(*teacher_, consistency::Parameterization::Edm);
+      const consistency::Denoiser teacher(*teacher_, consistency::Parameterization::Edm,
+                                          teacher_noise_labels_, cfg_.noise, cfg_.precision);
       consistency::StepLoss r =
           consistency::cd_loss(f, ft, teacher, batch.images, labels, sigmas, cfg_.cons.solver,
                                cfg_.cons.loss, gen_, dropout_);
@@ -633,7 +634,7 @@ void Trainer::restore(const std::string& path) {
 
 // ---- sampling
 // ----------------------------------------------------------------------------------------------
-const nn::SongUNet& Trainer::eval_network() const {
+const nn::Network& Trainer::eval_network() const {
   NoGradGuard ng;
   scratch_->load_state_dict(online_->state_dict(), true);
   if (!emas_.empty()) emas_[0]->copy_to(*scratch_);
@@ -652,18 +653,18 @@ std::vector<std::string> Trainer::sample_grid_paths(const std::string& dir) cons
 }
 
 std::vector<std::string> Trainer::write_sample_grids(const std::string& dir) const {
-  const nn::SongUNet& net = eval_network();
+  const nn::Network& net = eval_network();
   const int64_t n = cfg_.sample.grid;
   std::vector<uint64_t> seeds(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) seeds[size_t(i)] = uint64_t(i);
-  const Shape img = {cfg_.network.in_channels, cfg_.network.img_resolution,
-                     cfg_.network.img_resolution};
+  const Shape img = {cfg_.network.in_channels(), cfg_.network.img_resolution(),
+                     cfg_.network.img_resolution()};
   Tensor labels;
-  if (cfg_.network.label_dim > 0) {  // cycle through the classes
-    std::vector<float> l(size_t(n * cfg_.network.label_dim), 0.f);
-    for (int64_t i = 0; i < n; ++i)
-      l[size_t(i * cfg_.network.label_dim + i % cfg_.network.label_dim)] = 1.f;
-    labels = from_vector(l, {n, cfg_.network.label_dim}, {.device = cfg_.device});
+  const int64_t classes = cfg_.network.label_dim();
+  if (classes > 0) {  // cycle through the classes
+    std::vector<float> l(size_t(n * classes), 0.f);
+    for (int64_t i = 0; i < n; ++i) l[size_t(i * classes + i % classes)] = 1.f;
+    labels = from_vector(l, {n, classes}, {.device = cfg_.device});
   }
   char step[32];
   std::snprintf(step, sizeof step, "%08lld", static_cast<long long>(step_));
@@ -764,7 +765,7 @@ LoadedNetwork load_network(const std::string& source, const std::string& which, 
     }
   }
   Generator unused(0);
-  out.net = std::make_unique<nn::SongUNet>(out.config.network, unused);
+  out.net = out.config.network.make(unused);
   std::map<std::string, Tensor> model;
   for (const std::string& n : f.names())
     if (n.rfind("model.", 0) == 0) model[n.substr(6)] = f.get(n, std::nullopt, device);

@@ -69,7 +69,7 @@ class Trainer {
   // steps).
   const nlohmann::json& layer_stats() const { return last_stats_; }
 
-  const nn::SongUNet& online() const { return *online_; }
+  const nn::Network& online() const { return *online_; }
   const RunConfig& config() const { return cfg_; }
   int64_t skipped_steps() const { return skipped_; }
   // Steps skipped in a row up to now (0 after a step that updated the weights).
@@ -86,9 +86,9 @@ class Trainer {
   void report_skipped_step(double loss);
   // A statistic of this rank's shard (n elements, mean, std) made the batch's over the ranks.
   void pool_over_ranks(double n, double& mean, double& std) const;
-  consistency::Denoiser denoiser(const nn::SongUNet& net, consistency::Parameterization p) const;
+  consistency::Denoiser denoiser(const nn::Network& net, consistency::Parameterization p) const;
   // The network to evaluate and sample from: the first eval EMA written into a scratch network.
-  const nn::SongUNet& eval_network() const;
+  const nn::Network& eval_network() const;
 
   RunConfig cfg_;
   Logger* log_;
@@ -100,10 +100,11 @@ class Trainer {
   Generator dropout_;  // dropout masks (replayed for the target)
 
   std::unique_ptr<data::Loader> loader_;
-  std::unique_ptr<nn::SongUNet> online_;
-  std::unique_ptr<nn::SongUNet> target_;   // CT/CD with a target EMA (μ > 0 at some step)
-  std::unique_ptr<nn::SongUNet> teacher_;  // CD
-  std::unique_ptr<nn::SongUNet> scratch_;  // eval-EMA weights for sampling
+  std::unique_ptr<nn::Network> online_;
+  std::unique_ptr<nn::Network> target_;   // CT/CD with a target EMA (μ > 0 at some step)
+  std::unique_ptr<nn::Network> teacher_;  // CD
+  consistency::NoiseLabels teacher_noise_labels_ = consistency::NoiseLabels::EdmLog4;
+  std::unique_ptr<nn::Network> scratch_;  // eval-EMA weights for sampling
   std::unique_ptr<nn::Ema> target_ema_;
   std::vector<std::unique_ptr<nn::Ema>> emas_;
   std::unique_ptr<nn::Optimizer> opt_;
@@ -120,7 +121,7 @@ class Trainer {
 // "target". Used by CD (the teacher), `cm sample` and `cm eval`. Non-finite weights (NaN, Inf) in
 // the tensors loaded are an error naming them, unless `allow_nonfinite` (forensics).
 struct LoadedNetwork {
-  std::unique_ptr<nn::SongUNet> net;
+  std::unique_ptr<nn::Network> net;
   RunConfig config;
   int64_t step = 0;
   std::string weights;  // which weights were loaded, spelled out

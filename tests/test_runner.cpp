@@ -59,8 +59,18 @@ void check_same_checkpoints(const std::string& a, const std::string& b) {
     CHECK_MESSAGE(fa.metadata().at(k) == fb.metadata().at(k), k);
 }
 
-void check_resume_is_exact(const std::string& mode) {
-  const RunConfig cfg = typed_config(resolve_config(tiny(mode), "test.json"));
+// A tiny class-conditional ADM U-Net on the 8×8 digits.
+json tiny_adm(const std::string& mode) {
+  json j = tiny(mode);
+  j["network"] = {{"preset", "adm-tiny-16"}, {"img_resolution", 8}, {"in_channels", 1},
+                  {"out_channels", 1},       {"label_dim", 10},     {"attention_resolutions", {4}},
+                  {"dropout", 0.2}};
+  j["data"]["labels"] = true;
+  return j;
+}
+
+void check_resume_is_exact(const std::string& mode, const json& user) {
+  const RunConfig cfg = typed_config(resolve_config(user, "test.json"));
   const fs::path dir = temp_dir(mode);
   {
     Trainer straight(cfg, std::nullopt, nullptr);
@@ -95,8 +105,8 @@ TEST_SUITE("runner") {
     CHECK_FALSE(r.contains("edm"));  // the EDM section does not apply to CT
     const RunConfig c = typed_config(r);
     CHECK(c.cons.schedule.total_steps == 6);
-    CHECK(c.network.model_channels == 8);
-    CHECK(c.network.num_blocks == 1);
+    CHECK(c.network.songunet.model_channels == 8);
+    CHECK(c.network.songunet.num_blocks == 1);
   }
 
   TEST_CASE("configuration errors name the file, the JSON path and the value") {
@@ -190,8 +200,71 @@ TEST_SUITE("runner") {
     // resolving the resolved file changes nothing, and builds the same network
     CHECK(resolve_config(r, "config.json") == r);
     const RunConfig a = typed_config(r), b = typed_config(resolve_config(j, "test.json"));
-    CHECK(a.network.model_channels == b.network.model_channels);
-    CHECK(a.network.channel_mult == b.network.channel_mult);
+    CHECK(a.network.songunet.model_channels == b.network.songunet.model_channels);
+    CHECK(a.network.songunet.channel_mult == b.network.songunet.channel_mult);
+  }
+
+  TEST_CASE(
+      "an ADM preset chooses ADM's U-Net: config.json holds it whole, with 250 ln sigma labels") {
+    const json r = resolve_config(tiny_adm("ct"), "test.json");
+    const nn::AdmUNetConfig p = nn::adm_unet_preset("adm-tiny-16");
+    const json& n = r["network"];
+    CHECK(n["type"] == "adm");
+    CHECK(n["noise_labels"] == "adm");
+    CHECK(n["img_resolution"] == 8);  // the overrides
+    CHECK(n["label_dim"] == 10);
+    CHECK(n["attention_resolutions"] == json::array({4}));
+    CHECK(n["model_channels"] == p.model_channels);  // the preset's values, written out
+    CHECK(n["channel_mult"] == json(p.channel_mult));
+    CHECK(n["num_res_blocks"] == p.num_res_blocks);
+    CHECK(n["num_head_channels"] == p.num_head_channels);
+    CHECK(n["use_scale_shift_norm"] == p.use_scale_shift_norm);
+    CHECK(n["resblock_updown"] == p.resblock_updown);
+    CHECK(n["attention_split"] == "flash");
+    for (const char* k : {"num_blocks", "attn_resolutions", "embedding_type", "augment_dim"})
+      CHECK_MESSAGE(!n.contains(k), k);  // no SongUNet keys
+    CHECK(resolve_config(r, "config.json") == r);
+    const RunConfig c = typed_config(r);
+    CHECK(c.network.type == "adm");
+    CHECK(c.network.noise_labels == consistency::NoiseLabels::Adm250);
+    CHECK(c.network.adm.image_size == 8);
+    CHECK(c.network.adm.num_classes == 10);
+    Generator g(0);
+    CHECK(c.network.make(g)->type_name() == "UNetModel");
+    // the convention can be chosen: EDM's ln(sigma)/4 on an ADM network
+    json e = tiny_adm("ct");
+    e["network"]["noise_labels"] = "edm";
+    CHECK(typed_config(resolve_config(e, "test.json")).network.noise_labels ==
+          consistency::NoiseLabels::EdmLog4);
+    // and SongUNet presets keep EDM's
+    CHECK(typed_config(resolve_config(tiny("ct"), "test.json")).network.noise_labels ==
+          consistency::NoiseLabels::EdmLog4);
+  }
+
+  TEST_CASE("each network family refuses the other's keys, by path") {
+    json a = tiny_adm("ct");
+    a["network"]["num_blocks"] = 2;
+    CHECK(problems(a).find("/network/num_blocks: applies only to SongUNet networks") !=
+          std::string::npos);
+    json b = tiny("ct");
+    b["network"]["use_scale_shift_norm"] = false;
+    CHECK(problems(b).find("/network/use_scale_shift_norm: applies only to ADM networks") !=
+          std::string::npos);
+    json t = tiny("ct");
+    t["network"]["type"] = "adm";
+    CHECK(problems(t).find("/network/type: \"adm\" does not match preset") != std::string::npos);
+    json u = tiny("ct");
+    u["network"] = {{"preset", "adm-imagenet32"}};
+    const std::string pu = problems(u);
+    CHECK(pu.find("/network/preset: unknown network \"adm-imagenet32\"") != std::string::npos);
+    CHECK(pu.find("adm-imagenet64") != std::string::npos);
+    json w = tiny_adm("ct");
+    w["network"]["model_channels"] = 48;  // GroupNorm32
+    CHECK(problems(w).find("multiple of 32") != std::string::npos);
+  }
+
+  TEST_CASE("a class-conditional ADM consistency model trains and resumes bit-identically") {
+    check_resume_is_exact("adm", tiny_adm("ct"));
   }
 
   TEST_CASE("--set overrides reach nested fields and parse JSON values") {
@@ -207,11 +280,11 @@ TEST_SUITE("runner") {
   }
 
   TEST_CASE("a resumed CT run is bit-identical to an uninterrupted one") {
-    check_resume_is_exact("ct");
+    check_resume_is_exact("ct", tiny("ct"));
   }
 
   TEST_CASE("a resumed EDM teacher run is bit-identical to an uninterrupted one") {
-    check_resume_is_exact("edm");
+    check_resume_is_exact("edm", tiny("edm"));
   }
 
   TEST_CASE("CD distils from a teacher checkpoint and starts from its weights") {
@@ -255,7 +328,7 @@ TEST_SUITE("runner") {
       t.save_checkpoint(ckpt);
     }
     Generator g(0);
-    nn::SongUNet net(cfg.network, g);
+    nn::SongUNet net(cfg.network.songunet, g);
     REQUIRE(!net.named_buffers().empty());  // the resampling filters: what the copies missed
     const nn::SafetensorsFile f(ckpt);
     for (const std::string prefix : {"model.", "target.", "ema0."}) {

@@ -1,0 +1,33 @@
+// The denoising networks that the EDM parameterisation wraps (consistency/edm.h): a module that
+// maps a noisy image, its noise labels c_noise(σ) and optional class labels to an image of the
+// same size. EDM's SongUNet (nn/songunet.h, the CIFAR-10 networks) and ADM's U-Net
+// (nn/adm_unet.h, the ImageNet-64 and LSUN networks) are the two.
+#pragma once
+
+#include <string>
+
+#include "nn/layers.h"
+
+namespace cm::nn {
+
+// A network's memory_format option ("auto", "contiguous" or "channels_last") for the backend
+// that runs it: "auto" is the backend's preferred_conv_format (channels-last on a CPU with
+// oneDNN, contiguous otherwise).
+MemoryFormat resolve_memory_format(const std::string& option, const Backend& backend);
+
+class Network : public Module {
+ public:
+  // x [N, in_channels, R, R], noise_labels [N], class_labels [N, label_dim] one-hot rows (or
+  // undefined for an unconditional network; a zero row means "no label"), augment_labels
+  // [N, augment_dim] (or undefined; ignored by networks without augmentation) -> [N,
+  // out_channels, R, R].
+  virtual Tensor forward(const Tensor& x, const Tensor& noise_labels,
+                         const Tensor& class_labels = {}, const Tensor& augment_labels = {},
+                         const ForwardContext& ctx = {}) const = 0;
+  virtual int64_t img_resolution() const = 0;
+  virtual int64_t in_channels() const = 0;
+  virtual int64_t out_channels() const = 0;
+  virtual int64_t label_dim() const = 0;  // 0: unconditional
+};
+
+}  // namespace cm::nn
