@@ -189,7 +189,7 @@ CLI::Option* int_option(CLI::App* app, const std::string& name, const std::strin
 
 // The options that `cm sample` and `cm eval` share (the sampling of a model's images).
 struct SamplingOptions {
-  CLI::Option *n, *seeds, *steps, *sigmas, *weights, *quantize, *allow_nonfinite;
+  CLI::Option *n, *seeds, *steps, *sigmas, *weights, *quantize, *allow_nonfinite, *class_label;
 };
 
 template <class C>
@@ -229,6 +229,21 @@ SamplingOptions add_sampling(CLI::App* app, C& c, const std::string& n_default) 
   s.allow_nonfinite =
       app->add_flag("--allow-nonfinite", c.allow_nonfinite,
                     "go on with non-finite weights or samples (forensics; NaN quantises to 0)");
+  s.class_label =
+      option(app, "--class", "K|random", "random",
+             "class of a class-conditional model's images (random: each seed's own, uniform)",
+             [&c](const std::string& v) {
+               c.class_given = true;
+               if (v == "random") {
+                 c.class_label = std::nullopt;
+                 return;
+               }
+               bool overflow = false;
+               const auto k = parse_u64(v, &overflow);
+               CM_CHECK(k && !overflow && *k < (uint64_t(1) << 30), "--class ", shown(v),
+                        ": expected a class index (0, 1, ...) or random");
+               c.class_label = int64_t(*k);
+             });
   return s;
 }
 
@@ -289,7 +304,8 @@ void check_eval(EvalCommand& c, const CLI::App* app, const SamplingOptions& s) {
     CM_CHECK(real || c.source,
              "needs exactly one RUN_DIR or CHECKPOINT (or --data SPEC, or --ref-only)");
     if (real) {
-      for (CLI::Option* o : {s.seeds, s.steps, s.sigmas, s.weights, s.quantize, s.allow_nonfinite})
+      for (CLI::Option* o :
+           {s.seeds, s.steps, s.sigmas, s.weights, s.quantize, s.allow_nonfinite, s.class_label})
         CM_CHECK(o->count() == 0, o->get_name(), " is for a model's samples, not for --data");
       CM_CHECK(c.out, "--data needs --out FILE (there is no run directory)");
     }

@@ -53,6 +53,10 @@ struct SampleCommand {
   std::string quantize = "floor";
   int64_t batch = 256;
   bool allow_nonfinite = false;
+  // --class: every image of a class-conditional network in this class; nullopt ("random"): each
+  // seed's own class, uniform (runner/evaluate.h image_classes)
+  std::optional<int64_t> class_label;
+  bool class_given = false;
 };
 
 // `cm eval`: a metric of a model's samples, of real images (--data), or reference statistics
@@ -74,6 +78,8 @@ struct EvalCommand {
   int64_t batch = 64;
   bool ref_only = false;
   bool allow_nonfinite = false;
+  std::optional<int64_t> class_label;  // as SampleCommand's
+  bool class_given = false;
 };
 
 // `cm classifier train`: the domain metric's classifier.

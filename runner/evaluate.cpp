@@ -52,7 +52,44 @@ Sampler choose_sampler(const RunConfig& c, const std::string& steps, const std::
   return s;
 }
 
+std::vector<int64_t> image_classes(const std::vector<uint64_t>& seeds, int64_t num_classes,
+                                   std::optional<int64_t> fixed) {
+  CM_CHECK(num_classes > 0, "image_classes: the network has no classes");
+  std::vector<int64_t> out(seeds.size());
+  for (size_t k = 0; k < seeds.size(); ++k) {
+    if (fixed) {
+      out[k] = *fixed;
+      continue;
+    }
+    // splitmix64's finaliser of the seed: the bias of the modulo is below 2^-40 for any
+    // class count below 2^24
+    uint64_t z = seeds[k] + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    out[k] = int64_t(z % uint64_t(num_classes));
+  }
+  return out;
+}
+
+void check_class_choice(const LoadedNetwork& m, std::optional<int64_t> fixed, bool given) {
+  const int64_t classes = m.config.network.label_dim();
+  if (classes == 0) {
+    CM_CHECK(!given, "--class: the model is unconditional (network.label_dim 0)");
+    return;
+  }
+  CM_CHECK(!fixed || *fixed < classes, "--class ", *fixed, ": the model has ", classes,
+           " classes (0 to ", classes - 1, ")");
+}
+
 namespace {
+// One-hot rows [len(classes), num_classes] on `device`.
+Tensor one_hot_labels(const std::vector<int64_t>& classes, int64_t num_classes, Device device) {
+  std::vector<float> v(classes.size() * size_t(num_classes), 0.0f);
+  for (size_t i = 0; i < classes.size(); ++i) v[i * size_t(num_classes) + size_t(classes[i])] = 1;
+  return from_vector(v, {int64_t(classes.size()), num_classes}, {.device = device});
+}
+
 // The seeds of a batch as a message lists them: "3, 7, 9" and "..." after `limit`.
 std::string seed_list(const std::vector<uint64_t>& seeds, size_t limit = 8) {
   std::string s;
@@ -79,17 +116,19 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
   for (int64_t i = 0; i < n; i += batch) {
     const int64_t len = std::min(batch, n - i);
     const std::vector<uint64_t> part(seeds.begin() + i, seeds.begin() + i + len);
-    Tensor images;
+    Tensor images, labels;
+    if (const int64_t classes = c.network.label_dim(); classes > 0)
+      labels = one_hot_labels(image_classes(part, classes, s.fixed_class), classes, dev);
     if (c.mode == "edm") {
       consistency::Denoiser D(*m.net, consistency::Parameterization::Edm, c.network.noise_labels,
                               c.noise);
       images = clamp(consistency::edm_heun_sample(
-                         D, consistency::per_image_noise(part, img, 0, dev), {}, s.heun_steps),
+                         D, consistency::per_image_noise(part, img, 0, dev), labels, s.heun_steps),
                      -1.0, 1.0);
     } else {
       consistency::Denoiser f(*m.net, consistency::Parameterization::Consistency,
                               c.network.noise_labels, c.noise);
-      images = consistency::consistency_sample(f, part, img, {}, {.taus = s.taus}, dev);
+      images = consistency::consistency_sample(f, part, img, labels, {.taus = s.taus}, dev);
     }
     // Non-finite values before quantisation, which would turn them into black pixels.
     images = contiguous(to(to(images, DType::f32), Device::cpu()));
@@ -402,6 +441,8 @@ int run_eval(const EvalCommand& a) {
   } else {
     m = load_network(checkpoint.string(), a.weights, dev, a.allow_nonfinite);
     sampler = choose_sampler(m->config, a.steps, a.sigmas);
+    check_class_choice(*m, a.class_label, a.class_given);
+    sampler->fixed_class = a.class_label;
     channels = m->config.network.in_channels();
     resolution = m->config.network.img_resolution();
     source_name = "the run (" + m->config.data.dataset + ")";

@@ -51,7 +51,19 @@ struct Sampler {
   std::vector<double> taus;  // intermediate time points (consistency)
   int64_t heun_steps = 0;    // EDM
   int64_t nfe = 0;           // network evaluations per image
+  // A class-conditional network's class for every image; nullopt: each seed's own (image_classes).
+  std::optional<int64_t> fixed_class;
 };
+
+// The classes of the images of `seeds` for a network of `num_classes` classes: `fixed` for all,
+// or, without it, each seed's own class drawn uniformly (a hash of the seed, so that an image
+// depends only on its seed, as its noise does; the reference's image_sample.py draws the classes
+// uniformly too).
+std::vector<int64_t> image_classes(const std::vector<uint64_t>& seeds, int64_t num_classes,
+                                   std::optional<int64_t> fixed);
+// The class choice of --class checked against a loaded network: an error for a class out of
+// range, or for --class given to an unconditional network.
+void check_class_choice(const LoadedNetwork& m, std::optional<int64_t> fixed, bool given);
 // From the options of `cm sample` and `cm eval`: --steps "1" or "2" (the run's
 // sample.two_step_taus) or --sigmas (explicit time points, checked against the noise range).
 // EDM runs always use their sample.teacher_steps Heun steps.

@@ -41,7 +41,9 @@ int run_sample(const SampleCommand& c) {
   const Device dev = dist::rank_device(Device::parse(c.device), comm, "--device");
   LoadedNetwork m = load_network(c.source, c.weights, dev, c.allow_nonfinite);
   const Quantization q = parse_quantization(c.quantize);
-  const Sampler sampler = choose_sampler(m.config, c.steps, c.sigmas);
+  Sampler sampler = choose_sampler(m.config, c.steps, c.sigmas);
+  check_class_choice(m, c.class_label, c.class_given);
+  sampler.fixed_class = c.class_label;
   // RUN_DIR/samples, or samples/ beside a checkpoint
   const fs::path out = c.out                        ? fs::path(*c.out)
                        : fs::is_directory(c.source) ? fs::path(c.source) / "samples"
@@ -70,14 +72,21 @@ int run_sample(const SampleCommand& c) {
     data::write_png((out / name).string(), select(u8, 0, int64_t(i)));
   }
   data::write_png((out / "grid.png").string(), make_grid(u8));
-  write_npz((out / "samples.npz").string(), u8);
-  const json recipe = {{"weights", m.weights},
-                       {"mode", m.config.mode},
-                       {"n", seeds.size()},
-                       {"seeds", c.seeds},
-                       {"sampler", sampler.name},
-                       {"sigmas", sampler.taus},
-                       {"quantization", quantization_name(q)},
+  // a class-conditional model's classes beside the images (arr_1, as the reference's
+  // image_sample.py writes them)
+  const int64_t classes = m.config.network.label_dim();
+  Tensor labels;
+  json class_record = nullptr;
+  if (classes > 0) {
+    const std::vector<int64_t> k = image_classes(seeds, classes, sampler.fixed_class);
+    labels = from_vector(k, {int64_t(k.size())});
+    class_record = c.class_label ? json(*c.class_label) : json("random (each seed's own)");
+  }
+  write_npz((out / "samples.npz").string(), u8, labels);
+  const json recipe = {{"weights", m.weights},   {"class", class_record},
+                       {"mode", m.config.mode},  {"n", seeds.size()},
+                       {"seeds", c.seeds},       {"sampler", sampler.name},
+                       {"sigmas", sampler.taus}, {"quantization", quantization_name(q)},
                        {"nfe", sampler.nfe}};
   nn::write_atomic((out / "recipe.json").string(), recipe.dump(2) + "\n");
   std::printf("wrote %zu images to %s (grid.png, samples.npz, recipe.json)\n", seeds.size(),

@@ -9,6 +9,7 @@
 #include <map>
 #include <string>
 
+#include "nn/adm_unet.h"
 #include "nn/safetensors.h"
 #include "nn/songunet.h"
 #include "tests/helpers.h"
@@ -36,6 +37,30 @@ inline nn::SongUNetConfig songunet_config_from_json(const std::string& text) {
   c.encoder_type = j.at("encoder_type");
   c.decoder_type = j.at("decoder_type");
   c.resample_filter = j.at("resample_filter").get<std::vector<double>>();
+  return c;
+}
+
+// UNetModel's keyword arguments as tools/gen_adm_golden.py records them (attention resolutions in
+// pixels).
+inline nn::AdmUNetConfig adm_config_from_json(const std::string& text) {
+  const nlohmann::json j = nlohmann::json::parse(text);
+  nn::AdmUNetConfig c;
+  c.image_size = j.at("image_size");
+  c.in_channels = j.at("in_channels");
+  c.model_channels = j.at("model_channels");
+  c.out_channels = j.at("out_channels");
+  c.num_res_blocks = j.at("num_res_blocks");
+  c.attention_resolutions = j.at("attention_resolutions").get<std::vector<int64_t>>();
+  c.dropout = j.at("dropout");
+  c.channel_mult = j.at("channel_mult").get<std::vector<int64_t>>();
+  c.conv_resample = j.value("conv_resample", true);
+  const nlohmann::json classes = j.value("num_classes", nlohmann::json());
+  c.num_classes = classes.is_null() ? 0 : classes.get<int64_t>();
+  c.num_heads = j.value("num_heads", 1);
+  c.num_head_channels = j.value("num_head_channels", -1);
+  c.num_heads_upsample = j.value("num_heads_upsample", -1);
+  c.use_scale_shift_norm = j.value("use_scale_shift_norm", false);
+  c.resblock_updown = j.value("resblock_updown", false);
   return c;
 }
 

@@ -18,28 +18,10 @@ struct Golden {
   std::map<std::string, Tensor> tensors;
 };
 
-// UNetModel's keyword arguments as tools/gen_adm_golden.py records them (attention resolutions
-// in pixels).
 Golden load_golden(const std::string& flavour) {
   SafetensorsFile f(kGoldenDir + "adm_" + flavour + ".safetensors");
-  const nlohmann::json j = nlohmann::json::parse(f.metadata().at("config"));
   Golden g;
-  AdmUNetConfig& c = g.cfg;
-  c.image_size = j.at("image_size");
-  c.in_channels = j.at("in_channels");
-  c.model_channels = j.at("model_channels");
-  c.out_channels = j.at("out_channels");
-  c.num_res_blocks = j.at("num_res_blocks");
-  c.attention_resolutions = j.at("attention_resolutions").get<std::vector<int64_t>>();
-  c.dropout = j.at("dropout");
-  c.channel_mult = j.at("channel_mult").get<std::vector<int64_t>>();
-  c.conv_resample = j.value("conv_resample", true);
-  c.num_classes = j.value("num_classes", 0);
-  c.num_heads = j.value("num_heads", 1);
-  c.num_head_channels = j.value("num_head_channels", -1);
-  c.num_heads_upsample = j.value("num_heads_upsample", -1);
-  c.use_scale_shift_norm = j.value("use_scale_shift_norm", false);
-  c.resblock_updown = j.value("resblock_updown", false);
+  g.cfg = adm_config_from_json(f.metadata().at("config"));
   for (const std::string& n : f.names()) g.tensors[n] = f.get(n);
   return g;
 }

@@ -177,6 +177,9 @@ TEST_SUITE("cli") {
     check_fails({"sample", run, "--weights", "best"}, {"--weights best", "ema:RATE"});
     check_fails({"sample", run, "--weights", "ema:x"}, {"--weights ema:x"});
     check_fails({"sample", run, "--steps", "3"}, {"--steps 3: must be 1 or 2"});
+    check_fails({"sample", run, "--class", "cat"}, {"--class cat", "class index", "or random"});
+    check_fails({"sample", run, "--class", "-1"}, {"--class -1", "class index"});
+    check_fails({"sample", run, "--class", "2"}, {"--class", "unconditional"}, 1);  // bad input
     check_fails({"sample", run, "--sigmas", "1,x"}, {"--sigmas 1,x", "\"x\" is not a number"});
     check_fails({"sample", run, "--device", "gpu"}, {"--device gpu", "invalid device"});
     check_fails({"eval", run, "--metric", "kid"}, {"--metric kid: expected domain, fid or is"});
@@ -229,7 +232,8 @@ TEST_SUITE("cli") {
         {{"train", "--help"}, {"--resume", "--set", "KEY=VALUE", "--out", "runs"}},
         {{"sample", "--help"},
          {"--n", "INT>0", "64", "--seeds", "--steps", "--sigmas", "--weights", "--quantize",
-          "{floor,round}", "--device", "--batch", "256", "--out", "--allow-nonfinite"}},
+          "{floor,round}", "--device", "--batch", "256", "--out", "--allow-nonfinite", "--class",
+          "K|random"}},
         {{"eval", "--help"},
          {"--metric", "{domain,fid,is}", "--n", "--classifier", "--inception", "--ref", "--data",
           "--ref-only", "--batch", "--allow-nonfinite"}},
@@ -317,7 +321,12 @@ TEST_SUITE("cli") {
     CHECK(sc.steps == "2");
     CHECK(sc.quantize == "round");
     CHECK(!sc.allow_nonfinite);
+    CHECK(!sc.class_label);  // random: each seed's own class
+    CHECK(!sc.class_given);
     CHECK(parse_seeds(sc.seeds).size() == 5);
+    const SampleCommand k = std::get<SampleCommand>(parse({"sample", "r", "--class", "7"}));
+    CHECK(k.class_label == 7);
+    CHECK(k.class_given);
     CHECK(std::get<SampleCommand>(parse({"sample", "r", "--n", "3", "--n", "7"})).n == 7);
 
     const EvalCommand e = std::get<EvalCommand>(parse({"eval", "r", "--classifier", "c"}));

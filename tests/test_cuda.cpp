@@ -418,4 +418,27 @@ TEST_SUITE("gpu") {
           check_close(f.get("grad." + n), p.grad(), 1e-4, flavour + " gradient of " + n);
     }
   }
+
+  TEST_CASE("cuda: ADM U-Net matches the reference UNetModel's outputs and gradients on the GPU") {
+    require_gpu();
+    for (const std::string flavour : {"film", "plain"}) {
+      nn::SafetensorsFile f(kGoldenDir + "adm_" + flavour + ".safetensors");
+      Generator gen(0);
+      nn::AdmUNet net(adm_config_from_json(f.metadata().at("config")), gen);
+      net.load_state_dict(golden_weights(f));
+      net.to(kGpu);
+      net.eval();
+      Tensor x = to(f.get("input.x"), kGpu);
+      x.set_requires_grad(true);
+      Tensor labels;
+      if (f.contains("input.class_labels")) labels = to(f.get("input.class_labels"), kGpu);
+      Tensor out = net.forward(x, to(f.get("input.noise_labels"), kGpu), labels);
+      check_close(f.get("output"), out, 1e-4, flavour + " output");
+      sum(mul(out, to(f.get("input.weights"), kGpu))).backward();
+      check_close(f.get("grad.x"), x.grad(), 1e-4, flavour + " input gradient");
+      for (auto& [n, p] : net.named_parameters())
+        if (f.contains("grad." + n))
+          check_close(f.get("grad." + n), p.grad(), 1e-4, flavour + " gradient of " + n);
+    }
+  }
 }

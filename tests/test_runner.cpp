@@ -10,6 +10,7 @@
 #include "nn/safetensors.h"
 #include "nn/songunet.h"
 #include "runner/config.h"
+#include "runner/evaluate.h"
 #include "runner/images.h"
 #include "runner/trainer.h"
 #include "tests/helpers.h"
@@ -265,6 +266,62 @@ TEST_SUITE("runner") {
 
   TEST_CASE("a class-conditional ADM consistency model trains and resumes bit-identically") {
     check_resume_is_exact("adm", tiny_adm("ct"));
+  }
+
+  TEST_CASE("class-conditional sampling: each seed's own class, or one for all, image by seed") {
+    // the classes of the seeds: uniform over the classes, a function of the seed alone
+    std::vector<uint64_t> many(10000);
+    for (size_t i = 0; i < many.size(); ++i) many[i] = i;
+    const std::vector<int64_t> k = image_classes(many, 10, std::nullopt);
+    std::vector<int64_t> count(10, 0);
+    for (int64_t c : k) ++count[size_t(c)];
+    for (int64_t c : count) CHECK((c > 900 && c < 1100));
+    CHECK(image_classes({7, 3}, 10, std::nullopt) ==
+          std::vector<int64_t>{k[7], k[3]});  // not the position in the list
+    CHECK(image_classes({7, 3}, 10, 4) == std::vector<int64_t>{4, 4});
+
+    // a tiny class-conditional ADM consistency model
+    const fs::path dir = temp_dir("classes");
+    const RunConfig cfg = typed_config(resolve_config(tiny_adm("ct"), "test.json"));
+    {
+      Trainer t(cfg, std::nullopt, nullptr);
+      for (int i = 0; i < 2; ++i) t.train_step();
+      t.save_checkpoint((dir / "c.safetensors").string());
+    }
+    const LoadedNetwork m = load_network((dir / "c.safetensors").string(), "ema", Device::cpu());
+    {
+      NoGradGuard ng;  // two steps leave the zero-initialised output layers near zero
+      Generator g(9);
+      for (auto& [n, p] : m.net->named_parameters())
+        copy_(p, add(p, mul(randn(p.shape(), {}, &g), 0.1)));
+    }
+    Sampler one = choose_sampler(m.config, "1", "");
+    const std::vector<uint64_t> seeds = {0, 1, 2, 3, 4, 5};
+    const Tensor random = generate_images(m, seeds, one, Quantization::Floor, Device::cpu(), 4);
+    const std::vector<int64_t> classes = image_classes(seeds, 10, std::nullopt);
+    bool some_differ = false;
+    for (size_t i = 0; i < seeds.size(); ++i) {
+      Sampler fixed = one;
+      fixed.fixed_class = classes[i];  // the seed's own class, given for all
+      const Tensor f = generate_images(m, seeds, fixed, Quantization::Floor, Device::cpu(), 4);
+      CHECK(max_abs_diff(select(f, 0, int64_t(i)), select(random, 0, int64_t(i))) == 0);
+      fixed.fixed_class = (classes[i] + 1) % 10;  // another class: another image
+      const Tensor g = generate_images(m, seeds, fixed, Quantization::Floor, Device::cpu(), 4);
+      some_differ |= max_abs_diff(select(g, 0, int64_t(i)), select(random, 0, int64_t(i))) > 0;
+    }
+    CHECK(some_differ);
+    CHECK_THROWS_WITH_AS(check_class_choice(m, 10, true),
+                         doctest::Contains("--class 10: the model has 10 classes"), Error);
+    check_class_choice(m, 9, true);
+    const LoadedNetwork u = [&] {
+      const RunConfig uc = typed_config(resolve_config(tiny("ct"), "test.json"));
+      Trainer t(uc, std::nullopt, nullptr);
+      t.save_checkpoint((dir / "u.safetensors").string());
+      return load_network((dir / "u.safetensors").string(), "ema", Device::cpu());
+    }();
+    CHECK_THROWS_WITH_AS(check_class_choice(u, 1, true), doctest::Contains("unconditional"), Error);
+    check_class_choice(u, std::nullopt, false);
+    fs::remove_all(dir);
   }
 
   TEST_CASE("--set overrides reach nested fields and parse JSON values") {
