@@ -26,14 +26,21 @@ Tensor as_dtype_of(const Tensor& w, const Tensor& x) {
   return w.defined() ? cm::to(w, x.dtype()) : w;
 }
 // The reference's timestep_embedding: [cos(t·f), sin(t·f)] with f_j = exp(−ln(10000)·j/half),
-// j < half = dim/2 (zero-padded for an odd dim). The frequencies are computed in f64 and rounded
-// to t's dtype: with c_noise = 250·ln σ the arguments reach about ±1500, so a frequency one ulp
-// off in f32 moves them by about 1e-4.
+// j < half = dim/2 (zero-padded for an odd dim). With c_noise = 250·ln σ the arguments t·f reach
+// about ±1500, so the frequencies are computed as the reference computes them: in f32 the
+// exponent −ln(10000)·j/half is rounded step by step as torch's f32 arange arithmetic rounds it
+// (one ulp of a frequency moves an argument by about 1e-4); in f64, in f64 throughout.
 Tensor timestep_embedding(const Tensor& t, int64_t dim) {
   const int64_t half = dim / 2;
   std::vector<double> f(static_cast<size_t>(half));
-  for (int64_t j = 0; j < half; ++j)
-    f[size_t(j)] = std::exp(-std::log(10000.0) * double(j) / double(half));
+  for (int64_t j = 0; j < half; ++j) {
+    if (t.dtype() == DType::f64) {
+      f[size_t(j)] = std::exp(-std::log(10000.0) * double(j) / double(half));
+    } else {
+      const float a = (float(-std::log(10000.0)) * float(j)) / float(half);
+      f[size_t(j)] = double(std::exp(a));
+    }
+  }
   const Tensor freqs = cm::to(cm::to(from_vector(f, {half}), t.device()), t.dtype());
   const Tensor args = mul(unsqueeze(t, 1), unsqueeze(freqs, 0));
   Tensor e = cat({cos(args), sin(args)}, 1);

@@ -790,6 +790,15 @@ LoadedNetwork load_network(const std::string& source, const std::string& which, 
       copy_(dst, w);
     }
   }
+  if (meta.has("converted_from")) {  // tools/convert_openai_pt.py
+    const nlohmann::json src = meta.json("converted_from");
+    auto field = [&](const char* k, const std::string& otherwise) {
+      return src.is_object() && src.contains(k) && src[k].is_string() ? src[k].get<std::string>()
+                                                                      : otherwise;
+    };
+    out.weights = "weights converted from " + field("file", src.dump()) + " by " +
+                  field("tool", "a converter");
+  }
   out.weights += " at step " + std::to_string(out.step) + " of " + path;
   out.net->eval();
   return out;

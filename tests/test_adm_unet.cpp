@@ -4,7 +4,10 @@
 // from its cm/unet.py).
 #include <set>
 
+#include <filesystem>
+
 #include "nn/adm_unet.h"
+#include "runner/trainer.h"
 #include "tests/golden_util.h"
 
 using namespace cm;
@@ -237,5 +240,47 @@ TEST_SUITE("nn") {
     AdmUNet u(uncond, gen);
     CHECK_THROWS_WITH_AS(u.forward(x, c_noise, one_hot_rows({0, 1}, 10)),
                          doctest::Contains("unconditional"), Error);
+  }
+
+  TEST_CASE("a released openai checkpoint, converted, computes what the reference computes") {
+    // tools/gen_convert_golden.py: a UNetModel with random weights saved by torch.save, converted
+    // by tools/convert_openai_pt.py, and the reference KarrasDenoiser.denoise on it
+    const std::string converted = kGoldenDir + "openai_converted_cd.safetensors";
+    const runner::LoadedNetwork m = runner::load_network(converted, "ema", Device::cpu());
+    CHECK(m.config.mode == "cd");
+    CHECK(m.config.network.type == "adm");
+    CHECK(m.config.network.noise_labels == consistency::NoiseLabels::Adm250);
+    CHECK(m.weights.find("converted from cd_tiny.pt") != std::string::npos);
+    SafetensorsFile e(kGoldenDir + "openai_converted_expected.safetensors");
+    const Tensor x = e.get("x"), sigmas = e.get("sigmas"), y = e.get("y");
+    NoGradGuard ng;
+    const consistency::Denoiser f(*m.net, consistency::Parameterization::Consistency,
+                                  m.config.network.noise_labels, m.config.noise);
+    const double ecd = rel_err(f(x, sigmas, y), e.get("denoised_cd"));
+    CHECK_MESSAGE(ecd <= 1e-5, "consistency denoiser: relative error ", ecd);
+    const consistency::Denoiser d(*m.net, consistency::Parameterization::Edm,
+                                  m.config.network.noise_labels, m.config.noise);
+    const double eedm = rel_err(d(x, sigmas, y), e.get("denoised_edm"));
+    CHECK_MESSAGE(eedm <= 1e-5, "EDM denoiser: relative error ", eedm);
+  }
+
+  TEST_CASE(
+      "a foreign checkpoint with missing, extra or mis-shaped tensors is refused, listing them") {
+    SafetensorsFile f(kGoldenDir + "openai_converted_cd.safetensors");
+    std::map<std::string, Tensor> t;
+    for (const std::string& n : f.names()) t[n] = f.get(n);
+    t.erase("model.out.2.bias");                        // missing
+    t["model.input_blocks.9.0.weight"] = zeros({4});    // unexpected
+    t["model.time_embed.0.weight"] = zeros({128, 16});  // mis-shaped (was [128, 32])
+    const std::string path = (std::filesystem::temp_directory_path() /
+                              ("cm_test_foreign_" + std::to_string(::getpid()) + ".safetensors"))
+                                 .string();
+    save_safetensors(path, t, f.metadata());
+    const std::string msg =
+        error_message_of([&] { runner::load_network(path, "ema", Device::cpu()); });
+    std::filesystem::remove(path);
+    CHECK(msg.find(path) != std::string::npos);
+    for (const char* piece : {"out.2.bias", "input_blocks.9.0.weight", "time_embed.0.weight"})
+      CHECK_MESSAGE(msg.find(piece) != std::string::npos, piece, " not in: ", msg);
   }
 }
