@@ -146,21 +146,24 @@ FidStats checked_stats(const Tensor& mu, const Tensor& sigma, const std::string&
 }
 }  // namespace
 
-void save_stats_npz(const std::string& path, const FidStats& stats) {
+void save_stats_npz(const std::string& path, const FidStats& stats, const std::string& mu_key,
+                    const std::string& sigma_key) {
   const FidStats s = checked_stats(stats.mu, stats.sigma, "save_stats_npz: '" + path + "'");
-  data::write_npz(path, {{"mu", s.mu}, {"sigma", s.sigma}});
+  data::write_npz(path, {{mu_key, s.mu}, {sigma_key, s.sigma}});
 }
 
-FidStats load_stats_npz(const std::string& path) {
-  const std::map<std::string, Tensor> arrays = data::read_npz(path, {"mu", "sigma"});
-  if (!arrays.count("mu") || !arrays.count("sigma")) {
+FidStats load_stats_npz(const std::string& path, const std::string& mu_key,
+                        const std::string& sigma_key) {
+  const std::map<std::string, Tensor> arrays = data::read_npz(path, {mu_key, sigma_key});
+  if (!arrays.count(mu_key) || !arrays.count(sigma_key)) {
     std::string present;
     const data::ZipReader zip(path);
     for (const data::ZipEntry& e : zip.entries()) present += (present.empty() ? "" : ", ") + e.name;
-    CM_FAIL("load_stats_npz: '", path, "' must hold the arrays 'mu' and 'sigma' (mu.npy and ",
-            "sigma.npy), it holds: ", present.empty() ? "nothing" : present);
+    CM_FAIL("load_stats_npz: '", path, "' must hold the arrays '", mu_key, "' and '", sigma_key,
+            "' (", mu_key, ".npy and ", sigma_key,
+            ".npy), it holds: ", present.empty() ? "nothing" : present);
   }
-  return checked_stats(arrays.at("mu"), arrays.at("sigma"), "load_stats_npz: '" + path + "'");
+  return checked_stats(arrays.at(mu_key), arrays.at(sigma_key), "load_stats_npz: '" + path + "'");
 }
 
 // ---- the Fréchet distance --------------------------------------------------------------------

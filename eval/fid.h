@@ -76,13 +76,16 @@ class FeatureStats {
 // The statistics of a whole feature matrix [N, D] (N ≥ 2), as one FeatureStats batch.
 FidStats compute_stats(const Tensor& features);
 
-// .npz with "mu" (f64 [D]) and "sigma" (f64 [D, D]), as numpy.savez(path, mu=mu, sigma=sigma).
-void save_stats_npz(const std::string& path, const FidStats& stats);
-// Reads "mu" and "sigma" from an .npz (other arrays, such as the images and sFID statistics of
-// openai's reference batches, are not read). f32 arrays are widened to f64. Errors name the file:
-// a missing key (listing those present), mu not 1-D, sigma not [D, D] for mu's D, a non-floating
-// dtype, or non-finite values.
-FidStats load_stats_npz(const std::string& path);
+// .npz with "mu" (f64 [D]) and "sigma" (f64 [D, D]), as numpy.savez(path, mu=mu, sigma=sigma);
+// sFID's spatial statistics go under "mu_s" and "sigma_s", as in openai's reference batches.
+void save_stats_npz(const std::string& path, const FidStats& stats,
+                    const std::string& mu_key = "mu", const std::string& sigma_key = "sigma");
+// Reads "mu" and "sigma" (or the keys given: "mu_s", "sigma_s" for sFID) from an .npz (other
+// arrays, such as the images of openai's reference batches, are not read). f32 arrays are widened
+// to f64. Errors name the file: a missing key (listing those present), mu not 1-D, sigma not
+// [D, D] for mu's D, a non-floating dtype, or non-finite values.
+FidStats load_stats_npz(const std::string& path, const std::string& mu_key = "mu",
+                        const std::string& sigma_key = "sigma");
 
 // ---- the Fréchet distance --------------------------------------------------------------------
 

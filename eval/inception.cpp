@@ -242,7 +242,11 @@ FidInceptionV3::FidInceptionV3(const FidInceptionOptions& o) {
   mixed_.push_back(register_module("Mixed_6a", std::make_shared<InceptionB>(c(288), c)));
   mixed_.push_back(register_module("Mixed_6b", std::make_shared<FidInceptionC>(c(768), c(128), c)));
   mixed_.push_back(register_module("Mixed_6c", std::make_shared<FidInceptionC>(c(768), c(160), c)));
-  mixed_.push_back(register_module("Mixed_6d", std::make_shared<FidInceptionC>(c(768), c(160), c)));
+  {
+    auto m6d = register_module("Mixed_6d", std::make_shared<FidInceptionC>(c(768), c(160), c));
+    spatial_conv_ = m6d->branch1x1;  // TF's mixed_6/conv, sFID's features
+    mixed_.push_back(m6d);
+  }
   mixed_.push_back(register_module("Mixed_6e", std::make_shared<FidInceptionC>(c(768), c(192), c)));
   mixed_.push_back(register_module("Mixed_7a", std::make_shared<InceptionD>(c(768), c)));
   mixed_.push_back(register_module("Mixed_7b", std::make_shared<FidInceptionE>(c(1280), false, c)));
@@ -253,7 +257,8 @@ FidInceptionV3::FidInceptionV3(const FidInceptionOptions& o) {
 
 // pytorch-fid's InceptionV3 blocks 0–3: stem convs 1a, 2a, 2b, max pool 3/2, convs 3b, 4a, max
 // pool 3/2, Mixed_5b .. Mixed_7c, then the mean over H and W (AdaptiveAvgPool2d(1)).
-FidInceptionV3::Outputs FidInceptionV3::forward(const Tensor& x, bool with_logits) const {
+FidInceptionV3::Outputs FidInceptionV3::forward(const Tensor& x, bool with_logits,
+                                                bool with_spatial) const {
   CM_CHECK(x.dim() == 4 && x.size(1) == 3 && is_floating(x.dtype()),
            "FidInceptionV3: input must be floating [N, 3, H, W], got ", dtype_name(x.dtype()), " ",
            shape_str(x.shape()));
@@ -264,16 +269,26 @@ FidInceptionV3::Outputs FidInceptionV3::forward(const Tensor& x, bool with_logit
     h = stem_[i]->forward(h);
     if (i == 2 || i == 4) h = max_pool2d(h, 3, 2);
   }
-  for (const auto& m : mixed_) h = m->forward(h);
   Outputs out;
+  for (const auto& m : mixed_) {
+    if (with_spatial && m.get() == mixed_[6].get()) {
+      // the first 7 channels of Mixed_6d's 1×1 branch, flattened in (H, W, C) order as the
+      // TensorFlow graph's NHWC tensor [N, 17, 17, 7] is
+      const Tensor b = spatial_conv_->forward(h);
+      const Tensor first = narrow(b, 1, 0, std::min<int64_t>(7, b.size(1)));
+      out.spatial = reshape(contiguous(permute(first, {0, 2, 3, 1})), {b.size(0), -1});
+    }
+    h = m->forward(h);
+  }
   out.pool = mean(h, {2, 3});
   if (with_logits) out.logits = logits(out.pool);
   return out;
 }
 
-FidInceptionV3::Outputs FidInceptionV3::forward_images(const Tensor& images_u8,
-                                                       bool with_logits) const {
-  return forward(cm::to(inception_input(images_u8), fc_->weight.dtype()), with_logits);
+FidInceptionV3::Outputs FidInceptionV3::forward_images(const Tensor& images_u8, bool with_logits,
+                                                       bool with_spatial) const {
+  return forward(cm::to(inception_input(images_u8), fc_->weight.dtype()), with_logits,
+                 with_spatial);
 }
 
 Tensor FidInceptionV3::logits(const Tensor& pool, bool with_bias) const {

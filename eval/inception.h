@@ -76,16 +76,22 @@ class FidInceptionV3 : public nn::Module {
   struct Outputs {
     Tensor pool;    // [N, 2048] pool3 features (the mean over the final 8×8 map)
     Tensor logits;  // [N, num_classes] = pool·fc.weightᵀ (undefined unless asked for)
+    // [N, 2023] sFID's spatial features (undefined unless asked for): the first 7 channels of
+    // Mixed_6d's 1×1 branch (TF's mixed_6/conv, after its batch norm and ReLU) at 17×17,
+    // flattened in (H, W, C) order, as openai's evaluator takes them (spatial[..., :7] of the NHWC
+    // tensor; its PyTorch port evaluations/inception_v3.py does the same).
+    Tensor spatial;
   };
   // x [N, 3, H, W] floating in [−1, 1], 299×299 for the reference numbers (inception_input in
   // eval/fid.h makes it from u8 images); any size ≥ 75×75 runs. Run it under NoGradGuard for
   // evaluation. The logits leave out fc.bias, as the Inception Scores of torch-fidelity
   // ("logits_unbiased") and of openai's evaluator (pool3 times the graph's softmax/logits/MatMul
   // weights) both do; logits(pool, true) adds it.
-  Outputs forward(const Tensor& x, bool with_logits = true) const;
+  Outputs forward(const Tensor& x, bool with_logits = true, bool with_spatial = false) const;
   // u8 images [N, 1 or 3, H, W] -> forward(inception_input(images)) in the parameters' dtype (the
   // resize and scaling of the reference tools; see eval/fid.h).
-  Outputs forward_images(const Tensor& images_u8, bool with_logits = true) const;
+  Outputs forward_images(const Tensor& images_u8, bool with_logits = true,
+                         bool with_spatial = false) const;
   // pool [N, 2048] -> pool·fc.weightᵀ (+ fc.bias).
   Tensor logits(const Tensor& pool, bool with_bias = false) const;
 
@@ -102,6 +108,7 @@ class FidInceptionV3 : public nn::Module {
   std::vector<std::shared_ptr<BasicConv2d>> stem_;      // Conv2d_1a_3x3 .. Conv2d_4a_3x3
   std::vector<std::shared_ptr<InceptionBlock>> mixed_;  // Mixed_5b .. Mixed_7c
   std::shared_ptr<Fc> fc_;
+  std::shared_ptr<BasicConv2d> spatial_conv_;  // Mixed_6d.branch1x1
 };
 
 // Reads a safetensors file made by tools/convert_fid_inception.py (strictly: every parameter and

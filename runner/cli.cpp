@@ -295,6 +295,9 @@ void check_eval(EvalCommand& c, const CLI::App* app, const SamplingOptions& s) {
              "cifar10:DIR:train, folder:DIR, zip:PATH, ...)");
     CM_CHECK(c.out, "--ref-only needs --out STATS.npz");
     CM_CHECK(c.metric != "is", "--metric is: the Inception Score has no reference statistics");
+    CM_CHECK(c.metric != "prec-recall",
+             "--metric prec-recall: precision and recall compare with the reference images "
+             "themselves (--ref BATCH.npz), there are no reference statistics to write");
     for (const char* k :
          {"--n", "--seeds", "--steps", "--sigmas", "--weights", "--quantize", "--ref"})
       CM_CHECK(!given(k), k, " is not for --ref-only (it reads every image of --data)");
@@ -315,7 +318,9 @@ void check_eval(EvalCommand& c, const CLI::App* app, const SamplingOptions& s) {
   if (c.metric == "domain") {
     CM_CHECK(c.classifier,
              "--metric domain needs --classifier PATH (made by `cm classifier train`)");
-    CM_CHECK(!c.inception, "--inception is for --metric fid or is, not domain");
+    CM_CHECK(!c.inception,
+             "--inception is for the Inception metrics (fid, is, sfid, prec-recall), "
+             "not domain");
   } else {
     CM_CHECK(c.inception, "--metric ", c.metric,
              " needs --inception PATH (the FID Inception weights converted by "
@@ -331,6 +336,21 @@ void check_eval(EvalCommand& c, const CLI::App* app, const SamplingOptions& s) {
              "or `cm eval --ref-only --data SPEC --inception PATH --out STATS.npz`)");
     CM_CHECK(c.n >= kMinFidImages, "--metric fid needs at least ", kMinFidImages,
              " images (fewer make a rank-deficient 2048×2048 covariance), got ", c.n);
+  }
+  if (c.metric == "sfid") {
+    CM_CHECK(c.ref,
+             "--metric sfid needs --ref STATS.npz with the spatial statistics mu_s and sigma_s "
+             "(openai's reference batches hold them, or `cm eval --ref-only --metric sfid --data "
+             "SPEC --inception PATH --out STATS.npz`)");
+    CM_CHECK(c.n >= kMinFidImages, "--metric sfid needs at least ", kMinFidImages,
+             " images (fewer make a rank-deficient 2023×2023 covariance), got ", c.n);
+  }
+  if (c.metric == "prec-recall") {
+    CM_CHECK(c.ref,
+             "--metric prec-recall needs --ref BATCH.npz, the reference images as arr_0 (u8 "
+             "[N, H, W, C]: openai's reference batches, or a samples.npz)");
+    CM_CHECK(c.n > 3, "--metric prec-recall needs more than 3 images (k = 3 neighbours), got ",
+             c.n);
   }
   if (c.metric == "is") {
     CM_CHECK(!c.ref, "--ref: the Inception Score uses no reference statistics");
@@ -434,16 +454,19 @@ struct Parser {
             "SOURCE", [this](const std::string& v) { eval_c.source = v; },
             "a run directory or a checkpoint (none with --data or --ref-only)")
         ->type_name("RUN_DIR|CHECKPOINT");
-    option(eval, "--metric", "{domain,fid,is}", "domain (fid with --inception)", "the metric",
-           [this](const std::string& v) {
-             eval_c.metric = choice("--metric", v, {"domain", "fid", "is"});
+    option(eval, "--metric", "{domain,fid,is,sfid,prec-recall}", "domain (fid with --inception)",
+           "the metric", [this](const std::string& v) {
+             eval_c.metric = choice("--metric", v, {"domain", "fid", "is", "sfid", "prec-recall"});
            });
     eval_s = add_sampling(eval, eval_c, "10000 (domain), 50000 (fid, is)");
     optional_string(eval, "--classifier", "PATH",
                     "the domain metric's classifier (cm classifier train)", eval_c.classifier);
     optional_string(eval, "--inception", "PATH",
                     "FID Inception weights (tools/convert_fid_inception.py)", eval_c.inception);
-    optional_string(eval, "--ref", "STATS.npz", "reference statistics (mu, sigma)", eval_c.ref);
+    optional_string(eval, "--ref", "STATS.npz",
+                    "reference statistics (mu, sigma; sfid: mu_s, sigma_s) or, for prec-recall, a "
+                    "reference batch of images (arr_0)",
+                    eval_c.ref);
     optional_string(eval, "--data", "SPEC",
                     "score the first N real images of SPEC instead of a model's (the floor)",
                     eval_c.data);

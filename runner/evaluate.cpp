@@ -18,6 +18,7 @@
 #include "eval/classifier.h"
 #include "eval/fid.h"
 #include "eval/inception.h"
+#include "eval/precision_recall.h"
 #include "nn/atomic_file.h"
 #include "runner/sha256.h"
 
@@ -296,17 +297,47 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // ---- feature statistics of the metric networks -------------------------------------------------
 
 // Pool3 statistics (and, with `logits`, the logits) of u8 images through the FID Inception.
+// The statistics of the pool3 features (FID) or, with `spatial`, of sFID's spatial features.
 eval::FidStats inception_stats(const eval::FidInceptionV3& net, const Tensor& images_u8,
-                               int64_t batch, std::vector<Tensor>* logits) {
+                               int64_t batch, std::vector<Tensor>* logits, bool spatial = false) {
   NoGradGuard ng;
-  eval::FeatureStats acc(net.feature_dim());
+  std::optional<eval::FeatureStats> acc;
   for (int64_t i = 0; i < images_u8.size(0); i += batch) {
     const int64_t len = std::min(batch, images_u8.size(0) - i);
-    const auto out = net.forward_images(narrow(images_u8, 0, i, len), logits != nullptr);
-    acc.add(out.pool);
+    const auto out = net.forward_images(narrow(images_u8, 0, i, len), logits != nullptr, spatial);
+    const Tensor& f = spatial ? out.spatial : out.pool;
+    if (!acc) acc.emplace(f.size(1));
+    acc->add(f);
     if (logits) logits->push_back(to(out.logits, Device::cpu()));
   }
-  return acc.stats();
+  CM_CHECK(acc, "inception_stats: no images");
+  return acc->stats();
+}
+
+// The pool3 features [N, 2048] of u8 images, f32 on the CPU.
+Tensor inception_features(const eval::FidInceptionV3& net, const Tensor& images_u8, int64_t batch) {
+  NoGradGuard ng;
+  std::vector<Tensor> parts;
+  for (int64_t i = 0; i < images_u8.size(0); i += batch) {
+    const int64_t len = std::min(batch, images_u8.size(0) - i);
+    parts.push_back(to(to(net.forward_images(narrow(images_u8, 0, i, len), false).pool, DType::f32),
+                       Device::cpu()));
+  }
+  return cat(parts, 0);
+}
+
+// The images of a reference batch .npz (openai's guided-diffusion format: "arr_0" u8 [N, H, W, C]
+// with C = 1 or 3) as u8 [N, C, H, W].
+Tensor reference_batch_images(const std::string& path) {
+  const auto arrays = data::read_npz(path, {"arr_0"});
+  CM_CHECK(arrays.count("arr_0"), "--ref ", path,
+           ": a reference batch holds its images as arr_0 (u8 [N, H, W, C], as openai's "
+           "reference batches and cm sample's samples.npz do); this file has no arr_0");
+  const Tensor& a = arrays.at("arr_0");
+  CM_CHECK(a.dtype() == DType::u8 && a.dim() == 4 && (a.size(3) == 1 || a.size(3) == 3), "--ref ",
+           path, ": arr_0 must be u8 [N, H, W, 1 or 3], got ", dtype_name(a.dtype()), " ",
+           shape_str(a.shape()));
+  return contiguous(permute(a, {0, 3, 1, 2}));
 }
 
 // Domain statistics files carry the classifier's SHA-256 beside mu and sigma (load_stats_npz
@@ -358,6 +389,7 @@ fs::path run_dir_of(const fs::path& checkpoint) {
 }
 
 constexpr int64_t kMinFidImages = 2048;
+constexpr int64_t kPrecisionRecallK = 3;  // openai's evaluator: nhood_sizes (3,)
 
 // The argument checks of cm eval --ref-only are in runner/cli.cpp (check_eval).
 int eval_ref_only(const EvalCommand& a) {
@@ -365,20 +397,24 @@ int eval_ref_only(const EvalCommand& a) {
   const Device dev = Device::parse(a.device);
   const int64_t batch = a.batch;
   const std::string data = *a.data, out = *a.out;
-  if (metric == "fid")
+  if (metric == "fid" || metric == "sfid")
     require_file(*a.inception, "--inception");
   else
     require_file(*a.classifier, "--classifier");
   const auto t0 = std::chrono::steady_clock::now();
   const data::ImageDataset d = eval::load_split(data);
   eval::FidStats stats;
-  if (metric == "fid") {
-    CM_CHECK(d.size() >= kMinFidImages, "--data ", data, ": ", d.size(),
-             " images; FID reference statistics need at least ", kMinFidImages,
-             " (fewer make a rank-deficient 2048×2048 covariance and a meaningless FID)");
+  if (metric == "fid" || metric == "sfid") {
+    CM_CHECK(d.size() >= kMinFidImages, "--data ", data, ": ", d.size(), " images; ", metric,
+             " reference statistics need at least ", kMinFidImages,
+             " (fewer make a rank-deficient covariance and a meaningless distance)");
     const auto net = eval::load_fid_inception(*a.inception, dev);
-    stats = inception_stats(*net, d.images, batch, nullptr);
-    eval::save_stats_npz(out, stats);
+    const bool spatial = metric == "sfid";
+    stats = inception_stats(*net, d.images, batch, nullptr, spatial);
+    if (spatial)
+      eval::save_stats_npz(out, stats, "mu_s", "sigma_s");  // openai's reference-batch keys
+    else
+      eval::save_stats_npz(out, stats);
   } else {
     const eval::LoadedClassifier clf = eval::load_classifier(*a.classifier, dev);
     check_classifier_fits(clf.net->config(), d.channels(), d.height(), *a.classifier,
@@ -460,6 +496,7 @@ int run_eval(const EvalCommand& a) {
   std::optional<eval::LoadedClassifier> clf;
   std::shared_ptr<eval::FidInceptionV3> inception;
   eval::FidStats ref;
+  Tensor ref_images;  // prec-recall
   json reference;
   if (metric == "domain") {
     const std::string path = *a.classifier;
@@ -509,6 +546,16 @@ int run_eval(const EvalCommand& a) {
       CM_CHECK(ref.dim() == inception->feature_dim(), "--ref ", *a.ref, ": statistics of dim ",
                ref.dim(), ", but FID's pool3 features have ", inception->feature_dim());
       reference = {{"path", fs::absolute(*a.ref).string()}, {"sha256", sha256_file(*a.ref)}};
+    } else if (metric == "sfid") {
+      ref = eval::load_stats_npz(*a.ref, "mu_s", "sigma_s");
+      reference = {{"path", fs::absolute(*a.ref).string()}, {"sha256", sha256_file(*a.ref)}};
+    } else if (metric == "prec-recall") {
+      ref_images = reference_batch_images(*a.ref);
+      CM_CHECK(ref_images.size(0) > kPrecisionRecallK, "--ref ", *a.ref, ": ", ref_images.size(0),
+               " reference images; the k-th neighbour (k = ", kPrecisionRecallK, ") needs more");
+      reference = {{"path", fs::absolute(*a.ref).string()},
+                   {"sha256", sha256_file(*a.ref)},
+                   {"images", ref_images.size(0)}};
     }
   }
 
@@ -534,6 +581,22 @@ int run_eval(const EvalCommand& a) {
   } else if (metric == "fid") {
     value = eval::frechet_distance(inception_stats(*inception, images, batch, nullptr), ref);
     values["fid"] = value;
+  } else if (metric == "sfid") {
+    const eval::FidStats st = inception_stats(*inception, images, batch, nullptr, true);
+    CM_CHECK(st.dim() == ref.dim(), "--ref ", *a.ref, ": spatial statistics of dim ", ref.dim(),
+             ", but the images' spatial features have ", st.dim());
+    value = eval::frechet_distance(st, ref);
+    values["sfid"] = value;
+  } else if (metric == "prec-recall") {
+    CM_CHECK(images.size(1) == ref_images.size(1), "--ref ", *a.ref, ": reference images of ",
+             ref_images.size(1), " channels, the model's have ", images.size(1));
+    const eval::PrecisionRecall pr =
+        eval::precision_recall(inception_features(*inception, ref_images, batch),
+                               inception_features(*inception, images, batch), kPrecisionRecallK);
+    value = pr.precision;  // the record's value; both are in its values
+    values["precision"] = pr.precision;
+    values["recall"] = pr.recall;
+    values["k"] = kPrecisionRecallK;
   } else {
     std::vector<Tensor> logits;
     NoGradGuard ng;

@@ -182,7 +182,8 @@ TEST_SUITE("cli") {
     check_fails({"sample", run, "--class", "2"}, {"--class", "unconditional"}, 1);  // bad input
     check_fails({"sample", run, "--sigmas", "1,x"}, {"--sigmas 1,x", "\"x\" is not a number"});
     check_fails({"sample", run, "--device", "gpu"}, {"--device gpu", "invalid device"});
-    check_fails({"eval", run, "--metric", "kid"}, {"--metric kid: expected domain, fid or is"});
+    check_fails({"eval", run, "--metric", "kid"},
+                {"--metric kid: expected domain, fid, is, sfid or prec-recall"});
     check_fails({"bench", "--precision", "f64"}, {"--precision f64", "f32, tf32, bf16 or f16"});
     check_fails({"bench", "--precision", "bf16"}, {"--precision bf16 needs a GPU"});
     check_fails({"bench", "--case", "back"}, {"--case back", "forward, ct, sample or allreduce"});
@@ -235,8 +236,8 @@ TEST_SUITE("cli") {
           "{floor,round}", "--device", "--batch", "256", "--out", "--allow-nonfinite", "--class",
           "K|random"}},
         {{"eval", "--help"},
-         {"--metric", "{domain,fid,is}", "--n", "--classifier", "--inception", "--ref", "--data",
-          "--ref-only", "--batch", "--allow-nonfinite"}},
+         {"--metric", "{domain,fid,is,sfid,prec-recall}", "--n", "--classifier", "--inception",
+          "--ref", "--data", "--ref-only", "--batch", "--allow-nonfinite"}},
         {{"classifier", "train", "--help"},
          {"--data", "{digits,fashion-mnist}", "--steps", "--batch", "--lr", "FLOAT>0", "--seed",
           "INT>=0", "--device", "--out"}},

@@ -12,8 +12,11 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "datasets/dataset.h"
+#include "datasets/npz.h"
 #include "eval/classifier.h"
 #include "eval/inception.h"
+#include "eval/precision_recall.h"
 #include "nn/safetensors.h"
 #include "runner/config.h"
 #include "runner/evaluate.h"
@@ -552,6 +555,68 @@ TEST_SUITE("eval") {
     fs::remove_all(dir);
   }
 
+  TEST_CASE(
+      "cm eval --metric prec-recall: a run's samples against a reference batch, as from the "
+      "parts") {
+    // The same full-width random-weight Inception as the IS test; the reference batch is an .npz
+    // of real digits as arr_0 (u8 NHWC, openai's reference-batch layout).
+    const fs::path dir = temp_dir("pr");
+    const fs::path run = tiny_run(dir);
+    eval::FidInceptionV3 net;
+    {
+      NoGradGuard ng;
+      Generator gen(5);
+      for (auto& [name, p] : net.named_parameters())
+        if (p.dim() > 1)
+          copy_(p, mul(randn_like(p, &gen), 1.0 / std::sqrt(double(p.numel() / p.shape()[0]))));
+    }
+    const std::string weights = (dir / "inception.safetensors").string();
+    nn::save_module(weights, net);
+    // the run's own images for seeds 0..7, as cm eval draws them
+    const runner::LoadedNetwork m = runner::load_network(
+        runner::RunDir::open(run.string()).latest_checkpoint().string(), "ema", Device::cpu());
+    std::vector<uint64_t> seeds;
+    for (uint64_t s = 0; s < 8; ++s) seeds.push_back(s);
+    const Tensor images =
+        runner::generate_images(m, seeds, runner::choose_sampler(m.config, "1", ""),
+                                runner::Quantization::Floor, Device::cpu(), 8);
+    // the reference: four of those images and four real digits, so that neither fraction is
+    // trivially 0 or 1
+    const data::ImageDataset digits = data::load_dataset("digits");
+    const Tensor real =
+        cat({narrow(images, 0, 0, 4), narrow(digits.images, 0, 0, 4)}, 0).contiguous();
+    const std::string batch = (dir / "ref_batch.npz").string();
+    data::write_npz(batch, {{"arr_0", contiguous(permute(real, {0, 2, 3, 1}))}});
+    const fs::path out = dir / "pr.json";
+    REQUIRE(run_cm({"eval", run.string(), "--metric", "prec-recall", "--n", "8", "--inception",
+                    weights, "--ref", batch, "--batch", "4", "--out", out.string()}) == 0);
+    const json r = read_json(out);
+    CHECK(r.at("metric") == "prec-recall");
+    CHECK(r.at("reference").at("images") == 8);
+    CHECK(r.at("values").at("k") == 3);
+
+    const auto loaded = eval::load_fid_inception(weights);
+    NoGradGuard ng;
+    const eval::PrecisionRecall want = eval::precision_recall(
+        loaded->forward_images(real, false).pool, loaded->forward_images(images, false).pool);
+    CHECK(r.at("values").at("precision").get<double>() == want.precision);
+    CHECK(r.at("values").at("recall").get<double>() == want.recall);
+    CHECK(r.at("value").get<double>() == want.precision);
+    CHECK(want.precision >= 0.5);  // the four shared images at least
+    CHECK(want.recall >= 0.5);
+    CHECK(want.recall < 1.0);  // the real digits lie apart from the samples
+    // a reference batch without images
+    const std::string stats = (dir / "stats.npz").string();
+    data::write_npz(stats, {{"mu", zeros({2}, {.dtype = DType::f64})}});
+    check_error(
+        [&] {
+          run_cm({"eval", run.string(), "--metric", "prec-recall", "--n", "8", "--inception",
+                  weights, "--ref", stats});
+        },
+        {"stats.npz", "arr_0"});
+    fs::remove_all(dir);
+  }
+
   TEST_CASE("cm eval and cm classifier: argument and input errors are clear") {
     const Trained& t = trained();
     const fs::path dir = temp_dir("errors");
@@ -578,7 +643,8 @@ TEST_SUITE("eval") {
     fails({"eval", r, "--seeds", "a-b", "--classifier", t.path}, {"--seeds a-b", "0-63,100"});
     fails({"eval", r, "--n", "4", "--seeds", "0-3", "--classifier", t.path},
           {"--n or --seeds, not both"});
-    fails({"eval", r, "--metric", "kid"}, {"--metric kid: expected domain, fid or is"});
+    fails({"eval", r, "--metric", "kid"},
+          {"--metric kid: expected domain, fid, is, sfid or prec-recall"});
     fails({"eval", r}, {"--metric domain needs --classifier"});
     fails({"eval", r, "--classifier", (dir / "none.safetensors").string()},
           {"--classifier", "none.safetensors: no such file"});
@@ -601,6 +667,15 @@ TEST_SUITE("eval") {
     fails({"eval", r, "--metric", "is", "--inception", fake, "--n", "5"}, {"at least 10 images"});
     fails({"eval", r, "--metric", "is", "--inception", fake, "--ref", fake},
           {"Inception Score uses no reference"});
+    fails({"eval", r, "--metric", "sfid", "--inception", fake},
+          {"--metric sfid needs --ref STATS.npz", "mu_s and sigma_s"});
+    fails({"eval", r, "--metric", "sfid", "--inception", fake, "--ref", fake, "--n", "100"},
+          {"at least 2048 images", "got 100"});
+    fails({"eval", r, "--metric", "prec-recall", "--inception", fake},
+          {"--metric prec-recall needs --ref BATCH.npz", "arr_0"});
+    fails({"eval", "--ref-only", "--metric", "prec-recall", "--data", "digits", "--inception", fake,
+           "--out", fake},
+          {"no reference statistics to write"});
     // a classifier for other images than the run's
     {
       eval::ClassifierConfig c = eval::classifier_preset("fashion-mnist");
