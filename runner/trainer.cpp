@@ -266,6 +266,8 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
   if ((cfg.mode == "ct" || cfg.mode == "cd") &&
       cfg.cons.loss.distance == consistency::Distance::Lpips) {
     // The frozen LPIPS network, bound as the loss's distance (it keeps the network alive).
+    CM_CHECK(fs::is_regular_file(cfg.cons.lpips_weights), "/consistency/lpips/weights: no such file: \"",
+             cfg.cons.lpips_weights, "\" (make one with tools/convert_lpips.py)");
     std::shared_ptr<const eval::Lpips> lpips = eval::load_lpips(
         cfg.cons.lpips_weights, eval::LpipsOptions::variant(cfg.cons.lpips_variant), dev);
     cfg_.cons.loss.learned_distance = [lpips](const Tensor& a, const Tensor& b) {
