@@ -10,7 +10,10 @@
 # cm_bench_ops on the GPU), dist (the MPI engine, NCCL and the gradient reducer with world size
 # 1), profile (Nsight Compute's time of every kernel of about one CT step,
 # profile.csv; tools/kernel_times.py sums it by kernel), ct (configs/cifar10-ct.json for
-# --ct-steps steps) with memcheck (compute-sanitizer on the GPU suites) beside it.
+# --ct-steps steps) with memcheck (compute-sanitizer on the GPU suites) beside it, and adm (on
+# request: cm bench of the ImageNet-64 ADM U-Net in bf16 and f16 beside the reference UNetModel's
+# step in PyTorch where the bundle has it (gpu_bundle.sh --adm-ref), and 200 CT steps of a small
+# ADM network in f16, with the dynamic loss scaler, beside the same in bf16).
 # The training data is Fashion-MNIST's test split in CIFAR-10's binary layout
 # (tools/fashion_as_cifar10.py): the machine cannot download CIFAR-10.
 set -uo pipefail
@@ -164,6 +167,36 @@ if has bench; then
     box 90 "$bin/cm_bench_ops" --device cuda
   } >>"$out/bench.log" 2>&1
   grep -E '"case"|"bench"' "$out/bench.log" | head -40 | tee -a "$summary"
+fi
+
+# ---- ADM: the ImageNet-64 network's step beside the reference's, and f16 training end to end
+if has adm; then
+  say "== adm"
+  {
+    for p in bf16 f16; do
+      for c in ct sample; do
+        box 90 "$bin/cm" bench --network adm-imagenet64 --device cuda --batch 64 --precision $p --case $c --repeats 5
+      done
+    done
+    if [ -f "$bundle/adm-ref/cm/unet.py" ]; then
+      for p in bf16 f16; do
+        for c in ct sample; do
+          box 120 python3 bench/peer_adm_step.py --ref "$bundle/adm-ref" --device cuda \
+            --network adm-imagenet64 --batch 64 --precision $p --case $c --steps 5
+        done
+      done
+    fi
+  } >>"$out/adm.log" 2>&1
+  grep -E '"bench"' "$out/adm.log" | tee -a "$summary"
+  for p in f16 bf16; do
+    box 150 "$bin/cm" train configs/cifar10-ct.json "${data_set[@]}" --set network.preset=adm-tiny-16 \
+      --set network.img_resolution=32 --set network.model_channels=64 --set data.labels=true \
+      --set precision=$p \
+      --set train.steps=200 --set train.batch=128 --set train.log_every=10 \
+      --set train.checkpoint_every=200 --set train.sample_every=200 --out "$runs/adm-$p" >"$out/adm-$p.log" 2>&1
+    say "adm $p: rc $?"
+    grep -E '^step' "$out/adm-$p.log" | awk 'NR==1 || NR%4==0' | tee -a "$summary"
+  done
 fi
 
 # ---- kernel times of about one CT step (the third: two warm-up steps come first)
