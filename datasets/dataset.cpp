@@ -638,11 +638,55 @@ ImageDataset load_edm_zip(const std::string& path) {
 
 // ---- downsampled ImageNet -----------------------------------------------------------------------
 
+namespace {
+// openai's layout (guided-diffusion's reference batches, image_sample.py's output, cm sample's
+// samples.npz): arr_0 u8 [N, H, W, C] with C = 1 or 3, and optionally arr_1, the 0-based labels.
+ImageDataset load_openai_npz(const std::string& path, const ZipReader& zip) {
+  const char* op = "load_imagenet_npz";
+  const std::string data_name = path + "/arr_0.npy";
+  const std::vector<uint8_t> data = zip.read("arr_0.npy");
+  const NpyHeader dh = parse_npy_header(data.data(), data.size(), data_name);
+  CM_CHECK(dh.descr == "|u1" && !dh.fortran_order && dh.shape.size() == 4 &&
+               (dh.shape[3] == 1 || dh.shape[3] == 3) && dh.shape[0] > 0,
+           op, ": '", data_name, "' must be a C-order uint8 array [N, H, W, 1 or 3], got '",
+           dh.descr, "' ", shape_str(dh.shape), dh.fortran_order ? " in Fortran order" : "");
+  const int64_t n = dh.shape[0], h = dh.shape[1], w = dh.shape[2], c = dh.shape[3];
+  ImageDataset ds;
+  ds.images = u8_tensor({n, c, h, w});
+  const uint8_t* src = data.data() + dh.data_offset;
+  uint8_t* dst = ds.images.data<uint8_t>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t y = 0; y < h; ++y)
+      for (int64_t x = 0; x < w; ++x)
+        for (int64_t k = 0; k < c; ++k)
+          dst[((i * c + k) * h + y) * w + x] = src[((i * h + y) * w + x) * c + k];
+  std::vector<int64_t> labels(size_t(n), -1);
+  if (zip.find("arr_1.npy")) {
+    const std::string labels_name = path + "/arr_1.npy";
+    const std::vector<uint8_t> lab = zip.read("arr_1.npy");
+    const NpyHeader lh = parse_npy_header(lab.data(), lab.size(), labels_name);
+    CM_CHECK(lh.shape.size() == 1 && lh.shape[0] == n, op, ": '", labels_name, "' has shape ",
+             shape_str(lh.shape), ", expected [", n, "] to match '", data_name, "'");
+    labels = npy_integers(lab, lh, labels_name);
+    for (size_t i = 0; i < labels.size(); ++i) {
+      CM_CHECK(labels[i] >= 0 && labels[i] < (int64_t(1) << 24), op, ": '", labels_name, "' label ",
+               i, " is ", labels[i], ", not a class index (labels are 0-based)");
+      ds.num_classes = std::max(ds.num_classes, labels[i] + 1);
+    }
+  }
+  ds.labels = i64_tensor(labels);
+  ds.source = path;
+  return ds;
+}
+}  // namespace
+
 ImageDataset load_imagenet_npz(const std::string& path) {
   const char* op = "load_imagenet_npz";
   ZipReader zip(path);
+  if (zip.find("arr_0.npy") && !zip.find("data.npy")) return load_openai_npz(path, zip);
   CM_CHECK(zip.find("data.npy") && zip.find("labels.npy"), op, ": '", path,
-           "' must hold data.npy and labels.npy (keys 'data' and 'labels')");
+           "' must hold data.npy and labels.npy (keys 'data' and 'labels': downsampled ImageNet) "
+           "or arr_0.npy [, arr_1.npy] (openai's image batches)");
   const std::string data_name = path + "/data.npy", labels_name = path + "/labels.npy";
   const std::vector<uint8_t> data = zip.read("data.npy");
   const NpyHeader dh = parse_npy_header(data.data(), data.size(), data_name);

@@ -15,7 +15,10 @@
 //            dataset.json (or with null labels) there are no labels; folder names never mean
 //            classes. Images are taken in sorted order of their '/'-separated relative names.
 //   npz      downsampled ImageNet (Chrabaszcz et al. 2017): a zip of data.npy (u8 [N, 3·R·R],
-//            channel-planar) and labels.npy (integers 1..1000, stored here 0-based).
+//            channel-planar) and labels.npy (integers 1..1000, stored here 0-based); or openai's
+//            image batches (guided-diffusion's reference batches, image_sample.py's and cm
+//            sample's samples.npz): arr_0.npy u8 [N, H, W, C] (C = 1 or 3) and, optionally,
+//            arr_1.npy, 0-based labels (num_classes = the largest + 1).
 #pragma once
 
 #include <array>
@@ -96,7 +99,7 @@ ImageDataset tint_by_class(const ImageDataset& gray);
 //   "cifar10:<dir>[:train|:test]"   CIFAR-10 binary batches (default split: train)
 //   "folder:<dir>"                  an EDM image folder
 //   "zip:<path>"                    an EDM dataset zip
-//   "npz:<path>"                    a downsampled-ImageNet .npz
+//   "npz:<path>"                    a downsampled-ImageNet .npz, or openai's arr_0/arr_1 batch
 //   "tint:<spec>"                   a gray, labelled data set in its classes' colours
 //                                   (tint_by_class), e.g. "tint:fashion-mnist:test"
 // Paths may contain ':' (the split is only taken from a trailing ":train" or ":test").

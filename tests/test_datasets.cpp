@@ -1185,6 +1185,39 @@ TEST_SUITE("datasets") {
     }
   }
 
+  TEST_CASE("npz: openai's image batches, arr_0 NHWC with arr_1 labels, as cm sample writes them") {
+    TempDir dir;
+    // images [3, 2, 2, 3] whose value encodes (i, y, x, c)
+    std::vector<uint8_t> v;
+    for (int i = 0; i < 3; ++i)
+      for (int y = 0; y < 2; ++y)
+        for (int x = 0; x < 2; ++x)
+          for (int c = 0; c < 3; ++c) v.push_back(uint8_t(i * 64 + y * 16 + x * 4 + c));
+    const Tensor nhwc = from_vector(v, {3, 2, 2, 3});
+    const std::string with = dir / "batch.npz", without = dir / "nolabels.npz";
+    write_npz(with, {{"arr_0", nhwc}, {"arr_1", from_vector(std::vector<int64_t>{4, 0, 2}, {3})}});
+    write_npz(without, {{"arr_0", nhwc}});
+    const ImageDataset a = load_dataset("npz:" + with);
+    CHECK(a.images.shape() == Shape{3, 3, 2, 2});
+    for (int i = 0; i < 3; ++i)
+      for (int c = 0; c < 3; ++c)
+        for (int y = 0; y < 2; ++y)
+          for (int x = 0; x < 2; ++x)
+            CHECK(a.images.select(0, i).select(0, c).select(0, y).select(0, x).item<int64_t>() ==
+                  i * 64 + y * 16 + x * 4 + c);
+    CHECK(a.labels.to_vector<int64_t>() == std::vector<int64_t>{4, 0, 2});
+    CHECK(a.num_classes == 5);
+    const ImageDataset b = load_dataset("npz:" + without);
+    CHECK(b.num_classes == 0);
+    CHECK(b.labels.to_vector<int64_t>() == std::vector<int64_t>{-1, -1, -1});
+    // wrong layouts name the entry
+    const std::string bad = dir / "bad.npz";
+    write_npz(bad, {{"arr_0", from_vector(std::vector<float>(12, 0.f), {1, 2, 2, 3})}});
+    test::check_error([&] { load_dataset("npz:" + bad); }, {"bad.npz/arr_0.npy", "uint8"});
+    write_npz(bad, {{"arr_0", nhwc}, {"arr_1", from_vector(std::vector<int64_t>{1, -1, 0}, {3})}});
+    test::check_error([&] { load_dataset("npz:" + bad); }, {"arr_1.npy", "label 1 is -1"});
+  }
+
   TEST_CASE("npz: malformed .npy and .npz files are cm::Errors naming the file") {
     TempDir dir;
     const Bytes data = npy("|u1", "(4, 12)", imagenet_data());
