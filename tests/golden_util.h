@@ -84,4 +84,41 @@ inline double rel_err(const Tensor& a, const Tensor& b) {
   return num / std::max(den, 1e-30);
 }
 
+// A network's golden case: loads the weights of `g` (a golden file's tensors) into `net`, runs it
+// in eval mode and `dtype` on "input.x", "input.noise_labels" (and "input.class_labels" when
+// present), and checks "output", then the gradients of sum(output · "input.weights") against
+// "grad.x" and every "grad.<parameter>" the file holds. `what` starts the messages. Returns how
+// many parameter gradients were checked.
+inline int check_golden_case(nn::Network& net, const std::map<std::string, Tensor>& g, DType dtype,
+                             double out_tol, double grad_tol, const std::string& what) {
+  std::map<std::string, Tensor> weights;
+  for (auto& [n, t] : g)
+    if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output") weights[n] = t;
+  net.load_state_dict(weights, true);
+  net.eval();
+  net.to(dtype);
+  Tensor x = to(g.at("input.x"), dtype);
+  x.set_requires_grad(true);
+  Tensor labels;
+  if (g.count("input.class_labels")) labels = g.at("input.class_labels");
+  Tensor out = net.forward(x, to(g.at("input.noise_labels"), dtype), labels);
+  const double e = rel_err(out, g.at("output"));
+  CHECK_MESSAGE(e <= out_tol, what, " ", dtype_name(dtype), ": output relative error ", e);
+  sum(mul(out, to(g.at("input.weights"), dtype))).backward();
+  const double ex = rel_err(x.grad(), g.at("grad.x"));
+  CHECK_MESSAGE(ex <= grad_tol, what, " ", dtype_name(dtype), ": input gradient relative error ",
+                ex);
+  int checked = 0;
+  for (auto& [n, p] : net.named_parameters()) {
+    auto it = g.find("grad." + n);
+    if (it == g.end()) continue;
+    REQUIRE_MESSAGE(p.grad().defined(), n, " has no gradient");
+    const double ep = rel_err(p.grad(), it->second);
+    CHECK_MESSAGE(ep <= grad_tol, what, " ", dtype_name(dtype), ": gradient of ", n,
+                  " relative error ", ep);
+    ++checked;
+  }
+  return checked;
+}
+
 }  // namespace cm::test

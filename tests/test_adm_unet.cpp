@@ -36,31 +36,7 @@ void check_against_reference(const std::string& flavour, DType dtype, double out
   g.cfg.memory_format = memory_format;
   Generator gen(7);
   AdmUNet net(g.cfg, gen);
-  net.eval();
-  net.load_state_dict(
-      golden_weights(SafetensorsFile(kGoldenDir + "adm_" + flavour + ".safetensors")), true);
-  net.to(dtype);
-  Tensor x = to(g.tensors.at("input.x"), dtype);
-  x.set_requires_grad(true);
-  Tensor labels;
-  if (g.tensors.count("input.class_labels")) labels = g.tensors.at("input.class_labels");
-  Tensor out = net.forward(x, to(g.tensors.at("input.noise_labels"), dtype), labels);
-  const double e = rel_err(out, g.tensors.at("output"));
-  CHECK_MESSAGE(e <= out_tol, flavour, " ", dtype_name(dtype), ": output relative error ", e);
-  sum(mul(out, to(g.tensors.at("input.weights"), dtype))).backward();
-  const double ex = rel_err(x.grad(), g.tensors.at("grad.x"));
-  CHECK_MESSAGE(ex <= grad_tol, flavour, " ", dtype_name(dtype), ": input gradient relative error ",
-                ex);
-  int checked = 0;
-  for (auto& [n, p] : net.named_parameters()) {
-    auto it = g.tensors.find("grad." + n);
-    if (it == g.tensors.end()) continue;
-    REQUIRE_MESSAGE(p.grad().defined(), n, " has no gradient");
-    const double ep = rel_err(p.grad(), it->second);
-    CHECK_MESSAGE(ep <= grad_tol, flavour, " ", dtype_name(dtype), ": gradient of ", n,
-                  " relative error ", ep);
-    ++checked;
-  }
+  const int checked = check_golden_case(net, g.tensors, dtype, out_tol, grad_tol, flavour);
   CHECK(checked >= 10);
 }
 

@@ -26,40 +26,17 @@ import argparse
 import hashlib
 import json
 import os
-import struct
 import sys
 
 import torch
+
+from convert_fid_inception import save_safetensors  # tools/: the hand-written safetensors writer
 
 TWO_STEP = {"cd": 1.382, "ct": 1.913}  # scripts/launch.sh, ImageNet-64 (spec §2)
 
 
 def fail(msg):
     sys.exit(f"convert_openai_pt.py: {msg}")
-
-
-def write_safetensors(path, tensors, metadata):
-    """A safetensors file (8-byte header length, JSON header, raw little-endian data), written to a
-    temporary name and renamed, so that a killed conversion leaves no half file."""
-    header = {"__metadata__": metadata}
-    offset, blobs = 0, []
-    for name in sorted(tensors):
-        t = tensors[name].detach().contiguous().cpu()
-        data = t.numpy().tobytes()
-        header[name] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-        blobs.append(data)
-    hb = json.dumps(header, separators=(",", ":")).encode()
-    hb += b" " * ((8 - len(hb) % 8) % 8)
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(struct.pack("<Q", len(hb)))
-        f.write(hb)
-        for b in blobs:
-            f.write(b)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def convert(src, kind, network, two_step_sigma, out):
@@ -102,7 +79,7 @@ def convert(src, kind, network, two_step_sigma, out):
         "converted_from": json.dumps({"file": os.path.basename(src), "sha256": digest,
                                       "tool": "tools/convert_openai_pt.py", "kind": kind}),
     }
-    write_safetensors(out, tensors, metadata)
+    save_safetensors(out, tensors, metadata)  # to a temporary name, then renamed
     print(f"{out}: {len(tensors)} tensors, {sum(t.numel() for t in tensors.values())} parameters "
           f"from {src} ({'class-conditional' if has_classes else 'unconditional'}); cm checks them "
           f"against network {network.get('preset')} when it loads the file")
