@@ -235,7 +235,7 @@ td, th { border: 1px solid #ccc; padding: 2px 8px; text-align: right; }
 th { background: #eee; } td.l, th.l { text-align: left; }
 pre { background: #fff; border: 1px solid #ddd; padding: 8px; font-size: 11px; overflow-x: auto; }
 g.legend { cursor: pointer; } g.legend.off { opacity: 0.3; }
-#errors { color: #c00; }
+#errors { color: #c00; } #errors:empty { display: none; }
 )";
 
 // Counts each plot's series and points into data attributes (what the browser test reads), makes
