@@ -573,6 +573,17 @@ struct Parser {
     option(edit, "--weights", "ema|ema:RATE|online|target", "ema",
            "which weights of the checkpoint",
            [this](const std::string& v) { edit_c.weights = weights(v); });
+    option(edit, "--class", "K|data|random", "data (a labelled --data), else random",
+           "class-conditional models: one class, the images' labels, or each seed's own",
+           [this](const std::string& v) {
+             if (v != "data" && v != "random") {
+               bool overflow = false;
+               const auto k = parse_u64(v, &overflow);
+               CM_CHECK(k && !overflow && *k < (uint64_t(1) << 30), "--class ", shown(v),
+                        ": expected a class index (0, 1, ...), data or random");
+             }
+             edit_c.class_choice = v;
+           });
     add_device(edit, edit_c.device);
     optional_string(edit, "--out", "DIR", "output directory (default: <run>/edits-<task>)",
                     edit_c.out);

@@ -15,6 +15,7 @@
 #include "nn/atomic_file.h"
 #include "nn/optim.h"
 #include "runner/cli.h"
+#include "runner/evaluate.h"
 #include "runner/images.h"
 #include "runner/progress.h"
 #include "runner/trainer.h"
@@ -32,14 +33,20 @@ Tensor to_unit(const Tensor& u8) {
   return sub(div(to(u8, DType::f32), 127.5), 1.0);
 }
 
-// The images to edit: the first n of a data set, or PNG files, as u8 [N, C, H, W].
-Tensor load_inputs(const EditCommand& c) {
+// The images to edit: the first n of a data set, or PNG files, as u8 [N, C, H, W]; `labels`
+// gets the data set's labels of those images (i64 [N], −1 where unlabelled; undefined for PNGs or
+// a data set without classes) and `num_classes` its class count.
+Tensor load_inputs(const EditCommand& c, Tensor* labels, int64_t* num_classes) {
   CM_CHECK(c.data || !c.images.empty(), "--task ", c.task,
            " needs the images to edit: --data SPEC [--n N] or --images A.png,B.png,...");
   CM_CHECK(!(c.data && !c.images.empty()), "give --data or --images, not both");
   if (c.data) {
     const data::ImageDataset d = eval::load_split(*c.data);  // data set specs and digits:test
     CM_CHECK(c.n <= d.size(), "--n ", c.n, ": --data ", *c.data, " has only ", d.size(), " images");
+    if (d.num_classes > 0) {
+      *labels = narrow(d.labels, 0, 0, c.n).contiguous();
+      *num_classes = d.num_classes;
+    }
     return narrow(d.images, 0, 0, c.n).contiguous();
   }
   std::vector<Tensor> v;
@@ -103,9 +110,46 @@ int run_edit(const EditCommand& c) {
       *m.net,
       teacher ? consistency::Parameterization::Edm : consistency::Parameterization::Consistency,
       cfg.network.noise_labels, nc);
-  const consistency::EditFunction f = teacher
-                                          ? consistency::teacher_ode_function(net, c.teacher_steps)
-                                          : consistency::consistency_function(net);
+  // f, for images of the given classes (one-hot rows; undefined for an unconditional model)
+  auto make_f = [&](const Tensor& labels) {
+    return teacher ? consistency::teacher_ode_function(net, c.teacher_steps, labels)
+                   : consistency::consistency_function(net, labels);
+  };
+  const int64_t classes = cfg.network.label_dim();
+  CM_CHECK(classes > 0 || c.class_choice.empty(), "--class ", c.class_choice,
+           ": the model is unconditional (network.label_dim 0)");
+  std::optional<int64_t> fixed_class;
+  if (!c.class_choice.empty() && c.class_choice != "data" && c.class_choice != "random") {
+    fixed_class = std::stoll(c.class_choice);  // digits only (checked by the command line)
+    CM_CHECK(*fixed_class < classes, "--class ", *fixed_class, ": the model has ", classes,
+             " classes (0 to ", classes - 1, ")");
+  }
+  // The classes of images edited from `seeds` (with the data set's labels when given).
+  auto class_rows = [&](const std::vector<uint64_t>& seeds, const Tensor& data_labels,
+                        int64_t data_classes, json& recipe) -> Tensor {
+    if (classes == 0) return Tensor();
+    std::vector<int64_t> k;
+    const bool use_data =
+        c.class_choice == "data" || (c.class_choice.empty() && data_labels.defined());
+    if (use_data) {
+      CM_CHECK(data_labels.defined(), "--class data: the images have no labels (",
+               c.data ? "--data " + *c.data + " has no classes" : std::string("PNG files"),
+               "); give --class K or random");
+      CM_CHECK(data_classes <= classes, "--data ", *c.data, " has ", data_classes,
+               " classes, the model ", classes);
+      k = data_labels.to_vector<int64_t>();
+      for (size_t i = 0; i < k.size(); ++i)
+        CM_CHECK(k[i] >= 0, "--class data: image ", i, " of --data ", *c.data,
+                 " is unlabelled; give --class K or random");
+      recipe["class"] = "the images' own labels";
+    } else {
+      k = image_classes(seeds, classes, fixed_class);
+      recipe["class"] = fixed_class ? json(*fixed_class) : json("random (each seed's own)");
+    }
+    std::vector<float> v(k.size() * size_t(classes), 0.0f);
+    for (size_t i = 0; i < k.size(); ++i) v[i * size_t(classes) + size_t(k[i])] = 1.0f;
+    return from_vector(v, {int64_t(k.size()), classes}, {.device = dev});
+  };
   const Shape image = {C, R, R};
   NoGradGuard ng;
 
@@ -141,12 +185,22 @@ int run_edit(const EditCommand& c) {
       points.push_back(k == 0 ? za : k == c.n - 1 ? zb : add(mul(za, wa), mul(zb, wb)));
     }
     const Tensor z = cat(points, 0);
-    result = clamp(f(mul(z, nc.sigma_max), nc.sigma_max), -1.0, 1.0);
+    // one class along the strip: --class K, or the first seed's own
+    Tensor labels;
+    if (classes > 0) {
+      CM_CHECK(c.class_choice != "data", "--class data: an interpolation has no images");
+      const std::vector<int64_t> k0 = image_classes({seeds[0]}, classes, fixed_class);
+      labels = class_rows(std::vector<uint64_t>(size_t(c.n), seeds[0]), Tensor(), 0, recipe);
+      recipe["class"] = fixed_class ? json(*fixed_class) : json(k0[0]);
+    }
+    result = clamp(make_f(labels)(mul(z, nc.sigma_max), nc.sigma_max), -1.0, 1.0);
     recipe["seeds"] = {seeds[0], seeds[1]};
     recipe["points"] = c.n;
     recipe["sigmas"] = {nc.sigma_max};
   } else {
-    const Tensor inputs = load_inputs(c);
+    Tensor data_labels;
+    int64_t data_classes = 0;
+    const Tensor inputs = load_inputs(c, &data_labels, &data_classes);
     CM_CHECK(inputs.size(1) == C && inputs.size(2) == R && inputs.size(3) == R, "the images are ",
              shape_str(Shape(inputs.shape().begin() + 1, inputs.shape().end())),
              " (C×H×W), the model's are [", C, ", ", R, ", ", R, "]");
@@ -157,6 +211,8 @@ int run_edit(const EditCommand& c) {
     recipe["images"] =
         c.data ? json(*c.data + " (the first " + std::to_string(n) + ")") : json(c.images);
     recipe["seeds"] = seeds;
+    const consistency::EditFunction f =
+        make_f(class_rows(seeds, data_labels, data_classes, recipe));
     if (c.task == "denoise") {
       const double s = c.sigma.value_or(0.5);
       CM_CHECK(s >= nc.sigma_min && s <= nc.sigma_max, "--sigma ", s,

@@ -27,6 +27,10 @@ struct EditCommand {
   std::optional<std::string> out;  // default <run>/edits-<task>
   bool allow_nonfinite = false;
   int64_t teacher_steps = 18;  // an EDM run: Heun steps of each ODE solve from τ (f's estimate)
+  // A class-conditional model's classes: "K" (one for all), "data" (the images' own labels, from
+  // --data), "random" (each seed's own, as cm sample), or "" (data with a labelled --data,
+  // random otherwise; interpolation: the first seed's own class).
+  std::string class_choice;
 };
 
 // Runs the command; returns the exit code. Errors are cm::Errors naming the argument and value.

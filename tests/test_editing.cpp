@@ -281,6 +281,78 @@ TEST_SUITE("consistency") {
           std::string::npos);
   }
 
+  TEST_CASE(
+      "cm edit on a class-conditional model: the images' labels, one class, or each seed's own") {
+    namespace fs = std::filesystem;
+    const fs::path dir =
+        fs::temp_directory_path() / ("cm_test_editing_cond_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    const std::string ckpt = (dir / "adm.safetensors").string();
+    {
+      nlohmann::json j = test::tiny_run_config("ct", 2);
+      j["network"] = {{"preset", "adm-tiny-16"},
+                      {"img_resolution", 8},
+                      {"in_channels", 1},
+                      {"out_channels", 1},
+                      {"attention_resolutions", {4}}};  // 10 classes, as the digits
+      j["data"]["labels"] = true;
+      runner::Trainer t(runner::typed_config(runner::resolve_config(j, "t.json")), std::nullopt,
+                        nullptr);
+      for (int i = 0; i < 2; ++i) t.train_step();
+      t.save_checkpoint(ckpt);
+    }
+    auto run = [&](const std::string& task, const std::string& cls, const std::string& out) {
+      runner::EditCommand c;
+      c.source = ckpt;
+      c.task = task;
+      c.data = "digits";
+      c.n = 3;
+      c.class_choice = cls;
+      c.out = (dir / out).string();
+      REQUIRE(runner::run_edit(c) == 0);
+      return nlohmann::json::parse(std::ifstream(dir / out / "recipe.json"));
+    };
+    CHECK(run("inpaint", "", "auto")["class"] == "the images' own labels");
+    CHECK(run("inpaint", "data", "data")["class"] == "the images' own labels");
+    CHECK(run("inpaint", "4", "four")["class"] == 4);
+    CHECK(run("inpaint", "random", "random")["class"] == "random (each seed's own)");
+    const auto a = data::read_npz((dir / "auto" / "edits.npz").string());
+    const auto d = data::read_npz((dir / "data" / "edits.npz").string());
+    CHECK(max_abs_diff(to(a.at("result"), DType::f64), to(d.at("result"), DType::f64)) == 0);
+    // an interpolation draws in one class, the first seed's own: its ends are cm sample's images
+    // of the two seeds in that class
+    const nlohmann::json ri = run("interpolate", "", "interp");
+    const runner::LoadedNetwork m = runner::load_network(ckpt, "ema", Device::cpu());
+    const int64_t k0 = runner::image_classes({0}, 10, std::nullopt)[0];
+    CHECK(ri["class"] == k0);
+    runner::Sampler one = runner::choose_sampler(m.config, "1", "");
+    one.fixed_class = k0;
+    const Tensor s =
+        runner::generate_images(m, {0, 1}, one, runner::Quantization::Floor, Device::cpu(), 8);
+    const Tensor points = data::read_npz((dir / "interp" / "edits.npz").string()).at("result");
+    CHECK(max_abs_diff(to(select(points, 0, 0), DType::f64),
+                       to(permute(select(s, 0, 0), {1, 2, 0}), DType::f64)) == 0);
+    CHECK(max_abs_diff(to(select(points, 0, 2), DType::f64),
+                       to(permute(select(s, 0, 1), {1, 2, 0}), DType::f64)) == 0);
+    // errors: a class out of range, labels an interpolation does not have
+    runner::EditCommand bad;
+    bad.source = ckpt;
+    bad.task = "inpaint";
+    bad.data = "digits";
+    bad.n = 2;
+    bad.class_choice = "10";
+    bad.out = (dir / "bad").string();
+    CHECK(test::error_message_of([&] {
+            runner::run_edit(bad);
+          }).find("--class 10: the model has 10 classes") != std::string::npos);
+    bad.task = "interpolate";
+    bad.class_choice = "data";
+    CHECK(test::error_message_of([&] { runner::run_edit(bad); }).find("no images") !=
+          std::string::npos);
+    fs::remove_all(dir);
+  }
+
   TEST_CASE("cm edit: every task writes its files — inpainting and interpolation keep their ends") {
     namespace fs = std::filesystem;
     const fs::path dir =
@@ -340,6 +412,10 @@ TEST_SUITE("consistency") {
     c = run("denoise");
     c.sigma = 1000;
     CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("--sigma 1000") !=
+          std::string::npos);
+    c = run("inpaint");
+    c.class_choice = "1";
+    CHECK(test::error_message_of([&] { runner::run_edit(c); }).find("unconditional") !=
           std::string::npos);
     c = run("inpaint");
     c.mask = "builtin:x";
