@@ -24,7 +24,7 @@ bool shares_storage(const Tensor& a, const Tensor& b) {
   return a.storage().get() == b.storage().get();
 }
 
-std::string message_of(const std::function<void()>& f) {
+[[maybe_unused]] std::string message_of(const std::function<void()>& f) {
   try {
     f();
   } catch (const Error& e) {
