@@ -15,7 +15,9 @@
 //            dataset.json (or with null labels) there are no labels; folder names never mean
 //            classes. Images are taken in sorted order of their '/'-separated relative names.
 //   npz      downsampled ImageNet (Chrabaszcz et al. 2017): a zip of data.npy (u8 [N, 3·R·R],
-//            channel-planar) and labels.npy (integers 1..1000, stored here 0-based); or openai's
+//            channel-planar) and labels.npy (integers 1..1000, stored here 0-based); a stored
+//            (numpy.savez) data.npy is memory-mapped, not read: the images tensor is a view of
+//            the file, paged in as batches touch it (its CRC is not checked); or openai's
 //            image batches (guided-diffusion's reference batches, image_sample.py's and cm
 //            sample's samples.npz): arr_0.npy u8 [N, H, W, C] (C = 1 or 3) and, optionally,
 //            arr_1.npy, 0-based labels (num_classes = the largest + 1).

@@ -163,14 +163,8 @@ std::vector<uint8_t> ZipReader::read(const std::string& name) const {
   return read(*e);
 }
 
-std::vector<uint8_t> ZipReader::read(const ZipEntry& e) const {
+uint64_t ZipReader::data_offset(const ZipEntry& e) const {
   const std::string what = "entry '" + e.name + "'";
-  CM_CHECK((e.flags & 1u) == 0, "zip: '", path_, "': ", what,
-           " is encrypted, which is not supported");
-  CM_CHECK(e.method == 0 || e.method == 8, "zip: '", path_, "': ", what,
-           " uses compression method ", e.method,
-           "; only stored (0) and deflate (8) are supported");
-
   // Local header: only its signature, name and extra length matter (sizes come from the central
   // directory). The entry's data must end before the central directory.
   uint8_t lh[kLocalHeaderSize];
@@ -193,6 +187,18 @@ std::vector<uint8_t> ZipReader::read(const ZipEntry& e) const {
   CM_CHECK(local_name == e.name, "zip: '", path_, "': ", what,
            " has a different name in its local header ('", local_name, "')");
 
+  return data_offset;
+}
+
+std::vector<uint8_t> ZipReader::read(const ZipEntry& e) const {
+  const std::string what = "entry '" + e.name + "'";
+  CM_CHECK((e.flags & 1u) == 0, "zip: '", path_, "': ", what,
+           " is encrypted, which is not supported");
+  CM_CHECK(e.method == 0 || e.method == 8, "zip: '", path_, "': ", what,
+           " uses compression method ", e.method,
+           "; only stored (0) and deflate (8) are supported");
+
+  const uint64_t data_offset = this->data_offset(e);
   std::vector<uint8_t> out;
   if (e.method == 0) {
     CM_CHECK(e.compressed_size == e.uncompressed_size, "zip: '", path_, "': stored ", what,

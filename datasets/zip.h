@@ -55,6 +55,10 @@ class ZipReader {
   std::vector<uint8_t> read(const ZipEntry& entry) const;
   // The same by name; a missing entry is an error naming the archive and the entry.
   std::vector<uint8_t> read(const std::string& name) const;
+  // Where an entry's data starts in the archive: its local header checked (signature, name) and
+  // its data within the entries area. For a stored (uncompressed) entry that is the entry itself,
+  // which a caller may map instead of reading.
+  uint64_t data_offset(const ZipEntry& entry) const;
 
  private:
   void read_at(uint64_t offset, void* dst, size_t n, const std::string& what) const;

@@ -1185,6 +1185,31 @@ TEST_SUITE("datasets") {
     }
   }
 
+  TEST_CASE("npz: a stored data.npy is mapped, not read, and trains as the deflated one does") {
+    TempDir dir;
+    std::vector<uint8_t> pixels;
+    for (int i = 0; i < 40 * 12; ++i) pixels.push_back(uint8_t((i * 37 + 11) % 251));
+    std::vector<int64_t> lab;
+    for (int i = 0; i < 40; ++i) lab.push_back(1 + (i * 7) % 1000);
+    const Bytes data = npy("|u1", "(40, 12)", pixels), labels = npy("<i8", "(40,)", i64_le(lab));
+    const std::string stored = dir / "stored.npz", deflated = dir / "deflated.npz";
+    write_file(
+        stored,
+        build_zip({{"data.npy", data, false, false}, {"labels.npy", labels, false, false}}).bytes);
+    write_file(
+        deflated,
+        build_zip({{"data.npy", data, true, false}, {"labels.npy", labels, true, false}}).bytes);
+    const ImageDataset a = load_dataset("npz:" + stored), b = load_dataset("npz:" + deflated);
+    CHECK(values_of(a.images) == values_of(b.images));
+    Loader la(a, {.batch_size = 8, .seed = 3, .random_flip = true});
+    Loader lb(b, {.batch_size = 8, .seed = 3, .random_flip = true});
+    for (int k = 0; k < 7; ++k) {  // past an epoch (5 batches)
+      const Batch x = la.next(), y = lb.next();
+      CHECK(test::values(x.images) == test::values(y.images));
+      CHECK(test::values(x.labels) == test::values(y.labels));
+    }
+  }
+
   TEST_CASE("npz: openai's image batches, arr_0 NHWC with arr_1 labels, as cm sample writes them") {
     TempDir dir;
     // images [3, 2, 2, 3] whose value encodes (i, y, x, c)
