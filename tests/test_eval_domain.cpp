@@ -135,6 +135,22 @@ fs::path tiny_run(const fs::path& root) {
   return run.path();
 }
 
+// A full-width FID Inception with random weights in `dir` (real ones cannot be downloaded here),
+// its path: variance-preserving scales 1/√fan_in, so that its 90 layers stay finite.
+std::string random_inception(const fs::path& dir) {
+  eval::FidInceptionV3 net;
+  {
+    NoGradGuard ng;
+    Generator gen(5);
+    for (auto& [name, p] : net.named_parameters())
+      if (p.dim() > 1)
+        copy_(p, mul(randn_like(p, &gen), 1.0 / std::sqrt(double(p.numel() / p.shape()[0]))));
+  }
+  const std::string path = (dir / "inception.safetensors").string();
+  nn::save_module(path, net);
+  return path;
+}
+
 json read_json(const fs::path& p) {
   std::ifstream f(p);
   REQUIRE_MESSAGE(f.good(), p.string(), " was not written");
@@ -521,16 +537,7 @@ TEST_SUITE("eval") {
     // value must be the one eval::inception_score gives on the same images' logits.
     const fs::path dir = temp_dir("is");
     const fs::path run = tiny_run(dir);
-    eval::FidInceptionV3 net;
-    {
-      NoGradGuard ng;
-      Generator gen(5);
-      for (auto& [name, p] : net.named_parameters())
-        if (p.dim() > 1)  // variance-preserving scale 1/√fan_in, so that 90 layers stay finite
-          copy_(p, mul(randn_like(p, &gen), 1.0 / std::sqrt(double(p.numel() / p.shape()[0]))));
-    }
-    const std::string weights = (dir / "inception.safetensors").string();
-    nn::save_module(weights, net);
+    const std::string weights = random_inception(dir);
     const fs::path out = dir / "is.json";
     REQUIRE(run_cm({"eval", run.string(), "--metric", "is", "--n", "12", "--inception", weights,
                     "--batch", "5", "--out", out.string()}) == 0);
@@ -562,16 +569,7 @@ TEST_SUITE("eval") {
     // of real digits as arr_0 (u8 NHWC, openai's reference-batch layout).
     const fs::path dir = temp_dir("pr");
     const fs::path run = tiny_run(dir);
-    eval::FidInceptionV3 net;
-    {
-      NoGradGuard ng;
-      Generator gen(5);
-      for (auto& [name, p] : net.named_parameters())
-        if (p.dim() > 1)
-          copy_(p, mul(randn_like(p, &gen), 1.0 / std::sqrt(double(p.numel() / p.shape()[0]))));
-    }
-    const std::string weights = (dir / "inception.safetensors").string();
-    nn::save_module(weights, net);
+    const std::string weights = random_inception(dir);
     // the run's own images for seeds 0..7, as cm eval draws them
     const runner::LoadedNetwork m = runner::load_network(
         runner::RunDir::open(run.string()).latest_checkpoint().string(), "ema", Device::cpu());
