@@ -33,6 +33,16 @@ std::vector<double> time_points_from_indices(const std::vector<int64_t>& ts, int
   return taus;
 }
 
+Tensor one_hot_classes(const std::vector<int64_t>& classes, int64_t num_classes, Device device) {
+  std::vector<float> v(classes.size() * size_t(num_classes), 0.0f);
+  for (size_t i = 0; i < classes.size(); ++i) {
+    CM_CHECK(classes[i] >= 0 && classes[i] < num_classes, "one_hot_classes: class ", classes[i],
+             " outside 0 .. ", num_classes - 1);
+    v[i * size_t(num_classes) + size_t(classes[i])] = 1.0f;
+  }
+  return from_vector(v, {int64_t(classes.size()), num_classes}, {.device = device});
+}
+
 Tensor per_image_noise(const std::vector<uint64_t>& seeds, const Shape& image_shape, int64_t draw,
                        Device device) {
   std::vector<Tensor> rows;

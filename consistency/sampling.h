@@ -30,6 +30,10 @@ Tensor consistency_sample(const Denoiser& f, const std::vector<uint64_t>& seeds,
                           const Shape& image_shape, const Tensor& class_labels,
                           const SampleOptions& o, Device device);
 
+// One-hot class rows [len(classes), num_classes], f32 on `device`: the class labels a
+// class-conditional network takes (each class in 0 .. num_classes − 1).
+Tensor one_hot_classes(const std::vector<int64_t>& classes, int64_t num_classes, Device device);
+
 // N(0, I) noise [len(seeds), *image_shape], row k from Generator(seeds[k]) advancing `draws` times
 // first.
 Tensor per_image_noise(const std::vector<uint64_t>& seeds, const Shape& image_shape, int64_t draw,

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "consistency/sampling.h"
 #include "consistency/training.h"
 #include "dist/communicator.h"
 #include "dist/reducer.h"
@@ -70,9 +71,9 @@ int run_bench(const BenchCommand& command) {
   // a class-conditional network gets one-hot labels cycling through the classes
   Tensor labels;
   if (const int64_t classes = cfg.label_dim(); classes > 0) {
-    std::vector<float> l(size_t(o.batch * classes), 0.f);
-    for (int64_t i = 0; i < o.batch; ++i) l[size_t(i * classes + i % classes)] = 1.f;
-    labels = from_vector(l, {o.batch, classes}, {.device = dev});
+    std::vector<int64_t> k(static_cast<size_t>(o.batch));
+    for (int64_t i = 0; i < o.batch; ++i) k[size_t(i)] = i % classes;
+    labels = consistency::one_hot_classes(k, classes, dev);
   }
   Generator data(1), dropout(2);
   const Tensor x = clamp(randn(shape, {.device = dev}, &data), -1.0, 1.0);

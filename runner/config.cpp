@@ -8,6 +8,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <type_traits>
 
 #include "consistency/sampling.h"
 #include "nn/file_io.h"
@@ -580,15 +581,64 @@ void apply_overrides(json& user, const std::vector<std::string>& sets) {
 }
 
 namespace {
-// The keys of /network that only one family takes.
-const std::vector<const char*> kSongUNetOnlyKeys = {
-    "augment_dim",   "channel_mult_emb", "num_blocks",         "attn_resolutions",
-    "label_dropout", "embedding_type",   "channel_mult_noise", "encoder_type",
-    "decoder_type",  "resample_filter",  "fourier_scale"};
-const std::vector<const char*> kAdmOnlyKeys = {
-    "num_res_blocks",    "attention_resolutions", "conv_resample",        "num_heads",
-    "num_head_channels", "num_heads_upsample",    "use_scale_shift_norm", "resblock_updown",
-    "attention_split"};
+// Every option of a network family as (JSON key of /network, member): the one list that reads a
+// configuration's network and writes it out whole. ADM's keys are the reference scripts' flag
+// names, but for the options both families have (resolution, channels, classes).
+template <class F>
+void network_fields(nn::SongUNetConfig& c, F&& f) {
+  f("img_resolution", c.img_resolution);
+  f("in_channels", c.in_channels);
+  f("out_channels", c.out_channels);
+  f("label_dim", c.label_dim);
+  f("augment_dim", c.augment_dim);
+  f("model_channels", c.model_channels);
+  f("channel_mult", c.channel_mult);
+  f("channel_mult_emb", c.channel_mult_emb);
+  f("num_blocks", c.num_blocks);
+  f("attn_resolutions", c.attn_resolutions);
+  f("dropout", c.dropout);
+  f("label_dropout", c.label_dropout);
+  f("embedding_type", c.embedding_type);
+  f("channel_mult_noise", c.channel_mult_noise);
+  f("encoder_type", c.encoder_type);
+  f("decoder_type", c.decoder_type);
+  f("resample_filter", c.resample_filter);
+  f("fourier_scale", c.fourier_scale);
+  f("memory_format", c.memory_format);
+}
+template <class F>
+void network_fields(nn::AdmUNetConfig& c, F&& f) {
+  f("img_resolution", c.image_size);
+  f("in_channels", c.in_channels);
+  f("out_channels", c.out_channels);
+  f("label_dim", c.num_classes);
+  f("model_channels", c.model_channels);
+  f("channel_mult", c.channel_mult);
+  f("num_res_blocks", c.num_res_blocks);
+  f("attention_resolutions", c.attention_resolutions);
+  f("dropout", c.dropout);
+  f("conv_resample", c.conv_resample);
+  f("num_heads", c.num_heads);
+  f("num_head_channels", c.num_head_channels);
+  f("num_heads_upsample", c.num_heads_upsample);
+  f("use_scale_shift_norm", c.use_scale_shift_norm);
+  f("resblock_updown", c.resblock_updown);
+  f("attention_split", c.attention_split);
+  f("memory_format", c.memory_format);
+}
+
+// The /network keys of a family that the other one does not take.
+template <class Own, class Other>
+std::vector<std::string> keys_only_of() {
+  std::vector<std::string> own, other, only;
+  Own a;
+  Other b;
+  network_fields(a, [&](const char* k, auto&) { own.push_back(k); });
+  network_fields(b, [&](const char* k, auto&) { other.push_back(k); });
+  for (const std::string& k : own)
+    if (std::find(other.begin(), other.end(), k) == other.end()) only.push_back(k);
+  return only;
+}
 
 // "songunet" or "adm" for a preset name, "" for an unknown one.
 std::string network_type_of(const std::string& preset) {
@@ -765,10 +815,12 @@ json resolve_config(const json& user, const std::string& source) {
           err("/network/type", "\"" + net["type"].get<std::string>() +
                                    "\" does not match preset \"" + preset + "\" (a " + type +
                                    " network)");
-        const auto& other = type == "adm" ? kSongUNetOnlyKeys : kAdmOnlyKeys;
-        for (const char* k : other)
+        const std::vector<std::string> other =
+            type == "adm" ? keys_only_of<nn::SongUNetConfig, nn::AdmUNetConfig>()
+                          : keys_only_of<nn::AdmUNetConfig, nn::SongUNetConfig>();
+        for (const std::string& k : other)
           if (net.contains(k))
-            err(std::string("/network/") + k,
+            err("/network/" + k,
                 "applies only to " + std::string(type == "adm" ? "SongUNet" : "ADM") +
                     " networks (preset \"" + preset + "\" is a " + type + " network)");
       }
@@ -779,51 +831,15 @@ json resolve_config(const json& user, const std::string& source) {
       try {
         // the network written out whole (the preset's values included), so that a reader of
         // config.json needs no preset table; resolving a resolved file changes nothing
-        const NetworkConfig t = typed_config(out).network;
+        NetworkConfig t = typed_config(out).network;
         json& net = out["network"];
         net["type"] = t.type;
         net["noise_labels"] = t.noise_labels == consistency::NoiseLabels::Adm250 ? "adm" : "edm";
-        if (t.type == "adm") {
-          const nn::AdmUNetConfig& a = t.adm;
-          net["img_resolution"] = a.image_size;
-          net["in_channels"] = a.in_channels;
-          net["out_channels"] = a.out_channels;
-          net["label_dim"] = a.num_classes;
-          net["model_channels"] = a.model_channels;
-          net["channel_mult"] = a.channel_mult;
-          net["num_res_blocks"] = a.num_res_blocks;
-          net["attention_resolutions"] = a.attention_resolutions;
-          net["dropout"] = a.dropout;
-          net["conv_resample"] = a.conv_resample;
-          net["num_heads"] = a.num_heads;
-          net["num_head_channels"] = a.num_head_channels;
-          net["num_heads_upsample"] = a.num_heads_upsample;
-          net["use_scale_shift_norm"] = a.use_scale_shift_norm;
-          net["resblock_updown"] = a.resblock_updown;
-          net["attention_split"] = a.attention_split;
-          net["memory_format"] = a.memory_format;
-        } else {
-          const nn::SongUNetConfig& n = t.songunet;
-          net["img_resolution"] = n.img_resolution;
-          net["in_channels"] = n.in_channels;
-          net["out_channels"] = n.out_channels;
-          net["label_dim"] = n.label_dim;
-          net["augment_dim"] = n.augment_dim;
-          net["model_channels"] = n.model_channels;
-          net["channel_mult"] = n.channel_mult;
-          net["channel_mult_emb"] = n.channel_mult_emb;
-          net["num_blocks"] = n.num_blocks;
-          net["attn_resolutions"] = n.attn_resolutions;
-          net["dropout"] = n.dropout;
-          net["label_dropout"] = n.label_dropout;
-          net["embedding_type"] = n.embedding_type;
-          net["channel_mult_noise"] = n.channel_mult_noise;
-          net["encoder_type"] = n.encoder_type;
-          net["decoder_type"] = n.decoder_type;
-          net["resample_filter"] = n.resample_filter;
-          net["fourier_scale"] = n.fourier_scale;
-          net["memory_format"] = n.memory_format;
-        }
+        const auto write = [&](const char* k, const auto& v) { net[k] = v; };
+        if (t.type == "adm")
+          network_fields(t.adm, write);
+        else
+          network_fields(t.songunet, write);
       } catch (const Error& e) {
         err("/", e.what());
       }
@@ -860,67 +876,18 @@ RunConfig typed_config(const json& r) {
            "\" (known: ", known_presets(), ")");
   network.noise_labels = consistency::parse_noise_labels(
       n.value("noise_labels", network.type == "adm" ? "adm" : "edm"));
-  auto get_i = [&](const char* k, int64_t& v) {
-    if (n.contains(k)) v = n[k].get<int64_t>();
-  };
-  auto get_d = [&](const char* k, double& v) {
-    if (n.contains(k)) v = n[k].get<double>();
-  };
-  auto get_s = [&](const char* k, std::string& v) {
-    if (n.contains(k)) v = n[k].get<std::string>();
-  };
-  auto get_b = [&](const char* k, bool& v) {
-    if (n.contains(k)) v = n[k].get<bool>();
+  // the preset's values, then the fields the configuration gives
+  const auto read = [&](const char* k, auto& v) {
+    if (n.contains(k)) v = n[k].get<std::decay_t<decltype(v)>>();
   };
   if (network.type == "adm") {
-    nn::AdmUNetConfig& net = network.adm;
-    net = nn::adm_unet_preset(network.preset);
-    get_i("img_resolution", net.image_size);
-    get_i("in_channels", net.in_channels);
-    get_i("out_channels", net.out_channels);
-    get_i("label_dim", net.num_classes);
-    get_i("model_channels", net.model_channels);
-    if (n.contains("channel_mult"))
-      net.channel_mult = n["channel_mult"].get<std::vector<int64_t>>();
-    get_i("num_res_blocks", net.num_res_blocks);
-    if (n.contains("attention_resolutions"))
-      net.attention_resolutions = n["attention_resolutions"].get<std::vector<int64_t>>();
-    get_d("dropout", net.dropout);
-    get_b("conv_resample", net.conv_resample);
-    get_i("num_heads", net.num_heads);
-    get_i("num_head_channels", net.num_head_channels);
-    get_i("num_heads_upsample", net.num_heads_upsample);
-    get_b("use_scale_shift_norm", net.use_scale_shift_norm);
-    get_b("resblock_updown", net.resblock_updown);
-    get_s("attention_split", net.attention_split);
-    get_s("memory_format", net.memory_format);
-    net.validate();
+    network.adm = nn::adm_unet_preset(network.preset);
+    network_fields(network.adm, read);
+    network.adm.validate();
   } else {
-    nn::SongUNetConfig& net = network.songunet;
-    net = nn::songunet_preset(network.preset);
-    get_i("img_resolution", net.img_resolution);
-    get_i("in_channels", net.in_channels);
-    get_i("out_channels", net.out_channels);
-    get_i("label_dim", net.label_dim);
-    get_i("augment_dim", net.augment_dim);
-    get_i("model_channels", net.model_channels);
-    if (n.contains("channel_mult"))
-      net.channel_mult = n["channel_mult"].get<std::vector<int64_t>>();
-    get_i("channel_mult_emb", net.channel_mult_emb);
-    get_i("num_blocks", net.num_blocks);
-    if (n.contains("attn_resolutions"))
-      net.attn_resolutions = n["attn_resolutions"].get<std::vector<int64_t>>();
-    get_d("dropout", net.dropout);
-    get_d("label_dropout", net.label_dropout);
-    get_s("embedding_type", net.embedding_type);
-    get_i("channel_mult_noise", net.channel_mult_noise);
-    get_s("encoder_type", net.encoder_type);
-    get_s("decoder_type", net.decoder_type);
-    if (n.contains("resample_filter"))
-      net.resample_filter = n["resample_filter"].get<std::vector<double>>();
-    get_d("fourier_scale", net.fourier_scale);
-    get_s("memory_format", net.memory_format);
-    net.validate();
+    network.songunet = nn::songunet_preset(network.preset);
+    network_fields(network.songunet, read);
+    network.songunet.validate();
   }
 
   const json& t = r.at("train");

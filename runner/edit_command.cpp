@@ -116,14 +116,10 @@ int run_edit(const EditCommand& c) {
                    : consistency::consistency_function(net, labels);
   };
   const int64_t classes = cfg.network.label_dim();
-  CM_CHECK(classes > 0 || c.class_choice.empty(), "--class ", c.class_choice,
-           ": the model is unconditional (network.label_dim 0)");
   std::optional<int64_t> fixed_class;
-  if (!c.class_choice.empty() && c.class_choice != "data" && c.class_choice != "random") {
+  if (!c.class_choice.empty() && c.class_choice != "data" && c.class_choice != "random")
     fixed_class = std::stoll(c.class_choice);  // digits only (checked by the command line)
-    CM_CHECK(*fixed_class < classes, "--class ", *fixed_class, ": the model has ", classes,
-             " classes (0 to ", classes - 1, ")");
-  }
+  check_class_choice(m, fixed_class, !c.class_choice.empty());
   // The classes of images edited from `seeds` (with the data set's labels when given).
   auto class_rows = [&](const std::vector<uint64_t>& seeds, const Tensor& data_labels,
                         int64_t data_classes, json& recipe) -> Tensor {
@@ -146,9 +142,7 @@ int run_edit(const EditCommand& c) {
       k = image_classes(seeds, classes, fixed_class);
       recipe["class"] = fixed_class ? json(*fixed_class) : json("random (each seed's own)");
     }
-    std::vector<float> v(k.size() * size_t(classes), 0.0f);
-    for (size_t i = 0; i < k.size(); ++i) v[i * size_t(classes) + size_t(k[i])] = 1.0f;
-    return from_vector(v, {int64_t(k.size()), classes}, {.device = dev});
+    return consistency::one_hot_classes(k, classes, dev);
   };
   const Shape image = {C, R, R};
   NoGradGuard ng;
@@ -189,9 +183,9 @@ int run_edit(const EditCommand& c) {
     Tensor labels;
     if (classes > 0) {
       CM_CHECK(c.class_choice != "data", "--class data: an interpolation has no images");
-      const std::vector<int64_t> k0 = image_classes({seeds[0]}, classes, fixed_class);
-      labels = class_rows(std::vector<uint64_t>(size_t(c.n), seeds[0]), Tensor(), 0, recipe);
-      recipe["class"] = fixed_class ? json(*fixed_class) : json(k0[0]);
+      const int64_t k = image_classes({seeds[0]}, classes, fixed_class)[0];
+      labels = consistency::one_hot_classes(std::vector<int64_t>(size_t(c.n), k), classes, dev);
+      recipe["class"] = k;
     }
     result = clamp(make_f(labels)(mul(z, nc.sigma_max), nc.sigma_max), -1.0, 1.0);
     recipe["seeds"] = {seeds[0], seeds[1]};

@@ -14,6 +14,7 @@
 #include <sys/statvfs.h>
 
 #include "consistency/sampling.h"
+#include "datasets/dataset.h"
 #include "datasets/npz.h"
 #include "eval/classifier.h"
 #include "eval/fid.h"
@@ -84,13 +85,6 @@ void check_class_choice(const LoadedNetwork& m, std::optional<int64_t> fixed, bo
 }
 
 namespace {
-// One-hot rows [len(classes), num_classes] on `device`.
-Tensor one_hot_labels(const std::vector<int64_t>& classes, int64_t num_classes, Device device) {
-  std::vector<float> v(classes.size() * size_t(num_classes), 0.0f);
-  for (size_t i = 0; i < classes.size(); ++i) v[i * size_t(num_classes) + size_t(classes[i])] = 1;
-  return from_vector(v, {int64_t(classes.size()), num_classes}, {.device = device});
-}
-
 // The seeds of a batch as a message lists them: "3, 7, 9" and "..." after `limit`.
 std::string seed_list(const std::vector<uint64_t>& seeds, size_t limit = 8) {
   std::string s;
@@ -119,7 +113,8 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
     const std::vector<uint64_t> part(seeds.begin() + i, seeds.begin() + i + len);
     Tensor images, labels;
     if (const int64_t classes = c.network.label_dim(); classes > 0)
-      labels = one_hot_labels(image_classes(part, classes, s.fixed_class), classes, dev);
+      labels =
+          consistency::one_hot_classes(image_classes(part, classes, s.fixed_class), classes, dev);
     if (c.mode == "edm") {
       consistency::Denoiser D(*m.net, consistency::Parameterization::Edm, c.network.noise_labels,
                               c.noise);
@@ -324,20 +319,6 @@ Tensor inception_features(const eval::FidInceptionV3& net, const Tensor& images_
                        Device::cpu()));
   }
   return cat(parts, 0);
-}
-
-// The images of a reference batch .npz (openai's guided-diffusion format: "arr_0" u8 [N, H, W, C]
-// with C = 1 or 3) as u8 [N, C, H, W].
-Tensor reference_batch_images(const std::string& path) {
-  const auto arrays = data::read_npz(path, {"arr_0"});
-  CM_CHECK(arrays.count("arr_0"), "--ref ", path,
-           ": a reference batch holds its images as arr_0 (u8 [N, H, W, C], as openai's "
-           "reference batches and cm sample's samples.npz do); this file has no arr_0");
-  const Tensor& a = arrays.at("arr_0");
-  CM_CHECK(a.dtype() == DType::u8 && a.dim() == 4 && (a.size(3) == 1 || a.size(3) == 3), "--ref ",
-           path, ": arr_0 must be u8 [N, H, W, 1 or 3], got ", dtype_name(a.dtype()), " ",
-           shape_str(a.shape()));
-  return contiguous(permute(a, {0, 3, 1, 2}));
 }
 
 // Domain statistics files carry the classifier's SHA-256 beside mu and sigma (load_stats_npz
@@ -550,7 +531,8 @@ int run_eval(const EvalCommand& a) {
       ref = eval::load_stats_npz(*a.ref, "mu_s", "sigma_s");
       reference = {{"path", fs::absolute(*a.ref).string()}, {"sha256", sha256_file(*a.ref)}};
     } else if (metric == "prec-recall") {
-      ref_images = reference_batch_images(*a.ref);
+      // openai's reference batches (arr_0 u8 NHWC), read as a data set is
+      ref_images = data::load_imagenet_npz(*a.ref).images;
       CM_CHECK(ref_images.size(0) > kPrecisionRecallK, "--ref ", *a.ref, ": ", ref_images.size(0),
                " reference images; the k-th neighbour (k = ", kPrecisionRecallK, ") needs more");
       reference = {{"path", fs::absolute(*a.ref).string()},

@@ -266,8 +266,9 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
   if ((cfg.mode == "ct" || cfg.mode == "cd") &&
       cfg.cons.loss.distance == consistency::Distance::Lpips) {
     // The frozen LPIPS network, bound as the loss's distance (it keeps the network alive).
-    CM_CHECK(fs::is_regular_file(cfg.cons.lpips_weights), "/consistency/lpips/weights: no such file: \"",
-             cfg.cons.lpips_weights, "\" (make one with tools/convert_lpips.py)");
+    CM_CHECK(fs::is_regular_file(cfg.cons.lpips_weights),
+             "/consistency/lpips/weights: no such file: \"", cfg.cons.lpips_weights,
+             "\" (make one with tools/convert_lpips.py)");
     std::shared_ptr<const eval::Lpips> lpips = eval::load_lpips(
         cfg.cons.lpips_weights, eval::LpipsOptions::variant(cfg.cons.lpips_variant), dev);
     cfg_.cons.loss.learned_distance = [lpips](const Tensor& a, const Tensor& b) {
@@ -664,9 +665,9 @@ std::vector<std::string> Trainer::write_sample_grids(const std::string& dir) con
   Tensor labels;
   const int64_t classes = cfg_.network.label_dim();
   if (classes > 0) {  // cycle through the classes
-    std::vector<float> l(size_t(n * classes), 0.f);
-    for (int64_t i = 0; i < n; ++i) l[size_t(i * classes + i % classes)] = 1.f;
-    labels = from_vector(l, {n, classes}, {.device = cfg_.device});
+    std::vector<int64_t> k(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) k[size_t(i)] = i % classes;
+    labels = consistency::one_hot_classes(k, classes, cfg_.device);
   }
   char step[32];
   std::snprintf(step, sizeof step, "%08lld", static_cast<long long>(step_));

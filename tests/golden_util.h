@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <set>
 #include <string>
 
 #include "nn/adm_unet.h"
@@ -64,12 +65,29 @@ inline nn::AdmUNetConfig adm_config_from_json(const std::string& text) {
   return c;
 }
 
-// The network weights of a golden file (everything but "input.*", "grad.*" and "output").
+// Whether a golden file's tensor is a network weight (not "input.*", "grad.*" or "output").
+inline bool is_golden_weight(const std::string& n) {
+  return n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output";
+}
+
+// The network weights of a golden file.
 inline std::map<std::string, Tensor> golden_weights(const nn::SafetensorsFile& f) {
   std::map<std::string, Tensor> w;
   for (const std::string& n : f.names())
-    if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output") w[n] = f.get(n);
+    if (is_golden_weight(n)) w[n] = f.get(n);
   return w;
+}
+
+// The network's state-dict names are exactly the golden file's weights, with their shapes.
+inline void check_state_dict_names(const nn::Module& net,
+                                   const std::map<std::string, Tensor>& golden) {
+  std::set<std::string> ours, theirs;
+  for (auto& [n, t] : net.state_dict()) ours.insert(n);
+  for (auto& [n, t] : golden)
+    if (is_golden_weight(n)) theirs.insert(n);
+  CHECK(ours == theirs);
+  for (auto& [n, t] : net.state_dict())
+    if (golden.count(n)) CHECK_MESSAGE(t.shape() == golden.at(n).shape(), n);
 }
 
 // max |a − b| / max |b|
@@ -93,7 +111,7 @@ inline int check_golden_case(nn::Network& net, const std::map<std::string, Tenso
                              double out_tol, double grad_tol, const std::string& what) {
   std::map<std::string, Tensor> weights;
   for (auto& [n, t] : g)
-    if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output") weights[n] = t;
+    if (is_golden_weight(n)) weights[n] = t;
   net.load_state_dict(weights, true);
   net.eval();
   net.to(dtype);

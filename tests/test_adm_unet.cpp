@@ -2,7 +2,6 @@
 // LSUN-256 networks, UNetModel's state-dict names, and outputs and gradients matching
 // openai/consistency_models' own PyTorch UNetModel (golden files made by tools/gen_adm_golden.py
 // from its cm/unet.py).
-#include <set>
 
 #include <filesystem>
 
@@ -83,14 +82,7 @@ TEST_SUITE("nn") {
       Golden g = load_golden(flavour);
       Generator gen(0);
       AdmUNet net(g.cfg, gen);
-      std::set<std::string> ours, theirs;
-      for (auto& [n, t] : net.state_dict()) ours.insert(n);
-      for (auto& [n, t] : g.tensors)
-        if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output")
-          theirs.insert(n);
-      CHECK(ours == theirs);
-      for (auto& [n, t] : net.state_dict())
-        if (g.tensors.count(n)) CHECK_MESSAGE(t.shape() == g.tensors.at(n).shape(), n);
+      check_state_dict_names(net, g.tensors);
     }
   }
 

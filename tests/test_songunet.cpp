@@ -1,7 +1,6 @@
 // SongUNet against the reference: exact parameter counts of the benchmark networks, EDM's
 // state-dict names, and outputs and gradients matching EDM's own PyTorch implementation (golden
 // files made by tools/gen_songunet_golden.py from NVlabs/edm's training/networks.py).
-#include <set>
 
 #include "tests/golden_util.h"
 
@@ -71,14 +70,7 @@ TEST_SUITE("nn") {
       Golden g = load_golden(flavour);
       Generator gen(0);
       SongUNet net(g.cfg, gen);
-      std::set<std::string> ours, theirs;
-      for (auto& [n, t] : net.state_dict()) ours.insert(n);
-      for (auto& [n, t] : g.tensors)
-        if (n.rfind("input.", 0) != 0 && n.rfind("grad.", 0) != 0 && n != "output")
-          theirs.insert(n);
-      CHECK(ours == theirs);
-      for (auto& [n, t] : net.state_dict())
-        if (g.tensors.count(n)) CHECK_MESSAGE(t.shape() == g.tensors.at(n).shape(), n);
+      check_state_dict_names(net, g.tensors);
     }
   }
 
