@@ -554,6 +554,50 @@ TEST_SUITE("ops") {
     }
   }
 
+  TEST_CASE("channels-last column reductions accumulate each output in reduced-index order") {
+    // x is [N, C, H, W] stored as [N, H, W, C] (C fastest): summing over N, H, W (a bias gradient)
+    // or H, W (a FiLM gradient) takes the column path. Oracle: the f64 sum of each output's values
+    // added one by one in the order n, h, w, rounded once to f32 — the same bits, on any thread
+    // count.
+    const int64_t N = 3, C = 40, H = 5, W = 7;
+    const Tensor nhwc = reshape(host_uniform(N * H * W * C, 11, DType::f32), {N, H, W, C});
+    const Tensor x = permute(nhwc, {0, 3, 1, 2});
+    const std::vector<double> xv = values(nhwc);  // index ((n * H + h) * W + w) * C + c
+    auto at = [&](int64_t n, int64_t c, int64_t h, int64_t w) {
+      return xv[size_t(((n * H + h) * W + w) * C + c)];
+    };
+    std::vector<float> bias(C), bias_max(C), film(N * C), film_mean(N * C);
+    for (int64_t c = 0; c < C; ++c) {
+      double acc = 0, mx = -kInf;
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) acc += at(n, c, h, w), mx = std::max(mx, at(n, c, h, w));
+      bias[size_t(c)] = float(acc);
+      bias_max[size_t(c)] = float(mx);
+    }
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t c = 0; c < C; ++c) {
+        double acc = 0;
+        for (int64_t h = 0; h < H; ++h)
+          for (int64_t w = 0; w < W; ++w) acc += at(n, c, h, w);
+        film[size_t(n * C + c)] = float(acc);
+        film_mean[size_t(n * C + c)] = float(acc / double(H * W));
+      }
+    auto as_f32 = [](const std::vector<float>& v) {
+      return std::vector<double>(v.begin(), v.end());
+    };
+    const int saved = omp_get_max_threads();
+    for (int threads : {1, 2}) {
+      omp_set_num_threads(threads);
+      INFO("threads ", threads);
+      CHECK(values(sum(x, {0, 2, 3})) == as_f32(bias));
+      CHECK(values(amax(x, {0, 2, 3})) == as_f32(bias_max));
+      CHECK(values(sum(x, {2, 3})) == as_f32(film));
+      CHECK(values(mean(x, {2, 3}, true)) == as_f32(film_mean));
+    }
+    omp_set_num_threads(saved);
+  }
+
   TEST_CASE("reductions over empty dims") {
     const Tensor x = zeros({3, 0, 2}, {.dtype = DType::f64});
     const Tensor s = sum(x, {1});

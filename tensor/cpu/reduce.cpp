@@ -2,6 +2,7 @@
 // dim, and softmax / log-softmax with their backward. Floating reductions accumulate in f64.
 // The order of accumulation is fixed (sequential per output, or fixed-size chunks combined in
 // order), so results do not depend on the number of threads.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -138,6 +139,40 @@ void reduce_typed(ReduceOp op, const Tensor& x, const Tensor& out) {
   };
 
   const int64_t n_out = kept.numel;
+  // Column reduction: the innermost kept dim is dense in x and the reduced dims are strided (a
+  // channels-last bias or FiLM gradient, summed over N, H, W). Each reduced row is then read once
+  // for a block of adjacent outputs instead of once per output. Every output still accumulates its
+  // values one by one in the order of the reduced index, as the per-output path below does, so the
+  // results are the same bits.
+  const int64_t cols = kept.nd > 0 && kept.s0[kept.nd - 1] == 1 ? kept.shape[kept.nd - 1] : 0;
+  if ((n_out >= 16 || n_red < 2 * kGrain) && cols >= 8 && red.nd > 0 && red.s0[red.nd - 1] != 1) {
+    constexpr int64_t kMaxBlock = 512;
+    const int64_t outer = n_out / cols;
+    const int64_t per_thread = (cols * outer + max_threads() - 1) / max_threads();
+    const int64_t block = std::clamp<int64_t>(per_thread, 16, kMaxBlock);
+    const int64_t nblocks = (cols + block - 1) / block;
+    const int64_t ostride = kept.s1[kept.nd - 1];
+    parallel_for(outer * nblocks, n_red * std::min(block, cols), [&](int64_t item) {
+      const int64_t k0 = (item % nblocks) * block, nk = std::min(block, cols - k0);
+      int64_t xo, oo;
+      kept.offsets((item / nblocks) * cols + k0, &xo, &oo);
+      A acc[kMaxBlock];
+      std::fill(acc, acc + nk, init);
+      walk_rows(red, 0, n_red, [&](int64_t off, int64_t n, int64_t st) {
+        for (int64_t i = 0; i < n; ++i) {
+          const T* p = xp + xo + off + i * st;
+          if (op == ReduceOp::Sum || op == ReduceOp::Mean) {
+            for (int64_t k = 0; k < nk; ++k) acc[k] += A(static_cast<compute_t<T>>(p[k]));
+          } else {
+            for (int64_t k = 0; k < nk; ++k)
+              acc[k] = combine(acc[k], A(static_cast<compute_t<T>>(p[k])));
+          }
+        }
+      });
+      for (int64_t k = 0; k < nk; ++k) op_[oo + k * ostride] = finish(acc[k]);
+    });
+    return;
+  }
   if (n_out >= 16 || n_red < 2 * kGrain) {
     parallel_for(n_out, n_red, [&](int64_t o) {
       int64_t xo, oo;
