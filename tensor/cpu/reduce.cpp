@@ -139,16 +139,18 @@ void reduce_typed(ReduceOp op, const Tensor& x, const Tensor& out) {
   };
 
   const int64_t n_out = kept.numel;
+  // Many outputs, or short reductions: each output is reduced whole by one thread.
+  const bool whole_outputs = n_out >= 16 || n_red < 2 * kGrain;
   // Column reduction: the innermost kept dim is dense in x and the reduced dims are strided (a
   // channels-last bias or FiLM gradient, summed over N, H, W). Each reduced row is then read once
   // for a block of adjacent outputs instead of once per output. Every output still accumulates its
   // values one by one in the order of the reduced index, as the per-output path below does, so the
   // results are the same bits.
   const int64_t cols = kept.nd > 0 && kept.s0[kept.nd - 1] == 1 ? kept.shape[kept.nd - 1] : 0;
-  if ((n_out >= 16 || n_red < 2 * kGrain) && cols >= 8 && red.nd > 0 && red.s0[red.nd - 1] != 1) {
+  if (whole_outputs && cols >= 8 && red.nd > 0 && red.s0[red.nd - 1] != 1) {
     constexpr int64_t kMaxBlock = 512;
     const int64_t outer = n_out / cols;
-    const int64_t per_thread = (cols * outer + max_threads() - 1) / max_threads();
+    const int64_t per_thread = (n_out + max_threads() - 1) / max_threads();
     const int64_t block = std::clamp<int64_t>(per_thread, 16, kMaxBlock);
     const int64_t nblocks = (cols + block - 1) / block;
     const int64_t ostride = kept.s1[kept.nd - 1];
@@ -173,7 +175,7 @@ void reduce_typed(ReduceOp op, const Tensor& x, const Tensor& out) {
     });
     return;
   }
-  if (n_out >= 16 || n_red < 2 * kGrain) {
+  if (whole_outputs) {
     parallel_for(n_out, n_red, [&](int64_t o) {
       int64_t xo, oo;
       kept.offsets(o, &xo, &oo);
