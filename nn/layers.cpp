@@ -87,15 +87,18 @@ Tensor Conv2d::forward(const Tensor& x0) const {
     Tensor t = expand(f, {c, 1, f.size(-2), f.size(-1)});
     return gain == 1 ? t : mul(t, gain);
   };
+  // The bias goes into the last convolution by w (its kernel adds it in the epilogue and gives
+  // its gradient from the weight-gradient pass, tensor/backend.h conv2d_bias). Only a layer with
+  // a kernel has a bias (the constructor).
   if (fused_resample && up && w.defined()) {
     x = conv_transpose2d(x, tiled(in_channels, 4), {}, 2, std::max<int64_t>(f_pad - w_pad, 0), 0,
                          in_channels);
-    x = conv2d(x, w, {},
+    x = conv2d(x, w, b,
                {.pad_h = std::max<int64_t>(w_pad - f_pad, 0),
                 .pad_w = std::max<int64_t>(w_pad - f_pad, 0)});
   } else if (fused_resample && down && w.defined()) {
     x = conv2d(x, w, {}, {.pad_h = w_pad + f_pad, .pad_w = w_pad + f_pad});
-    x = conv2d(x, tiled(out_channels, 1), {},
+    x = conv2d(x, tiled(out_channels, 1), b,
                {.stride_h = 2, .stride_w = 2, .groups = out_channels});
   } else {
     if (up) x = conv_transpose2d(x, tiled(in_channels, 4), {}, 2, f_pad, 0, in_channels);
@@ -103,9 +106,8 @@ Tensor Conv2d::forward(const Tensor& x0) const {
       x = conv2d(
           x, tiled(in_channels, 1), {},
           {.stride_h = 2, .stride_w = 2, .pad_h = f_pad, .pad_w = f_pad, .groups = in_channels});
-    if (w.defined()) x = conv2d(x, w, {}, {.pad_h = w_pad, .pad_w = w_pad});
+    if (w.defined()) x = conv2d(x, w, b, {.pad_h = w_pad, .pad_w = w_pad});
   }
-  if (b.defined()) x = add(x, reshape(b, {1, -1, 1, 1}));
   return x;
 }
 

@@ -113,6 +113,36 @@ TEST_SUITE("nn") {
     CHECK_THROWS_WITH_AS(bad.validate(), doctest::Contains("memory_format"), Error);
   }
 
+  TEST_CASE("Conv2d adds its bias inside its last convolution, in every resampling mode") {
+    // mode: up, down, fused_resample. The layer with a bias against the same layer without one
+    // (same seed: the same weights) plus the bias; the bias gradient is Σ_{n,h,w} of the output
+    // gradient; the output's node is the convolution itself (no separate add).
+    struct Mode {
+      bool up, down, fused;
+    };
+    for (const Mode m :
+         {Mode{false, false, false}, Mode{true, false, false}, Mode{false, true, false},
+          Mode{true, false, true}, Mode{false, true, true}})
+      for (const Layout layout : {Layout::Contiguous, Layout::ChannelsLast}) {
+        INFO("up ", m.up, ", down ", m.down, ", fused ", m.fused, ", ", layout_name(layout));
+        const InitOptions init{.mode = "kaiming_normal", .weight = 1, .bias = 1};
+        Generator g1(5), g2(5);
+        Conv2d with(3, 5, 3, true, m.up, m.down, {1, 3, 3, 1}, m.fused, init, g1);
+        Conv2d without(3, 5, 3, false, m.up, m.down, {1, 3, 3, 1}, m.fused, init, g2);
+        const Tensor x = with_layout(randn({2, 3, 8, 8}, {}, nullptr), layout);
+        const Tensor y = with.forward(x);
+        REQUIRE(y.grad_fn());
+        CHECK(y.grad_fn()->name() == "conv2d");
+        const Tensor expect = add(without.forward(x), reshape(detach(with.bias), {1, -1, 1, 1}));
+        CHECK(amax(abs(sub(detach(y), detach(expect)))).item<double>() <= 1e-5);
+        Generator gr(9);
+        const Tensor r = randn(y.shape(), {}, &gr);
+        sum(mul(y, r)).backward();
+        REQUIRE(with.bias.grad().defined());
+        CHECK(amax(abs(sub(with.bias.grad(), sum(r, {0, 2, 3})))).item<double>() <= 1e-4);
+      }
+  }
+
   TEST_CASE("the positional embedding's frequencies are EDM's: f32 i / (half - 1), divided") {
     // EDM: freqs = arange(half, f32) / (half − 1); freqs = (1 / max_positions) ** freqs; then
     // x.ger(freqs) and [cos, sin]. For every width a network may use (the goldens have 8 noise
