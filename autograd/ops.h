@@ -268,8 +268,12 @@ Tensor randint(int64_t low, int64_t high, const Shape& shape,
                TensorOptions opt = {.dtype = DType::i64}, Generator* gen = nullptr);
 Tensor rand_like(const Tensor& t, Generator* gen = nullptr);
 Tensor randn_like(const Tensor& t, Generator* gen = nullptr);
-// 1 with probability p, else 0.
-Tensor bernoulli(const Shape& shape, double p, TensorOptions opt = {}, Generator* gen = nullptr);
+// 1 with probability p, else 0. Every draw fills its tensor in memory order: with format
+// ChannelsLast, value i of the draw lands at memory position i of the [N, H, W, C] storage (as
+// PyTorch's bernoulli_ on a channels-last tensor), so a dropout mask matches its activations'
+// layout.
+Tensor bernoulli(const Shape& shape, double p, TensorOptions opt = {}, Generator* gen = nullptr,
+                 MemoryFormat format = MemoryFormat::Contiguous);
 
 // ---- utilities
 // ----------------------------------------------------------------------------------------------------

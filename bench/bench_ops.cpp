@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "autograd/ops.h"
-#include "tensor/cpu/blas.h"
 #include "bench/bench.h"
+#include "tensor/cpu/blas.h"
 
 namespace {
 
@@ -55,9 +55,7 @@ void bench_matmul(const Args& args) {
     const float* bp = b.data<float>();
     float* cp = c.data<float>();
     const double blas_ms = median_ms(
-        [&] {
-          cm::cpu::blas::sgemm(false, false, n, n, n, 1.0f, ap, n, bp, n, 0.0f, cp, n);
-        },
+        [&] { cm::cpu::blas::sgemm(false, false, n, n, n, 1.0f, ap, n, bp, n, 0.0f, cp, n); },
         reps);
     const double flop = 2.0 * double(n) * double(n) * double(n);
     std::printf(
@@ -112,6 +110,28 @@ void bench_elementwise(const Args& args) {
   cases.push_back({"sum f32 last dim", [&] { cm::sum(m, {1}); }, fb});
   cases.push_back({"sum f32 first dim", [&] { cm::sum(m, {0}); }, fb});
   cases.push_back({"softmax f32 last dim", [&] { cm::softmax(m, 1); }, 2 * fb});
+  // The U-Net's activation ops on a channels-last [N, 128, 16, 16] batch of n elements: the
+  // minimal traffic is one read and one write forward, reads of x and dy and a write of dx
+  // backward.
+  const cm::Tensor act =
+      cm::to_memory_format(cm::randn({n / 32768, 128, 16, 16}), cm::MemoryFormat::ChannelsLast);
+  const cm::Tensor gn_w = cm::randn({128}), gn_b = cm::randn({128});
+  cm::Tensor act_leaf = cm::detach(act);
+  act_leaf.set_requires_grad(true);
+  const cm::Tensor act_grad =
+      cm::to_memory_format(cm::randn(act.shape()), cm::MemoryFormat::ChannelsLast);
+  cases.push_back({"group_norm_silu f32 channels-last",
+                   [&] {
+                     cm::NoGradGuard g;
+                     cm::group_norm_silu(act, 32, gn_w, gn_b, 1e-6);
+                   },
+                   2 * fb});
+  cases.push_back({"group_norm_silu f32 channels-last forward+backward",
+                   [&] { cm::group_norm_silu(act_leaf, 32, gn_w, gn_b, 1e-6).backward(act_grad); },
+                   5 * fb});
+  cm::Generator drop_gen(1);
+  cases.push_back({"dropout f32 channels-last forward+backward",
+                   [&] { cm::dropout(act_leaf, 0.1, true, drop_gen).backward(act_grad); }, 5 * fb});
   for (const Case& k : cases) {
     if (!selected(args, k.name)) continue;
     report_bandwidth(k.name + " n=" + std::to_string(n), median_ms(k.run, args.quick ? 5 : 11),

@@ -234,9 +234,17 @@ class Backend {
                          const Tensor& grad, const AdamStep& s) = 0;
 
   // ---- random ----
-  // Fills contiguous `out` from blocks first_block, first_block + 1, ... of `seed` (see random.h).
+  // Fills `out` (contiguous or channels-last: dense either way) in memory order from blocks
+  // first_block, first_block + 1, ... of `seed` (see random.h).
   virtual void random(RandomKind kind, const Tensor& out, uint64_t seed, uint64_t first_block,
                       double a, double b) = 0;
+  // Dropout in one pass: m = Bernoulli(keep)·scale drawn as random(Bernoulli, m, seed,
+  // first_block, keep, 0) would draw it (memory order), then out = x·m; m is written to `mask`
+  // when it is defined (the backward's factor). x, out and mask share one dense layout. The
+  // default is that composite (random, then MulScalar in place, then Mul); a backend's fused
+  // kernel gives the same bits.
+  virtual void dropout(const Tensor& x, double keep, double scale, uint64_t seed,
+                       uint64_t first_block, const Tensor& out, const Tensor& mask);
 };
 
 // The backend of a device; a CUDA device in a build without CUDA fails with a clear message.

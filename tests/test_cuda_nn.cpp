@@ -194,13 +194,17 @@ TEST_SUITE("gpu") {
 
   TEST_CASE("cuda nn: dropout draws the same mask on the GPU as on the CPU") {
     require_gpu();
-    for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16}) {
-      Tensor x = randn_input({33, 65}, 12, Layout::Transposed, dt);
-      Generator gc(41, 5), gg(41, 5);
-      Tensor yc = dropout(x, 0.4, true, gc), yg = dropout(to(x, kGpu), 0.4, true, gg);
-      CHECK(gc.offset() == gg.offset());
-      CHECK_MESSAGE(yc.to_vector<double>() == yg.to_vector<double>(), dtype_name(dt));
-    }
+    // a transposed view, and channels-last activations (masks drawn in memory order on both)
+    for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16})
+      for (const Tensor& x : {randn_input({33, 65}, 12, Layout::Transposed, dt),
+                              randn_input({3, 10, 5, 7}, 13, Layout::ChannelsLast, dt)}) {
+        Generator gc(41, 5), gg(41, 5);
+        const Tensor xg = to_memory_format(to(x, kGpu), memory_format_of(x));  // same layout
+        Tensor yc = dropout(x, 0.4, true, gc), yg = dropout(xg, 0.4, true, gg);
+        CHECK(gc.offset() == gg.offset());
+        CHECK(memory_format_of(yc) == memory_format_of(yg));
+        CHECK_MESSAGE(yc.to_vector<double>() == yg.to_vector<double>(), dtype_name(dt));
+      }
   }
 
   TEST_CASE(

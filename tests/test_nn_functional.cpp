@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "helpers.h"
+#include "tensor/cpu/cpu_backend.h"
 
 using namespace cm;
 using cm::test::check_error;
@@ -350,6 +351,87 @@ TEST_SUITE("nn") {
     check_error([&] { dropout(x, -0.1, true, g); }, {"dropout", "[0, 1]"});
     check_error([&] { dropout(from_vector<int64_t>({1}, {1}), 0.5, true, g); },
                 {"dropout", "floating"});
+  }
+
+  TEST_CASE("dropout: the one-pass kernel gives the composite's bits in every dtype and layout") {
+    // CpuBackend::dropout against Backend::dropout (Bernoulli draw, MulScalar, Mul), with and
+    // without the mask written; sizes with a partial Philox block and a partial batch of blocks.
+    Backend& be = cpu::cpu_backend();
+    for (DType dt : {DType::f32, DType::f64, DType::bf16, DType::f16})
+      for (const Layout l : {Layout::Contiguous, Layout::ChannelsLast})
+        for (const Shape& sh : {Shape{3, 5, 4, 6}, Shape{2, 7, 5, 3}, Shape{4, 16, 9, 8}}) {
+          INFO(std::string(dtype_name(dt)), " ", lname(l), " ", shape_str(sh));
+          const Tensor x = randn_input(sh, 31, l, dt);
+          const MemoryFormat f = memory_format_of(x);
+          const TensorOptions opt{.dtype = dt};
+          const Tensor y = empty(sh, opt, f), m = empty(sh, opt, f), yc = empty(sh, opt, f),
+                       mc = empty(sh, opt, f), y_nomask = empty(sh, opt, f);
+          be.dropout(x, 0.7, 1 / 0.7, 19, 3, y, m);
+          be.Backend::dropout(x, 0.7, 1 / 0.7, 19, 3, yc, mc);
+          be.dropout(x, 0.7, 1 / 0.7, 19, 3, y_nomask, Tensor());
+          CHECK(max_abs_diff(y, yc) == 0);
+          CHECK(max_abs_diff(m, mc) == 0);
+          CHECK(max_abs_diff(y_nomask, yc) == 0);
+          const double kept = sum(to(ne(m, 0.0), DType::f64)).item<double>();
+          CHECK(kept > 0);
+          CHECK(kept < double(x.numel()));
+        }
+  }
+
+  TEST_CASE("dropout: channels-last masks are drawn in memory order and the gradient is dy·mask") {
+    const double p = 0.4;
+    for (DType dt : {DType::f32, DType::f64}) {
+      INFO(std::string(dtype_name(dt)));
+      // no zeros in x, so y == 0 exactly where the mask dropped
+      Tensor x = add(randn_input({2, 6, 3, 5}, 32, Layout::ChannelsLast, dt), 5.0);
+      x = detach(x);
+      x.set_requires_grad(true);
+      REQUIRE(memory_format_of(x) == MemoryFormat::ChannelsLast);
+      Generator g(55, 2), replay(55, 2);
+      const Tensor y = dropout(x, p, true, g);
+      CHECK(memory_format_of(y) == MemoryFormat::ChannelsLast);
+      // the draw of the [N, H, W, C] storage, seen as [N, C, H, W]
+      const Tensor keep =
+          permute(bernoulli({2, 3, 5, 6}, 1 - p, {.dtype = dt}, &replay), {0, 3, 1, 2});
+      CHECK(replay.offset() == g.offset());
+      const std::vector<double> kv = values(keep), sv = values(mul(x, 1.0 / (1 - p))),
+                                yv = values(y);
+      for (size_t i = 0; i < kv.size(); ++i) REQUIRE(yv[i] == (kv[i] == 1 ? sv[i] : 0.0));
+      const Tensor dy = randn_input(x.shape(), 33, Layout::ChannelsLast, dt);
+      y.backward(dy);
+      const Tensor expect = mul(mul(keep, 1.0 / (1 - p)), dy);
+      CHECK(max_abs_diff(x.grad(), expect) == 0);
+      // no gradient wanted: the same values, no graph
+      Generator g2(55, 2);
+      NoGradGuard ng;
+      const Tensor y2 = dropout(x, p, true, g2);
+      CHECK(!y2.grad_fn());
+      CHECK(max_abs_diff(y2, y) == 0);
+    }
+  }
+
+  TEST_CASE("dropout: a batch shard draws its rows of the whole batch's mask") {
+    // 4·3·2·2 = 48 values a row pair (shards start on a Philox block: the one-pass kernel), and
+    // 3·1·3 = 9 (shards start inside a block: bernoulli and two products).
+    for (const Shape& row : {Shape{4, 3, 2}, Shape{3, 1, 3}})
+      for (const Layout l : {Layout::Contiguous, Layout::ChannelsLast}) {
+        INFO(shape_str(row), " ", lname(l));
+        Shape local = {2};
+        local.insert(local.end(), row.begin(), row.end());
+        Shape global = local;
+        global[0] *= 3;
+        const Tensor x = randn_input(global, 34, l, DType::f32);
+        Generator g0(12, 1);
+        const Tensor whole = dropout(x, 0.5, true, g0);
+        for (int64_t r = 0; r < 3; ++r) {
+          Generator g(12, 1);
+          g.set_shard(r, 3);
+          const Tensor xr = narrow(x, 0, 2 * r, 2);
+          const Tensor mine = dropout(xr, 0.5, true, g);
+          CHECK(max_abs_diff(mine, narrow(whole, 0, 2 * r, 2)) == 0);
+          CHECK(g.offset() == g0.offset());
+        }
+      }
   }
 
   // ---- upsample_nearest2d

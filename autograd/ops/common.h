@@ -2,6 +2,8 @@
 // promotion, and device checks. Internal to autograd/ops.
 #pragma once
 
+#include <optional>
+
 #include "autograd/ops.h"
 
 namespace cm::opdetail {
@@ -38,5 +40,11 @@ std::vector<int64_t> reduce_dims(const Tensor& x, const Shape& dims, const char*
 Shape keepdim_shape(const Shape& s, const std::vector<int64_t>& dims);
 // The shape with the reduced dims removed.
 Shape dropdim_shape(const Shape& s, const std::vector<int64_t>& dims);
+
+// The first Philox block of a draw of shape × dtype from g, reserved (g advances past the whole
+// draw; for a batch shard, Generator::set_shard, the draw of all shards), where the draw or g's
+// shard of it starts on a block boundary; nothing reserved and nullopt where a shard starts inside
+// a block (ops/random.cpp then draws the whole batch and keeps the shard's rows).
+std::optional<uint64_t> reserve_draw(Generator& g, const Shape& shape, DType dtype);
 
 }  // namespace cm::opdetail

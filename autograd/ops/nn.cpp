@@ -58,16 +58,35 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
   return reshape(index_select(weight, 0, reshape(indices, {indices.numel()})), out_shape);
 }
 
-// x · mask / (1 − p) with mask = bernoulli(1 − p) drawn from gen in x's dtype and device; the
-// gradient is the same product with the incoming gradient. p == 1 zeroes everything (no draw).
+// out = x·m with m = Bernoulli(1 − p)/(1 − p) drawn from gen in x's dtype, device and memory
+// format (memory order), so x, m and out are walked densely in one order; m is kept for the
+// backward (dx = dy·m). One backend pass (Backend::dropout) where the draw starts on a Philox
+// block, else the same values from bernoulli() and two products. p == 1 zeroes everything (no
+// draw).
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
   CM_CHECK(p >= 0 && p <= 1, "dropout: probability must be in [0, 1], got ", p);
   check_floating(x, "dropout", "x");
   if (!training || p == 0) return x;
   if (p == 1) return mul(x, 0.0);
-  Tensor mask = bernoulli(x.shape(), 1 - p, {.dtype = x.dtype(), .device = x.device()}, &gen);
-  mul_(mask, 1.0 / (1 - p));  // in place: the fresh mask becomes the scaled one, no third tensor
-  return mul(x, mask);
+  const double keep = 1 - p, scale = 1.0 / (1 - p);
+  const TensorOptions opt{.dtype = x.dtype(), .device = x.device()};
+  const MemoryFormat format = memory_format_of(x);
+  const std::optional<uint64_t> first = reserve_draw(gen, x.shape(), x.dtype());
+  if (!first) {
+    Tensor mask = bernoulli(x.shape(), keep, opt, &gen, format);
+    mul_(mask, scale);  // in place: the fresh mask becomes the scaled one, no third tensor
+    return mul(x, mask);
+  }
+  const Tensor xd = is_channels_last(x) || x.is_contiguous() ? x : contiguous(x);
+  const bool grad = needs_grad({x});
+  const Tensor out = empty(x.shape(), opt, format);
+  const Tensor mask = grad ? empty(x.shape(), opt, format) : Tensor();
+  backend_of(x).dropout(detach(xd), keep, scale, gen.seed(), *first, out, mask);
+  if (grad) {
+    const SavedTensor sm(mask, "dropout");
+    record("dropout", {x}, {out}, [sm](const Grads& g) { return Grads{mul(g[0], sm.get())}; });
+  }
+  return out;
 }
 
 // x [N, C, H, W] -> [N, C, H·s, W·s]: x viewed as [N, C, H, 1, W, 1], expanded to

@@ -6,30 +6,33 @@
 namespace cm {
 using namespace opdetail;
 
+std::optional<uint64_t> opdetail::reserve_draw(Generator& g, const Shape& shape, DType dtype) {
+  const int64_t n = shape_numel(shape), k = g.shard_count(), r = g.shard_index();
+  if (k == 1 || shape.empty()) return g.reserve(n, dtype);
+  const int64_t per_block = Generator::values_per_block(dtype);
+  if ((n * r) % per_block != 0) return std::nullopt;
+  return g.reserve(n * k, dtype) + uint64_t(n * r / per_block);
+}
+
 namespace {
 Tensor draw(RandomKind kind, const Shape& shape, TensorOptions opt, Generator* gen, double a,
-            double b) {
+            double b, MemoryFormat format = MemoryFormat::Contiguous) {
   Generator& g = gen ? *gen : default_generator();
   const bool rg = opt.requires_grad;
   opt.requires_grad = false;
-  Tensor t = empty(shape, opt);
-  const int64_t k = g.shard_count(), r = g.shard_index();
-  if (k == 1 || shape.empty()) {
-    const uint64_t first = g.reserve(t.numel(), t.dtype());
-    backend_of(t).random(kind, t, g.seed(), first, a, b);
+  Tensor t = empty(shape, opt, format);
+  if (const std::optional<uint64_t> first = reserve_draw(g, shape, t.dtype())) {
+    backend_of(t).random(kind, t, g.seed(), *first, a, b);
   } else {
-    // A batch shard (Generator::set_shard): rows [r·b, (r + 1)·b) of the draw of k·b rows.
-    const int64_t n = t.numel(), per_block = Generator::values_per_block(t.dtype());
-    const uint64_t first = g.reserve(n * k, t.dtype());
-    if ((n * r) % per_block == 0) {  // the shard starts on a block: draw only its blocks
-      backend_of(t).random(kind, t, g.seed(), first + uint64_t(n * r / per_block), a, b);
-    } else {  // it starts inside a block: draw the whole batch and keep the shard's rows
-      Shape all = shape;
-      all[0] *= k;
-      Tensor whole = empty(all, opt);
-      backend_of(whole).random(kind, whole, g.seed(), first, a, b);
-      backend_of(t).copy(whole.narrow(0, r * shape[0], shape[0]), t);
-    }
+    // A batch shard (Generator::set_shard) that starts inside a block: rows [r·b, (r + 1)·b) of
+    // the draw of k·b rows, drawn whole.
+    const int64_t k = g.shard_count(), r = g.shard_index();
+    const uint64_t first_all = g.reserve(t.numel() * k, t.dtype());
+    Shape all = shape;
+    all[0] *= k;
+    Tensor whole = empty(all, opt, format);
+    backend_of(whole).random(kind, whole, g.seed(), first_all, a, b);
+    backend_of(t).copy(whole.narrow(0, r * shape[0], shape[0]), t);
   }
   if (rg) t.set_requires_grad(true);
   return t;
@@ -92,9 +95,10 @@ Tensor randn_like(const Tensor& t, Generator* gen) {
   return randn(t.shape(), {.dtype = t.dtype(), .device = t.device()}, gen);
 }
 
-Tensor bernoulli(const Shape& shape, double p, TensorOptions opt, Generator* gen) {
+Tensor bernoulli(const Shape& shape, double p, TensorOptions opt, Generator* gen,
+                 MemoryFormat format) {
   CM_CHECK(p >= 0 && p <= 1, "bernoulli: probability must be in [0, 1], got ", p);
-  return draw(RandomKind::Bernoulli, shape, opt, gen, p, 0.0);
+  return draw(RandomKind::Bernoulli, shape, opt, gen, p, 0.0, format);
 }
 
 }  // namespace cm

@@ -66,6 +66,8 @@ class CpuBackend final : public Backend {
 
   void random(RandomKind kind, const Tensor& out, uint64_t seed, uint64_t first_block, double a,
               double b) override;
+  void dropout(const Tensor& x, double keep, double scale, uint64_t seed, uint64_t first_block,
+               const Tensor& out, const Tensor& mask) override;
 };
 
 CpuBackend& cpu_backend();

@@ -59,11 +59,57 @@ void fill_random(T* p, int64_t n, uint64_t seed, uint64_t first_block, double a,
   });
 }
 
+// Dropout in one pass over the draw's blocks: m = Bernoulli(keep) rounded to T, times scale in
+// T's compute type (MulScalar's arithmetic), and out = x·m (Mul's), so the bits are the
+// composite's (Backend::dropout).
+template <class T>
+void dropout_typed(const T* x, T* out, T* mask, int64_t n, double keep, double scale, uint64_t seed,
+                   uint64_t first_block) {
+  using C = compute_t<T>;
+  constexpr int64_t per = random_per_block<T>();
+  const C s = C(scale);
+  const int64_t blocks = (n + per - 1) / per, batches = (blocks + kBatch - 1) / kBatch;
+  parallel_for(batches, kBatch * per * 16, [&](int64_t bt) {
+    uint32_t v[4][kBatch];
+    philox_batch(seed, first_block + uint64_t(bt * kBatch), v);
+    const int64_t b0 = bt * kBatch, nb = std::min<int64_t>(kBatch, blocks - b0);
+    T m[kBatch * per];
+    for (int64_t i = 0; i < nb; ++i) {
+      const Philox4 r{{v[0][i], v[1][i], v[2][i], v[3][i]}};
+      for (int64_t l = 0; l < per; ++l)
+        m[i * per + l] = convert<T>(
+            static_cast<C>(random_from_block<T>(RandomKind::Bernoulli, r, int(l), keep, 0.0)) * s);
+    }
+    const int64_t e0 = b0 * per, ne = std::min(nb * per, n - e0);
+    for (int64_t e = 0; e < ne; ++e)
+      out[e0 + e] = convert<T>(static_cast<C>(x[e0 + e]) * static_cast<C>(m[e]));
+    if (mask)
+      for (int64_t e = 0; e < ne; ++e) mask[e0 + e] = m[e];
+  });
+}
+
 }  // namespace
+
+void CpuBackend::dropout(const Tensor& x, double keep, double scale, uint64_t seed,
+                         uint64_t first_block, const Tensor& out, const Tensor& mask) {
+  // One dense layout for all three (contiguous or channels-last), else the composite.
+  const auto dense = [](const Tensor& t) { return t.is_contiguous() || is_channels_last(t); };
+  const bool same = dense(x) && out.strides() == x.strides() &&
+                    (!mask.defined() || mask.strides() == x.strides()) &&
+                    out.dtype() == x.dtype() && (!mask.defined() || mask.dtype() == x.dtype());
+  if (!same || !is_floating(x.dtype()))
+    return Backend::dropout(x, keep, scale, seed, first_block, out, mask);
+  CM_DISPATCH_FLOAT(x.dtype(), "dropout", [&] {
+    dropout_typed<scalar_t>(x.data<scalar_t>(), out.data<scalar_t>(),
+                            mask.defined() ? mask.data<scalar_t>() : nullptr, x.numel(), keep,
+                            scale, seed, first_block);
+  });
+}
 
 void CpuBackend::random(RandomKind kind, const Tensor& out, uint64_t seed, uint64_t first_block,
                         double a, double b) {
-  CM_CHECK(out.is_contiguous(), "random: output must be contiguous");
+  CM_CHECK(out.is_contiguous() || is_channels_last(out),
+           "random: output must be contiguous or channels-last (it is filled in memory order)");
   CM_DISPATCH_ALL(out.dtype(), "random", [&] {
     scalar_t* p = static_cast<scalar_t*>(out.data_ptr());
     const int64_t n = out.numel();

@@ -19,7 +19,8 @@ __global__ void random_kernel(RandomKind kind, T* out, int64_t n, uint64_t seed,
 
 void CudaBackend::random(RandomKind kind, const Tensor& out, uint64_t seed, uint64_t first_block,
                          double a, double b) {
-  CM_CHECK(out.is_contiguous(), "random: output must be contiguous");
+  CM_CHECK(out.is_contiguous() || is_channels_last(out),
+           "random: output must be contiguous or channels-last (it is filled in memory order)");
   const int dev = out.device().index;
   DeviceGuard g(dev);
   if (out.numel() == 0) return;
