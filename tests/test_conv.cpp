@@ -353,6 +353,12 @@ TEST_SUITE("nn") {
         {{2, 4, 9, 7}, {6, 4, 5, 3}, {1, 2, 2, 1, 1, 1, 1}},    // non-square, per-axis params
         {{2, 16, 6, 6}, {8, 16, 1, 1}, {1, 1, 0, 0, 1, 1, 1}},  // 1×1: channels-last only
         {{1, 3, 1, 5}, {2, 3, 3, 3}, {1, 1, 1, 1, 1, 1, 1}},    // H = 1
+        // grouped: the U-Nets' resampling filters (depthwise 2×2 and 4×4, stride 2), a grouped
+        // 3×3, several outputs per group
+        {{2, 6, 10, 10}, {6, 1, 2, 2}, {2, 2, 0, 0, 1, 1, 6}},
+        {{2, 5, 12, 12}, {5, 1, 4, 4}, {2, 2, 1, 1, 1, 1, 5}},
+        {{2, 8, 9, 9}, {8, 2, 3, 3}, {1, 1, 1, 1, 1, 1, 4}},
+        {{2, 4, 7, 7}, {6, 2, 3, 3}, {1, 1, 1, 1, 1, 1, 2}},
     };
     const TensorOptions f32{.dtype = DType::f32};
     uint64_t seed = 5000;
@@ -369,7 +375,8 @@ TEST_SUITE("nn") {
       // results per layout of the activations (x, gy) and of the outputs (y, gx)
       std::vector<std::vector<double>> ys, gxs, gws;
       std::vector<bool> on_onednn;
-      for (Layout in : {Layout::Contiguous, Layout::ChannelsLast, Layout::Transposed})
+      for (Layout in :
+           {Layout::Contiguous, Layout::ChannelsLast, Layout::Transposed, Layout::Strided})
         for (Layout outl : {Layout::Contiguous, Layout::ChannelsLast}) {
           const std::string what = name + " in " + lname(in) + ", out " + lname(outl);
           const Tensor xl = with_layout(x, in), gyl = with_layout(gy, in);
@@ -400,6 +407,22 @@ TEST_SUITE("nn") {
         CHECK_MESSAGE(ys[i] == ys[0], name, ": forward differs between layouts (", i, ")");
         CHECK_MESSAGE(gxs[i] == gxs[0], name, ": dx differs between layouts (", i, ")");
         CHECK_MESSAGE(gws[i] == gws[0], name, ": dw differs between layouts (", i, ")");
+      }
+      // A channel slice of a channels-last tensor (what a cat's backward hands a convolution):
+      // read by oneDNN's reorder in place of a copy, the same bits.
+      if (!pointwise) {
+        const Tensor wide_x = with_layout(cat({x, x}, 1), Layout::ChannelsLast),
+                     wide_gy = with_layout(cat({gy, gy}, 1), Layout::ChannelsLast);
+        const Tensor xs = narrow(wide_x, 1, c.xs[1], c.xs[1]),
+                     gys = narrow(wide_gy, 1, r.y_shape[1], r.y_shape[1]);
+        REQUIRE_FALSE(is_channels_last(xs));
+        Tensor y = zeros(r.y_shape, f32), dx = zeros(c.xs, f32), dw = zeros(c.ws, f32);
+        cpu::cpu_backend().conv2d(xs, w, c.p, y);
+        cpu::cpu_backend().conv2d_backward_input(gys, w, c.p, dx);
+        cpu::cpu_backend().conv2d_backward_weight(xs, gys, c.p, dw);
+        CHECK_MESSAGE(values(y) == ys[0], name, ": forward from a channel slice");
+        CHECK_MESSAGE(values(dx) == gxs[0], name, ": dx from a channel slice");
+        CHECK_MESSAGE(values(dw) == gws[0], name, ": dw from a channel slice");
       }
       // The im2col path (the reference implementation) agrees to f32 accumulation order.
       dnn::set_enabled(false);
@@ -627,6 +650,37 @@ TEST_SUITE("nn") {
       ++n;
     }
     CHECK(n >= 8);
+  }
+
+  TEST_CASE("conv2d and conv_transpose2d: the input gradient takes the forward input's format") {
+    // A channels-last network whose output gradient arrives contiguous (its output is made
+    // contiguous; a 1-channel image is both layouts) keeps channels-last gradients, and the other
+    // way round; the values are the same either way.
+    for (const Layout in : {Layout::ChannelsLast, Layout::Contiguous})
+      for (const bool transpose : {false, true}) {
+        INFO(lname(in), transpose ? " conv_transpose2d" : " conv2d");
+        const Layout other = in == Layout::ChannelsLast ? Layout::Contiguous : Layout::ChannelsLast;
+        const Tensor w = transpose ? randn_input({6, 4, 3, 3}, 3, Layout::Contiguous, DType::f32)
+                                   : randn_input({4, 6, 3, 3}, 3, Layout::Contiguous, DType::f32);
+        std::vector<std::vector<double>> grads;
+        for (const Layout gl : {in, other}) {
+          const Tensor leaf = randn_input({2, 6, 5, 5}, 4, in, DType::f32);
+          Tensor xl = detach(leaf);
+          xl.set_requires_grad(true);
+          const Tensor h = mul(xl, 1.0);  // a non-leaf in the input's layout
+          const Tensor y = transpose ? conv_transpose2d(h, w, {}, 2, 1) : conv2d(h, w, {}, {});
+          Tensor gh;
+          h.register_hook([&](const Tensor& g) {
+            gh = g;
+            return g;
+          });
+          y.backward(with_layout(randn_input(y.shape(), 5, Layout::Contiguous, DType::f32), gl));
+          REQUIRE(gh.defined());
+          CHECK(memory_format_of(gh) == memory_format_of(h));
+          grads.push_back(values(gh));
+        }
+        CHECK(grads[0] == grads[1]);
+      }
   }
 
   TEST_CASE("conv2d and conv_transpose2d: mixed dtypes promote, undefined bias, no-grad") {

@@ -69,16 +69,23 @@ Tensor conv_output(const Tensor& x, const Tensor& w, int64_t Ho, int64_t Wo) {
   return empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()},
                memory_format_of(x));
 }
-// y [N, Co, Ho, Wo] = conv(x [N, C, H, W], w [Co, C/G, kh, kw])
-Tensor conv_raw(const Tensor& x, const Tensor& w, const Conv2dParams& p, int64_t Ho, int64_t Wo) {
-  Tensor y = conv_output(x, w, Ho, Wo);
+// y [N, Co, Ho, Wo] = conv(x [N, C, H, W], w [Co, C/G, kh, kw]), in `format`.
+Tensor conv_raw(const Tensor& x, const Tensor& w, const Conv2dParams& p, int64_t Ho, int64_t Wo,
+                MemoryFormat format) {
+  Tensor y =
+      empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()}, format);
   backend_of(x).conv2d(x, w, p, y);
   return y;
 }
-// dx [x_shape] from dy [N, Co, Ho, Wo] and w
+Tensor conv_raw(const Tensor& x, const Tensor& w, const Conv2dParams& p, int64_t Ho, int64_t Wo) {
+  return conv_raw(x, w, p, Ho, Wo, memory_format_of(x));
+}
+// dx [x_shape] from dy [N, Co, Ho, Wo] and w, in `format`: the backward passes give the forward
+// input's format, so a gradient that reaches a convolution in another layout (the network's
+// contiguous output, a 1-channel image) does not carry that layout on through the network.
 Tensor conv_input_grad_raw(const Tensor& dy, const Tensor& w, const Conv2dParams& p,
-                           const Shape& x_shape) {
-  Tensor dx = empty(x_shape, {.dtype = dy.dtype(), .device = dy.device()}, memory_format_of(dy));
+                           const Shape& x_shape, MemoryFormat format) {
+  Tensor dx = empty(x_shape, {.dtype = dy.dtype(), .device = dy.device()}, format);
   backend_of(dy).conv2d_backward_input(dy, w, p, dx);
   return dx;
 }
@@ -137,6 +144,7 @@ Tensor conv2d(const Tensor& x0, const Tensor& w0, const Tensor& b0, const Conv2d
     const SavedTensor sx = nw ? SavedTensor(x, op) : SavedTensor();
     const SavedTensor sw = nx ? SavedTensor(w, op) : SavedTensor();
     const Shape xs = x.shape(), ws = w.shape();
+    const MemoryFormat xf = memory_format_of(x);
     record(op, {x, w, b}, {y}, [=](const Grads& g) {
       Tensor dw, db;
       if (nw && nb) {  // both from one pass where the backend fuses them
@@ -147,7 +155,7 @@ Tensor conv2d(const Tensor& x0, const Tensor& w0, const Tensor& b0, const Conv2d
         if (nw) dw = conv_weight_grad_raw(sx.get(), g[0], p, ws);
         if (nb) db = sum(g[0], {0, 2, 3});
       }
-      return Grads{nx ? conv_input_grad_raw(g[0], sw.get(), p, xs) : Tensor(), dw, db};
+      return Grads{nx ? conv_input_grad_raw(g[0], sw.get(), p, xs, xf) : Tensor(), dw, db};
     });
   }
   return y;
@@ -182,7 +190,8 @@ Tensor conv_transpose2d(const Tensor& x0, const Tensor& w0, const Tensor& b0, in
   // columns see no x: x is zero-padded into them, and they are cropped from dx.
   const int64_t Hc = conv_out_size(Ho, kh, stride, padding, dilation);
   const int64_t Wc = conv_out_size(Wo, kw, stride, padding, dilation);
-  Tensor y = conv_input_grad_raw(pad_end_raw(x, Hc, Wc), w, p, {N, Co, Ho, Wo});
+  Tensor y =
+      conv_input_grad_raw(pad_end_raw(x, Hc, Wc), w, p, {N, Co, Ho, Wo}, memory_format_of(x));
   if (b.defined()) add_bias_raw(y, b);
   if (needs_grad({x, w, b})) {
     const bool nx = x.requires_grad(), nw = w.requires_grad(),
@@ -190,10 +199,11 @@ Tensor conv_transpose2d(const Tensor& x0, const Tensor& w0, const Tensor& b0, in
     const SavedTensor sx = nw ? SavedTensor(x, op) : SavedTensor();
     const SavedTensor sw = nx ? SavedTensor(w, op) : SavedTensor();
     const Shape ws = w.shape();
+    const MemoryFormat xf = memory_format_of(x);
     record(op, {x, w, b}, {y}, [=](const Grads& g) {
       Tensor dx;
       if (nx) {
-        dx = conv_raw(g[0], sw.get(), p, Hc, Wc);
+        dx = conv_raw(g[0], sw.get(), p, Hc, Wc, xf);
         if (Hc != H || Wc != W) dx = contiguous(narrow(narrow(dx, 2, 0, H), 3, 0, W));
       }
       return Grads{dx,

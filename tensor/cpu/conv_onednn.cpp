@@ -96,12 +96,20 @@ struct Entry {
   bool usable = false;  // false: oneDNN has only its reference loops here (or refused the shape)
 };
 
-using Key = std::array<int64_t, 15>;
+using Key = std::array<int64_t, 16>;
 
 Key key_of(ConvPass pass, const ConvShape& s, bool bias) {
-  return {int64_t(pass), s.N,       s.C,       s.H,          s.W,
-          s.Co,          s.kh,      s.kw,      s.p.stride_h, s.p.stride_w,
-          s.p.pad_h,     s.p.pad_w, s.p.dil_h, s.p.dil_w,    int64_t(bias)};
+  return {int64_t(pass), s.N,       s.C,          s.H,          s.W,       s.Co,
+          s.kh,          s.kw,      s.p.stride_h, s.p.stride_w, s.p.pad_h, s.p.pad_w,
+          s.p.dil_h,     s.p.dil_w, s.p.groups,   int64_t(bias)};
+}
+
+// The weights' dims: [Co, C, kh, kw], or oneDNN's grouped [G, Co/G, C/G, kh, kw] (cm's
+// [Co, C/G, kh, kw] contiguous is that array's goihw layout).
+memory::dims weight_dims(const ConvShape& s) {
+  const int64_t G = s.p.groups;
+  if (G == 1) return {s.Co, s.C, s.kh, s.kw};
+  return {G, s.Co / G, s.C / G, s.kh, s.kw};
 }
 
 memory::desc nhwc_desc(int64_t n, int64_t c, int64_t h, int64_t w) {
@@ -119,7 +127,7 @@ std::unique_ptr<Entry> build(ConvPass pass, const ConvShape& s, bool bias) {
       wino ? memory::desc({s.N, s.C, s.H, s.W}, kF32, Tag::any) : nhwc_desc(s.N, s.C, s.H, s.W);
   const memory::desc y = wino ? memory::desc({s.N, s.Co, s.Ho, s.Wo}, kF32, Tag::any)
                               : nhwc_desc(s.N, s.Co, s.Ho, s.Wo);
-  const memory::desc w({s.Co, s.C, s.kh, s.kw}, kF32, Tag::any);
+  const memory::desc w(weight_dims(s), kF32, Tag::any);
   const memory::dims strides{s.p.stride_h, s.p.stride_w}, dil{s.p.dil_h - 1, s.p.dil_w - 1},
       pad{s.p.pad_h, s.p.pad_w};
   // Right padding: the rows and columns the last output position reaches beyond the input (may be
@@ -186,11 +194,16 @@ Entry& entry_for(ConvPass pass, const ConvShape& s, bool bias = false) {
   return *it->second;
 }
 
-// A dense cm tensor (contiguous or channels-last) as oneDNN memory with its strides (dims in cm's
-// logical order). Size-1 dims may carry any stride in cm; the canonical one is given instead.
+// A cm tensor as oneDNN memory with its strides (dims in cm's logical order): a dense one
+// (contiguous or channels-last) with its layout's canonical strides, any other with its own, which
+// a reorder then reads (size-1 dims may carry any stride in cm; 1 is given for them).
 memory user_memory(const Tensor& t) {
   const Shape& sh = t.shape();
-  const Shape st = is_channels_last(t) ? channels_last_strides(sh) : contiguous_strides(sh);
+  Shape st = is_channels_last(t) ? channels_last_strides(sh)
+             : t.is_contiguous() ? contiguous_strides(sh)
+                                 : t.strides();
+  for (size_t d = 0; d < sh.size(); ++d)
+    if (sh[d] == 1) st[d] = 1;
   const memory::dims dims(sh.begin(), sh.end()), strides(st.begin(), st.end());
   return memory(memory::desc(dims, kF32, strides), cpu_engine(), t.data_ptr());
 }
@@ -216,12 +229,18 @@ bool dense_f32(const Tensor& t) {
   return t.dtype() == DType::f32 && (t.is_contiguous() || is_channels_last(t));
 }
 
+// A weight (or weight gradient) tensor as oneDNN memory: user_memory for one group, else the
+// contiguous [Co, C/G, kh, kw] seen as [G, Co/G, C/G, kh, kw].
+memory weight_memory(const Tensor& w, const ConvShape& s) {
+  if (s.p.groups == 1) return user_memory(w);
+  return memory(memory::desc(weight_dims(s), kF32, Tag::goihw), cpu_engine(), w.data_ptr());
+}
+
 }  // namespace
 
 bool uses_onednn(ConvPass pass, const ConvShape& s, const Tensor& a, const Tensor& b,
                  const Tensor& out, bool fused_bias) {
-  if (!enabled() || in_parallel() || s.p.groups != 1 || s.C < 2 || s.N == 0 || s.Co == 0)
-    return false;
+  if (!enabled() || in_parallel() || s.C < 2 || s.N == 0 || s.Co == 0) return false;
   if (a.dtype() != DType::f32 || b.dtype() != DType::f32 || out.dtype() != DType::f32) return false;
   if (s.kh * s.kw == 1) {  // 1×1: only when the activations are already channels-last
     // a is the activation operand of every pass (x, gy, x)
@@ -242,22 +261,38 @@ void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, 
            "gradient of the weight-gradient pass)");
   Entry& e = entry_for(pass, s, vec.defined());
   CM_CHECK(e.usable, "conv2d: oneDNN has no kernel for this geometry (uses_onednn was not asked)");
-  // Operands not dense in either layout (or with zero strides) are copied contiguous first.
+  // Activations dense in either layout are used in place; other f32 views with positive strides
+  // (a channel slice of a channels-last tensor: the gradient of a cat) are read by the reorder into
+  // the primitive's layout; anything else (zero strides) is copied contiguous first.
   const auto dense = [](const Tensor& t) {
     if (dense_f32(t)) return t;
+    bool strided = t.dtype() == DType::f32;
+    for (int64_t d = 0; d < t.dim(); ++d) strided = strided && (t.size(d) == 1 || t.stride(d) > 0);
+    if (strided) return t;
     Tensor c = empty(t.shape(), {.dtype = DType::f32});
     cpu_backend().copy(t, c);
     return c;
   };
-  const Tensor a = dense(a0), b = dense(b0);
-  const bool out_dense = dense_f32(out);
+  // Grouped weights are read (and their gradient written) as a contiguous [Co, C/G, kh, kw].
+  const bool grouped = s.p.groups != 1;
+  const auto contiguous_f32 = [](const Tensor& t) {
+    if (t.dtype() == DType::f32 && t.is_contiguous()) return t;
+    Tensor c = empty(t.shape(), {.dtype = DType::f32});
+    cpu_backend().copy(t, c);
+    return c;
+  };
+  const bool weight_out = pass == ConvPass::BackwardWeight;
+  const Tensor a = dense(a0), b = grouped && !weight_out ? contiguous_f32(b0) : dense(b0);
+  const bool out_dense =
+      grouped && weight_out ? out.dtype() == DType::f32 && out.is_contiguous() : dense_f32(out);
   const Tensor o = out_dense ? out : empty(out.shape(), {.dtype = DType::f32});
   // One convolution at a time (the primitive cache's entries are shared).
   static std::mutex exec_mu;
   std::lock_guard<std::mutex> lock(exec_mu);
   dnnl::stream st(cpu_engine());
   std::vector<Tensor> keep;  // the buffers of this call
-  memory ua = user_memory(a), ub = user_memory(b), uo = user_memory(o);
+  memory ua = user_memory(a), ub = weight_out ? user_memory(b) : weight_memory(b, s),
+         uo = weight_out ? weight_memory(o, s) : user_memory(o);
   // The primitive's output: the user's tensor when it has the primitive's layout, else a buffer
   // reordered into it afterwards.
   const auto output = [&](const memory::desc& d) {

@@ -17,11 +17,12 @@
 // backward-weights reduces over the batch in per-thread partial sums, so it is deterministic for a
 // fixed thread count (as resume needs) but may change in the last bits with the thread count.
 //
-// Selection (uses_onednn): built with oneDNN (CMake CM_ONEDNN), f32 compute, one group, more than
-// one input channel, a kernel larger than 1×1 (1×1 convolutions go to oneDNN only when the operands
-// are already channels-last: their im2col is free), not inside a parallel item, an implementation
-// other than oneDNN's reference loops available for the shape, and CM_CONV not set to "im2col"
-// (which forces conv.cpp's path, to compare or bisect).
+// Selection (uses_onednn): built with oneDNN (CMake CM_ONEDNN), f32 compute, more than one input
+// channel (grouped and depthwise convolutions included: the resampling filters of the U-Nets), a
+// kernel larger than 1×1 (1×1 convolutions go to oneDNN only when the operands are already
+// channels-last: their im2col is free), not inside a parallel item, an implementation other than
+// oneDNN's reference loops available for the shape, and CM_CONV not set to "im2col" (which forces
+// conv.cpp's path, to compare or bisect).
 //
 // CM_CONV=winograd (opt-in) runs the 3×3 stride-1 convolutions with oneDNN's Winograd F(4×4, 3×3)
 // kernels on its blocked layout: 1.4× faster over a CT step's convolutions on an AVX-512 machine
