@@ -115,6 +115,16 @@ TEST_SUITE("tensor") {
     same(to(acl, DType::f32), to(a, DType::f32), "to(f32)");
     same(cat({acl, bcl}, 1), cat({a, b}, 1), "cat along channels");
     CHECK(memory_format_of(add(a, bias)) == MemoryFormat::Contiguous);
+    // a channel slice of a channels-last tensor (not dense, channels-last stride order) gives
+    // channels-last outputs; a slice of a contiguous one, contiguous outputs
+    const Tensor wide = cat({acl, bcl}, 1), wide_c = cat({a, b}, 1);
+    const Tensor slice = narrow(wide, 1, 6, 6), slice_c = narrow(wide_c, 1, 6, 6);
+    REQUIRE_FALSE(is_channels_last(slice));
+    same(mul(slice, 2.0), mul(b, 2.0), "mul_scalar of a channel slice");
+    same(add(slice, slice), add(b, b), "add of two channel slices");
+    CHECK(memory_format_of(mul(slice_c, 2.0)) == MemoryFormat::Contiguous);
+    // one channel of it: both stride orders at once, counted as contiguous
+    CHECK(memory_format_of(mul(narrow(acl, 1, 0, 1), 2.0)) == MemoryFormat::Contiguous);
     // gradients through to_memory_format and channels-last elementwise ops
     CHECK_GRADCHECK(
         [](const std::vector<Tensor>& v) {

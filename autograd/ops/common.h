@@ -14,8 +14,9 @@ inline Tensor new_empty(const Shape& shape, DType dtype, Device device) {
 }
 // The memory format of an op's output, derived from its inputs' strides (STYLE.md, mend 4: the
 // format starts where outputs are allocated, never a tensor field): channels-last when the output
-// is 4-D and an input of the output's own shape is channels-last, else contiguous. Broadcast
-// operands (a bias, a per-sample scale) do not decide.
+// is 4-D and an input of the output's own shape is channels-last or has a channels-last stride
+// order without being dense (a channel slice of a channels-last tensor), else contiguous.
+// Broadcast operands (a bias, a per-sample scale) do not decide.
 MemoryFormat output_format(const Shape& shape, std::initializer_list<Tensor> inputs);
 // A fresh tensor in output_format(shape, inputs).
 inline Tensor new_empty(const Shape& shape, DType dtype, Device device,

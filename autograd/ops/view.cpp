@@ -25,10 +25,30 @@ Tensor expand_raw(const Tensor& t, const Shape& shape, const char* op) {
   return t.alias_with(shape, st, t.offset());
 }
 
+namespace {
+// True when t's strides order its dims as channels-last does (N, H, W, C from slowest to fastest,
+// size-1 dims ignored) and not as contiguous does, dense or not: a channel slice of a channels-last
+// tensor (the gradient a cat hands each input) is one.
+bool channels_last_ordered(const Tensor& t) {
+  if (t.dim() != 4) return false;
+  const auto in_order = [&](std::initializer_list<int> order) {
+    int64_t prev = -1;  // the stride of the previous (slower) dim of size > 1
+    for (int d : order) {
+      if (t.size(d) == 1) continue;
+      if (t.stride(d) <= 0 || (prev >= 0 && t.stride(d) >= prev)) return false;
+      prev = t.stride(d);
+    }
+    return true;
+  };
+  return in_order({0, 2, 3, 1}) && !in_order({0, 1, 2, 3});
+}
+}  // namespace
+
 MemoryFormat output_format(const Shape& shape, std::initializer_list<Tensor> inputs) {
   if (shape.size() != 4) return MemoryFormat::Contiguous;
   for (const Tensor& t : inputs)
-    if (t.defined() && t.shape() == shape && memory_format_of(t) == MemoryFormat::ChannelsLast)
+    if (t.defined() && t.shape() == shape &&
+        (memory_format_of(t) == MemoryFormat::ChannelsLast || channels_last_ordered(t)))
       return MemoryFormat::ChannelsLast;
   return MemoryFormat::Contiguous;
 }
