@@ -23,6 +23,17 @@
 
 namespace cm::cpu {
 
+// Compiles a hot kernel twice, for AVX-512 machines (x86-64-v4) and for the build's baseline
+// (x86-64-v3 in release builds), the clone picked once at load time: vector loops run on twice the
+// lanes where the machine has them. Used only where the clones give the same bits (every element
+// keeps its own arithmetic; sums keep their order), so results do not depend on which one runs.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_ADDRESS__)
+#define CM_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define CM_CPU_CLONES
+#endif
+
 // Elements per parallel chunk: below two chunks a loop runs on one thread.
 inline constexpr int64_t kGrain = 32768;
 

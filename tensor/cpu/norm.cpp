@@ -228,6 +228,61 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
 // two-pass f64 values as above (summed in another order, so they may differ in the last bits of
 // f64, which f32 outputs do not show); each output element uses the same formula.
 
+// One sample n of the forward (the work of one parallel item), in AVX-512 and baseline clones
+// (loops.h, CM_CPU_CLONES): the f64 arithmetic runs on twice the lanes where the machine has them.
+template <class T, class S, bool Silu>
+CM_CPU_CLONES void group_norm_nhwc_sample(const T* xn, T* on, S* mp, S* rp, const double* w,
+                                          const double* b, const GnDims& d, double eps, int64_t n) {
+  const int64_t C = d.C, HW = d.HW, M = d.M();
+  const size_t nc = size_t(C);
+  std::vector<double> s1(nc, 0.0), s2(nc, 0.0), mu_c(nc), scale(nc), shift(nc);
+  for (int64_t i = 0; i < HW; ++i)
+    for (int64_t c = 0; c < C; ++c)
+      s1[size_t(c)] += double(static_cast<compute_t<T>>(xn[i * C + c]));
+  for (int64_t g = 0; g < d.G; ++g) {  // first-pass group means, broadcast to the channels
+    double sum = 0;
+    for (int64_t j = 0; j < d.Cg; ++j) sum += s1[size_t(g * d.Cg + j)];
+    for (int64_t j = 0; j < d.Cg; ++j) mu_c[size_t(g * d.Cg + j)] = M > 0 ? sum / double(M) : 0;
+  }
+  std::fill(s1.begin(), s1.end(), 0.0);
+  for (int64_t i = 0; i < HW; ++i)
+    for (int64_t c = 0; c < C; ++c) {
+      const double e = double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)];
+      s1[size_t(c)] += e;
+      s2[size_t(c)] += e * e;
+    }
+  for (int64_t g = 0; g < d.G; ++g) {
+    double e1 = 0, e2 = 0;
+    for (int64_t j = 0; j < d.Cg; ++j) {
+      e1 += s1[size_t(g * d.Cg + j)];
+      e2 += s2[size_t(g * d.Cg + j)];
+    }
+    double mu = mu_c[size_t(g * d.Cg)], var = 0;
+    if (M > 0) {
+      mu += e1 / double(M);
+      var = std::max(0.0, (e2 - e1 * e1 / double(M)) / double(M));
+    }
+    const double r = 1.0 / std::sqrt(var + eps);
+    mp[n * d.G + g] = S(mu);
+    rp[n * d.G + g] = S(r);
+    for (int64_t j = 0; j < d.Cg; ++j) {
+      const size_t c = size_t(g * d.Cg + j);
+      mu_c[c] = mu;
+      scale[c] = r * w[c];
+      shift[c] = b[c];
+    }
+  }
+  for (int64_t i = 0; i < HW; ++i) {
+    T* o = on + i * C;
+    for (int64_t c = 0; c < C; ++c)
+      o[c] = convert<T>((double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]) *
+                            scale[size_t(c)] +
+                        shift[size_t(c)]);
+    if constexpr (Silu)
+      for (int64_t c = 0; c < C; ++c) o[c] = silu_of(o[c]);
+  }
+}
+
 template <class T, class S, bool Silu = false>
 void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
                      double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) {
@@ -237,58 +292,76 @@ void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, 
   S* rp = static_cast<S*>(rstd.data_ptr());
   const std::vector<double> w = per_channel<T>(weight, d.C, 1.0),
                             b = per_channel<T>(bias, d.C, 0.0);
+  const int64_t CHW = d.C * d.HW;
+  parallel_for(d.N, 3 * CHW, [&](int64_t n) {
+    group_norm_nhwc_sample<T, S, Silu>(xp + n * CHW, op + n * CHW, mp, rp, w.data(), b.data(), d,
+                                       eps, n);
+  });
+}
+
+// One sample n of the backward, in clones as the forward's: writes the per-(n, c) sums and, when
+// gxn is not null, the sample's input gradient.
+template <class T, class S, bool Silu>
+CM_CPU_CLONES void group_norm_backward_nhwc_sample(const T* gn, const T* xn, T* gxn, const S* mp,
+                                                   const S* rp, const double* w, const double* b,
+                                                   const GnDims& d, int64_t n, double* sum_dy_xhat,
+                                                   double* sum_dy) {
   const int64_t C = d.C, HW = d.HW, M = d.M();
-  parallel_for(d.N, 3 * C * HW, [&](int64_t n) {
-    const T* xn = xp + n * HW * C;
-    T* on = op + n * HW * C;
-    const size_t nc = size_t(C);
-    std::vector<double> s1(nc, 0.0), s2(nc, 0.0), mu_c(nc), scale(nc), shift(nc);
-    for (int64_t i = 0; i < HW; ++i)
-      for (int64_t c = 0; c < C; ++c)
-        s1[size_t(c)] += double(static_cast<compute_t<T>>(xn[i * C + c]));
-    for (int64_t g = 0; g < d.G; ++g) {  // first-pass group means, broadcast to the channels
-      double sum = 0;
-      for (int64_t j = 0; j < d.Cg; ++j) sum += s1[size_t(g * d.Cg + j)];
-      for (int64_t j = 0; j < d.Cg; ++j) mu_c[size_t(g * d.Cg + j)] = M > 0 ? sum / double(M) : 0;
-    }
-    std::fill(s1.begin(), s1.end(), 0.0);
+  const size_t nc = size_t(C);
+  std::vector<double> mu_c(nc), r_c(nc), sd(nc, 0.0), sdx(nc, 0.0);
+  for (int64_t c = 0; c < C; ++c) {
+    mu_c[size_t(c)] = double(mp[n * d.G + c / d.Cg]);
+    r_c[size_t(c)] = double(rp[n * d.G + c / d.Cg]);
+  }
+  // The gradient of the normalised values: dy itself, or (fused SiLU) dh = SiluBackward(dy, h)
+  // with h recomputed, once per sample into a scratch buffer.
+  const T* g = gn;
+  if constexpr (Silu) {
+    T* dh = scratch<T>(size_t(HW * C));
+    std::vector<double> scale(nc);
+    for (size_t k = 0; k < nc; ++k) scale[k] = r_c[k] * w[k];
     for (int64_t i = 0; i < HW; ++i)
       for (int64_t c = 0; c < C; ++c) {
-        const double e = double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)];
-        s1[size_t(c)] += e;
-        s2[size_t(c)] += e * e;
+        const size_t k = size_t(c);
+        const T h = convert<T>(
+            (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * scale[k] + b[k]);
+        dh[i * C + c] = dsilu_of(gn[i * C + c], h);
       }
-    for (int64_t g = 0; g < d.G; ++g) {
-      double e1 = 0, e2 = 0;
-      for (int64_t j = 0; j < d.Cg; ++j) {
-        e1 += s1[size_t(g * d.Cg + j)];
-        e2 += s2[size_t(g * d.Cg + j)];
-      }
-      double mu = mu_c[size_t(g * d.Cg)], var = 0;
-      if (M > 0) {
-        mu += e1 / double(M);
-        var = std::max(0.0, (e2 - e1 * e1 / double(M)) / double(M));
-      }
-      const double r = 1.0 / std::sqrt(var + eps);
-      mp[n * d.G + g] = S(mu);
-      rp[n * d.G + g] = S(r);
-      for (int64_t j = 0; j < d.Cg; ++j) {
-        const size_t c = size_t(g * d.Cg + j);
-        mu_c[c] = mu;
-        scale[c] = r * w[c];
-        shift[c] = b[c];
-      }
+    g = dh;
+  }
+  const auto dy_at = [&](int64_t i, int64_t c) {
+    return double(static_cast<compute_t<T>>(g[i * C + c]));
+  };
+  for (int64_t i = 0; i < HW; ++i)
+    for (int64_t c = 0; c < C; ++c) {
+      const double dy = dy_at(i, c);
+      sd[size_t(c)] += dy;
+      sdx[size_t(c)] += dy * (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]);
     }
-    for (int64_t i = 0; i < HW; ++i) {
-      T* o = on + i * C;
-      for (int64_t c = 0; c < C; ++c)
-        o[c] = convert<T>((double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]) *
-                              scale[size_t(c)] +
-                          shift[size_t(c)]);
-      if constexpr (Silu)
-        for (int64_t c = 0; c < C; ++c) o[c] = silu_of(o[c]);
+  std::vector<double> ma(nc), mb(nc);
+  for (int64_t gi = 0; gi < d.G; ++gi) {
+    double a = 0, bs = 0;  // Σ w·dy and Σ w·dy·x̂ over the group
+    for (int64_t j = 0; j < d.Cg; ++j) {
+      const size_t c = size_t(gi * d.Cg + j);
+      sdx[c] *= r_c[c];
+      sum_dy_xhat[size_t(n * C) + c] = sdx[c];
+      sum_dy[size_t(n * C) + c] = sd[c];
+      a += w[c] * sd[c];
+      bs += w[c] * sdx[c];
     }
-  });
+    for (int64_t j = 0; j < d.Cg; ++j) {
+      ma[size_t(gi * d.Cg + j)] = M > 0 ? a / double(M) : 0;
+      mb[size_t(gi * d.Cg + j)] = M > 0 ? bs / double(M) : 0;
+    }
+  }
+  if (!gxn || M == 0) return;
+  for (int64_t i = 0; i < HW; ++i)
+    for (int64_t c = 0; c < C; ++c) {
+      const size_t k = size_t(c);
+      const double dy = dy_at(i, c);
+      const double xhat = (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * r_c[k];
+      gxn[i * C + c] = convert<T>(r_c[k] * (w[k] * dy - ma[k] - xhat * mb[k]));
+    }
 }
 
 template <class T, class S, bool Silu = false>
@@ -303,67 +376,12 @@ void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Ten
   T* gxp = grad_x.defined() ? static_cast<T*>(grad_x.data_ptr()) : nullptr;
   const std::vector<double> w = per_channel<T>(weight, d.C, 1.0),
                             b = Silu ? per_channel<T>(bias, d.C, 0.0) : std::vector<double>();
-  const int64_t C = d.C, HW = d.HW, M = d.M();
-  std::vector<double> sum_dy_xhat(size_t(d.N * C)), sum_dy(size_t(d.N * C));
-  parallel_for(d.N, 3 * C * HW, [&](int64_t n) {
-    const T* gn = gp + n * HW * C;
-    const T* xn = xp + n * HW * C;
-    const size_t nc = size_t(C);
-    std::vector<double> mu_c(nc), r_c(nc), sd(nc, 0.0), sdx(nc, 0.0);
-    for (int64_t c = 0; c < C; ++c) {
-      mu_c[size_t(c)] = double(mp[n * d.G + c / d.Cg]);
-      r_c[size_t(c)] = double(rp[n * d.G + c / d.Cg]);
-    }
-    // The gradient of the normalised values: dy itself, or (fused SiLU) dh = SiluBackward(dy, h)
-    // with h recomputed, once per sample into a scratch buffer.
-    const T* g = gn;
-    if constexpr (Silu) {
-      T* dh = scratch<T>(size_t(HW * C));
-      std::vector<double> scale(nc);
-      for (size_t k = 0; k < nc; ++k) scale[k] = r_c[k] * w[k];
-      for (int64_t i = 0; i < HW; ++i)
-        for (int64_t c = 0; c < C; ++c) {
-          const size_t k = size_t(c);
-          const T h = convert<T>(
-              (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * scale[k] + b[k]);
-          dh[i * C + c] = dsilu_of(gn[i * C + c], h);
-        }
-      g = dh;
-    }
-    const auto dy_at = [&](int64_t i, int64_t c) {
-      return double(static_cast<compute_t<T>>(g[i * C + c]));
-    };
-    for (int64_t i = 0; i < HW; ++i)
-      for (int64_t c = 0; c < C; ++c) {
-        const double dy = dy_at(i, c);
-        sd[size_t(c)] += dy;
-        sdx[size_t(c)] += dy * (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]);
-      }
-    std::vector<double> ma(nc), mb(nc);
-    for (int64_t g = 0; g < d.G; ++g) {
-      double a = 0, bs = 0;  // Σ w·dy and Σ w·dy·x̂ over the group
-      for (int64_t j = 0; j < d.Cg; ++j) {
-        const size_t c = size_t(g * d.Cg + j);
-        sdx[c] *= r_c[c];
-        sum_dy_xhat[size_t(n * C) + c] = sdx[c];
-        sum_dy[size_t(n * C) + c] = sd[c];
-        a += w[c] * sd[c];
-        bs += w[c] * sdx[c];
-      }
-      for (int64_t j = 0; j < d.Cg; ++j) {
-        ma[size_t(g * d.Cg + j)] = M > 0 ? a / double(M) : 0;
-        mb[size_t(g * d.Cg + j)] = M > 0 ? bs / double(M) : 0;
-      }
-    }
-    if (!gxp || M == 0) return;
-    T* gxn = gxp + n * HW * C;
-    for (int64_t i = 0; i < HW; ++i)
-      for (int64_t c = 0; c < C; ++c) {
-        const size_t k = size_t(c);
-        const double dy = dy_at(i, c);
-        const double xhat = (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * r_c[k];
-        gxn[i * C + c] = convert<T>(r_c[k] * (w[k] * dy - ma[k] - xhat * mb[k]));
-      }
+  const int64_t CHW = d.C * d.HW;
+  std::vector<double> sum_dy_xhat(size_t(d.N * d.C)), sum_dy(size_t(d.N * d.C));
+  parallel_for(d.N, 3 * CHW, [&](int64_t n) {
+    group_norm_backward_nhwc_sample<T, S, Silu>(gp + n * CHW, xp + n * CHW,
+                                                gxp ? gxp + n * CHW : nullptr, mp, rp, w.data(),
+                                                b.data(), d, n, sum_dy_xhat.data(), sum_dy.data());
   });
   sum_over_samples<T>(sum_dy_xhat, d, grad_w);
   sum_over_samples<T>(sum_dy, d, grad_b);

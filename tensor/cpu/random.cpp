@@ -16,7 +16,7 @@ constexpr int kBatch = 64;
 
 // Blocks first, first + 1, ..., first + kBatch − 1 of the stream `seed`, lane k of block i in
 // v[k][i].
-void philox_batch(uint64_t seed, uint64_t first, uint32_t (&v)[4][kBatch]) {
+CM_CPU_CLONES void philox_batch(uint64_t seed, uint64_t first, uint32_t (&v)[4][kBatch]) {
   constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
   constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
   for (int i = 0; i < kBatch; ++i) {
