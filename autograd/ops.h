@@ -217,8 +217,14 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& b = {});
 Tensor embedding(const Tensor& weight, const Tensor& indices);
 // Zeroes each element with probability p and scales the rest by 1/(1 − p). The mask is drawn from
 // `gen`, so a second call with a generator in the same state (same seed and offset) replays it.
-// Identity when !training or p == 0.
-Tensor dropout(const Tensor& x, double p, bool training, Generator& gen);
+// Identity when !training or p == 0. With mask_out, also hands out the factor it applied (the
+// scaled mask, x's shape, dtype, device and memory format; undefined where it applied none).
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen,
+               Tensor* mask_out = nullptr);
+// x·mask for a mask that dropout(x', p, true, g, &mask) handed out with g in gen's present state:
+// the values dropout(x, p, true, gen) would give (the same draw), without drawing again; gen
+// advances past the draw all the same. An undefined mask (no dropout applied) gives x.
+Tensor dropout_replay(const Tensor& x, const Tensor& mask, Generator& gen);
 // x [N, C, H, W] -> [N, C, H·s, W·s], each pixel repeated s×s times.
 Tensor upsample_nearest2d(const Tensor& x, int64_t scale);
 // x [N, C, H, W] -> [N, C, out_h, out_w], bilinear, as torch's interpolate(mode="bilinear").

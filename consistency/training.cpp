@@ -212,12 +212,16 @@ Tensor bcast(const Tensor& s) {
 StepLoss finish(const Denoiser& online, const Denoiser& target, const Tensor& x_hi,
                 const Tensor& x_lo, const Pair& s, const Tensor& labels, const LossOptions& o,
                 Generator& dropout, std::vector<int64_t> idx, int64_t n) {
-  Generator replay = dropout;  // the target replays the online pass's dropout mask
-  const Tensor out = online(x_hi, s.hi, labels, {.dropout = &dropout});
+  // The target uses the online pass's dropout masks: recorded there, applied again (as a
+  // generator in the same state would draw them, without the draws).
+  Generator replay = dropout;
+  nn::DropoutMasks masks;
+  const Tensor out = online(x_hi, s.hi, labels, {.dropout = &dropout, .masks = &masks});
+  masks.replay = true;
   Tensor tgt;
   {
     NoGradGuard ng;
-    tgt = detach(target(x_lo, s.lo, labels, {.dropout = &replay}));
+    tgt = detach(target(x_lo, s.lo, labels, {.dropout = &replay, .masks = &masks}));
   }
   const Tensor per = mul(weighting(s.hi, s.lo, o.weighting, online.constants().sigma_data),
                          distance(out, tgt, o.distance, o.huber_c, o.learned_distance));

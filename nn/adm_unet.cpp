@@ -236,8 +236,7 @@ Tensor AdmResBlock::forward(const Tensor& x_in, const Tensor& emb,
   } else {
     h = out_norm->forward_silu(add(h, e));
   }
-  Generator& gen = ctx.dropout ? *ctx.dropout : default_generator();
-  h = out_conv->forward(cm::dropout(h, dropout, is_training(), gen));
+  h = out_conv->forward(nn::dropout(h, dropout, is_training(), ctx));
   return add(skip ? skip->forward(x) : x, h);
 }
 

@@ -46,6 +46,21 @@ Tensor Linear::forward(const Tensor& x) const {
   return linear(x, as_input_dtype(weight, x), as_input_dtype(bias, x));
 }
 
+Tensor dropout(const Tensor& x, double p, bool training, const ForwardContext& ctx) {
+  Generator& gen = ctx.dropout ? *ctx.dropout : default_generator();
+  if (!ctx.masks || !training || p == 0) return cm::dropout(x, p, training, gen);
+  DropoutMasks& m = *ctx.masks;
+  if (m.replay) {
+    CM_CHECK(m.next < m.masks.size(), "dropout: the replaying pass has more dropouts (", m.next + 1,
+             ") than the recorded one (", m.masks.size(), ")");
+    return cm::dropout_replay(x, m.masks[m.next++], gen);
+  }
+  Tensor mask;
+  Tensor y = cm::dropout(x, p, training, gen, &mask);
+  m.masks.push_back(mask);
+  return y;
+}
+
 // ---- Conv2d
 // ---------------------------------------------------------------------------------------------
 Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, bool has_bias, bool up_, bool down_,
@@ -206,8 +221,7 @@ Tensor UNetBlock::forward(const Tensor& x_in, const Tensor& emb, const ForwardCo
   } else {
     x = norm1->forward_silu(add(x, params));
   }
-  Generator& gen = ctx.dropout ? *ctx.dropout : default_generator();
-  x = conv1->forward(cm::dropout(x, dropout, is_training(), gen));
+  x = conv1->forward(nn::dropout(x, dropout, is_training(), ctx));
   x = add_scaled(x, skip ? skip->forward(orig) : orig, skip_scale);  // (x + skip)·skip_scale
 
   if (num_heads) {

@@ -26,12 +26,26 @@ struct InitOptions {
 
 // Draws used by dropout inside a forward pass. A caller that must replay a pass (the online and
 // target passes of consistency training) hands in generators in the same state.
+// Dropout masks shared by two forward passes of one network: the first pass (record) keeps each
+// dropout's scaled mask in order, the second (replay) applies them in the same order instead of
+// drawing again: what a dropout generator in the same state would give (consistency training's
+// target pass replays the online pass's masks), without the draws.
+struct DropoutMasks {
+  std::vector<Tensor> masks;
+  size_t next = 0;
+  bool replay = false;
+};
+
 struct ForwardContext {
-  Generator* dropout = nullptr;  // null: the default generator
+  Generator* dropout = nullptr;   // null: the default generator
+  DropoutMasks* masks = nullptr;  // null: every dropout draws its own mask
   // Called with each U-Net stage's name and output (activation statistics for research); empty:
   // off.
   std::function<void(const std::string& name, const Tensor& output)> observe = nullptr;
 };
+
+// dropout(x, p, training) with ctx's generator, recording or replaying its mask in ctx.masks.
+Tensor dropout(const Tensor& x, double p, bool training, const ForwardContext& ctx);
 
 // y = x·wᵀ + b; weight [out, in], bias [out].
 class Linear : public Module {

@@ -347,6 +347,19 @@ TEST_SUITE("nn") {
           return dropout(v[0], 0.25, true, gr);
         },
         {grad_input({4, 5}, 25, Layout::Transposed)});
+    // replaying a handed-out mask: the values of the draw, the generator advanced as by it
+    Generator gr1(9, 3), gr2(9, 3), gr3(9, 3);
+    Tensor handed;
+    dropout(x, 0.3, true, gr1, &handed);
+    REQUIRE(handed.defined());
+    const Tensor x2 = add(x, 1.0);
+    CHECK(max_abs_diff(dropout_replay(x2, handed, gr2), dropout(x2, 0.3, true, gr3)) == 0);
+    CHECK(gr2.offset() == gr3.offset());
+    Tensor none;
+    CHECK(dropout(x, 0.3, false, gr1, &none).same(x));
+    CHECK_FALSE(none.defined());
+    CHECK(dropout_replay(x, none, gr1).same(x));
+    check_error([&] { dropout_replay(x, randn({3}), gr1); }, {"dropout_replay", "does not fit"});
     check_error([&] { dropout(x, 1.5, true, g); }, {"dropout", "1.5"});
     check_error([&] { dropout(x, -0.1, true, g); }, {"dropout", "[0, 1]"});
     check_error([&] { dropout(from_vector<int64_t>({1}, {1}), 0.5, true, g); },

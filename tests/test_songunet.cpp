@@ -2,6 +2,8 @@
 // state-dict names, and outputs and gradients matching EDM's own PyTorch implementation (golden
 // files made by tools/gen_songunet_golden.py from NVlabs/edm's training/networks.py).
 
+#include <optional>
+
 #include "tests/golden_util.h"
 
 using namespace cm;
@@ -199,5 +201,43 @@ TEST_SUITE("nn") {
     Tensor e1 = net.forward(x, s, {}, {}, {.dropout = &a}),
            e2 = net.forward(x, s, {}, {}, {.dropout = &c});
     CHECK(max_abs_diff(e1, e2) == 0);
+  }
+
+  TEST_CASE("dropout masks recorded in one pass and replayed in another equal a fresh draw") {
+    // The replayed pass (another input, the masks of the recorded pass) against a pass that draws
+    // from a generator in the recorded pass's starting state: the same bits, the same generator
+    // state after; a replaying pass with more dropouts than recorded is refused. Both layouts,
+    // with and without gradients in the recording pass.
+    for (const std::string format : {"contiguous", "channels_last"})
+      for (const bool grad : {false, true}) {
+        INFO(format, grad ? " with gradients" : " without");
+        Generator gen(0);
+        SongUNetConfig cfg = songunet_preset("ddpmpp-digits-8");
+        cfg.dropout = 0.3;
+        cfg.memory_format = format;
+        SongUNet net(cfg, gen);
+        net.train();
+        Generator data(6);
+        const Tensor x1 = randn({2, 1, 8, 8}, {}, &data), x2 = randn({2, 1, 8, 8}, {}, &data),
+                     s = full({2}, 0.7);
+        Generator rec(42, 10), rep(42, 10), fresh(42, 10);
+        DropoutMasks masks;
+        {
+          std::optional<NoGradGuard> ng;
+          if (!grad) ng.emplace();
+          net.forward(x1, s, {}, {}, {.dropout = &rec, .masks = &masks});
+        }
+        REQUIRE(masks.masks.size() >= 4);
+        masks.replay = true;
+        NoGradGuard ng;
+        const Tensor replayed = net.forward(x2, s, {}, {}, {.dropout = &rep, .masks = &masks});
+        const Tensor drawn = net.forward(x2, s, {}, {}, {.dropout = &fresh});
+        CHECK(max_abs_diff(replayed, drawn) == 0);
+        CHECK(rep.offset() == fresh.offset());
+        CHECK(rec.offset() == fresh.offset());
+        CHECK(masks.next == masks.masks.size());
+        CHECK_THROWS_WITH_AS(net.forward(x2, s, {}, {}, {.dropout = &rep, .masks = &masks}),
+                             doctest::Contains("more dropouts"), Error);
+      }
   }
 }

@@ -63,30 +63,51 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 // backward (dx = dy·m). One backend pass (Backend::dropout) where the draw starts on a Philox
 // block, else the same values from bernoulli() and two products. p == 1 zeroes everything (no
 // draw).
-Tensor dropout(const Tensor& x, double p, bool training, Generator& gen) {
+Tensor dropout(const Tensor& x, double p, bool training, Generator& gen, Tensor* mask_out) {
   CM_CHECK(p >= 0 && p <= 1, "dropout: probability must be in [0, 1], got ", p);
   check_floating(x, "dropout", "x");
+  if (mask_out) *mask_out = Tensor();
   if (!training || p == 0) return x;
-  if (p == 1) return mul(x, 0.0);
-  const double keep = 1 - p, scale = 1.0 / (1 - p);
   const TensorOptions opt{.dtype = x.dtype(), .device = x.device()};
   const MemoryFormat format = memory_format_of(x);
+  if (p == 1) {
+    if (mask_out) {
+      *mask_out = empty(x.shape(), opt, format);
+      backend_of(x).fill(*mask_out, 0.0);
+    }
+    return mul(x, 0.0);
+  }
+  const double keep = 1 - p, scale = 1.0 / (1 - p);
   const std::optional<uint64_t> first = reserve_draw(gen, x.shape(), x.dtype());
   if (!first) {
     Tensor mask = bernoulli(x.shape(), keep, opt, &gen, format);
     mul_(mask, scale);  // in place: the fresh mask becomes the scaled one, no third tensor
+    if (mask_out) *mask_out = mask;
     return mul(x, mask);
   }
   const Tensor xd = is_channels_last(x) || x.is_contiguous() ? x : contiguous(x);
   const bool grad = needs_grad({x});
   const Tensor out = empty(x.shape(), opt, format);
-  const Tensor mask = grad ? empty(x.shape(), opt, format) : Tensor();
+  const Tensor mask = grad || mask_out ? empty(x.shape(), opt, format) : Tensor();
   backend_of(x).dropout(detach(xd), keep, scale, gen.seed(), *first, out, mask);
   if (grad) {
     const SavedTensor sm(mask, "dropout");
     record("dropout", {x}, {out}, [sm](const Grads& g) { return Grads{mul(g[0], sm.get())}; });
   }
+  if (mask_out) *mask_out = mask;
   return out;
+}
+
+Tensor dropout_replay(const Tensor& x, const Tensor& mask, Generator& gen) {
+  check_floating(x, "dropout_replay", "x");
+  if (!mask.defined()) return x;
+  CM_CHECK(mask.shape() == x.shape() && mask.dtype() == x.dtype() && mask.device() == x.device(),
+           "dropout_replay: the recorded mask (", shape_str(mask.shape()), " ",
+           dtype_name(mask.dtype()), ") does not fit x (", shape_str(x.shape()), " ",
+           dtype_name(x.dtype()), ")");
+  if (!reserve_draw(gen, x.shape(), x.dtype()))  // a shard inside a block: the whole draw's blocks
+    gen.reserve(x.numel() * gen.shard_count(), x.dtype());
+  return mul(x, mask);
 }
 
 // x [N, C, H, W] -> [N, C, H·s, W·s]: x viewed as [N, C, H, 1, W, 1], expanded to
