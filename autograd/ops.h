@@ -206,8 +206,11 @@ Tensor group_norm(const Tensor& x, int64_t groups, const Tensor& weight = {},
                   const Tensor& bias = {}, double eps = 1e-5);
 // silu(group_norm(x, ...)) as one fused op (one pass forward; the backward recomputes the
 // normalised values from x and the statistics instead of storing them). Same arguments.
+// With shift ([N, C], or [N, C, 1, 1] for 4-D x; x's dtype): silu(group_norm(x + shift)) in the
+// same op, the sum rounded to x's dtype as add() rounds it (a U-Net block's embedding added before
+// its second norm), shift's gradient the spatial sum of x's.
 Tensor group_norm_silu(const Tensor& x, int64_t groups, const Tensor& weight = {},
-                       const Tensor& bias = {}, double eps = 1e-5);
+                       const Tensor& bias = {}, double eps = 1e-5, const Tensor& shift = {});
 
 // ---- neural-network functions (ops/nn.cpp)
 // ------------------------------------------------------------------- x [..., in] · w[out, in]ᵀ +

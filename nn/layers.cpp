@@ -141,8 +141,9 @@ Tensor GroupNorm::forward(const Tensor& x) const {
   return group_norm(x, num_groups, as_input_dtype(weight, x), as_input_dtype(bias, x), eps);
 }
 
-Tensor GroupNorm::forward_silu(const Tensor& x) const {
-  return group_norm_silu(x, num_groups, as_input_dtype(weight, x), as_input_dtype(bias, x), eps);
+Tensor GroupNorm::forward_silu(const Tensor& x, const Tensor& shift) const {
+  return group_norm_silu(x, num_groups, as_input_dtype(weight, x), as_input_dtype(bias, x), eps,
+                         shift);
 }
 
 // ---- embeddings
@@ -219,7 +220,7 @@ Tensor UNetBlock::forward(const Tensor& x_in, const Tensor& emb, const ForwardCo
     std::vector<Tensor> ss = chunk(params, 2, 1);  // scale, shift
     x = silu(add(ss[1], mul(norm1->forward(x), add(ss[0], 1.0))));
   } else {
-    x = norm1->forward_silu(add(x, params));
+    x = norm1->forward_silu(x, params);  // silu(norm1(x + params)) in one kernel
   }
   x = conv1->forward(nn::dropout(x, dropout, is_training(), ctx));
   x = add_scaled(x, skip ? skip->forward(orig) : orig, skip_scale);  // (x + skip)·skip_scale

@@ -78,8 +78,9 @@ class GroupNorm : public Module {
   GroupNorm(int64_t channels, int64_t num_groups = 32, int64_t min_channels_per_group = 4,
             double eps = 1e-5);
   Tensor forward(const Tensor& x) const;
-  // silu(forward(x)) from one fused kernel (group_norm_silu).
-  Tensor forward_silu(const Tensor& x) const;
+  // silu(forward(x + shift)) from one fused kernel (group_norm_silu); shift [N, C, 1, 1]
+  // (optional) is a per-sample channel shift (a U-Net block's embedding).
+  Tensor forward_silu(const Tensor& x, const Tensor& shift = {}) const;
   std::string type_name() const override { return "GroupNorm"; }
   Tensor weight, bias;
   int64_t num_groups;

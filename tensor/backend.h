@@ -213,6 +213,21 @@ class Backend {
                                         const Tensor& mean, const Tensor& rstd, int64_t groups,
                                         double eps, const Tensor& grad_x, const Tensor& grad_w,
                                         const Tensor& grad_b);
+  // The same with a per-sample channel shift added first: out = silu(group_norm(x + shift)),
+  // shift [N, C] contiguous and broadcast over the spatial dims (a U-Net block's embedding before
+  // its second norm), the sum rounded to x's dtype as the separate add rounds it. The backward
+  // also gives grad_shift [N, C] = Σ over the spatial dims of grad_x (f64 sums in index order,
+  // rounded once, as the reduction does); grad_x is required when grad_shift is wanted. The
+  // defaults run the composite (Add into a temporary, group_norm_silu, a Sum reduction).
+  virtual void group_norm_silu_shifted(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                                       const Tensor& bias, int64_t groups, double eps,
+                                       const Tensor& out, const Tensor& mean, const Tensor& rstd);
+  virtual void group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
+                                                const Tensor& shift, const Tensor& weight,
+                                                const Tensor& bias, const Tensor& mean,
+                                                const Tensor& rstd, int64_t groups, double eps,
+                                                const Tensor& grad_x, const Tensor& grad_shift,
+                                                const Tensor& grad_w, const Tensor& grad_b);
 
   // ---- indexing ----
   // out = x.index_select(dim, index): index 1-D i64 (validated by the caller against x.size(dim)).

@@ -70,6 +70,10 @@ std::vector<OpCase> op_cases() {
       {"group_norm_large_n",
        {{300, 4}, {4}, {4}},
        [](V x) { return group_norm(x[0], 2, x[1], x[2]); }},
+      // a per-sample channel shift before the norm (the composite on the GPU, fused on the CPU)
+      {"group_norm_silu_shifted",
+       {{3, 8, 5, 4}, {8}, {8}, {3, 8, 1, 1}},
+       [](V x) { return group_norm_silu(x[0], 4, x[1], x[2], 1e-5, x[3]); }},
       {"linear", {{3, 5, 4}, {6, 4}, {6}}, [](V x) { return linear(x[0], x[1], x[2]); }},
       {"linear_no_bias", {{7, 4}, {3, 4}}, [](V x) { return linear(x[0], x[1]); }},
       {"embedding",

@@ -16,6 +16,7 @@ using cm::test::kLayouts;
 using cm::test::Layout;
 using cm::test::randn_input;
 using cm::test::values;
+using cm::test::with_layout;
 
 namespace {
 
@@ -379,6 +380,62 @@ TEST_SUITE("nn") {
       add_(xs, 1.0);
     }
     CHECK_THROWS_AS(sum(y).backward(), cm::Error);
+  }
+
+  TEST_CASE("group_norm_silu with a shift: the bits of add then group_norm_silu, and gradcheck") {
+    // The fused kernel (channels-last on the CPU) and the composite path (contiguous) against the
+    // composite written out: output and the four gradients bit for bit.
+    for (DType dt : {DType::f32, DType::f64, DType::bf16})
+      for (const Layout l : {Layout::ChannelsLast, Layout::Contiguous})
+        for (const Shape& sh : {Shape{4, 8, 5, 3}, Shape{3, 12, 4, 4}}) {
+          INFO(std::string(dtype_name(dt)), " ",
+               l == Layout::ChannelsLast ? "channels-last" : "contiguous", " ", shape_str(sh));
+          const Tensor x0 = randn_input(sh, 70, l, dt, 1.3, 0.2);
+          const Tensor s0 = randn_input({sh[0], sh[1], 1, 1}, 71, Layout::Contiguous, dt);
+          const Tensor w0 = randn_input({sh[1]}, 72, Layout::Contiguous, dt, 0.5, 1.0);
+          const Tensor b0 = randn_input({sh[1]}, 73, Layout::Contiguous, dt);
+          const Tensor dy = randn_input(sh, 74, l, dt);
+          std::vector<std::vector<double>> got[2];
+          for (int fused = 0; fused < 2; ++fused) {
+            Tensor x = clone(x0), s = clone(s0), w = clone(w0), b = clone(b0);
+            x = detach(with_layout(x0, l));
+            for (Tensor* t : {&x, &s, &w, &b}) t->set_requires_grad(true);
+            const Tensor y = fused ? group_norm_silu(x, 4, w, b, 1e-5, s)
+                                   : group_norm_silu(add(x, s), 4, w, b, 1e-5);
+            if (fused && l == Layout::ChannelsLast)
+              CHECK(memory_format_of(y) == MemoryFormat::ChannelsLast);
+            y.backward(dy);
+            got[fused] = {values(y), values(x.grad()), values(s.grad()), values(w.grad()),
+                          values(b.grad())};
+          }
+          const char* names[5] = {"y", "dx", "dshift", "dw", "db"};
+          for (int k = 0; k < 5; ++k)
+            CHECK_MESSAGE(got[0][size_t(k)] == got[1][size_t(k)], names[k], " differs");
+        }
+    // the shift alone wanting a gradient; a [N, C] shift
+    {
+      Tensor x = randn_input({2, 8, 3, 3}, 75, Layout::ChannelsLast, DType::f32);
+      Tensor s = randn_input({2, 8}, 76, Layout::Contiguous, DType::f32);
+      s.set_requires_grad(true);
+      group_norm_silu(x, 2, {}, {}, 1e-5, s).backward(randn_input({2, 8, 3, 3}, 77));
+      REQUIRE(s.grad().defined());
+      CHECK(s.grad().shape() == Shape{2, 8});
+      CHECK_FALSE(x.grad().defined());
+    }
+    CHECK_GRADCHECK(
+        [](const std::vector<Tensor>& v) {
+          return group_norm_silu(v[0], 2, v[1], v[2], 1e-3, v[3]);
+        },
+        {grad_input({2, 4, 3, 2}, 78, Layout::ChannelsLast, 1.5, 0.3),
+         grad_input({4}, 79, Layout::Contiguous, 0.5, 1.0), grad_input({4}, 80),
+         grad_input({2, 4, 1, 1}, 81)});
+    const Tensor x = randn_input({2, 8, 3, 3}, 82, Layout::Contiguous, DType::f32);
+    CHECK_THROWS_WITH_AS(
+        group_norm_silu(x, 2, {}, {}, 1e-5,
+                        randn_input({2, 8, 3, 1}, 83, Layout::Contiguous, DType::f32)),
+        doctest::Contains("shift must be [2, 8]"), Error);
+    CHECK_THROWS_WITH_AS(group_norm_silu(x, 2, {}, {}, 1e-5, randn_input({2, 8}, 84)),
+                         doctest::Contains("shift has dtype f64"), Error);
   }
 
   TEST_CASE("group_norm: errors name the op and the offending shapes") {

@@ -47,6 +47,15 @@ class CpuBackend final : public Backend {
                                 const Tensor& bias, const Tensor& mean, const Tensor& rstd,
                                 int64_t groups, double eps, const Tensor& grad_x,
                                 const Tensor& grad_w, const Tensor& grad_b) override;
+  void group_norm_silu_shifted(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                               const Tensor& bias, int64_t groups, double eps, const Tensor& out,
+                               const Tensor& mean, const Tensor& rstd) override;
+  void group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
+                                        const Tensor& shift, const Tensor& weight,
+                                        const Tensor& bias, const Tensor& mean, const Tensor& rstd,
+                                        int64_t groups, double eps, const Tensor& grad_x,
+                                        const Tensor& grad_shift, const Tensor& grad_w,
+                                        const Tensor& grad_b) override;
   // channels-last where oneDNN runs the convolutions (conv_onednn.h), else contiguous
   MemoryFormat preferred_conv_format() const override;
   void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,

@@ -228,17 +228,31 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
 // two-pass f64 values as above (summed in another order, so they may differ in the last bits of
 // f64, which f32 outputs do not show); each output element uses the same formula.
 
+// Element k (channel c) of a sample's input as the kernels read it: x itself, or with Shifted
+// x + shift[c] rounded to T (the value the separate add, AddF with alpha 1, would store).
+template <class T, bool Shifted>
+__attribute__((always_inline)) inline double in_value(const T* xn, const T* sh, int64_t k,
+                                                      int64_t c) {
+  using C = compute_t<T>;
+  if constexpr (Shifted)
+    return double(static_cast<C>(
+        convert<T>(sop::AddF<C>{C(1)}(static_cast<C>(xn[k]), static_cast<C>(sh[c])))));
+  else
+    return double(static_cast<C>(xn[k]));
+}
+
 // One sample n of the forward (the work of one parallel item), in AVX-512 and baseline clones
 // (loops.h, CM_CPU_CLONES): the f64 arithmetic runs on twice the lanes where the machine has them.
-template <class T, class S, bool Silu>
-CM_CPU_CLONES void group_norm_nhwc_sample(const T* xn, T* on, S* mp, S* rp, const double* w,
-                                          const double* b, const GnDims& d, double eps, int64_t n) {
+// With Shifted, sh is the sample's channel shift, added to x first.
+template <class T, class S, bool Silu, bool Shifted>
+CM_CPU_CLONES void group_norm_nhwc_sample(const T* xn, const T* sh, T* on, S* mp, S* rp,
+                                          const double* w, const double* b, const GnDims& d,
+                                          double eps, int64_t n) {
   const int64_t C = d.C, HW = d.HW, M = d.M();
   const size_t nc = size_t(C);
   std::vector<double> s1(nc, 0.0), s2(nc, 0.0), mu_c(nc), scale(nc), shift(nc);
   for (int64_t i = 0; i < HW; ++i)
-    for (int64_t c = 0; c < C; ++c)
-      s1[size_t(c)] += double(static_cast<compute_t<T>>(xn[i * C + c]));
+    for (int64_t c = 0; c < C; ++c) s1[size_t(c)] += in_value<T, Shifted>(xn, sh, i * C + c, c);
   for (int64_t g = 0; g < d.G; ++g) {  // first-pass group means, broadcast to the channels
     double sum = 0;
     for (int64_t j = 0; j < d.Cg; ++j) sum += s1[size_t(g * d.Cg + j)];
@@ -247,7 +261,7 @@ CM_CPU_CLONES void group_norm_nhwc_sample(const T* xn, T* on, S* mp, S* rp, cons
   std::fill(s1.begin(), s1.end(), 0.0);
   for (int64_t i = 0; i < HW; ++i)
     for (int64_t c = 0; c < C; ++c) {
-      const double e = double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)];
+      const double e = in_value<T, Shifted>(xn, sh, i * C + c, c) - mu_c[size_t(c)];
       s1[size_t(c)] += e;
       s2[size_t(c)] += e * e;
     }
@@ -275,7 +289,7 @@ CM_CPU_CLONES void group_norm_nhwc_sample(const T* xn, T* on, S* mp, S* rp, cons
   for (int64_t i = 0; i < HW; ++i) {
     T* o = on + i * C;
     for (int64_t c = 0; c < C; ++c)
-      o[c] = convert<T>((double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]) *
+      o[c] = convert<T>((in_value<T, Shifted>(xn, sh, i * C + c, c) - mu_c[size_t(c)]) *
                             scale[size_t(c)] +
                         shift[size_t(c)]);
     if constexpr (Silu)
@@ -283,10 +297,13 @@ CM_CPU_CLONES void group_norm_nhwc_sample(const T* xn, T* on, S* mp, S* rp, cons
   }
 }
 
+// shift: [N, C] contiguous, added to x first (group_norm_silu_shifted), or undefined.
 template <class T, class S, bool Silu = false>
 void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
-                     double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) {
+                     double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd,
+                     const Tensor& shift = {}) {
   const T* xp = static_cast<const T*>(x.data_ptr());
+  const T* shp = shift.defined() ? static_cast<const T*>(shift.data_ptr()) : nullptr;
   T* op = static_cast<T*>(out.data_ptr());
   S* mp = static_cast<S*>(mean.data_ptr());
   S* rp = static_cast<S*>(rstd.data_ptr());
@@ -294,16 +311,22 @@ void group_norm_nhwc(const Tensor& x, const Tensor& weight, const Tensor& bias, 
                             b = per_channel<T>(bias, d.C, 0.0);
   const int64_t CHW = d.C * d.HW;
   parallel_for(d.N, 3 * CHW, [&](int64_t n) {
-    group_norm_nhwc_sample<T, S, Silu>(xp + n * CHW, op + n * CHW, mp, rp, w.data(), b.data(), d,
-                                       eps, n);
+    if (shp)
+      group_norm_nhwc_sample<T, S, Silu, true>(xp + n * CHW, shp + n * d.C, op + n * CHW, mp, rp,
+                                               w.data(), b.data(), d, eps, n);
+    else
+      group_norm_nhwc_sample<T, S, Silu, false>(xp + n * CHW, nullptr, op + n * CHW, mp, rp,
+                                                w.data(), b.data(), d, eps, n);
   });
 }
 
 // One sample n of the backward, in clones as the forward's: writes the per-(n, c) sums and, when
-// gxn is not null, the sample's input gradient.
-template <class T, class S, bool Silu>
-CM_CPU_CLONES void group_norm_backward_nhwc_sample(const T* gn, const T* xn, T* gxn, const S* mp,
-                                                   const S* rp, const double* w, const double* b,
+// gxn is not null, the sample's input gradient; with Shifted (sh: the sample's shift) also its
+// shift gradient gsh[c] = Σ_hw gxn when gsh is not null.
+template <class T, class S, bool Silu, bool Shifted>
+CM_CPU_CLONES void group_norm_backward_nhwc_sample(const T* gn, const T* xn, const T* sh, T* gxn,
+                                                   T* gsh, const S* mp, const S* rp,
+                                                   const double* w, const double* b,
                                                    const GnDims& d, int64_t n, double* sum_dy_xhat,
                                                    double* sum_dy) {
   const int64_t C = d.C, HW = d.HW, M = d.M();
@@ -323,8 +346,8 @@ CM_CPU_CLONES void group_norm_backward_nhwc_sample(const T* gn, const T* xn, T* 
     for (int64_t i = 0; i < HW; ++i)
       for (int64_t c = 0; c < C; ++c) {
         const size_t k = size_t(c);
-        const T h = convert<T>(
-            (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * scale[k] + b[k]);
+        const T h =
+            convert<T>((in_value<T, Shifted>(xn, sh, i * C + c, c) - mu_c[k]) * scale[k] + b[k]);
         dh[i * C + c] = dsilu_of(gn[i * C + c], h);
       }
     g = dh;
@@ -336,7 +359,7 @@ CM_CPU_CLONES void group_norm_backward_nhwc_sample(const T* gn, const T* xn, T* 
     for (int64_t c = 0; c < C; ++c) {
       const double dy = dy_at(i, c);
       sd[size_t(c)] += dy;
-      sdx[size_t(c)] += dy * (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[size_t(c)]);
+      sdx[size_t(c)] += dy * (in_value<T, Shifted>(xn, sh, i * C + c, c) - mu_c[size_t(c)]);
     }
   std::vector<double> ma(nc), mb(nc);
   for (int64_t gi = 0; gi < d.G; ++gi) {
@@ -359,16 +382,27 @@ CM_CPU_CLONES void group_norm_backward_nhwc_sample(const T* gn, const T* xn, T* 
     for (int64_t c = 0; c < C; ++c) {
       const size_t k = size_t(c);
       const double dy = dy_at(i, c);
-      const double xhat = (double(static_cast<compute_t<T>>(xn[i * C + c])) - mu_c[k]) * r_c[k];
+      const double xhat = (in_value<T, Shifted>(xn, sh, i * C + c, c) - mu_c[k]) * r_c[k];
       gxn[i * C + c] = convert<T>(r_c[k] * (w[k] * dy - ma[k] - xhat * mb[k]));
     }
+  if constexpr (Shifted) {  // Σ over the pixels in order, per channel, as the Sum reduction
+    if (!gsh) return;
+    std::vector<double> acc(nc, 0.0);
+    for (int64_t i = 0; i < HW; ++i)
+      for (int64_t c = 0; c < C; ++c)
+        acc[size_t(c)] += double(static_cast<compute_t<T>>(gxn[i * C + c]));
+    for (int64_t c = 0; c < C; ++c) gsh[c] = convert<T>(acc[size_t(c)]);
+  }
 }
 
 template <class T, class S, bool Silu = false>
 void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
                               const Tensor& bias, const Tensor& mean, const Tensor& rstd,
                               const GnDims& d, const Tensor& grad_x, const Tensor& grad_w,
-                              const Tensor& grad_b) {
+                              const Tensor& grad_b, const Tensor& shift = {},
+                              const Tensor& grad_shift = {}) {
+  const T* shp = shift.defined() ? static_cast<const T*>(shift.data_ptr()) : nullptr;
+  T* gshp = grad_shift.defined() ? static_cast<T*>(grad_shift.data_ptr()) : nullptr;
   const T* gp = static_cast<const T*>(grad_out.data_ptr());
   const T* xp = static_cast<const T*>(x.data_ptr());
   const S* mp = static_cast<const S*>(mean.data_ptr());
@@ -379,9 +413,15 @@ void group_norm_backward_nhwc(const Tensor& grad_out, const Tensor& x, const Ten
   const int64_t CHW = d.C * d.HW;
   std::vector<double> sum_dy_xhat(size_t(d.N * d.C)), sum_dy(size_t(d.N * d.C));
   parallel_for(d.N, 3 * CHW, [&](int64_t n) {
-    group_norm_backward_nhwc_sample<T, S, Silu>(gp + n * CHW, xp + n * CHW,
-                                                gxp ? gxp + n * CHW : nullptr, mp, rp, w.data(),
-                                                b.data(), d, n, sum_dy_xhat.data(), sum_dy.data());
+    T* gxn = gxp ? gxp + n * CHW : nullptr;
+    if (shp)
+      group_norm_backward_nhwc_sample<T, S, Silu, true>(
+          gp + n * CHW, xp + n * CHW, shp + n * d.C, gxn, gshp ? gshp + n * d.C : nullptr, mp, rp,
+          w.data(), b.data(), d, n, sum_dy_xhat.data(), sum_dy.data());
+    else
+      group_norm_backward_nhwc_sample<T, S, Silu, false>(gp + n * CHW, xp + n * CHW, nullptr, gxn,
+                                                         nullptr, mp, rp, w.data(), b.data(), d, n,
+                                                         sum_dy_xhat.data(), sum_dy.data());
   });
   sum_over_samples<T>(sum_dy_xhat, d, grad_w);
   sum_over_samples<T>(sum_dy, d, grad_b);
@@ -412,12 +452,16 @@ void group_norm_dispatch(const Tensor& x, const Tensor& weight, const Tensor& bi
   const bool nhwc = check_layout({x, out}, {weight, bias, mean, rstd}, op);
   const GnDims d = gn_dims(x, groups);
   CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    const auto run = [&]<class S>() {
+      if (nhwc)
+        group_norm_nhwc<scalar_t, S, Silu>(x, weight, bias, d, eps, out, mean, rstd);
+      else
+        group_norm_typed<scalar_t, S, Silu>(x, weight, bias, d, eps, out, mean, rstd);
+    };
     if (mean.dtype() == DType::f64)
-      (nhwc ? group_norm_nhwc<scalar_t, double, Silu>
-            : group_norm_typed<scalar_t, double, Silu>)(x, weight, bias, d, eps, out, mean, rstd);
+      run.template operator()<double>();
     else
-      (nhwc ? group_norm_nhwc<scalar_t, float, Silu>
-            : group_norm_typed<scalar_t, float, Silu>)(x, weight, bias, d, eps, out, mean, rstd);
+      run.template operator()<float>();
   });
 }
 
@@ -430,14 +474,18 @@ void group_norm_backward_dispatch(const Tensor& grad_out, const Tensor& x, const
       check_layout({x, grad_out, grad_x}, {weight, bias, mean, rstd, grad_w, grad_b}, op);
   const GnDims d = gn_dims(x, groups);
   CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    const auto run = [&]<class S>() {
+      if (nhwc)
+        group_norm_backward_nhwc<scalar_t, S, Silu>(grad_out, x, weight, bias, mean, rstd, d,
+                                                    grad_x, grad_w, grad_b);
+      else
+        group_norm_backward_typed<scalar_t, S, Silu>(grad_out, x, weight, bias, mean, rstd, d,
+                                                     grad_x, grad_w, grad_b);
+    };
     if (mean.dtype() == DType::f64)
-      (nhwc ? group_norm_backward_nhwc<scalar_t, double, Silu>
-            : group_norm_backward_typed<scalar_t, double, Silu>)(grad_out, x, weight, bias, mean,
-                                                                 rstd, d, grad_x, grad_w, grad_b);
+      run.template operator()<double>();
     else
-      (nhwc ? group_norm_backward_nhwc<scalar_t, float, Silu>
-            : group_norm_backward_typed<scalar_t, float, Silu>)(grad_out, x, weight, bias, mean,
-                                                                rstd, d, grad_x, grad_w, grad_b);
+      run.template operator()<float>();
   });
 }
 
@@ -470,6 +518,63 @@ void CpuBackend::group_norm_silu_backward(const Tensor& grad_out, const Tensor& 
                                           const Tensor& grad_b) {
   group_norm_backward_dispatch<true>(grad_out, x, weight, bias, mean, rstd, groups, grad_x, grad_w,
                                      grad_b, "group_norm_silu_backward");
+}
+
+namespace {
+// The fused shifted kernels run on channels-last activations with a contiguous [N, C] shift of
+// x's dtype; anything else takes the composite.
+bool shifted_fusable(const Tensor& x, const Tensor& shift, std::initializer_list<Tensor> acts) {
+  if (x.dim() != 4 || memory_format_of(x) != MemoryFormat::ChannelsLast) return false;
+  for (const Tensor& t : acts)
+    if (t.defined() &&
+        (memory_format_of(t) != MemoryFormat::ChannelsLast || t.dtype() != x.dtype()))
+      return false;
+  return shift.dtype() == x.dtype() && shift.is_contiguous() &&
+         shift.shape() == Shape{x.size(0), x.size(1)};
+}
+}  // namespace
+
+void CpuBackend::group_norm_silu_shifted(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                                         const Tensor& bias, int64_t groups, double eps,
+                                         const Tensor& out, const Tensor& mean,
+                                         const Tensor& rstd) {
+  const char* op = "group_norm_silu_shifted";
+  if (!shifted_fusable(x, shift, {out}))
+    return Backend::group_norm_silu_shifted(x, shift, weight, bias, groups, eps, out, mean, rstd);
+  check_layout({x, out}, {weight, bias, mean, rstd}, op);
+  const GnDims d = gn_dims(x, groups);
+  CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    if (mean.dtype() == DType::f64)
+      group_norm_nhwc<scalar_t, double, true>(x, weight, bias, d, eps, out, mean, rstd, shift);
+    else
+      group_norm_nhwc<scalar_t, float, true>(x, weight, bias, d, eps, out, mean, rstd, shift);
+  });
+}
+
+void CpuBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
+                                                  const Tensor& shift, const Tensor& weight,
+                                                  const Tensor& bias, const Tensor& mean,
+                                                  const Tensor& rstd, int64_t groups, double eps,
+                                                  const Tensor& grad_x, const Tensor& grad_shift,
+                                                  const Tensor& grad_w, const Tensor& grad_b) {
+  const char* op = "group_norm_silu_shifted_backward";
+  if (!shifted_fusable(x, shift, {grad_out, grad_x}) ||
+      (grad_shift.defined() && !grad_x.defined()) ||
+      (grad_shift.defined() &&
+       !(grad_shift.is_contiguous() && grad_shift.shape() == shift.shape())))
+    return Backend::group_norm_silu_shifted_backward(grad_out, x, shift, weight, bias, mean, rstd,
+                                                     groups, eps, grad_x, grad_shift, grad_w,
+                                                     grad_b);
+  check_layout({x, grad_out, grad_x}, {weight, bias, mean, rstd, grad_w, grad_b}, op);
+  const GnDims d = gn_dims(x, groups);
+  CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
+    if (mean.dtype() == DType::f64)
+      group_norm_backward_nhwc<scalar_t, double, true>(grad_out, x, weight, bias, mean, rstd, d,
+                                                       grad_x, grad_w, grad_b, shift, grad_shift);
+    else
+      group_norm_backward_nhwc<scalar_t, float, true>(grad_out, x, weight, bias, mean, rstd, d,
+                                                      grad_x, grad_w, grad_b, shift, grad_shift);
+  });
 }
 
 }  // namespace cm::cpu
