@@ -422,6 +422,17 @@ TEST_SUITE("nn") {
       CHECK(s.grad().shape() == Shape{2, 8});
       CHECK_FALSE(x.grad().defined());
     }
+    // no pixels: an empty output and a zero shift gradient
+    {
+      Tensor x = with_layout(zeros({2, 4, 0, 3}), Layout::ChannelsLast);
+      Tensor s = randn_input({2, 4, 1, 1}, 85, Layout::Contiguous, DType::f32);
+      for (Tensor* t : {&x, &s}) t->set_requires_grad(true);
+      const Tensor y = group_norm_silu(x, 2, {}, {}, 1e-5, s);
+      CHECK(y.numel() == 0);
+      sum(y).backward();
+      REQUIRE(s.grad().defined());
+      CHECK(values(s.grad()) == std::vector<double>(8, 0.0));
+    }
     CHECK_GRADCHECK(
         [](const std::vector<Tensor>& v) {
           return group_norm_silu(v[0], 2, v[1], v[2], 1e-3, v[3]);

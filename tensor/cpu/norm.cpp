@@ -377,6 +377,8 @@ CM_CPU_CLONES void group_norm_backward_nhwc_sample(const T* gn, const T* xn, con
       mb[size_t(gi * d.Cg + j)] = M > 0 ? bs / double(M) : 0;
     }
   }
+  if constexpr (Shifted)
+    if (gsh && M == 0) std::fill(gsh, gsh + C, T(0));  // no pixels: an empty sum
   if (!gxn || M == 0) return;
   for (int64_t i = 0; i < HW; ++i)
     for (int64_t c = 0; c < C; ++c) {
