@@ -27,22 +27,26 @@ void Backend::group_norm_silu_backward(const Tensor& grad_out, const Tensor& x,
 }
 
 namespace {
-// shift [N, C] seen as x's shape (zero strides over the spatial dims).
-Tensor shift_view(const Tensor& shift, const Tensor& x) {
-  Shape st(x.shape().size(), 0);
-  st[0] = shift.stride(0);
-  st[1] = shift.stride(1);
-  return shift.alias_with(x.shape(), st, shift.offset());
+// t [N, C] seen as `shape` ([N, C, ...]): zero strides over the dims after the first two.
+Tensor per_sample_channel_view(const Tensor& t, const Shape& shape) {
+  Shape st(shape.size(), 0);
+  st[0] = t.stride(0);
+  st[1] = t.stride(1);
+  return t.alias_with(shape, st, t.offset());
+}
+// x + shift (shift [N, C] broadcast over the spatial dims), in x's memory format.
+Tensor shifted_input(Backend& be, const Tensor& x, const Tensor& shift) {
+  const Tensor xs =
+      empty(x.shape(), {.dtype = x.dtype(), .device = x.device()}, memory_format_of(x));
+  be.binary(BinaryOp::Add, x, per_sample_channel_view(shift, x.shape()), xs, 1.0);
+  return xs;
 }
 }  // namespace
 
 void Backend::group_norm_silu_shifted(const Tensor& x, const Tensor& shift, const Tensor& weight,
                                       const Tensor& bias, int64_t groups, double eps,
                                       const Tensor& out, const Tensor& mean, const Tensor& rstd) {
-  const Tensor xs =
-      empty(x.shape(), {.dtype = x.dtype(), .device = x.device()}, memory_format_of(x));
-  binary(BinaryOp::Add, x, shift_view(shift, x), xs, 1.0);
-  group_norm_silu(xs, weight, bias, groups, eps, out, mean, rstd);
+  group_norm_silu(shifted_input(*this, x, shift), weight, bias, groups, eps, out, mean, rstd);
 }
 
 void Backend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
@@ -51,18 +55,13 @@ void Backend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Ten
                                                const Tensor& rstd, int64_t groups, double eps,
                                                const Tensor& grad_x, const Tensor& grad_shift,
                                                const Tensor& grad_w, const Tensor& grad_b) {
-  const Tensor xs =
-      empty(x.shape(), {.dtype = x.dtype(), .device = x.device()}, memory_format_of(x));
-  binary(BinaryOp::Add, x, shift_view(shift, x), xs, 1.0);
-  group_norm_silu_backward(grad_out, xs, weight, bias, mean, rstd, groups, eps, grad_x, grad_w,
-                           grad_b);
+  group_norm_silu_backward(grad_out, shifted_input(*this, x, shift), weight, bias, mean, rstd,
+                           groups, eps, grad_x, grad_w, grad_b);
   if (grad_shift.defined()) {
-    Shape sh(x.shape().size(), 1), st(x.shape().size(), 0);
-    sh[0] = x.size(0);
-    sh[1] = x.size(1);
-    st[0] = grad_shift.stride(0);
-    st[1] = grad_shift.stride(1);
-    reduce(ReduceOp::Sum, grad_x, grad_shift.alias_with(sh, st, grad_shift.offset()));
+    Shape kept(x.shape().size(), 1);  // [N, C, 1, ...]: the spatial dims summed
+    kept[0] = x.size(0);
+    kept[1] = x.size(1);
+    reduce(ReduceOp::Sum, grad_x, per_sample_channel_view(grad_shift, kept));
   }
 }
 
@@ -126,7 +125,8 @@ const char* unary_op_name(UnaryOp op) {
     CM_NAME(Rsqrt, )
     CM_NAME(Square, )
     CM_NAME(Reciprocal, )
-    CM_NAME(Sin, ) CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, ) CM_NAME(Silu, ) CM_NAME(Relu, )
+    CM_NAME(Sin, )
+    CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, ) CM_NAME(Silu, ) CM_NAME(Relu, )
         CM_NAME(Gelu, ) CM_NAME(Sign, ) CM_NAME(Erf, ) CM_NAME(Expm1, ) CM_NAME(Log1p, )
             CM_NAME(Floor, ) CM_NAME(Ceil, ) CM_NAME(Round, ) CM_NAME(PowScalar, )
                 CM_NAME(RPowScalar, ) CM_NAME(AddScalar, ) CM_NAME(MulScalar, ) CM_NAME(DivScalar, )
@@ -169,9 +169,10 @@ const char* binary_op_name(BinaryOp op) {
     CM_NAME(Maximum)
     CM_NAME(Minimum)
     CM_NAME(Lerp)
-    CM_NAME(AddScale) CM_NAME(Eq) CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge)
-        CM_NAME(LogicalAnd) CM_NAME(LogicalOr) CM_NAME(ReluBackward) CM_NAME(SiluBackward)
-            CM_NAME(GeluBackward) CM_NAME(SigmoidBackward) CM_NAME(TanhBackward)
+    CM_NAME(AddScale)
+    CM_NAME(Eq) CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge) CM_NAME(LogicalAnd)
+        CM_NAME(LogicalOr) CM_NAME(ReluBackward) CM_NAME(SiluBackward) CM_NAME(GeluBackward)
+            CM_NAME(SigmoidBackward) CM_NAME(TanhBackward)
 #undef CM_NAME
   }
   return "binary?";

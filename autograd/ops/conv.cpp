@@ -63,17 +63,17 @@ void check_bias(const Tensor& b, int64_t channels, const char* op) {
 // ---- history-free kernels
 // --------------------------------------------------------------------------
 
-// A fresh y [N, Co, Ho, Wo] for conv(x, w), in x's memory format (a channels-last network stays
-// channels-last).
-Tensor conv_output(const Tensor& x, const Tensor& w, int64_t Ho, int64_t Wo) {
+// A fresh y [N, Co, Ho, Wo] for conv(x, w), in `format` (default x's: a channels-last network
+// stays channels-last).
+Tensor conv_output(const Tensor& x, const Tensor& w, int64_t Ho, int64_t Wo,
+                   std::optional<MemoryFormat> format = std::nullopt) {
   return empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()},
-               memory_format_of(x));
+               format.value_or(memory_format_of(x)));
 }
 // y [N, Co, Ho, Wo] = conv(x [N, C, H, W], w [Co, C/G, kh, kw]), in `format`.
 Tensor conv_raw(const Tensor& x, const Tensor& w, const Conv2dParams& p, int64_t Ho, int64_t Wo,
                 MemoryFormat format) {
-  Tensor y =
-      empty({x.size(0), w.size(0), Ho, Wo}, {.dtype = x.dtype(), .device = x.device()}, format);
+  Tensor y = conv_output(x, w, Ho, Wo, format);
   backend_of(x).conv2d(x, w, p, y);
   return y;
 }

@@ -261,28 +261,24 @@ void run(ConvPass pass, const ConvShape& s, const Tensor& a0, const Tensor& b0, 
            "gradient of the weight-gradient pass)");
   Entry& e = entry_for(pass, s, vec.defined());
   CM_CHECK(e.usable, "conv2d: oneDNN has no kernel for this geometry (uses_onednn was not asked)");
-  // Activations dense in either layout are used in place; other f32 views with positive strides
-  // (a channel slice of a channels-last tensor: the gradient of a cat) are read by the reorder into
-  // the primitive's layout; anything else (zero strides) is copied contiguous first.
-  const auto dense = [](const Tensor& t) {
-    if (dense_f32(t)) return t;
-    bool strided = t.dtype() == DType::f32;
-    for (int64_t d = 0; d < t.dim(); ++d) strided = strided && (t.size(d) == 1 || t.stride(d) > 0);
-    if (strided) return t;
-    Tensor c = empty(t.shape(), {.dtype = DType::f32});
-    cpu_backend().copy(t, c);
-    return c;
-  };
-  // Grouped weights are read (and their gradient written) as a contiguous [Co, C/G, kh, kw].
-  const bool grouped = s.p.groups != 1;
+  // f32 operands with positive strides are read where they are: in place when dense in the
+  // primitive's layout, else by the reorder into it (a channel slice of a channels-last tensor,
+  // the gradient of a cat, included); anything else (zero strides) is copied contiguous first.
   const auto contiguous_f32 = [](const Tensor& t) {
     if (t.dtype() == DType::f32 && t.is_contiguous()) return t;
     Tensor c = empty(t.shape(), {.dtype = DType::f32});
     cpu_backend().copy(t, c);
     return c;
   };
+  const auto readable = [&](const Tensor& t) {
+    bool strided = t.dtype() == DType::f32;
+    for (int64_t d = 0; d < t.dim(); ++d) strided = strided && (t.size(d) == 1 || t.stride(d) > 0);
+    return strided ? t : contiguous_f32(t);
+  };
+  // Grouped weights are read (and their gradient written) as a contiguous [Co, C/G, kh, kw].
+  const bool grouped = s.p.groups != 1;
   const bool weight_out = pass == ConvPass::BackwardWeight;
-  const Tensor a = dense(a0), b = grouped && !weight_out ? contiguous_f32(b0) : dense(b0);
+  const Tensor a = readable(a0), b = grouped && !weight_out ? contiguous_f32(b0) : readable(b0);
   const bool out_dense =
       grouped && weight_out ? out.dtype() == DType::f32 && out.is_contiguous() : dense_f32(out);
   const Tensor o = out_dense ? out : empty(out.shape(), {.dtype = DType::f32});

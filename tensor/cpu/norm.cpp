@@ -447,16 +447,18 @@ bool check_layout(std::initializer_list<Tensor> activations, std::initializer_li
 
 namespace {
 
+// shift (group_norm_silu_shifted): channels-last only, the callers check.
 template <bool Silu>
 void group_norm_dispatch(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                          double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd,
-                         const char* op) {
+                         const char* op, const Tensor& shift = {}) {
   const bool nhwc = check_layout({x, out}, {weight, bias, mean, rstd}, op);
+  CM_CHECK(nhwc || !shift.defined(), op, ": a shift needs channels-last operands");
   const GnDims d = gn_dims(x, groups);
   CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
     const auto run = [&]<class S>() {
       if (nhwc)
-        group_norm_nhwc<scalar_t, S, Silu>(x, weight, bias, d, eps, out, mean, rstd);
+        group_norm_nhwc<scalar_t, S, Silu>(x, weight, bias, d, eps, out, mean, rstd, shift);
       else
         group_norm_typed<scalar_t, S, Silu>(x, weight, bias, d, eps, out, mean, rstd);
     };
@@ -471,15 +473,17 @@ template <bool Silu>
 void group_norm_backward_dispatch(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
                                   const Tensor& bias, const Tensor& mean, const Tensor& rstd,
                                   int64_t groups, const Tensor& grad_x, const Tensor& grad_w,
-                                  const Tensor& grad_b, const char* op) {
+                                  const Tensor& grad_b, const char* op, const Tensor& shift = {},
+                                  const Tensor& grad_shift = {}) {
   const bool nhwc =
       check_layout({x, grad_out, grad_x}, {weight, bias, mean, rstd, grad_w, grad_b}, op);
+  CM_CHECK(nhwc || !shift.defined(), op, ": a shift needs channels-last operands");
   const GnDims d = gn_dims(x, groups);
   CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
     const auto run = [&]<class S>() {
       if (nhwc)
         group_norm_backward_nhwc<scalar_t, S, Silu>(grad_out, x, weight, bias, mean, rstd, d,
-                                                    grad_x, grad_w, grad_b);
+                                                    grad_x, grad_w, grad_b, shift, grad_shift);
       else
         group_norm_backward_typed<scalar_t, S, Silu>(grad_out, x, weight, bias, mean, rstd, d,
                                                      grad_x, grad_w, grad_b);
@@ -540,17 +544,10 @@ void CpuBackend::group_norm_silu_shifted(const Tensor& x, const Tensor& shift, c
                                          const Tensor& bias, int64_t groups, double eps,
                                          const Tensor& out, const Tensor& mean,
                                          const Tensor& rstd) {
-  const char* op = "group_norm_silu_shifted";
   if (!shifted_fusable(x, shift, {out}))
     return Backend::group_norm_silu_shifted(x, shift, weight, bias, groups, eps, out, mean, rstd);
-  check_layout({x, out}, {weight, bias, mean, rstd}, op);
-  const GnDims d = gn_dims(x, groups);
-  CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
-    if (mean.dtype() == DType::f64)
-      group_norm_nhwc<scalar_t, double, true>(x, weight, bias, d, eps, out, mean, rstd, shift);
-    else
-      group_norm_nhwc<scalar_t, float, true>(x, weight, bias, d, eps, out, mean, rstd, shift);
-  });
+  group_norm_dispatch<true>(x, weight, bias, groups, eps, out, mean, rstd,
+                            "group_norm_silu_shifted", shift);
 }
 
 void CpuBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
@@ -559,7 +556,6 @@ void CpuBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const 
                                                   const Tensor& rstd, int64_t groups, double eps,
                                                   const Tensor& grad_x, const Tensor& grad_shift,
                                                   const Tensor& grad_w, const Tensor& grad_b) {
-  const char* op = "group_norm_silu_shifted_backward";
   if (!shifted_fusable(x, shift, {grad_out, grad_x}) ||
       (grad_shift.defined() && !grad_x.defined()) ||
       (grad_shift.defined() &&
@@ -567,16 +563,8 @@ void CpuBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const 
     return Backend::group_norm_silu_shifted_backward(grad_out, x, shift, weight, bias, mean, rstd,
                                                      groups, eps, grad_x, grad_shift, grad_w,
                                                      grad_b);
-  check_layout({x, grad_out, grad_x}, {weight, bias, mean, rstd, grad_w, grad_b}, op);
-  const GnDims d = gn_dims(x, groups);
-  CM_DISPATCH_FLOAT(x.dtype(), op, [&] {
-    if (mean.dtype() == DType::f64)
-      group_norm_backward_nhwc<scalar_t, double, true>(grad_out, x, weight, bias, mean, rstd, d,
-                                                       grad_x, grad_w, grad_b, shift, grad_shift);
-    else
-      group_norm_backward_nhwc<scalar_t, float, true>(grad_out, x, weight, bias, mean, rstd, d,
-                                                      grad_x, grad_w, grad_b, shift, grad_shift);
-  });
+  group_norm_backward_dispatch<true>(grad_out, x, weight, bias, mean, rstd, groups, grad_x, grad_w,
+                                     grad_b, "group_norm_silu_shifted_backward", shift, grad_shift);
 }
 
 }  // namespace cm::cpu
