@@ -9,6 +9,7 @@
 #include <zlib.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -18,12 +19,16 @@
 #include <functional>
 #include <iterator>
 #include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <optional>
+#include <thread>
 
 #include "autograd/ops.h"
+#include "datasets/jpeg.h"
 #include "datasets/png.h"
+#include "datasets/resize.h"
 #include "datasets/zip.h"
 #include "nn/file_io.h"
 
@@ -199,30 +204,64 @@ std::vector<int64_t> parse_edm_labels(const std::string& text,
   return out;
 }
 
-// Stacks the decoded images (all one size and channel count) and attaches the labels.
+// An EDM folder's or zip's images decoded one by one when asked; each must have the first's shape.
+class DecodingReader final : public ImageReader {
+ public:
+  DecodingReader(std::vector<std::string> names, std::function<Tensor(const std::string&)> decode,
+                 Shape chw, std::string where, const char* op)
+      : names_(std::move(names)),
+        decode_(std::move(decode)),
+        chw_(std::move(chw)),
+        where_(std::move(where)),
+        op_(op) {}
+
+  void read(int64_t index, uint8_t* dst) const override {
+    CM_CHECK(index >= 0 && index < int64_t(names_.size()), op_, ": '", where_, "': image ", index,
+             " of ", names_.size(), " asked for");
+    const std::string& name = names_[size_t(index)];
+    const Tensor img = decode_(name);
+    CM_CHECK(img.shape() == chw_, op_, ": '", where_, "/", name, "' is ", img.size(0), "×",
+             img.size(1), "×", img.size(2), " (C×H×W) but '", where_, "/", names_[0], "' is ",
+             chw_[0], "×", chw_[1], "×", chw_[2],
+             ": all images must have one size and channel count");
+    std::memcpy(dst, img.data<uint8_t>(), size_t(img.numel()));
+  }
+
+ private:
+  std::vector<std::string> names_;
+  std::function<Tensor(const std::string&)> decode_;
+  Shape chw_;
+  std::string where_;
+  const char* op_;
+};
+
+// The decoded images (all one size and channel count), in memory or streamed as `options` say,
+// with the labels of dataset.json. `decode` must be safe to call from several threads.
 ImageDataset assemble_edm(const std::vector<std::string>& names,
-                          const std::function<Tensor(const std::string&)>& decode,
+                          std::function<Tensor(const std::string&)> decode,
                           const std::optional<std::string>& json_text, const std::string& where,
-                          const char* op) {
+                          const char* op, const LoadOptions& options) {
   CM_CHECK(!names.empty(), op, ": '", where, "' holds no PNG images");
-  auto full_name = [&](const std::string& n) { return where + "/" + n; };
   const Tensor first = decode(names[0]);
   const int64_t C = first.size(0), H = first.size(1), W = first.size(2);
   const int64_t N = int64_t(names.size());
-  Tensor images = u8_tensor({N, C, H, W});
-  uint8_t* dst = images.data<uint8_t>();
-  for (int64_t i = 0; i < N; ++i) {
-    const Tensor img = i == 0 ? first : decode(names[size_t(i)]);
-    CM_CHECK(img.shape() == first.shape(), op, ": '", full_name(names[size_t(i)]), "' is ",
-             img.size(0), "×", img.size(1), "×", img.size(2), " (C×H×W) but '", full_name(names[0]),
-             "' is ", C, "×", H, "×", W, ": all images must have one size and channel count");
-    std::memcpy(dst + i * C * H * W, img.data<uint8_t>(), size_t(C * H * W));
-  }
+  const uint64_t bytes = uint64_t(N) * uint64_t(C * H * W);
+  const bool stream = options.residency == Residency::Stream ||
+                      (options.residency == Residency::Auto && bytes > options.memory_limit);
   ImageDataset ds;
-  ds.images = images;
   ds.source = where;
-  std::vector<int64_t> labels;
-  if (json_text) labels = parse_edm_labels(*json_text, names, full_name("dataset.json"), op);
+  auto reader =
+      std::make_shared<DecodingReader>(names, std::move(decode), first.shape(), where, op);
+  if (stream) {
+    ds.reader = reader;
+    ds.streamed_shape = {N, C, H, W};
+  } else {
+    ds.images = u8_tensor({N, C, H, W});
+    uint8_t* dst = ds.images.data<uint8_t>();
+    parallel_rows(N, options.threads, [&](int64_t i) { reader->read(i, dst + i * C * H * W); });
+  }
+  std::vector<int64_t> labels;  // after the images: an image's error comes first, as it is read
+  if (json_text) labels = parse_edm_labels(*json_text, names, where + "/dataset.json", op);
   if (labels.empty()) {
     labels.assign(size_t(N), -1);
   } else {
@@ -376,6 +415,67 @@ std::vector<int64_t> npy_integers(const std::vector<uint8_t>& bytes, const NpyHe
 
 }  // namespace
 
+// ---- the data set's images ----------------------------------------------------------------------
+
+void parallel_rows(int64_t n, int threads, const std::function<void(int64_t)>& fn) {
+  if (threads <= 0) threads = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int64_t t = std::min<int64_t>(threads, n);
+  if (t <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  // The failure of the smallest index is the one rethrown, whatever the threads' timing.
+  std::mutex mu;
+  int64_t failed_at = n;
+  std::exception_ptr error;
+  std::atomic<int64_t> stop_at{n};  // no thread starts an index past a failure
+  auto work = [&](int64_t first) {
+    for (int64_t i = first; i < stop_at.load(std::memory_order_relaxed); i += t) {
+      try {
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(mu);
+        if (i < failed_at) {
+          failed_at = i;
+          error = std::current_exception();
+          stop_at.store(i, std::memory_order_relaxed);
+        }
+        return;
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  pool.reserve(size_t(t - 1));
+  for (int64_t k = 1; k < t; ++k) pool.emplace_back(work, k);
+  work(0);
+  for (std::thread& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+void ImageDataset::read(int64_t i, uint8_t* dst) const {
+  const Shape s = shape();
+  CM_CHECK(i >= 0 && i < s[0], "'", source, "': image ", i, " asked for, of ", s[0]);
+  const int64_t chw = s[1] * s[2] * s[3];
+  if (images.defined()) {
+    std::memcpy(dst, images.data<uint8_t>() + i * chw, size_t(chw));
+  } else {
+    CM_CHECK(reader, "'", source, "': a streamed data set without a reader");
+    reader->read(i, dst);
+  }
+}
+
+Tensor ImageDataset::rows(int64_t first, int64_t count, int threads) const {
+  const Shape s = shape();
+  CM_CHECK(first >= 0 && count >= 0 && first + count <= s[0], "'", source, "': images ", first,
+           " .. ", first + count - 1, " asked for, of ", s[0]);
+  if (images.defined()) return narrow(images, 0, first, count);
+  Tensor out = u8_tensor({count, s[1], s[2], s[3]});
+  uint8_t* dst = out.data<uint8_t>();
+  const int64_t chw = s[1] * s[2] * s[3];
+  parallel_rows(count, threads, [&](int64_t k) { read(first + k, dst + k * chw); });
+  return out;
+}
+
 NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& name) {
   static const uint8_t kMagic[6] = {0x93, 'N', 'U', 'M', 'P', 'Y'};
   CM_CHECK(size >= 10 && std::memcmp(data, kMagic, 6) == 0, "npy: '", name,
@@ -401,7 +501,6 @@ NpyHeader parse_npy_header(const uint8_t* data, size_t size, const std::string& 
   NpyHeader h = NpyDictParser(text, name).parse();
   h.itemsize = npy_itemsize(h.descr, name);
   h.data_offset = start + header_len;
-  // The element count, guarding the product against overflow.
   // The element count, guarding the product (and the byte count) against overflow, and the
   // product with zeros taken as 1 (what a tensor's strides multiply out to: [0, 2^62, 2^62] holds
   // nothing but has no representable strides, a fuzzing finding).
@@ -601,7 +700,7 @@ ImageDataset load_cifar10_bin(const std::string& directory, const std::string& s
 
 // ---- EDM folders and zips -----------------------------------------------------------------------
 
-ImageDataset load_image_folder(const std::string& dir) {
+ImageDataset load_image_folder(const std::string& dir, const LoadOptions& options) {
   const char* op = "load_image_folder";
   CM_CHECK(fs::is_directory(dir), op, ": '", dir, "' is not a directory");
   std::vector<std::string> names;
@@ -631,13 +730,14 @@ ImageDataset load_image_folder(const std::string& dir) {
     }
   }
   std::sort(names.begin(), names.end());
-  auto decode = [&](const std::string& n) { return read_png(dir + "/" + n); };
-  return assemble_edm(names, decode, json, dir, op);
+  auto decode = [dir](const std::string& n) { return read_png(dir + "/" + n); };
+  return assemble_edm(names, decode, json, dir, op, options);
 }
 
-ImageDataset load_edm_zip(const std::string& path) {
+ImageDataset load_edm_zip(const std::string& path, const LoadOptions& options) {
   const char* op = "load_edm_zip";
-  ZipReader zip(path);
+  auto archive = std::make_shared<const ZipReader>(path);  // kept by a streamed data set's reader
+  const ZipReader& zip = *archive;
   std::vector<std::string> names;
   std::optional<std::string> json;
   for (const ZipEntry& e : zip.entries()) {
@@ -660,11 +760,111 @@ ImageDataset load_edm_zip(const std::string& path) {
   std::sort(names.begin(), names.end());
   CM_CHECK(std::adjacent_find(names.begin(), names.end()) == names.end(), op, ": '", path,
            "' holds two entries named '", *std::adjacent_find(names.begin(), names.end()), "'");
-  auto decode = [&](const std::string& n) {
-    const std::vector<uint8_t> bytes = zip.read(*zip.find(n));
+  auto decode = [archive, path](const std::string& n) {
+    const std::vector<uint8_t> bytes = archive->read(*archive->find(n));
     return decode_png(bytes.data(), bytes.size(), path + "/" + n);
   };
-  return assemble_edm(names, decode, json, path, op);
+  return assemble_edm(names, decode, json, path, op, options);
+}
+
+// ---- the reference's image folders
+// ----------------------------------------------------------------
+
+namespace {
+// guided-diffusion's _list_image_files_recursively: each directory's entries in sorted order,
+// files with a .jpg/.jpeg/.png/.gif extension (any case) taken, directories entered where they
+// come in that order.
+void list_reference_images(const fs::path& dir, std::vector<std::string>* out, const char* op) {
+  std::vector<std::string> entries;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir))
+    entries.push_back(e.path().filename().string());
+  std::sort(entries.begin(), entries.end());
+  for (const std::string& name : entries) {
+    const fs::path full = dir / name;
+    const size_t dot = name.rfind('.');
+    std::string ext = dot == std::string::npos ? "" : name.substr(dot + 1);
+    std::transform(ext.begin(), ext.end(), ext.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    if (dot != std::string::npos &&
+        (ext == "jpg" || ext == "jpeg" || ext == "png" || ext == "gif")) {
+      CM_CHECK(ext != "gif", op, ": '", full.string(),
+               "': GIF images are not supported (convert them to PNG)");
+      out->push_back(full.string());
+    } else if (fs::is_directory(full)) {
+      list_reference_images(full, out, op);
+    }
+  }
+}
+
+// One of the reference's images: decoded by its content (PNG or JPEG, whatever the extension, as
+// PIL opens it), made RGB as convert("RGB") makes it, then center_crop_arr'd.
+class ReferenceFolderReader final : public ImageReader {
+ public:
+  ReferenceFolderReader(std::vector<std::string> paths, int64_t size)
+      : paths_(std::move(paths)), size_(size) {}
+  void read(int64_t index, uint8_t* dst) const override {
+    const std::string& path = paths_[size_t(index)];
+    const std::vector<uint8_t> bytes = nn::read_file_bytes(path, "load_reference_folder");
+    Tensor img;
+    if (is_jpeg(bytes.data(), bytes.size())) {
+      img = decode_jpeg(bytes.data(), bytes.size(), path);
+    } else {
+      img = decode_png(bytes.data(), bytes.size(), path);  // names the file when not a PNG either
+    }
+    if (img.size(0) == 1) img = expand(img, {3, img.size(1), img.size(2)});  // L → RGB
+    const Tensor out = center_crop_arr(img, size_);
+    std::memcpy(dst, out.data<uint8_t>(), size_t(out.numel()));
+  }
+
+ private:
+  std::vector<std::string> paths_;
+  int64_t size_;
+};
+}  // namespace
+
+ImageDataset load_reference_folder(const std::string& dir, int64_t size,
+                                   const LoadOptions& options) {
+  const char* op = "load_reference_folder";
+  CM_CHECK(fs::is_directory(dir), op, ": '", dir, "' is not a directory");
+  CM_CHECK(size >= 1 && size <= 4096, op, ": image size ", size, " out of range 1..4096");
+  std::vector<std::string> paths;
+  list_reference_images(dir, &paths, op);
+  CM_CHECK(!paths.empty(), op, ": '", dir, "' holds no .jpg, .jpeg or .png images");
+  // classes: the file names up to their first '_', numbered in sorted order
+  std::vector<std::string> names;
+  names.reserve(paths.size());
+  for (const std::string& p : paths) {
+    const std::string base = fs::path(p).filename().string();
+    names.push_back(base.substr(0, base.find('_')));
+  }
+  std::vector<std::string> classes = names;
+  std::sort(classes.begin(), classes.end());
+  classes.erase(std::unique(classes.begin(), classes.end()), classes.end());
+  CM_CHECK(int64_t(classes.size()) <= kMaxClasses, op, ": '", dir, "' has ", classes.size(),
+           " classes (file name prefixes before '_'), more than ", kMaxClasses);
+  std::vector<int64_t> labels;
+  labels.reserve(names.size());
+  for (const std::string& n : names)
+    labels.push_back(std::lower_bound(classes.begin(), classes.end(), n) - classes.begin());
+  const int64_t N = int64_t(paths.size());
+  ImageDataset ds;
+  ds.labels = i64_tensor(labels);
+  ds.num_classes = int64_t(classes.size());
+  ds.source = dir;
+  auto reader = std::make_shared<ReferenceFolderReader>(std::move(paths), size);
+  const uint64_t bytes = uint64_t(N) * uint64_t(3 * size * size);
+  const bool stream = options.residency == Residency::Stream ||
+                      (options.residency == Residency::Auto && bytes > options.memory_limit);
+  if (stream) {
+    ds.reader = std::move(reader);
+    ds.streamed_shape = {N, 3, size, size};
+  } else {
+    ds.images = u8_tensor({N, 3, size, size});
+    uint8_t* dst = ds.images.data<uint8_t>();
+    parallel_rows(N, options.threads,
+                  [&](int64_t i) { reader->read(i, dst + i * 3 * size * size); });
+  }
+  return ds;
 }
 
 // ---- downsampled ImageNet -----------------------------------------------------------------------
@@ -779,6 +979,117 @@ ImageDataset load_imagenet_npz(const std::string& path) {
   return ds;
 }
 
+namespace {
+// Several data sets of one image shape as one: image i is image i − offsets[k] of part k.
+class ConcatReader final : public ImageReader {
+ public:
+  explicit ConcatReader(std::vector<ImageDataset> parts) : parts_(std::move(parts)) {
+    int64_t total = 0;
+    for (const ImageDataset& p : parts_) {
+      offsets_.push_back(total);
+      total += p.size();
+    }
+  }
+  void read(int64_t index, uint8_t* dst) const override {
+    const auto it = std::upper_bound(offsets_.begin(), offsets_.end(), index);
+    const size_t k = size_t(it - offsets_.begin()) - 1;
+    parts_[k].read(index - offsets_[k], dst);
+  }
+
+ private:
+  std::vector<ImageDataset> parts_;
+  std::vector<int64_t> offsets_;
+};
+
+// a < b in natural order: runs of digits compare as numbers, the rest character by character.
+bool natural_less(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  while (i < a.size() && j < b.size()) {
+    if (digit(a[i]) && digit(b[j])) {
+      size_t i2 = i, j2 = j;
+      while (i2 < a.size() && digit(a[i2])) ++i2;
+      while (j2 < b.size() && digit(b[j2])) ++j2;
+      // compare the runs without their leading zeros: longer is larger, then digit by digit
+      size_t ia = i, jb = j;
+      while (ia + 1 < i2 && a[ia] == '0') ++ia;
+      while (jb + 1 < j2 && b[jb] == '0') ++jb;
+      if (i2 - ia != j2 - jb) return i2 - ia < j2 - jb;
+      const int c = a.compare(ia, i2 - ia, b, jb, j2 - jb);
+      if (c != 0) return c < 0;
+      i = i2;
+      j = j2;
+    } else {
+      if (a[i] != b[j]) return a[i] < b[j];
+      ++i;
+      ++j;
+    }
+  }
+  if ((a.size() - i) != (b.size() - j)) return a.size() - i < b.size() - j;
+  return a < b;  // equal up to leading zeros: a total order still
+}
+}  // namespace
+
+std::vector<std::string> npz_files_in(const std::string& dir) {
+  CM_CHECK(fs::is_directory(dir), "npz_files_in: '", dir, "' is not a directory");
+  std::vector<std::string> names;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    std::string ext = e.path().extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
+    if (ext == ".npz" && !e.is_directory()) names.push_back(e.path().filename().string());
+  }
+  CM_CHECK(!names.empty(), "npz_files_in: '", dir, "' holds no .npz files");
+  std::sort(names.begin(), names.end(), natural_less);
+  for (std::string& n : names) n = (fs::path(dir) / n).string();
+  return names;
+}
+
+ImageDataset load_npz_files(const std::vector<std::string>& paths, const LoadOptions& options) {
+  const char* op = "load_npz_files";
+  CM_CHECK(!paths.empty(), op, ": no files given");
+  if (paths.size() == 1) return load_imagenet_npz(paths[0]);  // in memory or mapped already
+  std::vector<ImageDataset> parts;
+  std::vector<int64_t> labels;
+  int64_t n = 0, num_classes = 0;
+  for (const std::string& p : paths) {
+    ImageDataset part = load_imagenet_npz(p);
+    if (!parts.empty()) {
+      const ImageDataset& first = parts.front();
+      CM_CHECK(part.channels() == first.channels() && part.height() == first.height() &&
+                   part.width() == first.width(),
+               op, ": '", p, "' has images of ", part.channels(), "×", part.height(), "×",
+               part.width(), " (C×H×W) but '", paths[0], "' of ", first.channels(), "×",
+               first.height(), "×", first.width(), ": all files must have one image shape");
+      CM_CHECK((part.num_classes > 0) == (first.num_classes > 0), op, ": '",
+               part.num_classes > 0 ? p : paths[0], "' has labels but '",
+               part.num_classes > 0 ? paths[0] : p, "' has none");
+    }
+    const std::vector<int64_t> l = part.labels.to_vector<int64_t>();
+    labels.insert(labels.end(), l.begin(), l.end());
+    num_classes = std::max(num_classes, part.num_classes);
+    n += part.size();
+    parts.push_back(std::move(part));
+  }
+  ImageDataset ds;
+  ds.labels = i64_tensor(labels);
+  ds.num_classes = num_classes;
+  const int64_t C = parts[0].channels(), H = parts[0].height(), W = parts[0].width();
+  auto reader = std::make_shared<ConcatReader>(std::move(parts));
+  if (options.residency == Residency::Memory) {
+    ds.images = u8_tensor({n, C, H, W});
+    uint8_t* dst = ds.images.data<uint8_t>();
+    parallel_rows(n, options.threads, [&](int64_t i) { reader->read(i, dst + i * C * H * W); });
+  } else {
+    ds.reader = std::move(reader);
+    ds.streamed_shape = {n, C, H, W};
+  }
+  std::string joined;
+  for (const std::string& p : paths) joined += (joined.empty() ? "" : ",") + p;
+  ds.source = joined;
+  return ds;
+}
+
 // ---- class tint ---------------------------------------------------------------------------------
 
 const std::array<std::array<uint8_t, 3>, 10>& tint_palette() {
@@ -803,7 +1114,7 @@ ImageDataset tint_by_class(const ImageDataset& gray) {
   CM_CHECK(gray.num_classes > 0, op, ": '", gray.source,
            "' has no labels; the tint is the class's colour");
   const int64_t n = gray.size(), hw = gray.height() * gray.width();
-  const Tensor src = gray.images.contiguous();
+  const Tensor src = gray.rows(0, n).contiguous();
   const uint8_t* in = src.data<uint8_t>();
   const std::vector<int64_t> labels = gray.labels.to_vector<int64_t>();
   ImageDataset ds;
@@ -826,7 +1137,7 @@ ImageDataset tint_by_class(const ImageDataset& gray) {
 
 // ---- by name ------------------------------------------------------------------------------------
 
-ImageDataset load_dataset(const std::string& spec) {
+ImageDataset load_dataset(const std::string& spec, const LoadOptions& options) {
   const size_t colon = spec.find(':');
   const std::string kind = spec.substr(0, colon);
   const std::string rest = colon == std::string::npos ? "" : spec.substr(colon + 1);
@@ -850,7 +1161,7 @@ ImageDataset load_dataset(const std::string& spec) {
   ImageDataset ds;
   if (kind == "tint") {
     need_arg("a gray, labelled data set");
-    return tint_by_class(load_dataset(rest));
+    return tint_by_class(load_dataset(rest, options));
   }
   if (kind == "digits" && !has_arg) {
     ds = load_digits_csv(digits_path());
@@ -876,18 +1187,43 @@ ImageDataset load_dataset(const std::string& spec) {
     ds = load_cifar10_bin(dir, split);
   } else if (kind == "folder") {
     need_arg("a directory");
-    ds = load_image_folder(rest);
+    ds = load_image_folder(rest, options);
   } else if (kind == "zip") {
     need_arg("a path");
-    ds = load_edm_zip(rest);
+    ds = load_edm_zip(rest, options);
+  } else if (kind == "openai") {
+    need_arg("<dir>:<size>");
+    const size_t c = rest.rfind(':');
+    const std::string number = c == std::string::npos ? "" : rest.substr(c + 1);
+    int64_t size = 0;
+    const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), size);
+    CM_CHECK(c != std::string::npos && c > 0 && !number.empty() && ec == std::errc() &&
+                 end == number.data() + number.size(),
+             "load_dataset: \"", spec,
+             "\" must be openai:<dir>:<size>, the images' side after the reference's center crop");
+    ds = load_reference_folder(rest.substr(0, c), size, options);
   } else if (kind == "npz") {
-    need_arg("a path");
-    ds = load_imagenet_npz(rest);
+    need_arg("a path, several (comma-separated) or a directory of .npz files");
+    std::vector<std::string> paths;
+    if (fs::is_directory(rest)) {
+      paths = npz_files_in(rest);
+    } else {
+      for (size_t at = 0;;) {
+        const size_t comma = rest.find(',', at);
+        const std::string p = rest.substr(at, comma == std::string::npos ? comma : comma - at);
+        CM_CHECK(!p.empty(), "load_dataset: \"", spec, "\": an empty path in the list");
+        paths.push_back(p);
+        if (comma == std::string::npos) break;
+        at = comma + 1;
+      }
+    }
+    ds = load_npz_files(paths, options);
   } else {
     CM_FAIL("load_dataset: unknown data set \"", spec,
             "\"; expected digits, fashion-mnist[:train|:test], idx:<images>,<labels>, "
             "tint:<spec>, "
-            "cifar10:<dir>[:train|:test], folder:<dir>, zip:<path> or npz:<path>");
+            "cifar10:<dir>[:train|:test], folder:<dir>, zip:<path>, openai:<dir>:<size> or "
+            "npz:<path>[,<path>...]");
   }
   ds.source = spec;
   return ds;

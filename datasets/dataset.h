@@ -26,22 +26,64 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "tensor/tensor.h"
 
 namespace cm::data {
 
+// The images of a streamed data set, read when asked: read(i, dst) writes image i (0 ≤ i < N) as
+// C·H·W bytes, channel-planar, to dst. Safe to call from several threads at once. An image that
+// cannot be decoded, or is not [C, H, W], is a cm::Error naming its file.
+class ImageReader {
+ public:
+  virtual ~ImageReader() = default;
+  virtual void read(int64_t index, uint8_t* dst) const = 0;
+};
+
+// A data set's images are either in memory (`images`: decoded at load, or a view of a mapped file
+// whose pages the batches bring in) or streamed (`reader`, with `images` undefined: image folders
+// and zips too large to decode at once, data sets of several files). Both give the same bytes:
+// read(), rows() and the Loader serve either, so what a run trains on does not depend on it.
 struct ImageDataset {
-  Tensor images;            // u8 [N, C, H, W], C = 1 or 3, contiguous
+  Tensor images;            // u8 [N, C, H, W], C = 1 or 3, contiguous; undefined when streamed
   Tensor labels;            // i64 [N]: the class 0..num_classes−1, or −1 where unlabelled
   int64_t num_classes = 0;  // 0 when the data set has no labels
   std::string source;       // what it was loaded from (the spec or path), for logs
+  std::shared_ptr<const ImageReader> reader;  // a streamed data set's images
+  Shape streamed_shape;                       // a streamed data set's [N, C, H, W]
 
-  int64_t size() const { return images.size(0); }
-  int64_t channels() const { return images.size(1); }
-  int64_t height() const { return images.size(2); }
-  int64_t width() const { return images.size(3); }
+  bool streamed() const { return !images.defined(); }
+  Shape shape() const { return images.defined() ? images.shape() : streamed_shape; }
+  int64_t size() const { return shape()[0]; }
+  int64_t channels() const { return shape()[1]; }
+  int64_t height() const { return shape()[2]; }
+  int64_t width() const { return shape()[3]; }
+  // Image i as C·H·W bytes into dst.
+  void read(int64_t i, uint8_t* dst) const;
+  // Images first .. first + count − 1 as u8 [count, C, H, W] on the CPU: a view of `images`, or
+  // read by up to `threads` threads (0: one per core) from a streamed data set.
+  Tensor rows(int64_t first, int64_t count, int threads = 0) const;
+};
+
+// Runs fn(i) for i in [0, n) on up to `threads` threads (0: one per core), i taken in interleaved
+// order; the first exception thrown by any fn is rethrown once every thread has stopped.
+void parallel_rows(int64_t n, int threads, const std::function<void(int64_t)>& fn);
+
+// How load_dataset keeps a data set's images.
+enum class Residency {
+  Auto,    // image folders and zips in memory when decoded they take at most memory_limit
+           // bytes, streamed otherwise; several .npz files through a reader over the files
+  Memory,  // everything decoded into one tensor at load
+  Stream,  // image folders, zips and several .npz files read image by image as batches need them
+};
+struct LoadOptions {
+  Residency residency = Residency::Auto;
+  uint64_t memory_limit = uint64_t(4) << 30;  // Auto's threshold, in bytes of decoded images
+  int threads = 0;                            // decoding threads at load (0: one per core)
 };
 
 // ---- the shipped digits ---------------------------------------------------------------------
@@ -64,13 +106,38 @@ ImageDataset fashion_mnist(const std::string& split);
 ImageDataset load_cifar10_bin(const std::string& directory, const std::string& split);
 
 // ---- EDM image folders and zips -------------------------------------------------------------
-// All PNGs under `dir` (recursively); other image formats (.jpg, ...) are refused.
-ImageDataset load_image_folder(const std::string& dir);
+// All PNGs under `dir` (recursively); other image formats (.jpg, ...) are refused. Streamed, the
+// names, dataset.json and the first image are read at load and each image when a batch needs
+// it (an image of another size is then the error, naming its file).
+ImageDataset load_image_folder(const std::string& dir, const LoadOptions& options = {});
 // The same layout inside a zip archive (stored or deflated entries).
-ImageDataset load_edm_zip(const std::string& path);
+ImageDataset load_edm_zip(const std::string& path, const LoadOptions& options = {});
+
+// ---- the reference's image folders ---------------------------------------------------------
+// openai/guided-diffusion's and openai/consistency_models' image_datasets.py layout (ImageNet's
+// train folder as distributed, LSUN exported by datasets/lsun_bedroom.py): every .jpg, .jpeg and
+// .png file (any case) under `dir`, each directory's entries taken in sorted order, subdirectories
+// entered where they come; the class of an image is its file name up to the first '_'
+// (n01440764_10026.JPEG → n01440764), classes numbered in sorted order of their names (so every
+// such folder is labelled; data.labels decides whether a run uses them). Each image is decoded
+// by its content (JPEG or PNG), made RGB (gray replicated, alpha dropped, CMYK converted), and
+// center_crop_arr'd to size×size (datasets/resize.h) — the reference's pixels, byte for byte.
+// GIFs are refused. In memory or streamed as `options` say.
+ImageDataset load_reference_folder(const std::string& dir, int64_t size,
+                                   const LoadOptions& options = {});
 
 // ---- downsampled ImageNet .npz --------------------------------------------------------------
 ImageDataset load_imagenet_npz(const std::string& path);
+// Several .npz files of one image size, as one data set in the order given (ImageNet-64's
+// train_data_batch_1 .. 10): image i of the whole is image i − offset of its file. Each file is
+// loaded as load_imagenet_npz loads it (mapped where stored); the whole is streamed through a
+// reader over them, or with Residency::Memory copied into one tensor. Labels and num_classes are
+// the files' (the largest); files of different image shapes, or some labelled and some not, are
+// an error naming both.
+ImageDataset load_npz_files(const std::vector<std::string>& paths, const LoadOptions& options = {});
+// The .npz files of a directory in natural order (digit runs compared as numbers:
+// train_data_batch_2 before train_data_batch_10); none is an error naming the directory.
+std::vector<std::string> npz_files_in(const std::string& dir);
 
 // The header of a NumPy .npy file (format versions 1, 2 and 3), parsed strictly: the dict must
 // hold exactly 'descr' (a little-endian or byte-order-free integer or float type such as '|u1' or
@@ -101,11 +168,13 @@ ImageDataset tint_by_class(const ImageDataset& gray);
 //   "cifar10:<dir>[:train|:test]"   CIFAR-10 binary batches (default split: train)
 //   "folder:<dir>"                  an EDM image folder
 //   "zip:<path>"                    an EDM dataset zip
-//   "npz:<path>"                    a downsampled-ImageNet .npz, or openai's arr_0/arr_1 batch
+//   "openai:<dir>:<size>"           the reference's image folder (load_reference_folder)
+//   "npz:<path>[,<path>...]"        a downsampled-ImageNet .npz, or openai's arr_0/arr_1 batch;
+//                                   several (load_npz_files), or a directory of them (npz_files_in)
 //   "tint:<spec>"                   a gray, labelled data set in its classes' colours
 //                                   (tint_by_class), e.g. "tint:fashion-mnist:test"
 // Paths may contain ':' (the split is only taken from a trailing ":train" or ":test").
-ImageDataset load_dataset(const std::string& spec);
+ImageDataset load_dataset(const std::string& spec, const LoadOptions& options = {});
 
 // ---- toy 2-D distributions ------------------------------------------------------------------
 // f32 [n, 2] samples of "moons", "swiss_roll", "eight_gaussians" or "checkerboard", a pure

@@ -50,13 +50,17 @@ std::vector<int64_t> Loader::epoch_order(int64_t n, uint64_t seed, uint64_t epoc
 
 Loader::Loader(ImageDataset dataset, LoaderOptions options, LoaderState start)
     : dataset_(std::move(dataset)), options_(std::move(options)) {
-  CM_CHECK(dataset_.images.defined() && dataset_.images.dtype() == DType::u8 &&
-               dataset_.images.dim() == 4,
-           "Loader: images of '", dataset_.source, "' must be u8 [N, C, H, W], got ",
-           dataset_.images.defined() ? std::string(dtype_name(dataset_.images.dtype())) + " " +
-                                           shape_str(dataset_.images.shape())
-                                     : std::string("an undefined tensor"));
-  dataset_.images = contiguous(to(dataset_.images, Device::cpu()));
+  if (dataset_.streamed()) {
+    CM_CHECK(dataset_.reader && dataset_.streamed_shape.size() == 4, "Loader: '", dataset_.source,
+             "' is streamed but has no reader or no [N, C, H, W] shape");
+  } else {
+    CM_CHECK(dataset_.images.dtype() == DType::u8 && dataset_.images.dim() == 4,
+             "Loader: images of '", dataset_.source, "' must be u8 [N, C, H, W], got ",
+             dtype_name(dataset_.images.dtype()), " ", shape_str(dataset_.images.shape()));
+    dataset_.images = contiguous(to(dataset_.images, Device::cpu()));
+  }
+  CM_CHECK(options_.read_threads >= 1, "Loader: read_threads must be at least 1, got ",
+           options_.read_threads);
   const int64_t n = dataset_.size();
   CM_CHECK(options_.batch_size >= 1 && options_.batch_size <= n, "Loader: batch_size must be 1..",
            n, " (the size of '", dataset_.source, "'), got ", options_.batch_size);
@@ -126,16 +130,27 @@ Batch Loader::produce(LoaderState pos) {
   b.indices = empty({B}, {.dtype = DType::i64});
   if (with_labels) b.labels = zeros({B, K});
   const std::array<float, 256>& lut = scale_table();
-  const uint8_t* src_all = dataset_.images.data<uint8_t>();
   float* dst = b.images.data<float>();
   int64_t* idx = b.indices.data<int64_t>();
+  // position in the epoch's order of the batch's row k
+  auto position = [&](int64_t k) {
+    return pos.index * uint64_t(options_.batch_size) + uint64_t(first + k);
+  };
+  // A streamed data set's images are read first, by several threads (decoding dominates).
+  std::vector<uint8_t> streamed;
+  if (dataset_.streamed()) {
+    streamed.resize(size_t(B * C * H * W));
+    parallel_rows(B, options_.read_threads, [&](int64_t k) {
+      dataset_.read(order_[size_t(position(k))], streamed.data() + k * C * H * W);
+    });
+  }
   for (int64_t k = 0; k < B; ++k) {
-    // position in the epoch's order
-    const uint64_t p = pos.index * uint64_t(options_.batch_size) + uint64_t(first + k);
+    const uint64_t p = position(k);
     const int64_t row = order_[size_t(p)];
     idx[k] = row;
     const bool flip = options_.random_flip && flip_bit(options_.seed, pos.epoch, p);
-    const uint8_t* src = src_all + row * C * H * W;
+    const uint8_t* src = dataset_.streamed() ? streamed.data() + k * C * H * W
+                                             : dataset_.images.data<uint8_t>() + row * C * H * W;
     float* out = dst + k * C * H * W;
     for (int64_t r = 0; r < C * H; ++r) {
       const uint8_t* s = src + r * W;

@@ -1,4 +1,5 @@
-// Loader: training batches from an in-memory ImageDataset.
+// Loader: training batches from an ImageDataset, in memory or streamed (each batch's images read
+// by options.read_threads threads as it is prepared, on the prefetch thread when prefetching).
 //
 //   data::Loader loader(data::load_dataset("digits"), {.batch_size = 64, .seed = 1,
 //                                                     .random_flip = true, .device = dev});
@@ -67,6 +68,7 @@ struct LoaderOptions {
   bool random_flip = false;
   bool labels = true;    // false: no labels even when the data set has classes
   bool prefetch = true;  // prepare batches on a background thread
+  int read_threads = 4;  // threads decoding a streamed data set's batch (ImageDataset::streamed)
   // Data-parallel shards: each batch is rows [shard_index·b, (shard_index + 1)·b) of the batch of
   // batch_size rows, b = batch_size / shard_count (which must divide it); positions, epochs and
   // the visiting order stay those of the whole batch, so the shards of one step are the batch.

@@ -144,7 +144,7 @@ Classifier::Outputs Classifier::forward_images(const Tensor& images_u8) const {
 data::ImageDataset subset(const data::ImageDataset& d, const std::vector<int64_t>& rows) {
   const Tensor idx = from_vector(rows, {int64_t(rows.size())});
   data::ImageDataset out;
-  out.images = contiguous(index_select(d.images, 0, idx));
+  out.images = contiguous(index_select(d.rows(0, d.size()), 0, idx));
   out.labels = contiguous(index_select(d.labels, 0, idx));
   out.num_classes = d.num_classes;
   out.source = d.source;
@@ -172,9 +172,8 @@ std::unique_ptr<Classifier> train_classifier(const ClassifierConfig& c,
                                              const ClassifierTrainOptions& o) {
   CM_CHECK(train.channels() == c.in_channels && train.height() == c.resolution &&
                train.width() == c.resolution,
-           "train_classifier: the data (", train.source, ") has images ",
-           shape_str(train.images.shape()), "; the classifier takes [", c.in_channels, ", ",
-           c.resolution, ", ", c.resolution, "]");
+           "train_classifier: the data (", train.source, ") has images ", shape_str(train.shape()),
+           "; the classifier takes [", c.in_channels, ", ", c.resolution, ", ", c.resolution, "]");
   CM_CHECK(train.num_classes == c.num_classes, "train_classifier: the data (", train.source,
            ") has ", train.num_classes, " classes; the classifier predicts ", c.num_classes);
   CM_CHECK(o.steps >= 1 && o.batch >= 1, "train_classifier: steps and batch must be positive");
@@ -216,8 +215,7 @@ double classifier_accuracy(const Classifier& net, const data::ImageDataset& d, i
   int64_t correct = 0;
   for (int64_t i = 0; i < d.size(); i += batch) {
     const int64_t len = std::min(batch, d.size() - i);
-    const Tensor pred =
-        to(argmax(net.forward_images(narrow(d.images, 0, i, len)).logits, 1), Device::cpu());
+    const Tensor pred = to(argmax(net.forward_images(d.rows(i, len)).logits, 1), Device::cpu());
     correct += sum(eq(pred, narrow(d.labels, 0, i, len))).item<int64_t>();
   }
   return double(correct) / double(d.size());

@@ -61,8 +61,26 @@ std::vector<Field> build_schema() {
        {},
        {},
        "digits | fashion-mnist:train | idx:<images>,<labels> | cifar10:<dir>:train | folder:<dir> "
-       "| zip:<path> | npz:<path>"},
+       "| zip:<path> | npz:<path>[,<path>...] | npz:<dir> | tint:<spec>"},
       {"/data/flip", Kind::Bool, false, -inf, inf, {}, {}, "random horizontal flips"},
+      {"/data/storage",
+       Kind::String,
+       "auto",
+       -inf,
+       inf,
+       {"auto", "memory", "stream"},
+       {},
+       "memory: every image decoded at the start; stream: image folders, zips and several npz "
+       "files read image by image as the batches need them (data sets larger than the memory); "
+       "auto: stream folders and zips of more than 4 GiB decoded, and several npz files"},
+      {"/data/read_threads",
+       Kind::Int,
+       4,
+       1,
+       256,
+       {},
+       {},
+       "threads decoding each batch of a streamed data set (on the loader's prefetch thread)"},
       {"/data/labels",
        Kind::Bool,
        false,
@@ -866,7 +884,8 @@ RunConfig typed_config(const json& r) {
   c.tf32 = prec == "tf32";
 
   const json& d = r.at("data");
-  c.data = {d.at("dataset"), d.at("flip"), d.at("labels")};
+  c.data = {d.at("dataset"), d.at("flip"), d.at("labels"), d.at("storage"),
+            d.at("read_threads").get<int>()};
 
   const json& n = r.at("network");
   NetworkConfig& network = c.network;

@@ -49,6 +49,8 @@ struct DataConfig {
   std::string dataset;
   bool flip = false;
   bool labels = false;
+  std::string storage = "auto";  // "auto", "memory", "stream" (data::Residency)
+  int read_threads = 4;
 };
 
 struct TrainConfig {

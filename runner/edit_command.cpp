@@ -47,7 +47,7 @@ Tensor load_inputs(const EditCommand& c, Tensor* labels, int64_t* num_classes) {
       *labels = narrow(d.labels, 0, 0, c.n).contiguous();
       *num_classes = d.num_classes;
     }
-    return narrow(d.images, 0, 0, c.n).contiguous();
+    return d.rows(0, c.n).contiguous();
   }
   std::vector<Tensor> v;
   for (const std::string& p : c.images) {

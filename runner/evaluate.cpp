@@ -309,6 +309,22 @@ eval::FidStats inception_stats(const eval::FidInceptionV3& net, const Tensor& im
   return acc->stats();
 }
 
+// The same over a data set's images, read a batch at a time (a streamed data set is never whole
+// in memory).
+eval::FidStats inception_stats(const eval::FidInceptionV3& net, const data::ImageDataset& d,
+                               int64_t batch, bool spatial) {
+  NoGradGuard ng;
+  std::optional<eval::FeatureStats> acc;
+  for (int64_t i = 0; i < d.size(); i += batch) {
+    const auto out = net.forward_images(d.rows(i, std::min(batch, d.size() - i)), false, spatial);
+    const Tensor& f = spatial ? out.spatial : out.pool;
+    if (!acc) acc.emplace(f.size(1));
+    acc->add(f);
+  }
+  CM_CHECK(acc, "inception_stats: no images");
+  return acc->stats();
+}
+
 // The pool3 features [N, 2048] of u8 images, f32 on the CPU.
 Tensor inception_features(const eval::FidInceptionV3& net, const Tensor& images_u8, int64_t batch) {
   NoGradGuard ng;
@@ -391,7 +407,7 @@ int eval_ref_only(const EvalCommand& a) {
              " (fewer make a rank-deficient covariance and a meaningless distance)");
     const auto net = eval::load_fid_inception(*a.inception, dev);
     const bool spatial = metric == "sfid";
-    stats = inception_stats(*net, d.images, batch, nullptr, spatial);
+    stats = inception_stats(*net, d, batch, spatial);
     if (spatial)
       eval::save_stats_npz(out, stats, "mu_s", "sigma_s");  // openai's reference-batch keys
     else
@@ -400,7 +416,7 @@ int eval_ref_only(const EvalCommand& a) {
     const eval::LoadedClassifier clf = eval::load_classifier(*a.classifier, dev);
     check_classifier_fits(clf.net->config(), d.channels(), d.height(), *a.classifier,
                           "--data " + data);
-    stats = eval::classifier_stats(*clf.net, d.images, batch);
+    stats = eval::classifier_stats(*clf.net, d.rows(0, d.size()), batch);
     save_domain_stats(out, stats, sha256_file(*a.classifier));
   }
   std::printf("wrote %s: %s statistics (dim %lld) of %lld images of %s in %.1fs\n", out.c_str(),
@@ -451,7 +467,7 @@ int run_eval(const EvalCommand& a) {
   if (real) {
     const data::ImageDataset d = eval::load_split(*a.data);
     CM_CHECK(n <= d.size(), "--n ", n, ": --data ", *a.data, " has only ", d.size(), " images");
-    real_images = narrow(d.images, 0, 0, n).contiguous();
+    real_images = d.rows(0, n).contiguous();
     channels = d.channels();
     resolution = d.height();
     source_name = "--data " + *a.data;
@@ -505,7 +521,7 @@ int run_eval(const EvalCommand& a) {
         const data::ImageDataset d = eval::load_split(split);
         check_classifier_fits(clf->net->config(), d.channels(), d.height(), path,
                               "its test split " + split);
-        ref = eval::classifier_stats(*clf->net, d.images, batch);
+        ref = eval::classifier_stats(*clf->net, d.rows(0, d.size()), batch);
         save_domain_stats(ref_path, ref, clf_sha);
         std::printf("reference statistics of %s (%lld images) cached in %s\n", split.c_str(),
                     (long long)d.size(), ref_path.c_str());
@@ -532,7 +548,8 @@ int run_eval(const EvalCommand& a) {
       reference = {{"path", fs::absolute(*a.ref).string()}, {"sha256", sha256_file(*a.ref)}};
     } else if (metric == "prec-recall") {
       // openai's reference batches (arr_0 u8 NHWC), read as a data set is
-      ref_images = data::load_imagenet_npz(*a.ref).images;
+      const data::ImageDataset r = data::load_imagenet_npz(*a.ref);
+      ref_images = r.rows(0, r.size());
       CM_CHECK(ref_images.size(0) > kPrecisionRecallK, "--ref ", *a.ref, ": ", ref_images.size(0),
                " reference images; the k-th neighbour (k = ", kPrecisionRecallK, ") needs more");
       reference = {{"path", fs::absolute(*a.ref).string()},

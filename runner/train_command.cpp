@@ -160,8 +160,8 @@ int run_train(const TrainCommand& c) {
   log.line("network " + cfg.network.preset + ": " +
            std::to_string(trainer.online().num_parameters()) + " parameters; mode " + cfg.mode +
            "; device " + cfg.device.str() + "; " + (cfg.tf32 ? "tf32" : dtype_name(cfg.precision)) +
-           "; data " + cfg.data.dataset + " (" +
-           std::to_string(trainer.loader().dataset().images.size(0)) + " images)");
+           "; data " + cfg.data.dataset + " (" + std::to_string(trainer.loader().dataset().size()) +
+           " images" + (trainer.loader().dataset().streamed() ? ", streamed)" : ")"));
   std::optional<MetricsWriter> metrics_file;  // rank 0's; the other ranks' writes go nowhere
   if (writer) metrics_file.emplace(run.path() / "metrics.jsonl", checkpoint.has_value());
   MetricsWriter nowhere;

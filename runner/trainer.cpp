@@ -198,14 +198,17 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
              "\" was asked for, but no CUDA device is available");
 
   // Data.
-  data::ImageDataset ds = data::load_dataset(cfg.data.dataset);
+  const data::Residency residency = cfg.data.storage == "memory"   ? data::Residency::Memory
+                                    : cfg.data.storage == "stream" ? data::Residency::Stream
+                                                                   : data::Residency::Auto;
+  data::ImageDataset ds = data::load_dataset(cfg.data.dataset, {.residency = residency});
   const NetworkConfig& net = cfg.network;
-  CM_CHECK(ds.images.size(1) == net.in_channels() && ds.images.size(2) == net.img_resolution() &&
-               ds.images.size(3) == net.img_resolution(),
+  CM_CHECK(ds.channels() == net.in_channels() && ds.height() == net.img_resolution() &&
+               ds.width() == net.img_resolution(),
            "/data/dataset: \"", cfg.data.dataset, "\" has images of shape ",
-           shape_str(Shape(ds.images.shape().begin() + 1, ds.images.shape().end())),
-           ", but the network expects [", net.in_channels(), ", ", net.img_resolution(), ", ",
-           net.img_resolution(), "] (set network.img_resolution / in_channels / out_channels)");
+           shape_str({ds.channels(), ds.height(), ds.width()}), ", but the network expects [",
+           net.in_channels(), ", ", net.img_resolution(), ", ", net.img_resolution(),
+           "] (set network.img_resolution / in_channels / out_channels)");
   if (cfg.data.labels) {
     CM_CHECK(ds.num_classes > 0, "/data/labels: the data set \"", cfg.data.dataset,
              "\" has no labels");
@@ -215,20 +218,21 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
     CM_CHECK(net.label_dim() == 0, "/network/label_dim: ", net.label_dim(),
              " makes a conditional network; set data.labels to true to train it on labels");
   }
-  CM_CHECK(cfg.train.batch <= ds.images.size(0), "/train/batch: ", cfg.train.batch,
-           " is larger than the data set (", ds.images.size(0), " images)");
+  CM_CHECK(cfg.train.batch <= ds.size(), "/train/batch: ", cfg.train.batch,
+           " is larger than the data set (", ds.size(), " images)");
   const int ranks = comm_->size();
   CM_CHECK(cfg.train.batch % ranks == 0, "/train/batch: ", cfg.train.batch,
            " images do not split evenly among the job's ", ranks,
            " ranks (the global batch is divided among them: use a multiple of ", ranks, ")");
-  loader_ = std::make_unique<data::Loader>(std::move(ds),
-                                           data::LoaderOptions{.batch_size = cfg.train.batch,
-                                                               .seed = stream_key(cfg.seed, kData),
-                                                               .random_flip = cfg.data.flip,
-                                                               .labels = cfg.data.labels,
-                                                               .shard_index = comm_->rank(),
-                                                               .shard_count = ranks,
-                                                               .device = dev});
+  loader_ = std::make_unique<data::Loader>(
+      std::move(ds), data::LoaderOptions{.batch_size = cfg.train.batch,
+                                         .seed = stream_key(cfg.seed, kData),
+                                         .random_flip = cfg.data.flip,
+                                         .labels = cfg.data.labels,
+                                         .read_threads = cfg.data.read_threads,
+                                         .shard_index = comm_->rank(),
+                                         .shard_count = ranks,
+                                         .device = dev});
 
   // Networks.
   Generator init(stream_key(cfg.seed, kInit));

@@ -19,7 +19,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-packages=(cmake g++ make pkg-config doctest-dev nlohmann-json3-dev libopenblas-dev libpng-dev zlib1g-dev libcli11-dev libssl-dev openmpi-bin libopenmpi-dev libdnnl-dev ocl-icd-opencl-dev)
+packages=(cmake g++ make pkg-config doctest-dev nlohmann-json3-dev libopenblas-dev libpng-dev libjpeg-dev zlib1g-dev libcli11-dev libssl-dev openmpi-bin libopenmpi-dev libdnnl-dev ocl-icd-opencl-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -25,9 +25,11 @@
 #include <tuple>
 
 #include "datasets/dataset.h"
+#include "datasets/jpeg.h"
 #include "datasets/loader.h"
 #include "datasets/npz.h"
 #include "datasets/png.h"
+#include "datasets/resize.h"
 #include "datasets/zip.h"
 #include "runner/sha256.h"
 #include "tests/helpers.h"
@@ -988,11 +990,12 @@ TEST_SUITE("datasets") {
     void check(const ImageDataset& ds, bool labelled = true) const {
       std::vector<std::string> sorted = names;
       std::sort(sorted.begin(), sorted.end());
-      REQUIRE(ds.images.shape() == Shape{4, 3, 4, 4});
+      REQUIRE(ds.shape() == Shape{4, 3, 4, 4});
+      const Tensor all = ds.rows(0, 4);
       const std::vector<int64_t> lab = ds.labels.to_vector<int64_t>();
       for (size_t i = 0; i < sorted.size(); ++i) {
         CAPTURE(sorted[i]);
-        CHECK(values_of(ds.images.select(0, int64_t(i))) == values_of(images.at(sorted[i])));
+        CHECK(values_of(all.select(0, int64_t(i))) == values_of(images.at(sorted[i])));
         CHECK(lab[i] == (labelled ? labels.at(sorted[i]) : -1));
       }
       CHECK(ds.num_classes == (labelled ? 7 : 0));
@@ -1028,6 +1031,97 @@ TEST_SUITE("datasets") {
       fx.check(load_edm_zip(p));
       fx.check(load_dataset("zip:" + p));
     }
+  }
+
+  namespace {
+  // Every batch of `epochs` epochs from two loaders over a and b (flips, shuffles, shards).
+  void check_same_batches(const ImageDataset& a, const ImageDataset& b, int64_t batch, int steps,
+                          int64_t shard_count = 1) {
+    for (int64_t shard = 0; shard < shard_count; ++shard) {
+      CAPTURE(shard);
+      const LoaderOptions o = {.batch_size = batch,
+                               .seed = 7,
+                               .random_flip = true,
+                               .read_threads = 3,
+                               .shard_index = shard,
+                               .shard_count = shard_count};
+      Loader la(a, o), lb(b, o);
+      for (int k = 0; k < steps; ++k) {
+        CAPTURE(k);
+        const Batch x = la.next(), y = lb.next();
+        CHECK(test::values(x.images) == test::values(y.images));
+        CHECK(x.indices.to_vector<int64_t>() == y.indices.to_vector<int64_t>());
+        CHECK(x.labels.defined() == y.labels.defined());
+        if (x.labels.defined()) CHECK(test::values(x.labels) == test::values(y.labels));
+      }
+    }
+  }
+  }  // namespace
+
+  TEST_CASE("edm: streamed folders and zips give the in-memory images and batches") {
+    TempDir dir;
+    const EdmFixture fx;
+    fx.write_folder(dir / "ds");
+    const std::string stored = dir / "s.zip", deflated = dir / "d.zip";
+    write_file(stored, build_zip(fx.zip_items(false)).bytes);
+    write_file(deflated, build_zip(fx.zip_items(true)).bytes);
+    const LoadOptions stream = {.residency = Residency::Stream},
+                      memory = {.residency = Residency::Memory};
+    for (const std::string& spec : {"folder:" + dir / "ds", "zip:" + stored, "zip:" + deflated}) {
+      CAPTURE(spec);
+      const ImageDataset s = load_dataset(spec, stream), m = load_dataset(spec, memory);
+      CHECK(s.streamed());
+      CHECK(!m.streamed());
+      fx.check(s);
+      fx.check(m);
+      CHECK(values_of(s.rows(1, 2, 2)) == values_of(m.rows(1, 2)));
+      std::vector<uint8_t> one(48);
+      s.read(3, one.data());
+      CHECK(std::vector<int>(one.begin(), one.end()) == values_of(m.images.select(0, 3)));
+      check_same_batches(s, m, 2, 5, 1);  // 2½ epochs
+      check_same_batches(s, m, 2, 4, 2);  // shards of one image
+      // Auto: in memory up to the limit (4 images of 48 bytes), streamed past it.
+      CHECK(!load_dataset(spec, {.memory_limit = 192}).streamed());
+      CHECK(load_dataset(spec, {.memory_limit = 191}).streamed());
+    }
+    CHECK_ERROR_MENTIONS(load_dataset("zip:" + stored, stream).rows(3, 2), "images 3 .. 4", "of 4");
+  }
+
+  TEST_CASE("edm: a streamed image of another size is an error naming it when it is read") {
+    TempDir dir;
+    const EdmFixture fx;
+    fx.write_folder(dir / "ds");
+    write_file(dir / "ds/00001/img00000003.png", encode_png(pattern(3, 4, 5, 9), 0));
+    const ImageDataset s = load_dataset("folder:" + dir / "ds", {.residency = Residency::Stream});
+    CHECK(values_of(s.rows(0, 3)).size() == 3 * 48);  // the others read
+    CHECK_ERROR_MENTIONS(s.rows(0, 4), dir / "ds/00001/img00000003.png", "3×4×5", "one size");
+    // through the loader: the batch that holds it fails, with or without prefetch
+    for (bool prefetch : {true, false}) {
+      CAPTURE(prefetch);
+      Loader l(s, {.batch_size = 4, .shuffle = false, .prefetch = prefetch});
+      CHECK_ERROR_MENTIONS(l.next(), dir / "ds/00001/img00000003.png");
+    }
+    // loaded into memory, the same error at load
+    CHECK_ERROR_MENTIONS(load_dataset("folder:" + dir / "ds", {.residency = Residency::Memory}),
+                         dir / "ds/00001/img00000003.png", "one size");
+  }
+
+  TEST_CASE("datasets: parallel_rows visits every index once and rethrows the first failure") {
+    for (int threads : {0, 1, 3, 8}) {
+      CAPTURE(threads);
+      std::vector<std::atomic<int>> seen(101);
+      parallel_rows(101, threads, [&](int64_t i) { seen[size_t(i)]++; });
+      for (const auto& v : seen) CHECK(v.load() == 1);
+      // failures at 40, 41 and 90: the one at 40 is rethrown, whatever the threads' timing
+      for (int rep = 0; rep < 5; ++rep)
+        CHECK_ERROR_MENTIONS(parallel_rows(101, threads,
+                                           [&](int64_t i) {
+                                             if (i == 40 || i == 41 || i == 90)
+                                               CM_FAIL("row ", i, " failed");
+                                           }),
+                             "row 40 failed");
+    }
+    parallel_rows(0, 4, [&](int64_t) { CM_FAIL("called"); });
   }
 
   TEST_CASE("edm: malformed folders and zips are cm::Errors naming the file") {
@@ -1208,6 +1302,70 @@ TEST_SUITE("datasets") {
       CHECK(test::values(x.images) == test::values(y.images));
       CHECK(test::values(x.labels) == test::values(y.labels));
     }
+  }
+
+  TEST_CASE("npz: several files are one data set in natural order, streamed over the files") {
+    TempDir dir;
+    // parts of 3, 2 and 4 images of 3×2×2; values and labels numbered across the parts
+    const std::vector<int> counts = {3, 2, 4};
+    std::vector<uint8_t> all_pixels;
+    std::vector<int64_t> all_labels;
+    fs::create_directories(dir / "parts");
+    const std::vector<std::string> names = {"train_data_batch_1.npz", "train_data_batch_2.npz",
+                                            "train_data_batch_10.npz"};
+    for (size_t k = 0; k < counts.size(); ++k) {
+      std::vector<uint8_t> pixels;
+      std::vector<int64_t> lab;
+      for (int i = 0; i < counts[k] * 12; ++i)
+        pixels.push_back(uint8_t((all_pixels.size() + size_t(i)) * 7 % 253));
+      for (int i = 0; i < counts[k]; ++i) lab.push_back(1 + int64_t(all_labels.size()) + i);
+      all_pixels.insert(all_pixels.end(), pixels.begin(), pixels.end());
+      for (int64_t l : lab) all_labels.push_back(l - 1);
+      const std::string n = std::to_string(counts[k]);
+      write_file(dir / ("parts/" + names[k]),
+                 build_zip({{"data.npy", npy("|u1", "(" + n + ", 12)", pixels), k == 1, false},
+                            {"labels.npy", npy("<i8", "(" + n + ",)", i64_le(lab)), k == 1, false}})
+                     .bytes);
+    }
+    write_text(dir / "parts/notes.txt", "not an npz");
+    // natural order: batch_10 after batch_2 (the files were given in that order above)
+    const std::vector<std::string> files = npz_files_in(dir / "parts");
+    REQUIRE(files.size() == 3);
+    for (size_t k = 0; k < 3; ++k) CHECK(files[k] == (fs::path(dir / "parts") / names[k]).string());
+    std::string list;
+    for (const std::string& f : files) list += (list.empty() ? "" : ",") + f;
+    const std::vector<int> expected(all_pixels.begin(), all_pixels.end());
+    for (const std::string& spec : {"npz:" + dir / "parts", "npz:" + list}) {
+      CAPTURE(spec);
+      const ImageDataset s = load_dataset(spec);
+      const ImageDataset m = load_dataset(spec, {.residency = Residency::Memory});
+      CHECK(s.streamed());
+      CHECK(!m.streamed());
+      CHECK(s.shape() == Shape{9, 3, 2, 2});
+      CHECK(values_of(s.rows(0, 9)) == expected);
+      CHECK(values_of(m.images) == expected);
+      CHECK(s.labels.to_vector<int64_t>() == all_labels);
+      CHECK(s.num_classes == 1000);
+      CHECK(values_of(s.rows(2, 3)) ==
+            std::vector<int>(expected.begin() + 2 * 12, expected.begin() + 5 * 12));
+      check_same_batches(s, m, 4, 5);  // over two epochs
+    }
+    // one file: as load_imagenet_npz (in memory)
+    CHECK(!load_dataset("npz:" + files[0]).streamed());
+    // files that do not fit together
+    write_file(dir / "other.npz",
+               build_zip({{"data.npy", npy("|u1", "(1, 48)", Bytes(48, 1)), false, false},
+                          {"labels.npy", npy("<i8", "(1,)", i64_le({3})), false, false}})
+                   .bytes);
+    CHECK_ERROR_MENTIONS(load_dataset("npz:" + files[0] + "," + dir / "other.npz"),
+                         dir / "other.npz", "3×4×4", "one image shape");
+    Tensor nhwc = zeros({2, 2, 2, 3}, {.dtype = DType::u8});
+    write_npz(dir / "unlabelled.npz", {{"arr_0", nhwc}});
+    CHECK_ERROR_MENTIONS(load_dataset("npz:" + files[0] + "," + dir / "unlabelled.npz"),
+                         dir / "unlabelled.npz", "has none");
+    CHECK_ERROR_MENTIONS(load_dataset("npz:" + files[0] + ","), "empty path");
+    fs::create_directories(dir / "empty");
+    CHECK_ERROR_MENTIONS(load_dataset("npz:" + dir / "empty"), dir / "empty", "no .npz files");
   }
 
   TEST_CASE("npz: openai's image batches, arr_0 NHWC with arr_1 labels, as cm sample writes them") {
@@ -1819,3 +1977,105 @@ TEST_SUITE("datasets") {
     CHECK(max_abs_diff(a.next().images, b.next().images) == 0);
   }
 }
+
+// ---- the reference's image folders (tools/gen_reference_folder_golden.py)
+// ------------------------------------------------------------------------------
+
+namespace {
+const std::string kReferenceGolden = std::string(CM_SOURCE_DIR) + "/tests/golden/";
+
+// u8 [H, W, C] (as NumPy and PIL hold images) → [C, H, W]
+Tensor planar(const Tensor& hwc) {
+  return permute(hwc, {2, 0, 1}).contiguous();
+}
+}  // namespace
+
+TEST_SUITE("datasets") {
+  TEST_CASE("resize: PIL's BOX and BICUBIC resampling, byte for byte") {
+    const auto g = read_npz(kReferenceGolden + "reference_folder.npz");
+    const Tensor src = planar(g.at("resize_src"));
+    int cases = 0;
+    for (const auto& [key, want] : g) {
+      for (const auto& [prefix, filter] :
+           {std::pair{std::string("resize_box_"), ResampleFilter::Box},
+            std::pair{std::string("resize_bicubic_"), ResampleFilter::Bicubic}}) {
+        if (key.rfind(prefix, 0) != 0) continue;
+        CAPTURE(key);
+        const Tensor out = pil_resize(src, want.size(1), want.size(0), filter);
+        CHECK(values_of(out) == values_of(planar(want)));
+        ++cases;
+      }
+    }
+    CHECK(cases == 12);
+    // equal sizes: a copy; a single pass where one side is unchanged is the same as PIL's
+    CHECK(values_of(pil_resize(src, 23, 17, ResampleFilter::Bicubic)) == values_of(src));
+    CHECK_ERROR_MENTIONS(pil_resize(src, 0, 3, ResampleFilter::Box), "out of range");
+    CHECK_ERROR_MENTIONS(pil_resize(zeros({2, 2}), 1, 1, ResampleFilter::Box), "u8 [C, H, W]");
+  }
+
+  TEST_CASE("reference folder: the reference's order, classes and pixels (JPEG, PNG, CMYK, gray)") {
+    const std::string dir = kReferenceGolden + "reference_folder";
+    const auto g = read_npz(kReferenceGolden + "reference_folder.npz");
+    const Tensor want = g.at("arr_0");  // [N, 16, 16, 3]
+    const int64_t n = want.size(0);
+    for (Residency r : {Residency::Memory, Residency::Stream}) {
+      CAPTURE(int(r));
+      const ImageDataset ds = load_reference_folder(dir, 16, {.residency = r});
+      CHECK(ds.streamed() == (r == Residency::Stream));
+      REQUIRE(ds.shape() == Shape{n, 3, 16, 16});
+      CHECK(ds.labels.to_vector<int64_t>() == g.at("arr_1").to_vector<int64_t>());
+      CHECK(ds.num_classes == 3);
+      const Tensor got = ds.rows(0, n);
+      for (int64_t i = 0; i < n; ++i) {
+        CAPTURE(i);
+        CHECK(values_of(got.select(0, i)) == values_of(planar(want.select(0, i))));
+      }
+    }
+    const ImageDataset s = load_dataset("openai:" + dir + ":16");
+    CHECK(s.size() == n);
+    CHECK(s.source == "openai:" + dir + ":16");
+    CHECK_ERROR_MENTIONS(load_dataset("openai:" + dir), "openai:<dir>:<size>");
+    CHECK_ERROR_MENTIONS(load_dataset("openai:" + dir + ":x"), "openai:<dir>:<size>");
+    CHECK_ERROR_MENTIONS(load_dataset("openai:" + dir + ":0"), "out of range");
+  }
+
+  TEST_CASE("reference folder: GIFs, broken and truncated images are errors naming the file") {
+    TempDir dir;
+    const std::string src = kReferenceGolden + "reference_folder/n01440764_10026.JPEG";
+    std::ifstream f(src, std::ios::binary);
+    const std::vector<uint8_t> jpeg((std::istreambuf_iterator<char>(f)),
+                                    std::istreambuf_iterator<char>());
+    REQUIRE(jpeg.size() > 200);
+    {
+      write_file(dir / "gif/x_1.jpg", jpeg);
+      write_file(dir / "gif/x_2.GIF", {'G', 'I', 'F', '8', '9', 'a'});
+      CHECK_ERROR_MENTIONS(load_reference_folder(dir / "gif", 8), dir / "gif/x_2.GIF", "GIF");
+    }
+    {
+      write_file(dir / "trunc/x_1.jpg", std::vector<uint8_t>(jpeg.begin(), jpeg.begin() + 200));
+      CHECK_ERROR_MENTIONS(load_reference_folder(dir / "trunc", 8), dir / "trunc/x_1.jpg");
+      // streamed: when the image is read
+      const ImageDataset s =
+          load_reference_folder(dir / "trunc", 8, {.residency = Residency::Stream});
+      CHECK_ERROR_MENTIONS(s.rows(0, 1), dir / "trunc/x_1.jpg");
+    }
+    {
+      write_file(dir / "junk/x_1.jpg", {0xFF, 0xD8, 0xFF, 0x00, 0x01, 0x02});
+      CHECK_ERROR_MENTIONS(load_reference_folder(dir / "junk", 8), dir / "junk/x_1.jpg");
+      write_file(dir / "text/x_1.png", {'h', 'e', 'l', 'l', 'o'});
+      CHECK_ERROR_MENTIONS(load_reference_folder(dir / "text", 8), dir / "text/x_1.png");
+    }
+    fs::create_directories(dir / "empty/sub");
+    write_text(dir / "empty/sub/notes.txt", "no images");
+    CHECK_ERROR_MENTIONS(load_reference_folder(dir / "empty", 8), "holds no .jpg");
+    CHECK_ERROR_MENTIONS(load_reference_folder(dir / "missing", 8), "not a directory");
+    // extraneous bytes before a marker are a warning that PIL ignores: so does cm
+    std::vector<uint8_t> padded = jpeg;
+    const auto eoi = padded.end() - 2;  // FF D9
+    padded.insert(eoi, {0x00, 0x11, 0x22});
+    write_file(dir / "pad/x_1.jpg", padded);
+    write_file(dir / "plain/x_1.jpg", jpeg);
+    CHECK(values_of(load_reference_folder(dir / "pad", 8).images) ==
+          values_of(load_reference_folder(dir / "plain", 8).images));
+  }
+}  // TEST_SUITE

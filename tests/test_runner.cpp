@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "datasets/dataset.h"
+#include "datasets/png.h"
 #include "datasets/zip.h"
 #include "nn/safetensors.h"
 #include "nn/songunet.h"
@@ -338,6 +339,42 @@ TEST_SUITE("runner") {
 
   TEST_CASE("a resumed CT run is bit-identical to an uninterrupted one") {
     check_resume_is_exact("ct", tiny("ct"));
+  }
+
+  TEST_CASE("a streamed data set trains as the same images in memory do, and resumes exactly") {
+    // the digits as an EDM folder of PNGs, with their labels in dataset.json
+    const fs::path dir = temp_dir("stream");
+    const data::ImageDataset digits = data::load_dataset("digits");
+    const std::vector<int64_t> labels = digits.labels.to_vector<int64_t>();
+    json entries = json::array();
+    for (int64_t i = 0; i < 200; ++i) {
+      char name[64];
+      std::snprintf(name, sizeof name, "%05lld/img%08lld.png", (long long)(i / 100), (long long)i);
+      fs::create_directories((dir / "digits" / name).parent_path());
+      data::write_png((dir / "digits" / name).string(), digits.images.select(0, i));
+      entries.push_back({name, labels[size_t(i)]});
+    }
+    std::ofstream((dir / "digits/dataset.json").string()) << json{{"labels", entries}}.dump();
+    json user = tiny("ct");
+    user["data"] = {{"dataset", "folder:" + (dir / "digits").string()}, {"flip", true}};
+    std::vector<std::string> ckpt;
+    for (const char* storage : {"memory", "stream"}) {
+      CAPTURE(storage);
+      user["data"]["storage"] = storage;
+      user["data"]["read_threads"] = 3;
+      const RunConfig cfg = typed_config(resolve_config(user, "test.json"));
+      Trainer t(cfg, std::nullopt, nullptr);
+      CHECK(t.loader().dataset().streamed() == (std::string(storage) == "stream"));
+      for (int i = 0; i < 4; ++i) t.train_step();
+      ckpt.push_back((dir / (std::string(storage) + ".safetensors")).string());
+      t.save_checkpoint(ckpt.back());
+    }
+    check_same_checkpoints(ckpt[0], ckpt[1]);
+    check_resume_is_exact("stream-resume", user);
+    user["data"]["storage"] = "disk";
+    CHECK_THROWS_WITH_AS(resolve_config(user, "test.json"), doctest::Contains("/data/storage"),
+                         cm::Error);
+    fs::remove_all(dir);
   }
 
   TEST_CASE("a resumed EDM teacher run is bit-identical to an uninterrupted one") {
