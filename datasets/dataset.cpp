@@ -151,13 +151,16 @@ Tensor i64_tensor(const std::vector<int64_t>& v) {
 
 // ---- EDM folders and zips ---------------------------------------------------------------------
 
+std::string lowercase(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
 enum class FileKind { Png, OtherImage, DatasetJson, Other };
 
 FileKind classify(const std::string& rel) {
   if (rel == "dataset.json") return FileKind::DatasetJson;
-  std::string ext = fs::path(rel).extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(),
-                 [](unsigned char c) { return std::tolower(c); });
+  const std::string ext = lowercase(fs::path(rel).extension().string());
   if (ext == ".png") return FileKind::Png;
   for (const char* e : {".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
     if (ext == e) return FileKind::OtherImage;
@@ -204,6 +207,24 @@ std::vector<int64_t> parse_edm_labels(const std::string& text,
   return out;
 }
 
+// Whether Auto keeps decoded images of this many bytes on the disk instead of in memory.
+bool streams(const LoadOptions& options, uint64_t bytes) {
+  return options.residency == Residency::Stream ||
+         (options.residency == Residency::Auto && bytes > options.memory_limit);
+}
+
+// Gives `ds` the images of `reader` ([N, C, H, W] = nchw): streamed through it, or read whole
+// into memory now (by options.threads threads).
+void attach_images(ImageDataset* ds, std::shared_ptr<const ImageReader> reader, Shape nchw,
+                   bool stream, const LoadOptions& options) {
+  ds->reader = std::move(reader);
+  ds->streamed_shape = std::move(nchw);
+  if (stream) return;
+  ds->images = ds->rows(0, ds->streamed_shape[0], options.threads);
+  ds->reader = nullptr;
+  ds->streamed_shape.clear();
+}
+
 // An EDM folder's or zip's images decoded one by one when asked; each must have the first's shape.
 class DecodingReader final : public ImageReader {
  public:
@@ -216,8 +237,6 @@ class DecodingReader final : public ImageReader {
         op_(op) {}
 
   void read(int64_t index, uint8_t* dst) const override {
-    CM_CHECK(index >= 0 && index < int64_t(names_.size()), op_, ": '", where_, "': image ", index,
-             " of ", names_.size(), " asked for");
     const std::string& name = names_[size_t(index)];
     const Tensor img = decode_(name);
     CM_CHECK(img.shape() == chw_, op_, ": '", where_, "/", name, "' is ", img.size(0), "×",
@@ -245,21 +264,11 @@ ImageDataset assemble_edm(const std::vector<std::string>& names,
   const Tensor first = decode(names[0]);
   const int64_t C = first.size(0), H = first.size(1), W = first.size(2);
   const int64_t N = int64_t(names.size());
-  const uint64_t bytes = uint64_t(N) * uint64_t(C * H * W);
-  const bool stream = options.residency == Residency::Stream ||
-                      (options.residency == Residency::Auto && bytes > options.memory_limit);
   ImageDataset ds;
   ds.source = where;
-  auto reader =
-      std::make_shared<DecodingReader>(names, std::move(decode), first.shape(), where, op);
-  if (stream) {
-    ds.reader = reader;
-    ds.streamed_shape = {N, C, H, W};
-  } else {
-    ds.images = u8_tensor({N, C, H, W});
-    uint8_t* dst = ds.images.data<uint8_t>();
-    parallel_rows(N, options.threads, [&](int64_t i) { reader->read(i, dst + i * C * H * W); });
-  }
+  attach_images(
+      &ds, std::make_shared<DecodingReader>(names, std::move(decode), first.shape(), where, op),
+      {N, C, H, W}, streams(options, uint64_t(N) * uint64_t(C * H * W)), options);
   std::vector<int64_t> labels;  // after the images: an image's error comes first, as it is read
   if (json_text) labels = parse_edm_labels(*json_text, names, where + "/dataset.json", op);
   if (labels.empty()) {
@@ -782,9 +791,7 @@ void list_reference_images(const fs::path& dir, std::vector<std::string>* out, c
   for (const std::string& name : entries) {
     const fs::path full = dir / name;
     const size_t dot = name.rfind('.');
-    std::string ext = dot == std::string::npos ? "" : name.substr(dot + 1);
-    std::transform(ext.begin(), ext.end(), ext.begin(),
-                   [](unsigned char c) { return std::tolower(c); });
+    const std::string ext = dot == std::string::npos ? "" : lowercase(name.substr(dot + 1));
     if (dot != std::string::npos &&
         (ext == "jpg" || ext == "jpeg" || ext == "png" || ext == "gif")) {
       CM_CHECK(ext != "gif", op, ": '", full.string(),
@@ -851,19 +858,9 @@ ImageDataset load_reference_folder(const std::string& dir, int64_t size,
   ds.labels = i64_tensor(labels);
   ds.num_classes = int64_t(classes.size());
   ds.source = dir;
-  auto reader = std::make_shared<ReferenceFolderReader>(std::move(paths), size);
-  const uint64_t bytes = uint64_t(N) * uint64_t(3 * size * size);
-  const bool stream = options.residency == Residency::Stream ||
-                      (options.residency == Residency::Auto && bytes > options.memory_limit);
-  if (stream) {
-    ds.reader = std::move(reader);
-    ds.streamed_shape = {N, 3, size, size};
-  } else {
-    ds.images = u8_tensor({N, 3, size, size});
-    uint8_t* dst = ds.images.data<uint8_t>();
-    parallel_rows(N, options.threads,
-                  [&](int64_t i) { reader->read(i, dst + i * 3 * size * size); });
-  }
+  attach_images(&ds, std::make_shared<ReferenceFolderReader>(std::move(paths), size),
+                {N, 3, size, size}, streams(options, uint64_t(N) * uint64_t(3 * size * size)),
+                options);
   return ds;
 }
 
@@ -1034,10 +1031,8 @@ std::vector<std::string> npz_files_in(const std::string& dir) {
   CM_CHECK(fs::is_directory(dir), "npz_files_in: '", dir, "' is not a directory");
   std::vector<std::string> names;
   for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
-    std::string ext = e.path().extension().string();
-    std::transform(ext.begin(), ext.end(), ext.begin(),
-                   [](unsigned char c) { return std::tolower(c); });
-    if (ext == ".npz" && !e.is_directory()) names.push_back(e.path().filename().string());
+    if (lowercase(e.path().extension().string()) == ".npz" && !e.is_directory())
+      names.push_back(e.path().filename().string());
   }
   CM_CHECK(!names.empty(), "npz_files_in: '", dir, "' holds no .npz files");
   std::sort(names.begin(), names.end(), natural_less);
@@ -1075,18 +1070,10 @@ ImageDataset load_npz_files(const std::vector<std::string>& paths, const LoadOpt
   ds.labels = i64_tensor(labels);
   ds.num_classes = num_classes;
   const int64_t C = parts[0].channels(), H = parts[0].height(), W = parts[0].width();
-  auto reader = std::make_shared<ConcatReader>(std::move(parts));
-  if (options.residency == Residency::Memory) {
-    ds.images = u8_tensor({n, C, H, W});
-    uint8_t* dst = ds.images.data<uint8_t>();
-    parallel_rows(n, options.threads, [&](int64_t i) { reader->read(i, dst + i * C * H * W); });
-  } else {
-    ds.reader = std::move(reader);
-    ds.streamed_shape = {n, C, H, W};
-  }
-  std::string joined;
-  for (const std::string& p : paths) joined += (joined.empty() ? "" : ",") + p;
-  ds.source = joined;
+  for (const std::string& p : paths) ds.source += (ds.source.empty() ? "" : ",") + p;
+  // Auto too reads through the parts: a mapped part stays on the disk until a batch touches it
+  attach_images(&ds, std::make_shared<ConcatReader>(std::move(parts)), {n, C, H, W},
+                options.residency != Residency::Memory, options);
   return ds;
 }
 

@@ -57,7 +57,7 @@ struct ImageDataset {
   Shape streamed_shape;                       // a streamed data set's [N, C, H, W]
 
   bool streamed() const { return !images.defined(); }
-  Shape shape() const { return images.defined() ? images.shape() : streamed_shape; }
+  const Shape& shape() const { return images.defined() ? images.shape() : streamed_shape; }
   int64_t size() const { return shape()[0]; }
   int64_t channels() const { return shape()[1]; }
   int64_t height() const { return shape()[2]; }

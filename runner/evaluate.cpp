@@ -7,6 +7,7 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -292,14 +293,16 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // ---- feature statistics of the metric networks -------------------------------------------------
 
 // Pool3 statistics (and, with `logits`, the logits) of u8 images through the FID Inception.
-// The statistics of the pool3 features (FID) or, with `spatial`, of sFID's spatial features.
-eval::FidStats inception_stats(const eval::FidInceptionV3& net, const Tensor& images_u8,
-                               int64_t batch, std::vector<Tensor>* logits, bool spatial = false) {
+// The statistics of the pool3 features (FID) or, with `spatial`, of sFID's spatial features, of
+// n images taken a batch at a time from rows(first, count).
+eval::FidStats inception_stats(const eval::FidInceptionV3& net, int64_t n,
+                               const std::function<Tensor(int64_t, int64_t)>& rows, int64_t batch,
+                               std::vector<Tensor>* logits, bool spatial) {
   NoGradGuard ng;
   std::optional<eval::FeatureStats> acc;
-  for (int64_t i = 0; i < images_u8.size(0); i += batch) {
-    const int64_t len = std::min(batch, images_u8.size(0) - i);
-    const auto out = net.forward_images(narrow(images_u8, 0, i, len), logits != nullptr, spatial);
+  for (int64_t i = 0; i < n; i += batch) {
+    const auto out =
+        net.forward_images(rows(i, std::min(batch, n - i)), logits != nullptr, spatial);
     const Tensor& f = spatial ? out.spatial : out.pool;
     if (!acc) acc.emplace(f.size(1));
     acc->add(f);
@@ -309,20 +312,19 @@ eval::FidStats inception_stats(const eval::FidInceptionV3& net, const Tensor& im
   return acc->stats();
 }
 
-// The same over a data set's images, read a batch at a time (a streamed data set is never whole
-// in memory).
+eval::FidStats inception_stats(const eval::FidInceptionV3& net, const Tensor& images_u8,
+                               int64_t batch, std::vector<Tensor>* logits, bool spatial = false) {
+  return inception_stats(
+      net, images_u8.size(0), [&](int64_t i, int64_t len) { return narrow(images_u8, 0, i, len); },
+      batch, logits, spatial);
+}
+
+// Over a data set's images, read a batch at a time (a streamed data set is never whole in memory).
 eval::FidStats inception_stats(const eval::FidInceptionV3& net, const data::ImageDataset& d,
                                int64_t batch, bool spatial) {
-  NoGradGuard ng;
-  std::optional<eval::FeatureStats> acc;
-  for (int64_t i = 0; i < d.size(); i += batch) {
-    const auto out = net.forward_images(d.rows(i, std::min(batch, d.size() - i)), false, spatial);
-    const Tensor& f = spatial ? out.spatial : out.pool;
-    if (!acc) acc.emplace(f.size(1));
-    acc->add(f);
-  }
-  CM_CHECK(acc, "inception_stats: no images");
-  return acc->stats();
+  return inception_stats(
+      net, d.size(), [&](int64_t i, int64_t len) { return d.rows(i, len); }, batch, nullptr,
+      spatial);
 }
 
 // The pool3 features [N, 2048] of u8 images, f32 on the CPU.
