@@ -51,7 +51,7 @@ int run_bench(const BenchCommand& command) {
 
   Generator gen(0);
   NetworkConfig cfg = network_from_preset(o.network);
-  cfg.songunet.memory_format = cfg.adm.memory_format = o.memory_format;
+  cfg.songunet.memory_format = cfg.adm.memory_format = cfg.dhariwal.memory_format = o.memory_format;
   const std::unique_ptr<nn::Network> net_ptr = cfg.make(gen), target_ptr = cfg.make(gen);
   nn::Network &net = *net_ptr, &target = *target_ptr;
   net.to(dev);

@@ -162,7 +162,7 @@ std::vector<Field> build_schema() {
        nullptr,
        -inf,
        inf,
-       {"songunet", "adm"},
+       {"songunet", "adm", "dhariwal"},
        {},
        "the network family, given by the preset",
        true},
@@ -645,46 +645,84 @@ void network_fields(nn::AdmUNetConfig& c, F&& f) {
   f("memory_format", c.memory_format);
 }
 
-// The /network keys of a family that the other one does not take.
-template <class Own, class Other>
-std::vector<std::string> keys_only_of() {
-  std::vector<std::string> own, other, only;
-  Own a;
-  Other b;
-  network_fields(a, [&](const char* k, auto&) { own.push_back(k); });
-  network_fields(b, [&](const char* k, auto&) { other.push_back(k); });
-  for (const std::string& k : own)
-    if (std::find(other.begin(), other.end(), k) == other.end()) only.push_back(k);
-  return only;
+template <class F>
+void network_fields(nn::DhariwalUNetConfig& c, F&& f) {
+  f("img_resolution", c.img_resolution);
+  f("in_channels", c.in_channels);
+  f("out_channels", c.out_channels);
+  f("label_dim", c.label_dim);
+  f("augment_dim", c.augment_dim);
+  f("model_channels", c.model_channels);
+  f("channel_mult", c.channel_mult);
+  f("channel_mult_emb", c.channel_mult_emb);
+  f("num_blocks", c.num_blocks);
+  f("attn_resolutions", c.attn_resolutions);
+  f("dropout", c.dropout);
+  f("label_dropout", c.label_dropout);
+  f("memory_format", c.memory_format);
 }
 
-// "songunet" or "adm" for a preset name, "" for an unknown one.
+const std::vector<std::string> kNetworkTypes = {"songunet", "adm", "dhariwal"};
+
+// The /network keys of a family.
+std::vector<std::string> family_keys(const std::string& type) {
+  std::vector<std::string> keys;
+  const auto add = [&](const char* k, auto&) { keys.push_back(k); };
+  if (type == "songunet") {
+    nn::SongUNetConfig c;
+    network_fields(c, add);
+  } else if (type == "adm") {
+    nn::AdmUNetConfig c;
+    network_fields(c, add);
+  } else {
+    nn::DhariwalUNetConfig c;
+    network_fields(c, add);
+  }
+  return keys;
+}
+// The family's class name, for messages.
+std::string family_class(const std::string& type) {
+  return type == "songunet" ? "SongUNet" : type == "adm" ? "ADM" : "DhariwalUNet";
+}
+
+std::vector<std::string> family_presets(const std::string& type) {
+  return type == "songunet" ? nn::songunet_preset_names()
+         : type == "adm"    ? nn::adm_unet_preset_names()
+                            : nn::dhariwal_unet_preset_names();
+}
+
+// "songunet", "adm" or "dhariwal" for a preset name, "" for an unknown one.
 std::string network_type_of(const std::string& preset) {
-  for (const std::string& n : nn::songunet_preset_names())
-    if (n == preset) return "songunet";
-  for (const std::string& n : nn::adm_unet_preset_names())
-    if (n == preset) return "adm";
+  for (const std::string& type : kNetworkTypes)
+    for (const std::string& n : family_presets(type))
+      if (n == preset) return type;
   return "";
 }
 std::string known_presets() {
   std::string known;
-  for (const std::string& n : nn::songunet_preset_names()) known += (known.empty() ? "" : ", ") + n;
-  for (const std::string& n : nn::adm_unet_preset_names()) known += ", " + n;
+  for (const std::string& type : kNetworkTypes)
+    for (const std::string& n : family_presets(type)) known += (known.empty() ? "" : ", ") + n;
   return known;
 }
 }  // namespace
 
 int64_t NetworkConfig::img_resolution() const {
-  return type == "adm" ? adm.image_size : songunet.img_resolution;
+  return type == "adm" ? adm.image_size
+         : type == "dhariwal" ? dhariwal.img_resolution
+                              : songunet.img_resolution;
 }
 int64_t NetworkConfig::in_channels() const {
-  return type == "adm" ? adm.in_channels : songunet.in_channels;
+  return type == "adm" ? adm.in_channels
+         : type == "dhariwal" ? dhariwal.in_channels
+                              : songunet.in_channels;
 }
 int64_t NetworkConfig::out_channels() const {
-  return type == "adm" ? adm.out_channels : songunet.out_channels;
+  return type == "adm" ? adm.out_channels
+         : type == "dhariwal" ? dhariwal.out_channels
+                              : songunet.out_channels;
 }
 int64_t NetworkConfig::label_dim() const {
-  return type == "adm" ? adm.num_classes : songunet.label_dim;
+  return type == "adm" ? adm.num_classes : type == "dhariwal" ? dhariwal.label_dim : songunet.label_dim;
 }
 NetworkConfig network_from_preset(const std::string& preset) {
   NetworkConfig c;
@@ -694,6 +732,8 @@ NetworkConfig network_from_preset(const std::string& preset) {
   if (c.type == "adm") {
     c.adm = nn::adm_unet_preset(preset);
     c.noise_labels = consistency::NoiseLabels::Adm250;
+  } else if (c.type == "dhariwal") {
+    c.dhariwal = nn::dhariwal_unet_preset(preset);
   } else {
     c.songunet = nn::songunet_preset(preset);
   }
@@ -702,6 +742,7 @@ NetworkConfig network_from_preset(const std::string& preset) {
 
 std::unique_ptr<nn::Network> NetworkConfig::make(Generator& gen) const {
   if (type == "adm") return std::make_unique<nn::AdmUNet>(adm, gen);
+  if (type == "dhariwal") return std::make_unique<nn::DhariwalUNet>(dhariwal, gen);
   return std::make_unique<nn::SongUNet>(songunet, gen);
 }
 
@@ -833,14 +874,21 @@ json resolve_config(const json& user, const std::string& source) {
           err("/network/type", "\"" + net["type"].get<std::string>() +
                                    "\" does not match preset \"" + preset + "\" (a " + type +
                                    " network)");
-        const std::vector<std::string> other =
-            type == "adm" ? keys_only_of<nn::SongUNetConfig, nn::AdmUNetConfig>()
-                          : keys_only_of<nn::AdmUNetConfig, nn::SongUNetConfig>();
-        for (const std::string& k : other)
-          if (net.contains(k))
-            err("/network/" + k,
-                "applies only to " + std::string(type == "adm" ? "SongUNet" : "ADM") +
-                    " networks (preset \"" + preset + "\" is a " + type + " network)");
+        const std::vector<std::string> own = family_keys(type);
+        for (const std::string& other : kNetworkTypes) {
+          if (other == type) continue;
+          for (const std::string& k : family_keys(other)) {
+            if (!net.contains(k) || std::find(own.begin(), own.end(), k) != own.end()) continue;
+            std::string takers;  // every family that takes the key
+            for (const std::string& t : kNetworkTypes) {
+              const std::vector<std::string> keys = family_keys(t);
+              if (std::find(keys.begin(), keys.end(), k) != keys.end())
+                takers += (takers.empty() ? "" : " and ") + family_class(t);
+            }
+            err("/network/" + k, "applies only to " + takers + " networks (preset \"" + preset +
+                                     "\" is a " + type + " network)");
+          }
+        }
       }
     }
     if (errors.empty()) {
@@ -856,6 +904,8 @@ json resolve_config(const json& user, const std::string& source) {
         const auto write = [&](const char* k, const auto& v) { net[k] = v; };
         if (t.type == "adm")
           network_fields(t.adm, write);
+        else if (t.type == "dhariwal")
+          network_fields(t.dhariwal, write);
         else
           network_fields(t.songunet, write);
       } catch (const Error& e) {
@@ -903,6 +953,10 @@ RunConfig typed_config(const json& r) {
     network.adm = nn::adm_unet_preset(network.preset);
     network_fields(network.adm, read);
     network.adm.validate();
+  } else if (network.type == "dhariwal") {
+    network.dhariwal = nn::dhariwal_unet_preset(network.preset);
+    network_fields(network.dhariwal, read);
+    network.dhariwal.validate();
   } else {
     network.songunet = nn::songunet_preset(network.preset);
     network_fields(network.songunet, read);

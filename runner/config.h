@@ -13,6 +13,7 @@
 
 #include "consistency/training.h"
 #include "nn/adm_unet.h"
+#include "nn/dhariwal_unet.h"
 #include "nn/songunet.h"
 
 namespace cm::runner {
@@ -88,13 +89,14 @@ struct SampleConfig {
   int64_t teacher_steps = 18;         // EDM Heun steps for teacher (mode edm) grids
 };
 
-// The network of a run: EDM's SongUNet or ADM's U-Net (network.type, given by the preset's
-// family), with its noise-label convention.
+// The network of a run: EDM's SongUNet, ADM's U-Net in openai's module tree, or in EDM's
+// (DhariwalUNet) (network.type, given by the preset's family), with its noise-label convention.
 struct NetworkConfig {
-  std::string type = "songunet";  // "songunet" or "adm"
+  std::string type = "songunet";  // "songunet", "adm" or "dhariwal"
   std::string preset;
-  nn::SongUNetConfig songunet;  // type "songunet"
-  nn::AdmUNetConfig adm;        // type "adm"
+  nn::SongUNetConfig songunet;     // type "songunet"
+  nn::AdmUNetConfig adm;           // type "adm"
+  nn::DhariwalUNetConfig dhariwal;  // type "dhariwal"
   // c_noise(σ): ln σ / 4 (EDM's, the default of SongUNet) or 250·ln σ (the reference's ImageNet
   // and LSUN code, the default of ADM); network.noise_labels "edm" or "adm".
   consistency::NoiseLabels noise_labels = consistency::NoiseLabels::EdmLog4;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "nn/adm_unet.h"
+#include "nn/dhariwal_unet.h"
 #include "nn/safetensors.h"
 #include "nn/songunet.h"
 #include "tests/helpers.h"
@@ -38,6 +39,24 @@ inline nn::SongUNetConfig songunet_config_from_json(const std::string& text) {
   c.encoder_type = j.at("encoder_type");
   c.decoder_type = j.at("decoder_type");
   c.resample_filter = j.at("resample_filter").get<std::vector<double>>();
+  return c;
+}
+
+// DhariwalUNet's keyword arguments as tools/gen_songunet_golden.py records them.
+inline nn::DhariwalUNetConfig dhariwal_config_from_json(const std::string& text) {
+  const nlohmann::json j = nlohmann::json::parse(text);
+  nn::DhariwalUNetConfig c;
+  c.img_resolution = j.at("img_resolution");
+  c.in_channels = j.at("in_channels");
+  c.out_channels = j.at("out_channels");
+  c.label_dim = j.value("label_dim", 0);
+  c.augment_dim = j.value("augment_dim", 0);
+  c.model_channels = j.at("model_channels");
+  c.channel_mult = j.at("channel_mult").get<std::vector<int64_t>>();
+  c.channel_mult_emb = j.value("channel_mult_emb", 4);
+  c.num_blocks = j.at("num_blocks");
+  c.attn_resolutions = j.at("attn_resolutions").get<std::vector<int64_t>>();
+  c.dropout = j.at("dropout");
   return c;
 }
 
@@ -119,7 +138,9 @@ inline int check_golden_case(nn::Network& net, const std::map<std::string, Tenso
   x.set_requires_grad(true);
   Tensor labels;
   if (g.count("input.class_labels")) labels = g.at("input.class_labels");
-  Tensor out = net.forward(x, to(g.at("input.noise_labels"), dtype), labels);
+  Tensor augment;
+  if (g.count("input.augment_labels")) augment = to(g.at("input.augment_labels"), dtype);
+  Tensor out = net.forward(x, to(g.at("input.noise_labels"), dtype), labels, augment);
   const double e = rel_err(out, g.at("output"));
   CHECK_MESSAGE(e <= out_tol, what, " ", dtype_name(dtype), ": output relative error ", e);
   sum(mul(out, to(g.at("input.weights"), dtype))).backward();

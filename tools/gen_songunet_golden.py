@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Golden files for cm's SongUNet, made by EDM's own PyTorch implementation.
+"""Golden files for cm's SongUNet and DhariwalUNet, made by EDM's own PyTorch implementation.
 
 The oracle is the reference itself: this script imports training/networks.py from a local copy of
 NVlabs/edm (passed with --edm, never committed here), builds small DDPM++ and NCSN++ networks
-(and a conditional one), perturbs every parameter so that each path of the network matters (EDM
+(and a conditional one) and a small DhariwalUNet (EDM's ADM: conditional, with augmentation labels,
+one level too narrow for a 64-channel attention head), perturbs every parameter so that each path of the network matters (EDM
 initialises some layers to almost zero), and writes one safetensors file per flavour with
   - every parameter and buffer under its EDM state-dict name,
   - "input.x", "input.noise_labels" (and "input.class_labels"), "input.weights" (the fixed random
@@ -12,7 +13,7 @@ initialises some layers to almost zero), and writes one safetensors file per fla
 Weights and inputs are stored in f32 (and used as such by both sides); outputs and gradients are
 computed and stored in f64.
 
-  /usr/bin/python3 tools/gen_songunet_golden.py --edm /path/to/edm --out tests/golden
+  /usr/bin/python3 tools/gen_songunet_golden.py --edm /path/to/edm --out tests/golden [--only NAME ...]
 (needs torch and numpy; a copy of the EDM repository, e.g. `git archive` of a fetched snapshot).
 """
 import argparse
@@ -40,9 +41,16 @@ FLAVOURS = {
                      num_blocks=1, attn_resolutions=[8], dropout=0.0, embedding_type="positional",
                      channel_mult_noise=1, encoder_type="skip", decoder_type="skip", resample_filter=[1, 3, 3, 1],
                      label_dim=3),
+    # written as dhariwal_<name>.safetensors
+    "tiny": dict(network="DhariwalUNet", img_resolution=8, in_channels=2, out_channels=2, label_dim=3,
+                 augment_dim=2, model_channels=32, channel_mult=[1, 2], channel_mult_emb=1, num_blocks=1,
+                 attn_resolutions=[4, 8], dropout=0.0),
 }
 GRAD_PARAMS = ["map_layer0.weight", "enc.8x8_conv.weight", "enc.8x8_block0.conv1.weight",
                "enc.4x4_block0.qkv.weight", "dec.8x8_aux_conv.bias", "dec.4x4_in0.norm2.weight"]
+DHARIWAL_GRAD_PARAMS = ["map_layer0.weight", "map_label.weight", "map_augment.weight", "enc.8x8_conv.weight",
+                        "enc.4x4_down.affine.weight", "enc.4x4_block0.qkv.weight", "dec.8x8_up.conv0.bias",
+                        "dec.4x4_in0.norm2.weight", "out_conv.weight"]
 
 DTYPE_NAMES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
 
@@ -73,16 +81,19 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--edm", required=True, help="path to a checkout of NVlabs/edm")
     ap.add_argument("--out", default="tests/golden")
+    ap.add_argument("--only", nargs="*", choices=sorted(FLAVOURS), help="the flavours to write (default: all)")
     args = ap.parse_args()
     sys.path.insert(0, os.path.abspath(args.edm))
     import training.networks as networks
-    from training.networks import SongUNet  # the reference implementation
-
     edm_f64.patch_attention(networks)
 
     for name, kwargs in FLAVOURS.items():
+        if args.only and name not in args.only:
+            continue
+        kwargs = dict(kwargs)
+        network = kwargs.pop("network", "SongUNet")
         torch.manual_seed(1234)
-        net = SongUNet(**kwargs).double()
+        net = getattr(networks, network)(**kwargs).double()  # the reference implementation
         with torch.no_grad():
             for pname, p in net.named_parameters():
                 p.add_(torch.randn_like(p) * 0.2)  # every path contributes
@@ -104,7 +115,10 @@ def main():
                 b.copy_(b.float().double())
         x.data = x.data.float().double()
         noise_labels = noise_labels.float().double()  # the inputs as stored (f32), so both sides see the same
-        out = net(x, noise_labels, class_labels)
+        augment_labels = None
+        if kwargs.get("augment_dim", 0):
+            augment_labels = torch.randn(n, kwargs["augment_dim"]).float().double()
+        out = net(x, noise_labels, class_labels, augment_labels=augment_labels)
         w = torch.randn_like(out).float().double()  # as stored
         (out * w).sum().backward()
         tensors = {}
@@ -116,17 +130,20 @@ def main():
         tensors["input.noise_labels"] = noise_labels.float()
         if class_labels is not None:
             tensors["input.class_labels"] = class_labels.float()
+        if augment_labels is not None:
+            tensors["input.augment_labels"] = augment_labels.float()
         tensors["input.weights"] = w.float()
         # outputs and gradients in f64: the f64 test compares to 1e-10
         tensors["output"] = out.detach()
         tensors["grad.x"] = x.grad.detach()
         params = dict(net.named_parameters())
-        for g in GRAD_PARAMS:
+        for g in GRAD_PARAMS if network == "SongUNet" else DHARIWAL_GRAD_PARAMS:
             if g in params:
                 tensors["grad." + g] = params[g].grad.detach()
         meta = {"config": json.dumps(kwargs), "generator": "tools/gen_songunet_golden.py",
                 "torch": torch.__version__}
-        path = os.path.join(args.out, f"songunet_{name}.safetensors")
+        prefix = "songunet" if network == "SongUNet" else "dhariwal"
+        path = os.path.join(args.out, f"{prefix}_{name}.safetensors")
         save_safetensors(path, tensors, meta)
         print(path, os.path.getsize(path), "bytes,", sum(p.numel() for p in net.parameters()), "parameters")
 
