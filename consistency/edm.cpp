@@ -18,32 +18,83 @@ std::vector<double> karras_sigmas(int64_t n, const NoiseConstants& c) {
   return s;
 }
 
+double VpSchedule::sigma(double t) {
+  return std::sqrt(std::exp(0.5 * beta_d * t * t + beta_min * t) - 1);
+}
+double VpSchedule::time(double sigma) {
+  return (std::sqrt(beta_min * beta_min + 2 * beta_d * std::log1p(sigma * sigma)) - beta_min) /
+         beta_d;
+}
+
 Parameterization parse_parameterization(const std::string& s) {
   if (s == "edm") return Parameterization::Edm;
   if (s == "consistency") return Parameterization::Consistency;
-  CM_FAIL("unknown parameterization \"", s, "\" (expected \"edm\" or \"consistency\")");
+  if (s == "vp") return Parameterization::Vp;
+  if (s == "ve") return Parameterization::Ve;
+  CM_FAIL("unknown parameterization \"", s,
+          "\" (expected \"edm\", \"consistency\", \"vp\" or \"ve\")");
+}
+std::string parameterization_name(Parameterization p) {
+  switch (p) {
+    case Parameterization::Edm: return "edm";
+    case Parameterization::Consistency: return "consistency";
+    case Parameterization::Vp: return "vp";
+    case Parameterization::Ve: return "ve";
+  }
+  return "?";
 }
 
 NoiseLabels parse_noise_labels(const std::string& s) {
   if (s == "edm") return NoiseLabels::EdmLog4;
   if (s == "adm") return NoiseLabels::Adm250;
+  if (s == "vp") return NoiseLabels::VpTime;
+  if (s == "ve") return NoiseLabels::VeLog;
   CM_FAIL("unknown noise-label convention \"", s,
-          "\" (expected \"edm\" for ln(sigma)/4 or \"adm\" for 250 ln(sigma))");
+          "\" (expected \"edm\" for ln(sigma)/4, \"adm\" for 250 ln(sigma), \"vp\" for 999 t(sigma) ",
+          "or \"ve\" for ln(sigma/2))");
+}
+std::string noise_labels_name(NoiseLabels labels) {
+  switch (labels) {
+    case NoiseLabels::EdmLog4: return "edm";
+    case NoiseLabels::Adm250: return "adm";
+    case NoiseLabels::VpTime: return "vp";
+    case NoiseLabels::VeLog: return "ve";
+  }
+  return "?";
 }
 
 Scalings scalings(double sigma, Parameterization p, NoiseLabels labels, const NoiseConstants& c) {
   const double sd2 = c.sigma_data * c.sigma_data;
   Scalings s{};
-  if (p == Parameterization::Edm) {
-    s.c_skip = sd2 / (sigma * sigma + sd2);
-    s.c_out = sigma * c.sigma_data / std::sqrt(sigma * sigma + sd2);
-  } else {
-    const double d = sigma - c.sigma_min;
-    s.c_skip = sd2 / (d * d + sd2);
-    s.c_out = c.sigma_data * d / std::sqrt(sigma * sigma + sd2);
-  }
   s.c_in = 1 / std::sqrt(sigma * sigma + sd2);
-  s.c_noise = labels == NoiseLabels::EdmLog4 ? std::log(sigma) / 4 : 250 * std::log(sigma);
+  switch (p) {
+    case Parameterization::Edm:
+      s.c_skip = sd2 / (sigma * sigma + sd2);
+      s.c_out = sigma * c.sigma_data / std::sqrt(sigma * sigma + sd2);
+      break;
+    case Parameterization::Consistency: {
+      const double d = sigma - c.sigma_min;
+      s.c_skip = sd2 / (d * d + sd2);
+      s.c_out = c.sigma_data * d / std::sqrt(sigma * sigma + sd2);
+      break;
+    }
+    case Parameterization::Vp:
+      s.c_skip = 1;
+      s.c_out = -sigma;
+      s.c_in = 1 / std::sqrt(sigma * sigma + 1);
+      break;
+    case Parameterization::Ve:
+      s.c_skip = 1;
+      s.c_out = sigma;
+      s.c_in = 1;
+      break;
+  }
+  switch (labels) {
+    case NoiseLabels::EdmLog4: s.c_noise = std::log(sigma) / 4; break;
+    case NoiseLabels::Adm250: s.c_noise = 250 * std::log(sigma); break;
+    case NoiseLabels::VpTime: s.c_noise = (VpSchedule::M - 1) * VpSchedule::time(sigma); break;
+    case NoiseLabels::VeLog: s.c_noise = std::log(0.5 * sigma); break;
+  }
   return s;
 }
 
@@ -61,6 +112,28 @@ Tensor Denoiser::operator()(const Tensor& x, const Tensor& sigma, const Tensor& 
   const Tensor s = reshape(sigma, {-1, 1, 1, 1});
   const double sd2 = c_.sigma_data * c_.sigma_data;
   const Tensor s2 = square(s);
+  const DType dt = compute_.value_or(x.dtype());
+  Tensor c_noise;
+  switch (labels_) {
+    case NoiseLabels::EdmLog4: c_noise = div(log(sigma), 4.0); break;
+    case NoiseLabels::Adm250: c_noise = mul(log(sigma), 250.0); break;
+    case NoiseLabels::VpTime: {
+      // (M − 1)·(√(β_min² + 2·β_d·ln(1 + σ²)) − β_min)/β_d, with ln(1 + σ²) rounded as EDM
+      // rounds it (not log1p: in f32 the two differ by up to 1 % at σ = 0.002)
+      const double bmin = VpSchedule::beta_min, bd = VpSchedule::beta_d;
+      const Tensor t =
+          div(sub(sqrt(add(mul(log(add(square(sigma), 1.0)), 2 * bd), bmin * bmin)), bmin), bd);
+      c_noise = mul(t, VpSchedule::M - 1);
+      break;
+    }
+    case NoiseLabels::VeLog: c_noise = log(mul(sigma, 0.5)); break;
+  }
+  if (p_ == Parameterization::Vp || p_ == Parameterization::Ve) {
+    // c_skip = 1; c_out = ∓σ; c_in = 1/√(σ² + 1) (VP) or 1 (VE)
+    const Tensor in = p_ == Parameterization::Vp ? mul(rsqrt(add(s2, 1.0)), x) : x;
+    const Tensor f = to(net_.forward(to(in, dt), to(c_noise, dt), class_labels, {}, ctx), x.dtype());
+    return p_ == Parameterization::Vp ? sub(x, mul(s, f)) : add(x, mul(s, f));
+  }
   Tensor c_skip, c_out;
   if (p_ == Parameterization::Edm) {
     c_skip = rdiv(sd2, add(s2, sd2));
@@ -71,9 +144,6 @@ Tensor Denoiser::operator()(const Tensor& x, const Tensor& sigma, const Tensor& 
     c_out = div(mul(d, c_.sigma_data), sqrt(add(s2, sd2)));
   }
   const Tensor c_in = rsqrt(add(s2, sd2));
-  const Tensor c_noise =
-      labels_ == NoiseLabels::EdmLog4 ? div(log(sigma), 4.0) : mul(log(sigma), 250.0);
-  const DType dt = compute_.value_or(x.dtype());
   const Tensor f = net_.forward(to(mul(c_in, x), dt), to(c_noise, dt), class_labels, {}, ctx);
   return add(mul(c_skip, x), mul(c_out, to(f, x.dtype())));
 }

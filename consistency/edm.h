@@ -26,18 +26,37 @@ struct NoiseConstants {
 std::vector<double> karras_sigmas(int64_t n, const NoiseConstants& c);
 
 enum class Parameterization {
-  Edm,          // the teacher: c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/√(σ² + σ_d²)
+  Edm,          // the teacher: c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/√(σ² + σ_d²),
+                // c_in = 1/√(σ² + σ_d²)
   Consistency,  // the boundary condition f(x, ε) = x: c_skip = σ_d²/((σ − ε)² + σ_d²),
-                // c_out = σ_d·(σ − ε)/√(σ² + σ_d²)
+                // c_out = σ_d·(σ − ε)/√(σ² + σ_d²), c_in as Edm
+  // EDM's baselines (NVlabs/edm VPPrecond, VEPrecond: the score-SDE models converted from
+  // tools/convert_edm_pkl.py): teachers only.
+  Vp,  // c_skip = 1, c_out = −σ, c_in = 1/√(σ² + 1)
+  Ve,  // c_skip = 1, c_out = σ, c_in = 1
 };
 
 enum class NoiseLabels {
   EdmLog4,  // c_noise = ln(σ)/4 (EDM, the CIFAR-10 JAX code)
   Adm250,   // c_noise = 250·ln(σ) (the ImageNet/LSUN PyTorch code with ADM's embedding)
+  VpTime,   // c_noise = (M − 1)·t(σ), the VP SDE's time of σ (EDM's VPPrecond)
+  VeLog,    // c_noise = ln(σ/2) (EDM's VEPrecond)
 };
 
+// The VP SDE's noise schedule of EDM's VPPrecond (its defaults, those of every released model):
+// σ(t) = √(exp(β_d·t²/2 + β_min·t) − 1), t(σ) = (√(β_min² + 2·β_d·ln(1 + σ²)) − β_min)/β_d.
+struct VpSchedule {
+  static constexpr double beta_d = 19.9, beta_min = 0.1, M = 1000, epsilon_t = 1e-5;
+  static double sigma(double t);
+  static double time(double sigma);
+};
+
+// "edm", "consistency", "vp", "ve"; and the name of one.
 Parameterization parse_parameterization(const std::string& s);
+std::string parameterization_name(Parameterization p);
+// "edm", "adm", "vp", "ve"; and the name of one.
 NoiseLabels parse_noise_labels(const std::string& s);
+std::string noise_labels_name(NoiseLabels labels);
 
 // The scalar scalings (for tests and documentation).
 struct Scalings {

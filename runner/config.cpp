@@ -171,9 +171,21 @@ std::vector<Field> build_schema() {
        nullptr,
        -inf,
        inf,
-       {"edm", "adm"},
+       {"edm", "adm", "vp", "ve"},
        {},
-       "c_noise: ln(sigma)/4 (edm, SongUNet's default) or 250 ln(sigma) (adm, ADM's default)",
+       "c_noise: ln(sigma)/4 (edm, SongUNet's default), 250 ln(sigma) (adm, ADM's default); vp "
+       "and ve go with those preconditionings",
+       true},
+      {"/network/preconditioning",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {"edm", "vp", "ve"},
+       {},
+       "an EDM teacher's (mode edm) scalings: edm (EDM's, what cm trains), or vp / ve (EDM's "
+       "VPPrecond / VEPrecond, for baselines converted by tools/convert_edm_pkl.py: they sample, "
+       "evaluate, edit and teach, cm does not train them)",
        true},
       // ADM's U-Net (type "adm"), with the reference scripts' flag names
       {"/network/num_res_blocks", Kind::Int, nullptr, 1, 64, {}, {}, "", true},
@@ -900,7 +912,9 @@ json resolve_config(const json& user, const std::string& source) {
         NetworkConfig t = typed_config(out).network;
         json& net = out["network"];
         net["type"] = t.type;
-        net["noise_labels"] = t.noise_labels == consistency::NoiseLabels::Adm250 ? "adm" : "edm";
+        net["noise_labels"] = consistency::noise_labels_name(t.noise_labels);
+        if (mode == "edm")
+          net["preconditioning"] = consistency::parameterization_name(t.preconditioning);
         const auto write = [&](const char* k, const auto& v) { net[k] = v; };
         if (t.type == "adm")
           network_fields(t.adm, write);
@@ -943,8 +957,26 @@ RunConfig typed_config(const json& r) {
   network.type = network_type_of(network.preset);
   CM_CHECK(!network.type.empty(), "/network/preset: unknown network \"", network.preset,
            "\" (known: ", known_presets(), ")");
-  network.noise_labels = consistency::parse_noise_labels(
-      n.value("noise_labels", network.type == "adm" ? "adm" : "edm"));
+  network.preconditioning = consistency::parse_parameterization(n.value("preconditioning", "edm"));
+  const bool baseline = network.preconditioning != consistency::Parameterization::Edm;
+  CM_CHECK(!baseline || c.mode == "edm", "/network/preconditioning: \"",
+           n.value("preconditioning", ""), "\" is a teacher's (mode edm); a consistency model uses ",
+           "the consistency parameterisation (mode is \"", c.mode, "\")");
+  const std::string default_labels = baseline ? n.value("preconditioning", "")
+                                     : network.type == "adm" ? "adm"
+                                                             : "edm";
+  network.noise_labels = consistency::parse_noise_labels(n.value("noise_labels", default_labels));
+  {
+    // VP and VE fix their noise labels, and those labels belong to them alone
+    const std::string labels = consistency::noise_labels_name(network.noise_labels);
+    const bool baseline_labels = labels == "vp" || labels == "ve";
+    CM_CHECK(baseline == baseline_labels && (!baseline || labels == default_labels),
+             "/network/noise_labels: \"", labels, "\" does not go with preconditioning \"",
+             consistency::parameterization_name(network.preconditioning), "\" (",
+             baseline ? "it fixes noise_labels \"" + default_labels + "\""
+                      : "noise labels vp and ve belong to preconditioning vp and ve",
+             ")");
+  }
   // the preset's values, then the fields the configuration gives
   const auto read = [&](const char* k, auto& v) {
     if (n.contains(k)) v = n[k].get<std::decay_t<decltype(v)>>();

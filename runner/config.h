@@ -100,6 +100,9 @@ struct NetworkConfig {
   // c_noise(σ): ln σ / 4 (EDM's, the default of SongUNet) or 250·ln σ (the reference's ImageNet
   // and LSUN code, the default of ADM); network.noise_labels "edm" or "adm".
   consistency::NoiseLabels noise_labels = consistency::NoiseLabels::EdmLog4;
+  // An EDM teacher's scalings (mode edm): Edm (cm trains these), or Vp / Ve (EDM's baselines,
+  // converted by tools/convert_edm_pkl.py; noise_labels VpTime / VeLog). network.preconditioning.
+  consistency::Parameterization preconditioning = consistency::Parameterization::Edm;
 
   int64_t img_resolution() const;
   int64_t in_channels() const;

@@ -108,7 +108,7 @@ int run_edit(const EditCommand& c) {
   const bool teacher = cfg.mode == "edm";
   const consistency::Denoiser net(
       *m.net,
-      teacher ? consistency::Parameterization::Edm : consistency::Parameterization::Consistency,
+      teacher ? cfg.network.preconditioning : consistency::Parameterization::Consistency,
       cfg.network.noise_labels, nc);
   // f, for images of the given classes (one-hot rows; undefined for an unconditional model)
   auto make_f = [&](const Tensor& labels) {

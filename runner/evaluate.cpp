@@ -117,8 +117,7 @@ Tensor generate_images(const LoadedNetwork& m, const std::vector<uint64_t>& seed
       labels =
           consistency::one_hot_classes(image_classes(part, classes, s.fixed_class), classes, dev);
     if (c.mode == "edm") {
-      consistency::Denoiser D(*m.net, consistency::Parameterization::Edm, c.network.noise_labels,
-                              c.noise);
+      consistency::Denoiser D(*m.net, c.network.preconditioning, c.network.noise_labels, c.noise);
       images = clamp(consistency::edm_heun_sample(
                          D, consistency::per_image_noise(part, img, 0, dev), labels, s.heun_steps),
                      -1.0, 1.0);

@@ -191,6 +191,11 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
       comm_(comm ? comm : &dist::world()),
       gen_(stream_key(cfg.seed, kTrain)),
       dropout_(stream_key(cfg.seed, kDropout)) {
+  CM_CHECK(cfg.network.preconditioning == consistency::Parameterization::Edm,
+           "/network/preconditioning: \"",
+           consistency::parameterization_name(cfg.network.preconditioning),
+           "\": cm trains EDM teachers with EDM's preconditioning; a converted VP/VE baseline "
+           "samples, evaluates, edits and teaches consistency distillation, but is not trained");
   cfg_.device = dist::rank_device(cfg.device, *comm_, "/device");  // one GPU per rank
   const Device dev = cfg_.device;
   if (dev.is_cuda())
@@ -255,7 +260,8 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
     CM_CHECK(t.config.mode == "edm", "/consistency/teacher: \"", cfg.cons.teacher, "\" is a ",
              t.config.mode, " run; a teacher is an EDM run (mode edm)");
     teacher_ = std::move(t.net);
-    teacher_noise_labels_ = t.config.network.noise_labels;  // the teacher's own convention
+    teacher_noise_labels_ = t.config.network.noise_labels;  // the teacher's own conventions
+    teacher_preconditioning_ = t.config.network.preconditioning;
     teacher_->eval();
     if (log_) log_->line("teacher: " + t.weights);
     // the student (and its target) start from the teacher's weights
@@ -374,7 +380,7 @@ StepStats Trainer::train_step() {
           consistency::ct_loss(f, ft, batch.images, labels, sigmas, cfg_.cons.loss, gen_, dropout_);
       loss = r.loss;
     } else {
-      const consistency::Denoiser teacher(*teacher_, consistency::Parameterization::Edm,
+      const consistency::Denoiser teacher(*teacher_, teacher_preconditioning_,
                                           teacher_noise_labels_, cfg_.noise, cfg_.precision);
       consistency::StepLoss r =
           consistency::cd_loss(f, ft, teacher, batch.images, labels, sigmas, cfg_.cons.solver,

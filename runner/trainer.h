@@ -104,6 +104,7 @@ class Trainer {
   std::unique_ptr<nn::Network> target_;   // CT/CD with a target EMA (μ > 0 at some step)
   std::unique_ptr<nn::Network> teacher_;  // CD
   consistency::NoiseLabels teacher_noise_labels_ = consistency::NoiseLabels::EdmLog4;
+  consistency::Parameterization teacher_preconditioning_ = consistency::Parameterization::Edm;
   std::unique_ptr<nn::Network> scratch_;  // eval-EMA weights for sampling
   std::unique_ptr<nn::Ema> target_ema_;
   std::vector<std::unique_ptr<nn::Ema>> emas_;

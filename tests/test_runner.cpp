@@ -71,6 +71,17 @@ json tiny_adm(const std::string& mode) {
   return j;
 }
 
+// A tiny class-conditional DhariwalUNet (EDM's ADM) on the 8×8 digits: 32 channels at 8×8, 64
+// (one attention head) at 4×4.
+json tiny_dhariwal(const std::string& mode) {
+  json j = tiny(mode);
+  j["network"] = {{"preset", "dhariwal-tiny-16"}, {"img_resolution", 8}, {"in_channels", 1},
+                  {"out_channels", 1},           {"label_dim", 10},     {"model_channels", 32},
+                  {"attn_resolutions", {4}},     {"dropout", 0.2}};
+  j["data"]["labels"] = true;
+  return j;
+}
+
 void check_resume_is_exact(const std::string& mode, const json& user) {
   const RunConfig cfg = typed_config(resolve_config(user, "test.json"));
   const fs::path dir = temp_dir(mode);
@@ -246,7 +257,8 @@ TEST_SUITE("runner") {
   TEST_CASE("each network family refuses the other's keys, by path") {
     json a = tiny_adm("ct");
     a["network"]["num_blocks"] = 2;
-    CHECK(problems(a).find("/network/num_blocks: applies only to SongUNet networks") !=
+    CHECK(problems(a).find(
+              "/network/num_blocks: applies only to SongUNet and DhariwalUNet networks") !=
           std::string::npos);
     json b = tiny("ct");
     b["network"]["use_scale_shift_norm"] = false;
@@ -263,6 +275,108 @@ TEST_SUITE("runner") {
     json w = tiny_adm("ct");
     w["network"]["model_channels"] = 48;  // GroupNorm32
     CHECK(problems(w).find("multiple of 32") != std::string::npos);
+  }
+
+  TEST_CASE("a DhariwalUNet preset chooses EDM's ADM: config.json holds it whole, keys checked") {
+    const json r = resolve_config(tiny_dhariwal("edm"), "test.json");
+    const nn::DhariwalUNetConfig p = nn::dhariwal_unet_preset("dhariwal-tiny-16");
+    const json& n = r["network"];
+    CHECK(n["type"] == "dhariwal");
+    CHECK(n["noise_labels"] == "edm");  // EDMPrecond's ln(sigma)/4
+    CHECK(n["preconditioning"] == "edm");
+    CHECK(n["model_channels"] == 32);
+    CHECK(n["channel_mult"] == json(p.channel_mult));  // the preset's values, written out
+    CHECK(n["num_blocks"] == p.num_blocks);
+    CHECK(n["channel_mult_emb"] == p.channel_mult_emb);
+    for (const char* k : {"embedding_type", "encoder_type", "num_res_blocks", "attention_split"})
+      CHECK_MESSAGE(!n.contains(k), k);  // neither SongUNet's nor openai ADM's own keys
+    CHECK(resolve_config(r, "config.json") == r);
+    const RunConfig c = typed_config(r);
+    Generator g(0);
+    CHECK(c.network.make(g)->type_name() == "DhariwalUNet");
+    CHECK(c.network.label_dim() == 10);
+    json a = tiny_dhariwal("ct");
+    a["network"]["encoder_type"] = "skip";
+    CHECK(problems(a).find("/network/encoder_type: applies only to SongUNet networks (preset "
+                           "\"dhariwal-tiny-16\" is a dhariwal network)") != std::string::npos);
+    json b = tiny_dhariwal("ct");
+    b["network"]["num_head_channels"] = 32;
+    CHECK(problems(b).find("/network/num_head_channels: applies only to ADM networks") !=
+          std::string::npos);
+    json d = tiny_dhariwal("ct");
+    d["network"]["img_resolution"] = 7;
+    CHECK(problems(d).find("img_resolution 7 cannot be halved") != std::string::npos);
+  }
+
+  TEST_CASE("an EDM teacher on a DhariwalUNet trains and resumes bit-identically") {
+    check_resume_is_exact("dhariwal", tiny_dhariwal("edm"));
+  }
+
+  TEST_CASE("preconditioning vp and ve: teachers only, with their own noise labels, not trained") {
+    json v = tiny("edm");
+    v["network"]["preconditioning"] = "vp";
+    const RunConfig c = typed_config(resolve_config(v, "test.json"));
+    CHECK(c.network.preconditioning == consistency::Parameterization::Vp);
+    CHECK(c.network.noise_labels == consistency::NoiseLabels::VpTime);
+    CHECK(resolve_config(v, "test.json")["network"]["noise_labels"] == "vp");
+    CHECK_THROWS_WITH_AS(Trainer(c, std::nullopt, nullptr),
+                         doctest::Contains("/network/preconditioning: \"vp\": cm trains EDM "
+                                           "teachers with EDM's preconditioning"),
+                         Error);
+    json ct = tiny("ct");
+    ct["network"]["preconditioning"] = "ve";
+    CHECK(problems(ct).find("/network/preconditioning: \"ve\" is a teacher's (mode edm)") !=
+          std::string::npos);
+    json mixed = tiny("edm");
+    mixed["network"]["preconditioning"] = "ve";
+    mixed["network"]["noise_labels"] = "edm";
+    CHECK(problems(mixed).find("/network/noise_labels: \"edm\" does not go with preconditioning "
+                               "\"ve\" (it fixes noise_labels \"ve\")") != std::string::npos);
+    json stray = tiny("edm");
+    stray["network"]["noise_labels"] = "vp";
+    CHECK(problems(stray).find("noise labels vp and ve belong to preconditioning vp and ve") !=
+          std::string::npos);
+    json bad = tiny("edm");
+    bad["network"]["preconditioning"] = "iddpm";
+    CHECK(problems(bad).find("/network/preconditioning") != std::string::npos);
+  }
+
+  TEST_CASE("CD distils through a VP teacher with the teacher's own preconditioning") {
+    // A teacher checkpoint relabelled as a converted VP baseline (tools/convert_edm_pkl.py writes
+    // such files): the student starts from its weights as from any teacher, and its first loss
+    // differs from distilling the same weights as an EDM-preconditioned teacher.
+    const fs::path dir = temp_dir("cd_vp");
+    const std::string edm_ckpt = (dir / "edm.safetensors").string(),
+                      vp_ckpt = (dir / "vp.safetensors").string();
+    {
+      Trainer t(typed_config(resolve_config(tiny("edm"), "test.json")), std::nullopt, nullptr);
+      t.train_step();
+      t.save_checkpoint(edm_ckpt);
+    }
+    {
+      const nn::SafetensorsFile f(edm_ckpt);
+      std::map<std::string, Tensor> tensors;
+      for (const std::string& n : f.names()) tensors[n] = f.get(n);
+      std::map<std::string, std::string> meta = f.metadata();
+      json config = json::parse(meta.at("config"));
+      config["network"]["preconditioning"] = "vp";
+      config["network"]["noise_labels"] = "vp";
+      meta["config"] = config.dump();
+      nn::save_safetensors(vp_ckpt, tensors, meta);
+    }
+    double loss[2];
+    for (int k = 0; k < 2; ++k) {
+      json j = tiny("cd");
+      j["consistency"] = {
+          {"teacher", k ? vp_ckpt : edm_ckpt}, {"schedule", "fixed"}, {"n", 18}, {"mu", 0.0}};
+      Trainer cd(typed_config(resolve_config(j, "test.json")), std::nullopt, nullptr);
+      loss[k] = cd.train_step().loss;
+      CHECK(std::isfinite(loss[k]));
+    }
+    CHECK(loss[0] != loss[1]);
+    CHECK(load_network(vp_ckpt, "ema", Device::cpu()).config.network.preconditioning ==
+          consistency::Parameterization::Vp);
+    fs::remove_all(dir);
   }
 
   TEST_CASE("a class-conditional ADM consistency model trains and resumes bit-identically") {
