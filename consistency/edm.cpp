@@ -36,10 +36,14 @@ Parameterization parse_parameterization(const std::string& s) {
 }
 std::string parameterization_name(Parameterization p) {
   switch (p) {
-    case Parameterization::Edm: return "edm";
-    case Parameterization::Consistency: return "consistency";
-    case Parameterization::Vp: return "vp";
-    case Parameterization::Ve: return "ve";
+    case Parameterization::Edm:
+      return "edm";
+    case Parameterization::Consistency:
+      return "consistency";
+    case Parameterization::Vp:
+      return "vp";
+    case Parameterization::Ve:
+      return "ve";
   }
   return "?";
 }
@@ -49,16 +53,21 @@ NoiseLabels parse_noise_labels(const std::string& s) {
   if (s == "adm") return NoiseLabels::Adm250;
   if (s == "vp") return NoiseLabels::VpTime;
   if (s == "ve") return NoiseLabels::VeLog;
-  CM_FAIL("unknown noise-label convention \"", s,
-          "\" (expected \"edm\" for ln(sigma)/4, \"adm\" for 250 ln(sigma), \"vp\" for 999 t(sigma) ",
-          "or \"ve\" for ln(sigma/2))");
+  CM_FAIL(
+      "unknown noise-label convention \"", s,
+      "\" (expected \"edm\" for ln(sigma)/4, \"adm\" for 250 ln(sigma), \"vp\" for 999 t(sigma) ",
+      "or \"ve\" for ln(sigma/2))");
 }
 std::string noise_labels_name(NoiseLabels labels) {
   switch (labels) {
-    case NoiseLabels::EdmLog4: return "edm";
-    case NoiseLabels::Adm250: return "adm";
-    case NoiseLabels::VpTime: return "vp";
-    case NoiseLabels::VeLog: return "ve";
+    case NoiseLabels::EdmLog4:
+      return "edm";
+    case NoiseLabels::Adm250:
+      return "adm";
+    case NoiseLabels::VpTime:
+      return "vp";
+    case NoiseLabels::VeLog:
+      return "ve";
   }
   return "?";
 }
@@ -90,10 +99,18 @@ Scalings scalings(double sigma, Parameterization p, NoiseLabels labels, const No
       break;
   }
   switch (labels) {
-    case NoiseLabels::EdmLog4: s.c_noise = std::log(sigma) / 4; break;
-    case NoiseLabels::Adm250: s.c_noise = 250 * std::log(sigma); break;
-    case NoiseLabels::VpTime: s.c_noise = (VpSchedule::M - 1) * VpSchedule::time(sigma); break;
-    case NoiseLabels::VeLog: s.c_noise = std::log(0.5 * sigma); break;
+    case NoiseLabels::EdmLog4:
+      s.c_noise = std::log(sigma) / 4;
+      break;
+    case NoiseLabels::Adm250:
+      s.c_noise = 250 * std::log(sigma);
+      break;
+    case NoiseLabels::VpTime:
+      s.c_noise = (VpSchedule::M - 1) * VpSchedule::time(sigma);
+      break;
+    case NoiseLabels::VeLog:
+      s.c_noise = std::log(0.5 * sigma);
+      break;
   }
   return s;
 }
@@ -115,8 +132,12 @@ Tensor Denoiser::operator()(const Tensor& x, const Tensor& sigma, const Tensor& 
   const DType dt = compute_.value_or(x.dtype());
   Tensor c_noise;
   switch (labels_) {
-    case NoiseLabels::EdmLog4: c_noise = div(log(sigma), 4.0); break;
-    case NoiseLabels::Adm250: c_noise = mul(log(sigma), 250.0); break;
+    case NoiseLabels::EdmLog4:
+      c_noise = div(log(sigma), 4.0);
+      break;
+    case NoiseLabels::Adm250:
+      c_noise = mul(log(sigma), 250.0);
+      break;
     case NoiseLabels::VpTime: {
       // (M − 1)·(√(β_min² + 2·β_d·ln(1 + σ²)) − β_min)/β_d, with ln(1 + σ²) rounded as EDM
       // rounds it (not log1p: in f32 the two differ by up to 1 % at σ = 0.002)
@@ -126,12 +147,15 @@ Tensor Denoiser::operator()(const Tensor& x, const Tensor& sigma, const Tensor& 
       c_noise = mul(t, VpSchedule::M - 1);
       break;
     }
-    case NoiseLabels::VeLog: c_noise = log(mul(sigma, 0.5)); break;
+    case NoiseLabels::VeLog:
+      c_noise = log(mul(sigma, 0.5));
+      break;
   }
   if (p_ == Parameterization::Vp || p_ == Parameterization::Ve) {
     // c_skip = 1; c_out = ∓σ; c_in = 1/√(σ² + 1) (VP) or 1 (VE)
     const Tensor in = p_ == Parameterization::Vp ? mul(rsqrt(add(s2, 1.0)), x) : x;
-    const Tensor f = to(net_.forward(to(in, dt), to(c_noise, dt), class_labels, {}, ctx), x.dtype());
+    const Tensor f =
+        to(net_.forward(to(in, dt), to(c_noise, dt), class_labels, {}, ctx), x.dtype());
     return p_ == Parameterization::Vp ? sub(x, mul(s, f)) : add(x, mul(s, f));
   }
   Tensor c_skip, c_out;

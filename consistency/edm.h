@@ -26,8 +26,8 @@ struct NoiseConstants {
 std::vector<double> karras_sigmas(int64_t n, const NoiseConstants& c);
 
 enum class Parameterization {
-  Edm,          // the teacher: c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/√(σ² + σ_d²),
-                // c_in = 1/√(σ² + σ_d²)
+  Edm,  // the teacher: c_skip = σ_d²/(σ² + σ_d²), c_out = σ·σ_d/√(σ² + σ_d²),
+        // c_in = 1/√(σ² + σ_d²)
   Consistency,  // the boundary condition f(x, ε) = x: c_skip = σ_d²/((σ − ε)² + σ_d²),
                 // c_out = σ_d·(σ − ε)/√(σ² + σ_d²), c_in as Edm
   // EDM's baselines (NVlabs/edm VPPrecond, VEPrecond: the score-SDE models converted from

@@ -62,8 +62,8 @@ DhariwalUNetConfig dhariwal_unet_preset(const std::string& name) {
 DhariwalUNet::DhariwalUNet(const DhariwalUNetConfig& cfg, Generator& gen) : cfg_(cfg) {
   cfg.validate();
   const int64_t emb_channels = cfg.model_channels * cfg.channel_mult_emb;
-  const InitOptions init{.mode = "kaiming_uniform", .weight = std::sqrt(1.0 / 3),
-                         .bias = std::sqrt(1.0 / 3)};
+  const InitOptions init{
+      .mode = "kaiming_uniform", .weight = std::sqrt(1.0 / 3), .bias = std::sqrt(1.0 / 3)};
   const InitOptions init_zero{.mode = "kaiming_uniform", .weight = 0, .bias = 0};
   UNetBlockOptions block;  // EDM's UNetBlock defaults: adaptive scale, skip scale 1, eps 1e-5
   block.emb_channels = emb_channels;
@@ -84,12 +84,12 @@ DhariwalUNet::DhariwalUNet(const DhariwalUNetConfig& cfg, Generator& gen) : cfg_
   };
 
   // Mapping.
-  map_noise_ = register_module("map_noise", std::make_shared<PositionalEmbedding>(
-                                                cfg.model_channels, 10000, false));
+  map_noise_ = register_module(
+      "map_noise", std::make_shared<PositionalEmbedding>(cfg.model_channels, 10000, false));
   if (cfg.augment_dim)
-    map_augment_ = register_module("map_augment",
-                                   std::make_shared<Linear>(cfg.augment_dim, cfg.model_channels,
-                                                            false, init_zero, gen));
+    map_augment_ = register_module(
+        "map_augment",
+        std::make_shared<Linear>(cfg.augment_dim, cfg.model_channels, false, init_zero, gen));
   map_layer0_ = register_module(
       "map_layer0", std::make_shared<Linear>(cfg.model_channels, emb_channels, true, init, gen));
   map_layer1_ = register_module(

@@ -41,8 +41,9 @@ struct DhariwalUNetConfig {
   void validate() const;
 };
 
-// "dhariwal-imagenet64" (EDM's --arch=adm, class-conditional: 295,899,267 parameters, as openai's UNetModel) and
-// "dhariwal-tiny-16" (a small class-conditional one for CPU tests); errors list the known names.
+// "dhariwal-imagenet64" (EDM's --arch=adm, class-conditional: 295,899,267 parameters, as openai's
+// UNetModel) and "dhariwal-tiny-16" (a small class-conditional one for CPU tests); errors list the
+// known names.
 DhariwalUNetConfig dhariwal_unet_preset(const std::string& name);
 std::vector<std::string> dhariwal_unet_preset_names();
 

@@ -719,22 +719,24 @@ std::string known_presets() {
 }  // namespace
 
 int64_t NetworkConfig::img_resolution() const {
-  return type == "adm" ? adm.image_size
+  return type == "adm"        ? adm.image_size
          : type == "dhariwal" ? dhariwal.img_resolution
                               : songunet.img_resolution;
 }
 int64_t NetworkConfig::in_channels() const {
-  return type == "adm" ? adm.in_channels
+  return type == "adm"        ? adm.in_channels
          : type == "dhariwal" ? dhariwal.in_channels
                               : songunet.in_channels;
 }
 int64_t NetworkConfig::out_channels() const {
-  return type == "adm" ? adm.out_channels
+  return type == "adm"        ? adm.out_channels
          : type == "dhariwal" ? dhariwal.out_channels
                               : songunet.out_channels;
 }
 int64_t NetworkConfig::label_dim() const {
-  return type == "adm" ? adm.num_classes : type == "dhariwal" ? dhariwal.label_dim : songunet.label_dim;
+  return type == "adm"        ? adm.num_classes
+         : type == "dhariwal" ? dhariwal.label_dim
+                              : songunet.label_dim;
 }
 NetworkConfig network_from_preset(const std::string& preset) {
   NetworkConfig c;
@@ -960,9 +962,10 @@ RunConfig typed_config(const json& r) {
   network.preconditioning = consistency::parse_parameterization(n.value("preconditioning", "edm"));
   const bool baseline = network.preconditioning != consistency::Parameterization::Edm;
   CM_CHECK(!baseline || c.mode == "edm", "/network/preconditioning: \"",
-           n.value("preconditioning", ""), "\" is a teacher's (mode edm); a consistency model uses ",
+           n.value("preconditioning", ""),
+           "\" is a teacher's (mode edm); a consistency model uses ",
            "the consistency parameterisation (mode is \"", c.mode, "\")");
-  const std::string default_labels = baseline ? n.value("preconditioning", "")
+  const std::string default_labels = baseline                ? n.value("preconditioning", "")
                                      : network.type == "adm" ? "adm"
                                                              : "edm";
   network.noise_labels = consistency::parse_noise_labels(n.value("noise_labels", default_labels));

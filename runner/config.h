@@ -94,8 +94,8 @@ struct SampleConfig {
 struct NetworkConfig {
   std::string type = "songunet";  // "songunet", "adm" or "dhariwal"
   std::string preset;
-  nn::SongUNetConfig songunet;     // type "songunet"
-  nn::AdmUNetConfig adm;           // type "adm"
+  nn::SongUNetConfig songunet;      // type "songunet"
+  nn::AdmUNetConfig adm;            // type "adm"
   nn::DhariwalUNetConfig dhariwal;  // type "dhariwal"
   // c_noise(σ): ln σ / 4 (EDM's, the default of SongUNet) or 250·ln σ (the reference's ImageNet
   // and LSUN code, the default of ADM); network.noise_labels "edm" or "adm".

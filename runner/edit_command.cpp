@@ -107,8 +107,7 @@ int run_edit(const EditCommand& c) {
   // function a consistency model distils), run through the same algorithm as a baseline
   const bool teacher = cfg.mode == "edm";
   const consistency::Denoiser net(
-      *m.net,
-      teacher ? cfg.network.preconditioning : consistency::Parameterization::Consistency,
+      *m.net, teacher ? cfg.network.preconditioning : consistency::Parameterization::Consistency,
       cfg.network.noise_labels, nc);
   // f, for images of the given classes (one-hot rows; undefined for an unconditional model)
   auto make_f = [&](const Tensor& labels) {

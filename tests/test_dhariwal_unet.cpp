@@ -57,8 +57,8 @@ TEST_SUITE("nn") {
         Generator gen(7);
         DhariwalUNet net(cfg, gen);
         const bool f64 = dtype == DType::f64;
-        const int checked = check_golden_case(net, g, dtype, f64 ? 1e-10 : 1e-5,
-                                              f64 ? 1e-9 : 1e-4, "dhariwal_tiny");
+        const int checked = check_golden_case(net, g, dtype, f64 ? 1e-10 : 1e-5, f64 ? 1e-9 : 1e-4,
+                                              "dhariwal_tiny");
         CHECK(checked == 9);
       }
     }

@@ -28,13 +28,13 @@ struct Case {
 }  // namespace
 
 TEST_SUITE("consistency") {
-  TEST_CASE("an EDM network pickle, converted, computes what EDM computes, and samples as it does") {
-    for (const Case c : {Case{"edm_songunet", "songunet", Parameterization::Edm,
-                              NoiseLabels::EdmLog4, 0.002},
-                         Case{"edm_dhariwal", "dhariwal", Parameterization::Edm,
-                              NoiseLabels::EdmLog4, 0.002},
-                         Case{"vp", "songunet", Parameterization::Vp, NoiseLabels::VpTime, 0.002},
-                         Case{"ve", "songunet", Parameterization::Ve, NoiseLabels::VeLog, 0.02}}) {
+  TEST_CASE(
+      "an EDM network pickle, converted, computes what EDM computes, and samples as it does") {
+    for (const Case c :
+         {Case{"edm_songunet", "songunet", Parameterization::Edm, NoiseLabels::EdmLog4, 0.002},
+          Case{"edm_dhariwal", "dhariwal", Parameterization::Edm, NoiseLabels::EdmLog4, 0.002},
+          Case{"vp", "songunet", Parameterization::Vp, NoiseLabels::VpTime, 0.002},
+          Case{"ve", "songunet", Parameterization::Ve, NoiseLabels::VeLog, 0.02}}) {
       INFO(c.name);
       const runner::LoadedNetwork m = runner::load_network(
           kGoldenDir + "edm_pkl_" + c.name + ".safetensors", "ema", Device::cpu());

@@ -75,9 +75,14 @@ json tiny_adm(const std::string& mode) {
 // (one attention head) at 4×4.
 json tiny_dhariwal(const std::string& mode) {
   json j = tiny(mode);
-  j["network"] = {{"preset", "dhariwal-tiny-16"}, {"img_resolution", 8}, {"in_channels", 1},
-                  {"out_channels", 1},           {"label_dim", 10},     {"model_channels", 32},
-                  {"attn_resolutions", {4}},     {"dropout", 0.2}};
+  j["network"] = {{"preset", "dhariwal-tiny-16"},
+                  {"img_resolution", 8},
+                  {"in_channels", 1},
+                  {"out_channels", 1},
+                  {"label_dim", 10},
+                  {"model_channels", 32},
+                  {"attn_resolutions", {4}},
+                  {"dropout", 0.2}};
   j["data"]["labels"] = true;
   return j;
 }
