@@ -221,7 +221,7 @@ void attach_images(ImageDataset* ds, std::shared_ptr<const ImageReader> reader, 
   ds->streamed_shape = std::move(nchw);
   if (stream) return;
   ds->images = ds->rows(0, ds->streamed_shape[0], options.threads);
-  ds->reader = nullptr;
+  if (!ds->reader->has_originals()) ds->reader = nullptr;
   ds->streamed_shape.clear();
 }
 
@@ -471,6 +471,31 @@ void ImageDataset::read(int64_t i, uint8_t* dst) const {
     CM_CHECK(reader, "'", source, "': a streamed data set without a reader");
     reader->read(i, dst);
   }
+}
+
+Tensor ImageReader::original(int64_t /*index*/) const {
+  CM_FAIL("ImageReader: this reader keeps no original images");
+}
+
+void ImageDataset::read_random_crop(int64_t i, const std::function<int64_t(int64_t)>& randrange,
+                                    uint8_t* dst) const {
+  const Shape s = shape();
+  CM_CHECK(i >= 0 && i < s[0], "'", source, "': image ", i, " asked for, of ", s[0]);
+  Tensor image;
+  if (reader && reader->has_originals()) {
+    image = reader->original(i);
+    CM_CHECK(image.size(0) == s[1], "'", source, "': image ", i, " has ", image.size(0),
+             " channels, the data set ", s[1]);
+  } else {
+    CM_CHECK(s[2] == s[3], "'", source, "': a random crop is square, but the images are ", s[3],
+             "×", s[2],
+             " (W×H); random_crop needs square images or the reference's image "
+             "folders (openai:<dir>:<size>)");
+    image = u8_tensor({s[1], s[2], s[3]});
+    read(i, image.data<uint8_t>());
+  }
+  const Tensor out = random_crop_arr(image, s[2], randrange);
+  std::memcpy(dst, out.data<uint8_t>(), size_t(out.numel()));
 }
 
 Tensor ImageDataset::rows(int64_t first, int64_t count, int threads) const {
@@ -810,6 +835,11 @@ class ReferenceFolderReader final : public ImageReader {
   ReferenceFolderReader(std::vector<std::string> paths, int64_t size)
       : paths_(std::move(paths)), size_(size) {}
   void read(int64_t index, uint8_t* dst) const override {
+    const Tensor out = center_crop_arr(original(index), size_);
+    std::memcpy(dst, out.data<uint8_t>(), size_t(out.numel()));
+  }
+  bool has_originals() const override { return true; }
+  Tensor original(int64_t index) const override {
     const std::string& path = paths_[size_t(index)];
     const std::vector<uint8_t> bytes = nn::read_file_bytes(path, "load_reference_folder");
     Tensor img;
@@ -818,9 +848,8 @@ class ReferenceFolderReader final : public ImageReader {
     } else {
       img = decode_png(bytes.data(), bytes.size(), path);  // names the file when not a PNG either
     }
-    if (img.size(0) == 1) img = expand(img, {3, img.size(1), img.size(2)});  // L → RGB
-    const Tensor out = center_crop_arr(img, size_);
-    std::memcpy(dst, out.data<uint8_t>(), size_t(out.numel()));
+    if (img.size(0) == 1) img = expand(img, {3, img.size(1), img.size(2)}).contiguous();  // L → RGB
+    return img;
   }
 
  private:

@@ -14,6 +14,8 @@
 //            {"labels": [["00000/img00000000.png", 6], ...]} or {"labels": null}. Without
 //            dataset.json (or with null labels) there are no labels; folder names never mean
 //            classes. Images are taken in sorted order of their '/'-separated relative names.
+//   openai   the reference's image folders (load_reference_folder), center-cropped at load;
+//            their reader also serves each image at its own resolution, for random crops.
 //   npz      downsampled ImageNet (Chrabaszcz et al. 2017): a zip of data.npy (u8 [N, 3·R·R],
 //            channel-planar) and labels.npy (integers 1..1000, stored here 0-based); a stored
 //            (numpy.savez) data.npy is memory-mapped, not read: the images tensor is a view of
@@ -42,12 +44,19 @@ class ImageReader {
  public:
   virtual ~ImageReader() = default;
   virtual void read(int64_t index, uint8_t* dst) const = 0;
+  // Whether original() gives the images as they were before the data set's crop (the reference's
+  // image folders): then a data set keeps its reader even when its images are in memory, so
+  // that random crops (ImageDataset::read_random_crop) start from the full image.
+  virtual bool has_originals() const { return false; }
+  // Image `index` at its own resolution, u8 [C, h, w], before any crop; only if has_originals().
+  virtual Tensor original(int64_t index) const;
 };
 
 // A data set's images are either in memory (`images`: decoded at load, or a view of a mapped file
 // whose pages the batches bring in) or streamed (`reader`, with `images` undefined: image folders
 // and zips too large to decode at once, data sets of several files). Both give the same bytes:
-// read(), rows() and the Loader serve either, so what a run trains on does not depend on it.
+// read(), rows(), read_random_crop() and the Loader serve either, so what a run trains on does
+// not depend on it. (An in-memory data set keeps its `reader` where the reader has originals.)
 struct ImageDataset {
   Tensor images;            // u8 [N, C, H, W], C = 1 or 3, contiguous; undefined when streamed
   Tensor labels;            // i64 [N]: the class 0..num_classes−1, or −1 where unlabelled
@@ -67,6 +76,13 @@ struct ImageDataset {
   // Images first .. first + count − 1 as u8 [count, C, H, W] on the CPU: a view of `images`, or
   // read by up to `threads` threads (0: one per core) from a streamed data set.
   Tensor rows(int64_t first, int64_t count, int threads = 0) const;
+  // Image i randomly cropped to the data set's H×W as the reference's random_crop_arr crops it
+  // (datasets/resize.h, its three draws from randrange), as C·H·W bytes into dst: from the image
+  // at its own resolution where the reader has originals (the reference's image folders: exactly
+  // the reference's random_crop=True pixels), else from the stored image, which must be square
+  // (scaled up by 1 .. 1.25 and cropped back).
+  void read_random_crop(int64_t i, const std::function<int64_t(int64_t)>& randrange,
+                        uint8_t* dst) const;
 };
 
 // Runs fn(i) for i in [0, n) on up to `threads` threads (0: one per core), i taken in interleaved

@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstring>
+#include <functional>
 #include <numeric>
 
 #include "autograd/ops.h"
@@ -23,6 +24,23 @@ Philox4 epoch_block(uint64_t seed, uint64_t epoch, uint64_t i) {
 bool flip_bit(uint64_t seed, uint64_t epoch, uint64_t position) {
   return (epoch_block(seed, epoch, position).v[2] >> 31) != 0;
 }
+
+// The draws of the random crop of position p in epoch e: randrange over lanes 0, 1, 2 of the block
+// with the crop's own key, so that they are independent of the shuffle's and the flip's.
+class CropDraws {
+ public:
+  CropDraws(uint64_t seed, uint64_t epoch, uint64_t position)
+      : block_(epoch_block(seed + 0x9E3779B97F4A7C15ull, epoch, position)) {}
+  int64_t operator()(int64_t n) {
+    CM_CHECK(next_ < 4 && n >= 1 && uint64_t(n) <= (uint64_t(1) << 32),
+             "Loader: internal error: random crop draw ", next_, " of range ", n);
+    return int64_t((uint64_t(block_.v[next_++]) * uint64_t(n)) >> 32);
+  }
+
+ private:
+  Philox4 block_;
+  int next_ = 0;
+};
 
 // x / 127.5 − 1 for every u8 x, rounded once from the exact value.
 const std::array<float, 256>& scale_table() {
@@ -81,6 +99,10 @@ Loader::Loader(ImageDataset dataset, LoaderOptions options, LoaderState start)
                options_.batch_size % options_.shard_count == 0,
            "Loader: a batch of ", options_.batch_size, " does not split into ",
            options_.shard_count, " equal shards (shard ", options_.shard_index, ")");
+  CM_CHECK(!options_.random_crop || dataset_.height() == dataset_.width() ||
+               (dataset_.reader && dataset_.reader->has_originals()),
+           "Loader: random_crop makes square crops, but the images of '", dataset_.source, "' are ",
+           dataset_.width(), "×", dataset_.height(), " (W×H)");
   batches_per_epoch_ = n / options_.batch_size;
   set_state(start);
 }
@@ -136,12 +158,21 @@ Batch Loader::produce(LoaderState pos) {
   auto position = [&](int64_t k) {
     return pos.index * uint64_t(options_.batch_size) + uint64_t(first + k);
   };
-  // A streamed data set's images are read first, by several threads (decoding dominates).
+  // A streamed data set's images, and random crops, are made first, by several threads
+  // (decoding and resampling dominate).
+  const bool staged = dataset_.streamed() || options_.random_crop;
   std::vector<uint8_t> streamed;
-  if (dataset_.streamed()) {
+  if (staged) {
     streamed.resize(size_t(B * C * H * W));
     parallel_rows(B, options_.read_threads, [&](int64_t k) {
-      dataset_.read(order_[size_t(position(k))], streamed.data() + k * C * H * W);
+      const uint64_t p = position(k);
+      uint8_t* out = streamed.data() + k * C * H * W;
+      if (options_.random_crop) {
+        CropDraws draws(options_.seed, pos.epoch, p);
+        dataset_.read_random_crop(order_[size_t(p)], std::ref(draws), out);
+      } else {
+        dataset_.read(order_[size_t(p)], out);
+      }
     });
   }
   for (int64_t k = 0; k < B; ++k) {
@@ -149,8 +180,8 @@ Batch Loader::produce(LoaderState pos) {
     const int64_t row = order_[size_t(p)];
     idx[k] = row;
     const bool flip = options_.random_flip && flip_bit(options_.seed, pos.epoch, p);
-    const uint8_t* src = dataset_.streamed() ? streamed.data() + k * C * H * W
-                                             : dataset_.images.data<uint8_t>() + row * C * H * W;
+    const uint8_t* src = staged ? streamed.data() + k * C * H * W
+                                : dataset_.images.data<uint8_t>() + row * C * H * W;
     float* out = dst + k * C * H * W;
     for (int64_t r = 0; r < C * H; ++r) {
       const uint8_t* s = src + r * W;

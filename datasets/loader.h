@@ -19,6 +19,14 @@
 // at the end of an epoch's permutation are dropped (a different set each epoch), so every batch has
 // exactly batch_size samples, as training wants.
 //
+// Random crops. With random_crop, the sample at position p of epoch e's order is cropped as the
+// reference's random_crop_arr crops it (ImageDataset::read_random_crop: from the full-resolution
+// image of the reference's image folders, else from the stored, square image), its three draws
+// (short side, row, column) taken from lanes 0, 1, 2 of the Philox block with key
+// seed + 0x9E3779B97F4A7C15 and counter (p, e): randrange(n) = ⌊u·n / 2^32⌋ for the 32-bit lane
+// u. The crop comes before the flip, as in the reference. Like the flips, it is a pure function
+// of (seed, epoch, position): the same for every shard count, thread count and resume point.
+//
 // Flips. With random_flip, the sample at position p of epoch e's order is mirrored left–right
 // when bit 31 of lane 2 of the Philox block (key seed, counter (p, e)) is set: probability ½,
 // independent of the shuffle's lanes.
@@ -66,9 +74,10 @@ struct LoaderOptions {
   uint64_t seed = 0;
   bool shuffle = true;  // false: every epoch in data set order
   bool random_flip = false;
-  bool labels = true;    // false: no labels even when the data set has classes
-  bool prefetch = true;  // prepare batches on a background thread
-  int read_threads = 4;  // threads decoding a streamed data set's batch (ImageDataset::streamed)
+  bool random_crop = false;  // the reference's random_crop_arr (see the top of this file)
+  bool labels = true;        // false: no labels even when the data set has classes
+  bool prefetch = true;      // prepare batches on a background thread
+  int read_threads = 4;      // threads decoding a streamed data set's batch, or random-cropping one
   // Data-parallel shards: each batch is rows [shard_index·b, (shard_index + 1)·b) of the batch of
   // batch_size rows, b = batch_size / shard_count (which must divide it); positions, epochs and
   // the visiting order stay those of the whole batch, so the shards of one step are the batch.

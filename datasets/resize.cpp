@@ -129,23 +129,60 @@ Tensor pil_resize(const Tensor& image, int64_t out_w, int64_t out_h, ResampleFil
   return out;
 }
 
-Tensor center_crop_arr(const Tensor& image, int64_t size) {
-  CM_CHECK(image.dtype() == DType::u8 && image.dim() == 3,
-           "center_crop_arr: expected u8 [C, H, W], got ", dtype_name(image.dtype()), " ",
+namespace {
+
+// Halves `image` with BOX while its short side is at least 2·short_side, then resizes it with
+// BICUBIC so that its short side is short_side: the common first half of both crops.
+Tensor resize_short_side(const Tensor& image, int64_t short_side, const char* op) {
+  CM_CHECK(image.dtype() == DType::u8 && image.dim() == 3, op, ": expected u8 [C, H, W], got ",
+           dtype_name(image.dtype()), " ", shape_str(image.shape()));
+  CM_CHECK(image.size(1) >= 1 && image.size(2) >= 1, op, ": an empty image ",
            shape_str(image.shape()));
-  CM_CHECK(size >= 1, "center_crop_arr: size must be positive, got ", size);
   Tensor im = image;
-  while (std::min(im.size(1), im.size(2)) >= 2 * size)
+  while (std::min(im.size(1), im.size(2)) >= 2 * short_side)
     im = pil_resize(im, im.size(2) / 2, im.size(1) / 2, ResampleFilter::Box);
-  const double scale = double(size) / double(std::min(im.size(1), im.size(2)));
+  const double scale = double(short_side) / double(std::min(im.size(1), im.size(2)));
   // Python's round: to nearest, ties to even (the default rounding mode)
   const auto w = int64_t(std::nearbyint(double(im.size(2)) * scale));
   const auto h = int64_t(std::nearbyint(double(im.size(1)) * scale));
-  im = pil_resize(im, w, h, ResampleFilter::Bicubic);
+  return pil_resize(im, w, h, ResampleFilter::Bicubic);
+}
+
+Tensor crop(const Tensor& im, int64_t y, int64_t x, int64_t size) {
+  return narrow(narrow(im, 1, y, size), 2, x, size).contiguous();
+}
+
+}  // namespace
+
+Tensor center_crop_arr(const Tensor& image, int64_t size) {
+  CM_CHECK(size >= 1, "center_crop_arr: size must be positive, got ", size);
+  const Tensor im = resize_short_side(image, size, "center_crop_arr");
+  const int64_t h = im.size(1), w = im.size(2);
   CM_CHECK(h >= size && w >= size, "center_crop_arr: an image of ", image.size(2), "×",
            image.size(1), " resized to ", w, "×", h, " is smaller than ", size, "×", size);
-  const int64_t y = (h - size) / 2, x = (w - size) / 2;
-  return narrow(narrow(im, 1, y, size), 2, x, size).contiguous();
+  return crop(im, (h - size) / 2, (w - size) / 2, size);
+}
+
+Tensor random_crop_arr(const Tensor& image, int64_t size,
+                       const std::function<int64_t(int64_t)>& randrange) {
+  const char* op = "random_crop_arr";
+  CM_CHECK(size >= 1, op, ": size must be positive, got ", size);
+  // as Python computes them: math.ceil of the f64 quotients
+  const auto min_short = int64_t(std::ceil(double(size) / 1.0));
+  const auto max_short = int64_t(std::ceil(double(size) / 0.8));
+  auto draw = [&](int64_t n) {
+    const int64_t v = randrange(n);
+    CM_CHECK(v >= 0 && v < n, op, ": randrange(", n, ") returned ", v);
+    return v;
+  };
+  const int64_t short_side = min_short + draw(max_short - min_short + 1);
+  const Tensor im = resize_short_side(image, short_side, op);
+  const int64_t h = im.size(1), w = im.size(2);
+  CM_CHECK(h >= size && w >= size, op, ": an image of ", image.size(2), "×", image.size(1),
+           " resized to ", w, "×", h, " is smaller than ", size, "×", size);
+  const int64_t y = draw(h - size + 1);
+  const int64_t x = draw(w - size + 1);
+  return crop(im, y, x, size);
 }
 
 }  // namespace cm::data

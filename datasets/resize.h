@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 #include "tensor/tensor.h"
 
@@ -29,5 +30,17 @@ Tensor pil_resize(const Tensor& image, int64_t out_w, int64_t out_h, ResampleFil
 // round(long·size/short), Python's round, half to even), then crop the centre size×size
 // ((H − size) // 2 rows and (W − size) // 2 columns off the top and left).
 Tensor center_crop_arr(const Tensor& image, int64_t size);
+
+// The reference's random_crop_arr(pil_image, size) (openai/consistency_models image_datasets.py,
+// min_crop_frac 0.8, max_crop_frac 1.0), its draws taken from `randrange`, which must return a
+// value uniform in [0, n) when called with n ≥ 1, as Python's random.randrange(n) does:
+//   1. the short side s = ceil(size / 1.0) + randrange(ceil(size / 0.8) − ceil(size / 1.0) + 1)
+//      (so s is in size .. ceil(1.25·size));
+//   2. halve with BOX while the short side is at least 2·s, resize with BICUBIC so that the short
+//      side is s (the long side round(long·s/short), Python's round);
+//   3. crop size×size at row randrange(h − size + 1), column randrange(w − size + 1).
+// randrange is called exactly three times, in that order.
+Tensor random_crop_arr(const Tensor& image, int64_t size,
+                       const std::function<int64_t(int64_t)>& randrange);
 
 }  // namespace cm::data

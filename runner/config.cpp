@@ -63,6 +63,15 @@ std::vector<Field> build_schema() {
        "digits | fashion-mnist:train | idx:<images>,<labels> | cifar10:<dir>:train | folder:<dir> "
        "| zip:<path> | npz:<path>[,<path>...] | npz:<dir> | tint:<spec>"},
       {"/data/flip", Kind::Bool, false, -inf, inf, {}, {}, "random horizontal flips"},
+      {"/data/random_crop",
+       Kind::Bool,
+       false,
+       -inf,
+       inf,
+       {},
+       {},
+       "the reference's random_crop_arr: short side scaled to 1..1.25 of the image size, a random "
+       "square crop (from the full image for openai:<dir>:<size> folders)"},
       {"/data/storage",
        Kind::String,
        "auto",
@@ -950,8 +959,8 @@ RunConfig typed_config(const json& r) {
   c.tf32 = prec == "tf32";
 
   const json& d = r.at("data");
-  c.data = {d.at("dataset"), d.at("flip"), d.at("labels"), d.at("storage"),
-            d.at("read_threads").get<int>()};
+  c.data = {d.at("dataset"), d.at("flip"),    d.at("random_crop"),
+            d.at("labels"),  d.at("storage"), d.at("read_threads").get<int>()};
 
   const json& n = r.at("network");
   NetworkConfig& network = c.network;

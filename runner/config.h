@@ -49,6 +49,7 @@ json read_json_file(const std::string& path);
 struct DataConfig {
   std::string dataset;
   bool flip = false;
+  bool random_crop = false;  // the reference's random_crop_arr (data::LoaderOptions::random_crop)
   bool labels = false;
   std::string storage = "auto";  // "auto", "memory", "stream" (data::Residency)
   int read_threads = 4;

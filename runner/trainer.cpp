@@ -233,6 +233,7 @@ Trainer::Trainer(const RunConfig& cfg, const std::optional<std::string>& checkpo
       std::move(ds), data::LoaderOptions{.batch_size = cfg.train.batch,
                                          .seed = stream_key(cfg.seed, kData),
                                          .random_flip = cfg.data.flip,
+                                         .random_crop = cfg.data.random_crop,
                                          .labels = cfg.data.labels,
                                          .read_threads = cfg.data.read_threads,
                                          .shard_index = comm_->rank(),

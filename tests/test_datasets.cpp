@@ -32,6 +32,7 @@
 #include "datasets/resize.h"
 #include "datasets/zip.h"
 #include "runner/sha256.h"
+#include "tensor/random.h"
 #include "tests/helpers.h"
 
 using namespace cm;
@@ -2077,5 +2078,157 @@ TEST_SUITE("datasets") {
     write_file(dir / "plain/x_1.jpg", jpeg);
     CHECK(values_of(load_reference_folder(dir / "pad", 8).images) ==
           values_of(load_reference_folder(dir / "plain", 8).images));
+  }
+
+  // tools/gen_random_crop_golden.py: the reference's random_crop_arr with its draws recorded.
+  TEST_CASE("random crop: the reference's random_crop_arr, byte for byte, from the full image") {
+    const std::string dir = kReferenceGolden + "reference_folder";
+    const auto g = read_npz(kReferenceGolden + "random_crop.npz");
+    const std::vector<int64_t> trials = g.at("trials").to_vector<int64_t>();  // [K, 3]
+    const std::vector<int64_t> draws = g.at("draws").to_vector<int64_t>();    // [K, 3, 2]
+    const int64_t K = g.at("trials").size(0);
+    REQUIRE(K == 46);
+    std::map<std::pair<int64_t, int>, ImageDataset> folders;  // (size, residency)
+    ImageDataset square_rgb, square_gray;  // stored squares: no originals, crop the image itself
+    square_rgb.images = planar(g.at("square_rgb")).unsqueeze(0).contiguous();
+    square_gray.images = g.at("square_gray").unsqueeze(0).unsqueeze(0).contiguous();
+    square_rgb.source = "square_rgb";
+    square_gray.source = "square_gray";
+    std::set<int64_t> halved;  // sizes at which some image was halved with BOX first
+    for (int64_t k = 0; k < K; ++k) {
+      CAPTURE(k);
+      const int64_t source = trials[size_t(3 * k)], size = trials[size_t(3 * k + 1)],
+                    index = trials[size_t(3 * k + 2)];
+      // replays the trial's draws, checking that cm asks for the ranges the reference asked for
+      int calls = 0;
+      auto replay = [&](int64_t n) -> int64_t {
+        REQUIRE(calls < 3);
+        const size_t at = size_t(6 * k + 2 * calls++);
+        CHECK(n == draws[at]);
+        return draws[at + 1];
+      };
+      const Tensor want = g.at("crop_" + std::to_string(k));
+      const Tensor want_chw = want.dim() == 3 ? planar(want) : want.unsqueeze(0);
+      if (source == 0) {
+        for (Residency r : {Residency::Memory, Residency::Stream}) {
+          CAPTURE(int(r));
+          auto it = folders.find({size, int(r)});
+          if (it == folders.end())
+            it = folders
+                     .emplace(std::pair{size, int(r)},
+                              load_reference_folder(dir, size, {.residency = r}))
+                     .first;
+          const ImageDataset& ds = it->second;
+          CHECK(ds.reader);  // in memory too: the originals are kept for the crops
+          calls = 0;
+          Tensor got = zeros({3, size, size}, {.dtype = DType::u8});
+          ds.read_random_crop(index, replay, got.data<uint8_t>());
+          CHECK(calls == 3);
+          CHECK(values_of(got) == values_of(want_chw));
+          if (draws[size_t(6 * k)] + size < ds.reader->original(index).size(1) / 2)
+            halved.insert(size);
+        }
+      } else {
+        const ImageDataset& ds = source == 1 ? square_rgb : square_gray;
+        CHECK(ds.height() == size);
+        Tensor got = zeros({ds.channels(), size, size}, {.dtype = DType::u8});
+        ds.read_random_crop(0, replay, got.data<uint8_t>());
+        CHECK(calls == 3);
+        CHECK(values_of(got) == values_of(want_chw));
+        calls = 0;
+        CHECK(values_of(random_crop_arr(ds.images.select(0, 0), size, replay)) ==
+              values_of(want_chw));
+      }
+    }
+    CHECK(halved.count(8) == 1);
+    // a randrange out of its range is caught, not read past the image
+    CHECK_ERROR_MENTIONS(
+        random_crop_arr(square_rgb.images.select(0, 0), 16, [](int64_t n) { return n; }),
+        "randrange(");
+    CHECK_ERROR_MENTIONS(random_crop_arr(zeros({3, 4, 4}), 4, [](int64_t) { return 0; }),
+                         "u8 [C, H, W]");
+    // a stored image that is not square has no square crop of its size
+    ImageDataset wide;
+    wide.images = zeros({2, 1, 6, 8}, {.dtype = DType::u8});
+    wide.source = "wide";
+    Tensor dst = zeros({1, 6, 8}, {.dtype = DType::u8});
+    CHECK_ERROR_MENTIONS(wide.read_random_crop(
+                             0, [](int64_t) { return 0; }, dst.data<uint8_t>()),
+                         "'wide'", "square", "8×6");
+    CHECK_ERROR_MENTIONS(Loader(wide, {.batch_size = 1, .random_crop = true}), "'wide'",
+                         "random_crop", "8×6");
+  }
+
+  TEST_CASE(
+      "Loader: random crops are a pure function of (seed, epoch, position), before the flip") {
+    const std::string dir = kReferenceGolden + "reference_folder";
+    const ImageDataset mem = load_reference_folder(dir, 8, {.residency = Residency::Memory});
+    const ImageDataset str = load_reference_folder(dir, 8, {.residency = Residency::Stream});
+    const int64_t n = mem.size(), B = 3;
+    REQUIRE(n == 6);
+    const uint64_t seed = 11;
+    // the documented draws: lanes 0, 1, 2 of Philox(key seed + 0x9E3779B97F4A7C15, counter (p, e))
+    auto crop_of = [&](int64_t row, uint64_t epoch, uint64_t p) {
+      const uint64_t key = seed + 0x9E3779B97F4A7C15ull;
+      const Philox4 r = philox4x32_10(
+          Philox4{{uint32_t(p), uint32_t(p >> 32), uint32_t(epoch), uint32_t(epoch >> 32)}},
+          uint32_t(key), uint32_t(key >> 32));
+      int lane = 0;
+      Tensor out = zeros({3, 8, 8}, {.dtype = DType::u8});
+      mem.read_random_crop(
+          row, [&](int64_t m) { return int64_t((uint64_t(r.v[lane++]) * uint64_t(m)) >> 32); },
+          out.data<uint8_t>());
+      return to(sub(div(to(out, DType::f64), 127.5), 1.0), DType::f32);  // the loader rounds once
+    };
+    Loader a(mem, {.batch_size = B, .seed = seed, .random_crop = true, .prefetch = false});
+    Loader b(str, {.batch_size = B, .seed = seed, .random_crop = true, .read_threads = 3});
+    Loader flipped(mem, {.batch_size = B, .seed = seed, .random_flip = true, .random_crop = true});
+    Loader plain(mem, {.batch_size = B, .seed = seed});
+    std::vector<Batch> seen;
+    int mirrored = 0, differs_from_centre = 0;
+    for (int step = 0; step < 6; ++step) {
+      CAPTURE(step);
+      const Batch x = a.next(), y = b.next(), f = flipped.next(), c = plain.next();
+      CHECK(max_abs_diff(x.images, y.images) == 0);  // residency, threads and prefetch: no matter
+      const std::vector<int64_t> rows = x.indices.to_vector<int64_t>();
+      CHECK(rows == c.indices.to_vector<int64_t>());  // the crop does not change the order
+      for (int64_t k = 0; k < B; ++k) {
+        const uint64_t p = x.position.index * uint64_t(B) + uint64_t(k);
+        const Tensor want = crop_of(rows[size_t(k)], x.position.epoch, p);
+        CHECK(max_abs_diff(x.images.select(0, k), want) == 0);
+        // with flips: the same crop, mirrored where the flip bit says
+        const Tensor fk = f.images.select(0, k);
+        if (max_abs_diff(fk, want) != 0) {
+          CHECK(max_abs_diff(
+                    fk, index_select(want, 2,
+                                     from_vector<int64_t>({7, 6, 5, 4, 3, 2, 1, 0}, {8}))) == 0);
+          ++mirrored;
+        }
+        if (max_abs_diff(want, c.images.select(0, k)) != 0) ++differs_from_centre;
+      }
+      seen.push_back(x);
+    }
+    CHECK(mirrored > 0);
+    CHECK(differs_from_centre > 12);
+    // another epoch crops an image differently
+    CHECK(max_abs_diff(crop_of(0, 0, 0), crop_of(0, 1, 0)) +
+              max_abs_diff(crop_of(1, 0, 1), crop_of(1, 1, 1)) >
+          0);
+    // resume and shards: the batches of the uninterrupted run
+    Loader resumed(str, {.batch_size = B, .seed = seed, .random_crop = true}, seen[3].position);
+    CHECK(max_abs_diff(resumed.next().images, seen[3].images) == 0);
+    for (int64_t s = 0; s < 3; ++s) {
+      Loader shard(
+          mem,
+          {.batch_size = B, .seed = seed, .random_crop = true, .shard_index = s, .shard_count = 3},
+          seen[5].position);
+      CHECK(max_abs_diff(shard.next().images, seen[5].images.narrow(0, s, 1)) == 0);
+    }
+    // a stored square data set (digits) is scaled up and cropped back
+    Loader d(load_dataset("digits"), {.batch_size = 16, .seed = 2, .random_crop = true});
+    Loader dp(load_dataset("digits"), {.batch_size = 16, .seed = 2});
+    const Batch dc = d.next(), dpl = dp.next();
+    CHECK(dc.images.shape() == Shape{16, 1, 8, 8});
+    CHECK(max_abs_diff(dc.images, dpl.images) > 0);
   }
 }  // TEST_SUITE

@@ -460,7 +460,9 @@ TEST_SUITE("runner") {
     check_resume_is_exact("ct", tiny("ct"));
   }
 
-  TEST_CASE("a streamed data set trains as the same images in memory do, and resumes exactly") {
+  TEST_CASE(
+      "a streamed data set trains as the same images in memory do, random crops and flips "
+      "included, and resumes exactly") {
     // the digits as an EDM folder of PNGs, with their labels in dataset.json
     const fs::path dir = temp_dir("stream");
     const data::ImageDataset digits = data::load_dataset("digits");
@@ -475,7 +477,8 @@ TEST_SUITE("runner") {
     }
     std::ofstream((dir / "digits/dataset.json").string()) << json{{"labels", entries}}.dump();
     json user = tiny("ct");
-    user["data"] = {{"dataset", "folder:" + (dir / "digits").string()}, {"flip", true}};
+    user["data"] = {
+        {"dataset", "folder:" + (dir / "digits").string()}, {"flip", true}, {"random_crop", true}};
     std::vector<std::string> ckpt;
     for (const char* storage : {"memory", "stream"}) {
       CAPTURE(storage);
@@ -484,12 +487,17 @@ TEST_SUITE("runner") {
       const RunConfig cfg = typed_config(resolve_config(user, "test.json"));
       Trainer t(cfg, std::nullopt, nullptr);
       CHECK(t.loader().dataset().streamed() == (std::string(storage) == "stream"));
+      CHECK(t.loader().options().random_crop);
       for (int i = 0; i < 4; ++i) t.train_step();
       ckpt.push_back((dir / (std::string(storage) + ".safetensors")).string());
       t.save_checkpoint(ckpt.back());
     }
     check_same_checkpoints(ckpt[0], ckpt[1]);
     check_resume_is_exact("stream-resume", user);
+    user["data"]["random_crop"] = "yes";
+    CHECK_THROWS_WITH_AS(resolve_config(user, "test.json"), doctest::Contains("/data/random_crop"),
+                         cm::Error);
+    user["data"]["random_crop"] = true;
     user["data"]["storage"] = "disk";
     CHECK_THROWS_WITH_AS(resolve_config(user, "test.json"), doctest::Contains("/data/storage"),
                          cm::Error);
