@@ -117,6 +117,7 @@ const char* unary_op_name(UnaryOp op) {
 #define CM_NAME(E, F) \
   case UnaryOp::E:    \
     return #E;
+    // clang-format off
     CM_NAME(Neg, )
     CM_NAME(Abs, )
     CM_NAME(Exp, )
@@ -126,15 +127,38 @@ const char* unary_op_name(UnaryOp op) {
     CM_NAME(Square, )
     CM_NAME(Reciprocal, )
     CM_NAME(Sin, )
-    CM_NAME(Cos, ) CM_NAME(Tanh, ) CM_NAME(Sigmoid, ) CM_NAME(Silu, ) CM_NAME(Relu, )
-        CM_NAME(Gelu, ) CM_NAME(Sign, ) CM_NAME(Erf, ) CM_NAME(Expm1, ) CM_NAME(Log1p, )
-            CM_NAME(Floor, ) CM_NAME(Ceil, ) CM_NAME(Round, ) CM_NAME(PowScalar, )
-                CM_NAME(RPowScalar, ) CM_NAME(AddScalar, ) CM_NAME(MulScalar, ) CM_NAME(DivScalar, )
-                    CM_NAME(RSubScalar, ) CM_NAME(RDivScalar, ) CM_NAME(MaxScalar, )
-                        CM_NAME(MinScalar, ) CM_NAME(Clamp, ) CM_NAME(EqScalar, )
-                            CM_NAME(NeScalar, ) CM_NAME(LtScalar, ) CM_NAME(LeScalar, )
-                                CM_NAME(GtScalar, ) CM_NAME(GeScalar, ) CM_NAME(IsFinite, )
-                                    CM_NAME(LogicalNot, )
+    CM_NAME(Cos, )
+    CM_NAME(Tanh, )
+    CM_NAME(Sigmoid, )
+    CM_NAME(Silu, )
+    CM_NAME(Relu, )
+    CM_NAME(Gelu, )
+    CM_NAME(Sign, )
+    CM_NAME(Erf, )
+    CM_NAME(Expm1, )
+    CM_NAME(Log1p, )
+    CM_NAME(Floor, )
+    CM_NAME(Ceil, )
+    CM_NAME(Round, )
+    CM_NAME(PowScalar, )
+    CM_NAME(RPowScalar, )
+    CM_NAME(AddScalar, )
+    CM_NAME(MulScalar, )
+    CM_NAME(DivScalar, )
+    CM_NAME(RSubScalar, )
+    CM_NAME(RDivScalar, )
+    CM_NAME(MaxScalar, )
+    CM_NAME(MinScalar, )
+    CM_NAME(Clamp, )
+    CM_NAME(EqScalar, )
+    CM_NAME(NeScalar, )
+    CM_NAME(LtScalar, )
+    CM_NAME(LeScalar, )
+    CM_NAME(GtScalar, )
+    CM_NAME(GeScalar, )
+    CM_NAME(IsFinite, )
+    CM_NAME(LogicalNot, )
+    // clang-format on
 #undef CM_NAME
   }
   return "unary?";
@@ -161,6 +185,7 @@ const char* binary_op_name(BinaryOp op) {
 #define CM_NAME(E)  \
   case BinaryOp::E: \
     return #E;
+    // clang-format off
     CM_NAME(Add)
     CM_NAME(Sub)
     CM_NAME(Mul)
@@ -170,9 +195,20 @@ const char* binary_op_name(BinaryOp op) {
     CM_NAME(Minimum)
     CM_NAME(Lerp)
     CM_NAME(AddScale)
-    CM_NAME(Eq) CM_NAME(Ne) CM_NAME(Lt) CM_NAME(Le) CM_NAME(Gt) CM_NAME(Ge) CM_NAME(LogicalAnd)
-        CM_NAME(LogicalOr) CM_NAME(ReluBackward) CM_NAME(SiluBackward) CM_NAME(GeluBackward)
-            CM_NAME(SigmoidBackward) CM_NAME(TanhBackward)
+    CM_NAME(Eq)
+    CM_NAME(Ne)
+    CM_NAME(Lt)
+    CM_NAME(Le)
+    CM_NAME(Gt)
+    CM_NAME(Ge)
+    CM_NAME(LogicalAnd)
+    CM_NAME(LogicalOr)
+    CM_NAME(ReluBackward)
+    CM_NAME(SiluBackward)
+    CM_NAME(GeluBackward)
+    CM_NAME(SigmoidBackward)
+    CM_NAME(TanhBackward)
+    // clang-format on
 #undef CM_NAME
   }
   return "binary?";

@@ -230,51 +230,95 @@ CM_BINARY_PRED(LogicalOrF, bool(x) || bool(y))
 
 // CM_UNARY_SWITCH(op, F, body): calls body.template operator()<sop::XxxF>() style dispatch. The
 // backends use these lists so that adding an op means adding one line here and one functor above.
-#define CM_FOR_EACH_FLOAT_UNARY(X)                                                                \
-  X(Neg, NegF)                                                                                    \
-  X(Abs, AbsF)                                                                                    \
-  X(Exp, ExpF)                                                                                    \
-  X(Log, LogF)                                                                                    \
-  X(Sqrt, SqrtF)                                                                                  \
-  X(Rsqrt, RsqrtF) X(Square, SquareF) X(Reciprocal, ReciprocalF) X(Sin, SinF) X(Cos, CosF)        \
-      X(Tanh, TanhF) X(Sigmoid, SigmoidF) X(Silu, SiluF) X(Relu, ReluF) X(Gelu, GeluF)            \
-          X(Sign, SignF) X(Erf, ErfF) X(Expm1, Expm1F) X(Log1p, Log1pF) X(Floor, FloorF)          \
-              X(Ceil, CeilF) X(Round, RoundF) X(PowScalar, PowScalarF) X(RPowScalar, RPowScalarF) \
-                  X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(DivScalar, DivScalarF)      \
-                      X(RSubScalar, RSubScalarF) X(RDivScalar, RDivScalarF)                       \
-                          X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) X(Clamp, ClampF)
+// clang-format off
+#define CM_FOR_EACH_FLOAT_UNARY(X) \
+  X(Neg, NegF)                     \
+  X(Abs, AbsF)                     \
+  X(Exp, ExpF)                     \
+  X(Log, LogF)                     \
+  X(Sqrt, SqrtF)                   \
+  X(Rsqrt, RsqrtF)                 \
+  X(Square, SquareF)               \
+  X(Reciprocal, ReciprocalF)       \
+  X(Sin, SinF)                     \
+  X(Cos, CosF)                     \
+  X(Tanh, TanhF)                   \
+  X(Sigmoid, SigmoidF)             \
+  X(Silu, SiluF)                   \
+  X(Relu, ReluF)                   \
+  X(Gelu, GeluF)                   \
+  X(Sign, SignF)                   \
+  X(Erf, ErfF)                     \
+  X(Expm1, Expm1F)                 \
+  X(Log1p, Log1pF)                 \
+  X(Floor, FloorF)                 \
+  X(Ceil, CeilF)                   \
+  X(Round, RoundF)                 \
+  X(PowScalar, PowScalarF)         \
+  X(RPowScalar, RPowScalarF)       \
+  X(AddScalar, AddScalarF)         \
+  X(MulScalar, MulScalarF)         \
+  X(DivScalar, DivScalarF)         \
+  X(RSubScalar, RSubScalarF)       \
+  X(RDivScalar, RDivScalarF)       \
+  X(MaxScalar, MaxScalarF)         \
+  X(MinScalar, MinScalarF)         \
+  X(Clamp, ClampF)
 
 // Unary ops that are also defined on integer dtypes (exact integer arithmetic).
-#define CM_FOR_EACH_INT_UNARY(X)                                               \
-  X(Neg, NegF)                                                                 \
-  X(Abs, AbsF)                                                                 \
-  X(Square, SquareF)                                                           \
-  X(Relu, ReluF)                                                               \
-  X(Sign, SignF)                                                               \
-  X(AddScalar, AddScalarF) X(MulScalar, MulScalarF) X(RSubScalar, RSubScalarF) \
-      X(MaxScalar, MaxScalarF) X(MinScalar, MinScalarF) X(Clamp, ClampF)
+#define CM_FOR_EACH_INT_UNARY(X) \
+  X(Neg, NegF)                   \
+  X(Abs, AbsF)                   \
+  X(Square, SquareF)             \
+  X(Relu, ReluF)                 \
+  X(Sign, SignF)                 \
+  X(AddScalar, AddScalarF)       \
+  X(MulScalar, MulScalarF)       \
+  X(RSubScalar, RSubScalarF)     \
+  X(MaxScalar, MaxScalarF)       \
+  X(MinScalar, MinScalarF)       \
+  X(Clamp, ClampF)
 
 #define CM_FOR_EACH_PRED_UNARY(X) \
   X(EqScalar, EqScalarF)          \
   X(NeScalar, NeScalarF)          \
   X(LtScalar, LtScalarF)          \
   X(LeScalar, LeScalarF)          \
-  X(GtScalar, GtScalarF) X(GeScalar, GeScalarF) X(IsFinite, IsFiniteF) X(LogicalNot, LogicalNotF)
+  X(GtScalar, GtScalarF)          \
+  X(GeScalar, GeScalarF)          \
+  X(IsFinite, IsFiniteF)          \
+  X(LogicalNot, LogicalNotF)
 
-#define CM_FOR_EACH_FLOAT_BINARY(X)                                                                \
-  X(Add, AddF)                                                                                     \
-  X(Sub, SubF)                                                                                     \
-  X(Mul, MulF)                                                                                     \
-  X(Div, DivF)                                                                                     \
-  X(Pow, PowF)                                                                                     \
-  X(Maximum, MaximumF) X(Minimum, MinimumF) X(Lerp, LerpF) X(AddScale, AddScaleF)                  \
-      X(ReluBackward, ReluBackwardF) X(SiluBackward, SiluBackwardF) X(GeluBackward, GeluBackwardF) \
-          X(SigmoidBackward, SigmoidBackwardF) X(TanhBackward, TanhBackwardF)
+#define CM_FOR_EACH_FLOAT_BINARY(X)    \
+  X(Add, AddF)                         \
+  X(Sub, SubF)                         \
+  X(Mul, MulF)                         \
+  X(Div, DivF)                         \
+  X(Pow, PowF)                         \
+  X(Maximum, MaximumF)                 \
+  X(Minimum, MinimumF)                 \
+  X(Lerp, LerpF)                       \
+  X(AddScale, AddScaleF)               \
+  X(ReluBackward, ReluBackwardF)       \
+  X(SiluBackward, SiluBackwardF)       \
+  X(GeluBackward, GeluBackwardF)       \
+  X(SigmoidBackward, SigmoidBackwardF) \
+  X(TanhBackward, TanhBackwardF)
 
 #define CM_FOR_EACH_INT_BINARY(X) \
-  X(Add, AddF) X(Sub, SubF) X(Mul, MulF) X(Maximum, MaximumF) X(Minimum, MinimumF)
+  X(Add, AddF)                    \
+  X(Sub, SubF)                    \
+  X(Mul, MulF)                    \
+  X(Maximum, MaximumF)            \
+  X(Minimum, MinimumF)
 
 #define CM_FOR_EACH_PRED_BINARY(X) \
   X(Eq, EqF)                       \
   X(Ne, NeF)                       \
-  X(Lt, LtF) X(Le, LeF) X(Gt, GtF) X(Ge, GeF) X(LogicalAnd, LogicalAndF) X(LogicalOr, LogicalOrF)
+  X(Lt, LtF)                       \
+  X(Le, LeF)                       \
+  X(Gt, GtF)                       \
+  X(Ge, GeF)                       \
+  X(LogicalAnd, LogicalAndF)       \
+  X(LogicalOr, LogicalOrF)
+// clang-format on
