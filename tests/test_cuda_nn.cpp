@@ -1,8 +1,9 @@
 // GPU parity for group_norm and the neural-network functions (linear, embedding, dropout,
 // upsample_nearest2d, upsample_bilinear2d, avg_pool2d, scaled_dot_product_attention): CUDA against
 // CPU, forward and backward, in every layout and float dtype; group_norm with large means and
-// bit-for-bit repeatability; dropout masks identical on both devices. Each case exits with code 77
-// (CTest "skipped") where no GPU is present.
+// bit-for-bit repeatability; dropout masks identical on both devices; the fused kernels (GroupNorm
+// + SiLU with and without the shift, dropout, the convolution's bias) against the composites they
+// replace, on the GPU. Each case exits with code 77 (CTest "skipped") where no GPU is present.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -144,6 +145,30 @@ void run_parity(const OpCase& oc, DType dt, Layout layout) {
   }
 }
 
+// Bit-for-bit equality of two tensors (NaNs equal), with the first difference in the message.
+void check_same_bits(const Tensor& a, const Tensor& b, const std::string& what) {
+  REQUIRE_MESSAGE(a.defined() == b.defined(), what, ": defined on one side only");
+  if (!a.defined()) return;
+  REQUIRE_MESSAGE(a.shape() == b.shape(), what, ": shapes differ");
+  const std::vector<double> x = a.to_vector<double>(), y = b.to_vector<double>();
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < x.size(); ++i)
+    if (!(x[i] == y[i] || (std::isnan(x[i]) && std::isnan(y[i])))) {
+      if (bad++ == 0) first = i;
+    }
+  CHECK_MESSAGE(bad == 0, what, ": ", bad, " of ", x.size(), " elements differ, first at ", first,
+                " (", bad ? x[first] : 0.0, " vs ", bad ? y[first] : 0.0, ")");
+}
+
+Tensor gpu_input(const Shape& s, uint64_t seed, DType dt, MemoryFormat f = MemoryFormat::Contiguous,
+                 double scale = 1.0) {
+  return to_memory_format(to(randn_input(s, seed, Layout::Contiguous, dt, scale), kGpu), f);
+}
+
+Tensor gpu_like(const Tensor& t) {
+  return empty(t.shape(), {.dtype = t.dtype(), .device = t.device()}, memory_format_of(t));
+}
+
 }  // namespace
 
 TEST_SUITE("gpu") {
@@ -209,6 +234,147 @@ TEST_SUITE("gpu") {
         CHECK(memory_format_of(yc) == memory_format_of(yg));
         CHECK_MESSAGE(yc.to_vector<double>() == yg.to_vector<double>(), dtype_name(dt));
       }
+  }
+
+  TEST_CASE("cuda nn: the fused GroupNorm + SiLU kernels give their composites' bits") {
+    require_gpu();
+    Backend& be = backend_for(kGpu);
+    struct Shp {
+      Shape x;
+      int64_t groups;
+    };
+    // a small case, and one with more elements per channel and per group than a block has threads
+    for (const Shp& sh : {Shp{{3, 8, 5, 4}, 4}, Shp{{4, 64, 17, 19}, 32}, Shp{{2, 6}, 3}})
+      for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16})
+        for (bool affine : {true, false})
+          for (bool shifted : {false, true}) {
+            const std::string what = shape_str(sh.x) + " " + dtype_name(dt) +
+                                     (affine ? " affine" : " plain") + (shifted ? " shifted" : "");
+            CAPTURE(what);
+            const int64_t N = sh.x[0], C = sh.x[1];
+            const Tensor x = gpu_input(sh.x, 1, dt);
+            const Tensor w = affine ? gpu_input({C}, 2, dt) : Tensor();
+            const Tensor b = affine ? gpu_input({C}, 3, dt) : Tensor();
+            const Tensor shift = shifted ? gpu_input({N, C}, 4, dt) : Tensor();
+            const Tensor dy = gpu_input(sh.x, 5, dt);
+            const DType st = dt == DType::f64 ? DType::f64 : DType::f32;
+            Tensor out[2], mean[2], rstd[2], dx[2], dw[2], db[2], ds[2];
+            for (int k = 0; k < 2; ++k) {  // 0: fused (CudaBackend), 1: composite (Backend's)
+              out[k] = gpu_like(x);
+              mean[k] = empty({N, sh.groups}, {.dtype = st, .device = kGpu});
+              rstd[k] = empty({N, sh.groups}, {.dtype = st, .device = kGpu});
+              dx[k] = gpu_like(x);
+              if (affine) {
+                dw[k] = gpu_like(w);
+                db[k] = gpu_like(b);
+              }
+              if (shifted) ds[k] = gpu_like(shift);
+              if (shifted && k == 0) {
+                be.group_norm_silu_shifted(x, shift, w, b, sh.groups, 1e-5, out[k], mean[k],
+                                           rstd[k]);
+                be.group_norm_silu_shifted_backward(dy, x, shift, w, b, mean[k], rstd[k], sh.groups,
+                                                    1e-5, dx[k], ds[k], dw[k], db[k]);
+              } else if (shifted) {
+                be.Backend::group_norm_silu_shifted(x, shift, w, b, sh.groups, 1e-5, out[k],
+                                                    mean[k], rstd[k]);
+                be.Backend::group_norm_silu_shifted_backward(dy, x, shift, w, b, mean[k], rstd[k],
+                                                             sh.groups, 1e-5, dx[k], ds[k], dw[k],
+                                                             db[k]);
+              } else if (k == 0) {
+                be.group_norm_silu(x, w, b, sh.groups, 1e-5, out[k], mean[k], rstd[k]);
+                be.group_norm_silu_backward(dy, x, w, b, mean[k], rstd[k], sh.groups, 1e-5, dx[k],
+                                            dw[k], db[k]);
+              } else {
+                be.Backend::group_norm_silu(x, w, b, sh.groups, 1e-5, out[k], mean[k], rstd[k]);
+                be.Backend::group_norm_silu_backward(dy, x, w, b, mean[k], rstd[k], sh.groups, 1e-5,
+                                                     dx[k], dw[k], db[k]);
+              }
+            }
+            check_same_bits(out[1], out[0], what + " output");
+            check_same_bits(mean[1], mean[0], what + " mean");
+            check_same_bits(rstd[1], rstd[0], what + " rstd");
+            check_same_bits(dx[1], dx[0], what + " grad x");
+            check_same_bits(dw[1], dw[0], what + " grad weight");
+            check_same_bits(db[1], db[0], what + " grad bias");
+            check_same_bits(ds[1], ds[0], what + " grad shift");
+            if (!shifted && affine) {  // only the parameter gradients wanted: no grad_x
+              Tensor dw2 = gpu_like(w), db2 = gpu_like(b);
+              be.group_norm_silu_backward(dy, x, w, b, mean[0], rstd[0], sh.groups, 1e-5, Tensor(),
+                                          dw2, db2);
+              check_same_bits(dw[1], dw2, what + " grad weight without grad x");
+              check_same_bits(db[1], db2, what + " grad bias without grad x");
+            }
+          }
+  }
+
+  TEST_CASE("cuda nn: the fused dropout kernel gives the composite's bits") {
+    require_gpu();
+    Backend& be = backend_for(kGpu);
+    for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16})
+      for (MemoryFormat f : {MemoryFormat::Contiguous, MemoryFormat::ChannelsLast}) {
+        CAPTURE(dtype_name(dt));
+        CAPTURE(int(f));
+        const Tensor x = gpu_input({3, 10, 9, 7}, 21, dt, f);
+        Tensor out0 = gpu_like(x), out1 = gpu_like(x), m0 = gpu_like(x), m1 = gpu_like(x);
+        be.dropout(x, 0.7, 1 / 0.7, 77, 5, out0, m0);
+        be.Backend::dropout(x, 0.7, 1 / 0.7, 77, 5, out1, m1);
+        check_same_bits(out1, out0, "output");
+        check_same_bits(m1, m0, "mask");
+        Tensor out2 = gpu_like(x);  // without a mask tensor
+        be.dropout(x, 0.7, 1 / 0.7, 77, 5, out2, Tensor());
+        check_same_bits(out1, out2, "output without a mask");
+        Tensor inplace = clone(x);
+        if (f == MemoryFormat::ChannelsLast) inplace = to_memory_format(inplace, f);
+        be.dropout(inplace, 0.7, 1 / 0.7, 77, 5, inplace, Tensor());
+        check_same_bits(out1, inplace, "in place");
+      }
+    // a layout the kernel does not walk (a transposed view) goes to the composite: same values
+    const Tensor xt = transpose(gpu_input({33, 65}, 22, DType::f32), 0, 1);
+    Tensor o0 = gpu_like(xt), o1 = gpu_like(xt);
+    be.dropout(xt, 0.4, 2.5, 9, 0, o0, Tensor());
+    be.Backend::dropout(xt, 0.4, 2.5, 9, 0, o1, Tensor());
+    check_same_bits(o1, o0, "transposed");
+  }
+
+  TEST_CASE("cuda nn: the convolution's bias kernels against the composite, in both layouts") {
+    require_gpu();
+    Backend& be = backend_for(kGpu);
+    const Conv2dParams p{.pad_h = 1, .pad_w = 1};
+    for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16})
+      for (MemoryFormat f : {MemoryFormat::Contiguous, MemoryFormat::ChannelsLast})
+        for (const Shape& xs : {Shape{2, 5, 6, 7}, Shape{70, 3, 20, 17}}) {
+          CAPTURE(dtype_name(dt));
+          CAPTURE(int(f));
+          CAPTURE(shape_str(xs));
+          const int64_t Co = 12;
+          const Tensor x = gpu_input(xs, 31, dt, f);
+          const Tensor w = gpu_input({Co, xs[1], 3, 3}, 32, dt, MemoryFormat::Contiguous, 0.3);
+          const Tensor b = gpu_input({Co}, 33, dt);
+          const Shape ys{xs[0], Co, xs[2], xs[3]};
+          const TensorOptions o{.dtype = dt, .device = kGpu};
+          Tensor y0 = empty(ys, o, f), y1 = empty(ys, o, f);
+          be.conv2d_bias(x, w, b, p, y0);
+          be.Backend::conv2d_bias(x, w, b, p, y1);
+          check_same_bits(y1, y0, "forward");
+          const Tensor dy = gpu_input(ys, 34, dt, f);
+          Tensor dw0 = gpu_like(w), dw1 = gpu_like(w), db0 = gpu_like(b), db1 = gpu_like(b);
+          be.conv2d_backward_weight_bias(x, dy, p, dw0, db0);
+          be.Backend::conv2d_backward_weight_bias(x, dy, p, dw1, db1);
+          check_same_bits(dw1, dw0, "weight gradient");
+          // the bias gradient sums in another order: within accumulation error, and repeatable
+          const double tol = dt == DType::f64 ? 1e-12 : dt == DType::f32 ? 1e-5 : device_tol(dt);
+          check_close(db1, db0, tol, "bias gradient");
+          Tensor dw2 = gpu_like(w), db2 = gpu_like(b);
+          be.conv2d_backward_weight_bias(x, dy, p, dw2, db2);
+          check_same_bits(db0, db2, "bias gradient, second run");
+          // and against an f64 sum on the CPU
+          const Tensor ref = sum(to(to(dy, Device::cpu()), DType::f64), {0, 2, 3});
+          check_close(ref, db0,
+                      dt == DType::f64   ? 1e-12
+                      : dt == DType::f32 ? 1e-5
+                                         : device_tol(dt),
+                      "bias gradient against f64");
+        }
   }
 
   TEST_CASE(

@@ -1,5 +1,6 @@
 // The CUDA backend: kernels per family in this folder (elementwise.cu, reduce.cu, index.cu,
-// random.cu), matrix products through cuBLAS (matmul.cpp), a caching allocator per device.
+// random.cu, norm.cu, bias.cu), matrix products through cuBLAS (matmul.cpp), a caching allocator
+// per device.
 #pragma once
 
 #include "tensor/backend.h"
@@ -42,6 +43,30 @@ class CudaBackend final : public Backend {
                            const Tensor& mean, const Tensor& rstd, int64_t groups,
                            const Tensor& grad_x, const Tensor& grad_w,
                            const Tensor& grad_b) override;
+  // norm.cu: the fused forms, with the composite's bits (one pass fewer each way, no temporaries)
+  void group_norm_silu(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
+                       double eps, const Tensor& out, const Tensor& mean,
+                       const Tensor& rstd) override;
+  void group_norm_silu_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
+                                const Tensor& bias, const Tensor& mean, const Tensor& rstd,
+                                int64_t groups, double eps, const Tensor& grad_x,
+                                const Tensor& grad_w, const Tensor& grad_b) override;
+  void group_norm_silu_shifted(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                               const Tensor& bias, int64_t groups, double eps, const Tensor& out,
+                               const Tensor& mean, const Tensor& rstd) override;
+  void group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
+                                        const Tensor& shift, const Tensor& weight,
+                                        const Tensor& bias, const Tensor& mean, const Tensor& rstd,
+                                        int64_t groups, double eps, const Tensor& grad_x,
+                                        const Tensor& grad_shift, const Tensor& grad_w,
+                                        const Tensor& grad_b) override;
+
+  // bias.cu: the convolution's bias added by a per-channel kernel, its gradient summed per channel
+  // by a deterministic two-stage kernel (the composites' generic broadcast add and reduction)
+  void conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,
+                   const Tensor& out) override;
+  void conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
+                                   const Tensor& grad_w, const Tensor& grad_b) override;
 
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
@@ -50,6 +75,9 @@ class CudaBackend final : public Backend {
 
   void random(RandomKind kind, const Tensor& out, uint64_t seed, uint64_t first_block, double a,
               double b) override;
+  // random.cu: draw, scale and multiply in one kernel, the composite's bits
+  void dropout(const Tensor& x, double keep, double scale, uint64_t seed, uint64_t first_block,
+               const Tensor& out, const Tensor& mask) override;
 };
 
 }  // namespace cm::cuda_impl

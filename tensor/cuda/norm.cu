@@ -8,58 +8,79 @@
 // channel order); a grid-stride kernel writes dx; one block per c reduces the per-(n, c) sums over
 // n for dweight and dbias (a deterministic two-stage reduction). No atomics anywhere: results are
 // bit-for-bit reproducible.
+//
+// GroupNorm + SiLU (and its per-sample channel shift) run through the same kernels with two
+// policies: how an element of the normalised input is read (InputOf: x, or x + shift[n, c] rounded
+// to T as the separate Add rounds it) and whether the output is silu(h) with h rounded to T first
+// (the composite's group_norm, then SiLU). The backward recomputes h from x and the statistics and
+// takes dh = SiluBackward(dy, h) rounded to T where the composite reads its dh tensor: the fused
+// path gives the composite's bits (tests/test_cuda_nn.cpp checks it), with two passes over the
+// activations fewer forward and four fewer backward, and no temporaries.
 #include <climits>
 
+#include "tensor/cuda/block_reduce.cuh"
 #include "tensor/cuda/cuda_backend.h"
 #include "tensor/cuda/cuda_common.h"
+#include "tensor/scalar_ops.h"
 
 namespace cm::cuda_impl {
 namespace {
 
+// Element i (flat NCHW index) of the normalised input: x[i], or x[i] + shift[n, c] rounded to T
+// as the composite's separate Add (AddF with alpha 1) rounds it; shift is [N, C] contiguous.
 template <class T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-template <class T>
-__device__ __forceinline__ acc_t<T> load(const T* p, int64_t i) {
-  return acc_t<T>(static_cast<compute_t<T>>(p[i]));
-}
-
-// Sum of one value per thread over a block of power-of-two size ≤ kThreads, in a fixed tree; the
-// result is returned to every thread.
-template <class A>
-__device__ A block_sum(A v) {
-  __shared__ A smem[kThreads];
-  smem[threadIdx.x] = v;
-  __syncthreads();
-  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-    if (threadIdx.x < s) smem[threadIdx.x] += smem[threadIdx.x + s];
-    __syncthreads();
+struct InputOf {
+  const T* x;
+  const T* shift;  // null: no shift
+  int64_t HW;
+  __device__ __forceinline__ acc_t<T> operator()(int64_t i) const {
+    if (!shift) return load(x, i);
+    using C = compute_t<T>;
+    const T v = convert<T>(sop::AddF<C>{C(1)}(static_cast<C>(x[i]), static_cast<C>(shift[i / HW])));
+    return acc_t<T>(static_cast<C>(v));
   }
-  const A r = smem[0];
-  __syncthreads();
-  return r;
+};
+
+// The normalised value of input value xv in channel c of group ng, before rounding to T: one
+// expression for the forward and for the backward's recomputation, so both round alike.
+template <class T, class S>
+__device__ __forceinline__ acc_t<T> gn_value(acc_t<T> xv, const T* w, const T* b, const S* mean,
+                                             const S* rstd, int64_t c, int64_t ng) {
+  using A = acc_t<T>;
+  const A scale = A(rstd[ng]) * (w ? load(w, c) : A(1));
+  const A shift = b ? load(b, c) : A(0);
+  return (xv - A(mean[ng])) * scale + shift;
 }
 
-// A power of two in [32, kThreads] covering n items per block where possible.
-unsigned threads_for(int64_t n) {
-  unsigned t = 32;
-  while (t < unsigned(kThreads) && int64_t(t) < n) t *= 2;
-  return t;
+// The gradient the norm's backward sees at element i: dy itself, or (with SiLU) dh =
+// SiluBackward(dy, h) rounded to T, h = the forward's output before SiLU, recomputed.
+template <class T, class S, bool kSilu>
+__device__ __forceinline__ acc_t<T> grad_at(const T* dy, acc_t<T> xv, int64_t i, const T* w,
+                                            const T* b, const S* mean, const S* rstd, int64_t c,
+                                            int64_t ng) {
+  if constexpr (!kSilu) {
+    return load(dy, i);
+  } else {
+    using C = compute_t<T>;
+    const T h = convert<T>(gn_value<T, S>(xv, w, b, mean, rstd, c, ng));
+    const T dh = convert<T>(sop::SiluBackwardF<C>{C(1)}(static_cast<C>(dy[i]), static_cast<C>(h)));
+    return acc_t<T>(static_cast<C>(dh));
+  }
 }
 
 // Grid N·G: the mean and rstd of group blockIdx.x, stored as S.
 template <class T, class S>
-__global__ void gn_stats_kernel(const T* x, int64_t M, double eps, S* mean, S* rstd) {
+__global__ void gn_stats_kernel(InputOf<T> in, int64_t M, double eps, S* mean, S* rstd) {
   using A = acc_t<T>;
-  const T* xg = x + int64_t(blockIdx.x) * M;
+  const int64_t base = int64_t(blockIdx.x) * M;
   A s = 0;
-  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) s += load(xg, i);
+  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) s += in(base + i);
   const A mu = M > 0 ? block_sum(s) / A(M) : A(0);
   // Second pass: Σ e and Σ e² with e = x − mean; Σ e (zero in exact arithmetic) corrects the
   // rounding of the first pass (the corrected two-pass formula, as on the CPU).
   A s1 = 0, s2 = 0;
   for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
-    const A e = load(xg, i) - mu;
+    const A e = in(base + i) - mu;
     s1 += e;
     s2 += e * e;
   }
@@ -74,35 +95,38 @@ __global__ void gn_stats_kernel(const T* x, int64_t M, double eps, S* mean, S* r
   }
 }
 
-// out[n, c, hw] = (x − mean[n, g])·rstd[n, g]·w[c] + b[c] over all N·C·HW elements.
-template <class T, class S>
-__global__ void gn_apply_kernel(const T* x, const T* w, const T* b, const S* mean, const S* rstd,
+// out[n, c, hw] = (x − mean[n, g])·rstd[n, g]·w[c] + b[c] over all N·C·HW elements; with kSilu,
+// silu of that value rounded to T (the composite's SiLU over group_norm's output).
+template <class T, class S, bool kSilu>
+__global__ void gn_apply_kernel(InputOf<T> in, const T* w, const T* b, const S* mean, const S* rstd,
                                 int64_t total, int64_t C, int64_t Cg, int64_t HW, T* out) {
-  using A = acc_t<T>;
+  using Cm = compute_t<T>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t nc = i / HW, c = nc % C, ng = (nc / C) * (C / Cg) + c / Cg;
-    const A scale = A(rstd[ng]) * (w ? load(w, c) : A(1));
-    const A shift = b ? load(b, c) : A(0);
-    out[i] = convert<T>((load(x, i) - A(mean[ng])) * scale + shift);
+    const T h = convert<T>(gn_value<T, S>(in(i), w, b, mean, rstd, c, ng));
+    if constexpr (kSilu)
+      out[i] = convert<T>(sop::SiluF<Cm>{}(static_cast<Cm>(h)));
+    else
+      out[i] = h;
   }
 }
 
-// Grid N·C: sum_dy_xhat[n, c] = Σ_hw dy·x̂ and sum_dy[n, c] = Σ_hw dy.
-template <class T, class S>
-__global__ void gn_backward_channel_kernel(const T* dy, const T* x, const S* mean, const S* rstd,
-                                           int64_t C, int64_t Cg, int64_t HW, acc_t<T>* sum_dy_xhat,
-                                           acc_t<T>* sum_dy) {
+// Grid N·C: sum_dy_xhat[n, c] = Σ_hw g·x̂ and sum_dy[n, c] = Σ_hw g, g = grad_at (dy, or dh).
+template <class T, class S, bool kSilu>
+__global__ void gn_backward_channel_kernel(const T* dy, InputOf<T> in, const T* w, const T* b,
+                                           const S* mean, const S* rstd, int64_t C, int64_t Cg,
+                                           int64_t HW, acc_t<T>* sum_dy_xhat, acc_t<T>* sum_dy) {
   using A = acc_t<T>;
-  const int64_t nc = blockIdx.x, ng = (nc / C) * (C / Cg) + (nc % C) / Cg;
+  const int64_t nc = blockIdx.x, c = nc % C, ng = (nc / C) * (C / Cg) + c / Cg;
   const A mu = A(mean[ng]);
-  const T* dyc = dy + nc * HW;
-  const T* xc = x + nc * HW;
+  const int64_t base = nc * HW;
   A sdx = 0, sd = 0;
   for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-    const A g = load(dyc, i);
+    const A xv = in(base + i);
+    const A g = grad_at<T, S, kSilu>(dy, xv, base + i, w, b, mean, rstd, c, ng);
     sd += g;
-    sdx += g * (load(xc, i) - mu);
+    sdx += g * (xv - mu);
   }
   sdx = block_sum(sdx);
   sd = block_sum(sd);
@@ -133,31 +157,22 @@ __global__ void gn_backward_group_kernel(const T* w, const acc_t<T>* sum_dy_xhat
   }
 }
 
-// dx = rstd·(w[c]·dy − coef0 − x̂·coef1) over all N·C·HW elements.
-template <class T, class S>
-__global__ void gn_backward_input_kernel(const T* dy, const T* x, const T* w, const S* mean,
-                                         const S* rstd, const acc_t<T>* coef, int64_t total,
-                                         int64_t C, int64_t Cg, int64_t HW, T* dx) {
+// dx = rstd·(w[c]·g − coef0 − x̂·coef1) over all N·C·HW elements, g = grad_at (dy, or dh).
+template <class T, class S, bool kSilu>
+__global__ void gn_backward_input_kernel(const T* dy, InputOf<T> in, const T* w, const T* b,
+                                         const S* mean, const S* rstd, const acc_t<T>* coef,
+                                         int64_t total, int64_t C, int64_t Cg, int64_t HW, T* dx) {
   using A = acc_t<T>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t nc = i / HW, c = nc % C, ng = (nc / C) * (C / Cg) + c / Cg;
     const A r = A(rstd[ng]);
-    const A xhat = (load(x, i) - A(mean[ng])) * r;
+    const A xv = in(i);
+    const A xhat = (xv - A(mean[ng])) * r;
     const A wc = w ? load(w, c) : A(1);
-    dx[i] = convert<T>(r * (wc * load(dy, i) - coef[2 * ng] - xhat * coef[2 * ng + 1]));
+    const A g = grad_at<T, S, kSilu>(dy, xv, i, w, b, mean, rstd, c, ng);
+    dx[i] = convert<T>(r * (wc * g - coef[2 * ng] - xhat * coef[2 * ng + 1]));
   }
-}
-
-// Grid C: out[c] = Σ_n per_nc[n, c] (block tree over n).
-template <class T>
-__global__ void gn_sum_over_n_kernel(const acc_t<T>* per_nc, int64_t N, int64_t C, T* out) {
-  using A = acc_t<T>;
-  const int64_t c = blockIdx.x;
-  A s = 0;
-  for (int64_t n = threadIdx.x; n < N; n += blockDim.x) s += per_nc[n * C + c];
-  s = block_sum(s);
-  if (threadIdx.x == 0) out[c] = convert<T>(s);
 }
 
 struct GnDims {
@@ -180,46 +195,59 @@ const T* ptr_or_null(const Tensor& t) {
   return t.defined() ? static_cast<const T*>(t.data_ptr()) : nullptr;
 }
 
-template <class T, class S>
-void group_norm_typed(const Tensor& x, const Tensor& weight, const Tensor& bias, const GnDims& d,
-                      double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd,
-                      int dev) {
-  const int64_t NG = d.N * d.G, M = d.Cg * d.HW, total = x.numel();
+// The operands of one call (undefined tensors where absent): weight, bias and shift as the
+// Backend contract describes them.
+struct GnArgs {
+  Tensor x, shift, weight, bias, mean, rstd;
+  GnDims d;
+  double eps = 0;
+  int dev = 0;
+};
+
+template <class T>
+InputOf<T> input_of(const GnArgs& a) {
+  return {static_cast<const T*>(a.x.data_ptr()), ptr_or_null<T>(a.shift), a.d.HW};
+}
+
+template <class T, class S, bool kSilu>
+void group_norm_typed(const GnArgs& a, const Tensor& out) {
+  const GnDims& d = a.d;
+  const int64_t NG = d.N * d.G, M = d.Cg * d.HW, total = a.x.numel();
   CM_CHECK(NG <= INT_MAX, "group_norm: too many groups (", NG, ")");
-  cudaStream_t st = stream(dev);
+  cudaStream_t st = stream(a.dev);
   gn_stats_kernel<T, S><<<unsigned(NG), threads_for(M), 0, st>>>(
-      static_cast<const T*>(x.data_ptr()), M, eps, static_cast<S*>(mean.data_ptr()),
-      static_cast<S*>(rstd.data_ptr()));
+      input_of<T>(a), M, a.eps, static_cast<S*>(a.mean.data_ptr()),
+      static_cast<S*>(a.rstd.data_ptr()));
   CUDA_CHECK_LAUNCH();
   if (total == 0) return;
-  gn_apply_kernel<T, S><<<blocks_for(total), kThreads, 0, st>>>(
-      static_cast<const T*>(x.data_ptr()), ptr_or_null<T>(weight), ptr_or_null<T>(bias),
-      static_cast<const S*>(mean.data_ptr()), static_cast<const S*>(rstd.data_ptr()), total, d.C,
-      d.Cg, d.HW, static_cast<T*>(out.data_ptr()));
+  gn_apply_kernel<T, S, kSilu><<<blocks_for(total), kThreads, 0, st>>>(
+      input_of<T>(a), ptr_or_null<T>(a.weight), ptr_or_null<T>(a.bias),
+      static_cast<const S*>(a.mean.data_ptr()), static_cast<const S*>(a.rstd.data_ptr()), total,
+      d.C, d.Cg, d.HW, static_cast<T*>(out.data_ptr()));
   CUDA_CHECK_LAUNCH();
 }
 
-template <class T, class S>
-void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
-                               const Tensor& mean, const Tensor& rstd, const GnDims& d,
-                               const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
-                               int dev) {
+template <class T, class S, bool kSilu>
+void group_norm_backward_typed(const GnArgs& a, const Tensor& grad_out, const Tensor& grad_x,
+                               const Tensor& grad_w, const Tensor& grad_b) {
   using A = acc_t<T>;
-  const int64_t NC = d.N * d.C, NG = d.N * d.G, M = d.Cg * d.HW, total = x.numel();
+  const GnDims& d = a.d;
+  const int64_t NC = d.N * d.C, NG = d.N * d.G, M = d.Cg * d.HW, total = a.x.numel();
   CM_CHECK(NC <= INT_MAX, "group_norm_backward: too many channels (", NC, ")");
-  cudaStream_t st = stream(dev);
-  const TensorOptions acc_opt{.dtype = dtype_v<A>, .device = x.device()};
+  cudaStream_t st = stream(a.dev);
+  const TensorOptions acc_opt{.dtype = dtype_v<A>, .device = a.x.device()};
   // Scratch: per-(n, c) sums, then per-(n, g) coefficients.
   Tensor sum_dy_xhat = empty({NC}, acc_opt), sum_dy = empty({NC}, acc_opt);
   A* sdx = static_cast<A*>(sum_dy_xhat.data_ptr());
   A* sd = static_cast<A*>(sum_dy.data_ptr());
   const T* dy = static_cast<const T*>(grad_out.data_ptr());
-  const T* xp = static_cast<const T*>(x.data_ptr());
-  const T* w = ptr_or_null<T>(weight);
-  const S* mp = static_cast<const S*>(mean.data_ptr());
-  const S* rp = static_cast<const S*>(rstd.data_ptr());
-  gn_backward_channel_kernel<T, S>
-      <<<unsigned(NC), threads_for(d.HW), 0, st>>>(dy, xp, mp, rp, d.C, d.Cg, d.HW, sdx, sd);
+  const InputOf<T> in = input_of<T>(a);
+  const T* w = ptr_or_null<T>(a.weight);
+  const T* b = ptr_or_null<T>(a.bias);
+  const S* mp = static_cast<const S*>(a.mean.data_ptr());
+  const S* rp = static_cast<const S*>(a.rstd.data_ptr());
+  gn_backward_channel_kernel<T, S, kSilu>
+      <<<unsigned(NC), threads_for(d.HW), 0, st>>>(dy, in, w, b, mp, rp, d.C, d.Cg, d.HW, sdx, sd);
   CUDA_CHECK_LAUNCH();
   if (grad_x.defined() && total > 0) {
     Tensor coef = empty({2 * NG}, acc_opt);
@@ -227,21 +255,68 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
     gn_backward_group_kernel<T>
         <<<blocks_for(NG), kThreads, 0, st>>>(w, sdx, sd, NG, d.G, d.Cg, M, cp);
     CUDA_CHECK_LAUNCH();
-    gn_backward_input_kernel<T, S><<<blocks_for(total), kThreads, 0, st>>>(
-        dy, xp, w, mp, rp, cp, total, d.C, d.Cg, d.HW, static_cast<T*>(grad_x.data_ptr()));
+    gn_backward_input_kernel<T, S, kSilu><<<blocks_for(total), kThreads, 0, st>>>(
+        dy, in, w, b, mp, rp, cp, total, d.C, d.Cg, d.HW, static_cast<T*>(grad_x.data_ptr()));
     CUDA_CHECK_LAUNCH();
   }
   const unsigned tn = threads_for(d.N);
   if (grad_w.defined()) {
-    gn_sum_over_n_kernel<T>
+    sum_over_n_kernel<T>
         <<<unsigned(d.C), tn, 0, st>>>(sdx, d.N, d.C, static_cast<T*>(grad_w.data_ptr()));
     CUDA_CHECK_LAUNCH();
   }
   if (grad_b.defined()) {
-    gn_sum_over_n_kernel<T>
+    sum_over_n_kernel<T>
         <<<unsigned(d.C), tn, 0, st>>>(sd, d.N, d.C, static_cast<T*>(grad_b.data_ptr()));
     CUDA_CHECK_LAUNCH();
   }
+}
+
+GnArgs gn_args(const Tensor& x, const Tensor& shift, const Tensor& weight, const Tensor& bias,
+               const Tensor& mean, const Tensor& rstd, int64_t groups, double eps,
+               std::initializer_list<Tensor> others, const char* op) {
+  check_contiguous({x, shift, weight, bias, mean, rstd}, op);
+  check_contiguous(others, op);
+  return GnArgs{x, shift, weight, bias, mean, rstd, gn_dims(x, groups), eps, x.device().index};
+}
+
+void run_forward(const GnArgs& a, bool silu, const Tensor& out, const char* op) {
+  DeviceGuard g(a.dev);
+  if (a.d.N * a.d.G == 0) return;
+  CM_DISPATCH_FLOAT(a.x.dtype(), op, [&] {
+    const bool f64 = a.mean.dtype() == DType::f64;
+    if (silu) {
+      f64 ? group_norm_typed<scalar_t, double, true>(a, out)
+          : group_norm_typed<scalar_t, float, true>(a, out);
+    } else {
+      f64 ? group_norm_typed<scalar_t, double, false>(a, out)
+          : group_norm_typed<scalar_t, float, false>(a, out);
+    }
+  });
+}
+
+// Returns false where there is nothing to run (no (n, c) pairs; the parameter gradients zeroed).
+bool run_backward(CudaBackend& be, const GnArgs& a, bool silu, const Tensor& grad_out,
+                  const Tensor& grad_x, const Tensor& grad_w, const Tensor& grad_b,
+                  const char* op) {
+  DeviceGuard g(a.dev);
+  if (a.d.N * a.d.C == 0) {
+    // No (n, c) pairs: the parameter gradients are sums over nothing.
+    if (grad_w.defined()) be.fill(grad_w, 0);
+    if (grad_b.defined()) be.fill(grad_b, 0);
+    return false;
+  }
+  CM_DISPATCH_FLOAT(a.x.dtype(), op, [&] {
+    const bool f64 = a.mean.dtype() == DType::f64;
+    if (silu) {
+      f64 ? group_norm_backward_typed<scalar_t, double, true>(a, grad_out, grad_x, grad_w, grad_b)
+          : group_norm_backward_typed<scalar_t, float, true>(a, grad_out, grad_x, grad_w, grad_b);
+    } else {
+      f64 ? group_norm_backward_typed<scalar_t, double, false>(a, grad_out, grad_x, grad_w, grad_b)
+          : group_norm_backward_typed<scalar_t, float, false>(a, grad_out, grad_x, grad_w, grad_b);
+    }
+  });
+  return true;
 }
 
 }  // namespace
@@ -249,42 +324,74 @@ void group_norm_backward_typed(const Tensor& grad_out, const Tensor& x, const Te
 void CudaBackend::group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias,
                              int64_t groups, double eps, const Tensor& out, const Tensor& mean,
                              const Tensor& rstd) {
-  check_contiguous({x, weight, bias, out, mean, rstd}, "group_norm");
-  const int dev = x.device().index;
-  DeviceGuard g(dev);
-  const GnDims d = gn_dims(x, groups);
-  if (d.N * d.G == 0) return;
-  CM_DISPATCH_FLOAT(x.dtype(), "group_norm", [&] {
-    if (mean.dtype() == DType::f64)
-      group_norm_typed<scalar_t, double>(x, weight, bias, d, eps, out, mean, rstd, dev);
-    else
-      group_norm_typed<scalar_t, float>(x, weight, bias, d, eps, out, mean, rstd, dev);
-  });
+  const char* op = "group_norm";
+  run_forward(gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {out}, op), false, out, op);
 }
 
 void CudaBackend::group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
                                       const Tensor& mean, const Tensor& rstd, int64_t groups,
                                       const Tensor& grad_x, const Tensor& grad_w,
                                       const Tensor& grad_b) {
-  check_contiguous({grad_out, x, weight, mean, rstd, grad_x, grad_w, grad_b},
-                   "group_norm_backward");
-  const int dev = x.device().index;
-  DeviceGuard g(dev);
-  const GnDims d = gn_dims(x, groups);
-  if (d.N * d.C == 0) {
-    // No (n, c) pairs: the parameter gradients are sums over nothing.
-    if (grad_w.defined()) fill(grad_w, 0);
-    if (grad_b.defined()) fill(grad_b, 0);
-    return;
+  const char* op = "group_norm_backward";
+  const GnArgs a =
+      gn_args(x, {}, weight, {}, mean, rstd, groups, 0.0, {grad_out, grad_x, grad_w, grad_b}, op);
+  run_backward(*this, a, false, grad_out, grad_x, grad_w, grad_b, op);
+}
+
+void CudaBackend::group_norm_silu(const Tensor& x, const Tensor& weight, const Tensor& bias,
+                                  int64_t groups, double eps, const Tensor& out, const Tensor& mean,
+                                  const Tensor& rstd) {
+  const char* op = "group_norm_silu";
+  run_forward(gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {out}, op), true, out, op);
+}
+
+void CudaBackend::group_norm_silu_backward(const Tensor& grad_out, const Tensor& x,
+                                           const Tensor& weight, const Tensor& bias,
+                                           const Tensor& mean, const Tensor& rstd, int64_t groups,
+                                           double eps, const Tensor& grad_x, const Tensor& grad_w,
+                                           const Tensor& grad_b) {
+  const char* op = "group_norm_silu_backward";
+  const GnArgs a =
+      gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {grad_out, grad_x, grad_w, grad_b}, op);
+  run_backward(*this, a, true, grad_out, grad_x, grad_w, grad_b, op);
+}
+
+void CudaBackend::group_norm_silu_shifted(const Tensor& x, const Tensor& shift,
+                                          const Tensor& weight, const Tensor& bias, int64_t groups,
+                                          double eps, const Tensor& out, const Tensor& mean,
+                                          const Tensor& rstd) {
+  const char* op = "group_norm_silu_shifted";
+  CM_CHECK(x.dim() >= 2 && shift.shape() == Shape({x.size(0), x.size(1)}), op,
+           ": shift must be [N, C] = [", x.size(0), ", ", x.size(1), "], got ",
+           shape_str(shift.shape()));
+  run_forward(gn_args(x, shift, weight, bias, mean, rstd, groups, eps, {out}, op), true, out, op);
+}
+
+void CudaBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
+                                                   const Tensor& shift, const Tensor& weight,
+                                                   const Tensor& bias, const Tensor& mean,
+                                                   const Tensor& rstd, int64_t groups, double eps,
+                                                   const Tensor& grad_x, const Tensor& grad_shift,
+                                                   const Tensor& grad_w, const Tensor& grad_b) {
+  const char* op = "group_norm_silu_shifted_backward";
+  CM_CHECK(x.dim() >= 2 && shift.shape() == Shape({x.size(0), x.size(1)}), op,
+           ": shift must be [N, C] = [", x.size(0), ", ", x.size(1), "], got ",
+           shape_str(shift.shape()));
+  CM_CHECK(!grad_shift.defined() || grad_x.defined(), op,
+           ": grad_shift is summed from grad_x, which must be given");
+  const GnArgs a = gn_args(x, shift, weight, bias, mean, rstd, groups, eps,
+                           {grad_out, grad_x, grad_shift, grad_w, grad_b}, op);
+  run_backward(*this, a, true, grad_out, grad_x, grad_w, grad_b, op);
+  if (grad_shift.defined()) {
+    // Σ over the spatial dims of grad_x: the composite's reduction, so its bits
+    Shape kept(x.shape().size(), 1);  // [N, C, 1, ...]
+    kept[0] = x.size(0);
+    kept[1] = x.size(1);
+    Shape st(kept.size(), 0);
+    st[0] = grad_shift.stride(0);
+    st[1] = grad_shift.stride(1);
+    reduce(ReduceOp::Sum, grad_x, grad_shift.alias_with(kept, st, grad_shift.offset()));
   }
-  CM_DISPATCH_FLOAT(x.dtype(), "group_norm_backward", [&] {
-    if (mean.dtype() == DType::f64)
-      group_norm_backward_typed<scalar_t, double>(grad_out, x, weight, mean, rstd, d, grad_x,
-                                                  grad_w, grad_b, dev);
-    else
-      group_norm_backward_typed<scalar_t, float>(grad_out, x, weight, mean, rstd, d, grad_x, grad_w,
-                                                 grad_b, dev);
-  });
 }
 
 }  // namespace cm::cuda_impl
