@@ -397,26 +397,29 @@ TEST_SUITE("gpu") {
 
 // SongUNet on the GPU against EDM's PyTorch outputs (the CPU test is tests/test_songunet.cpp).
 TEST_SUITE("gpu") {
-  TEST_CASE("cuda: SongUNet matches EDM's outputs and gradients on the GPU") {
+  TEST_CASE("cuda: SongUNet matches EDM's outputs and gradients on the GPU, in both formats") {
     require_gpu();
-    for (const std::string flavour : {"ddpmpp", "ncsnpp"}) {
-      nn::SafetensorsFile f(kGoldenDir + "songunet_" + flavour + ".safetensors");
-      const nn::SongUNetConfig c = songunet_config_from_json(f.metadata().at("config"));
-      Generator gen(0);
-      nn::SongUNet net(c, gen);
-      net.load_state_dict(golden_weights(f));
-      net.to(kGpu);
-      net.eval();
-      Tensor x = to(f.get("input.x"), kGpu);
-      x.set_requires_grad(true);
-      Tensor out = net.forward(x, to(f.get("input.noise_labels"), kGpu));
-      check_close(f.get("output"), out, 1e-5, flavour + " output");
-      sum(mul(out, to(f.get("input.weights"), kGpu))).backward();
-      check_close(f.get("grad.x"), x.grad(), 1e-4, flavour + " input gradient");
-      for (auto& [n, p] : net.named_parameters())
-        if (f.contains("grad." + n))
-          check_close(f.get("grad." + n), p.grad(), 1e-4, flavour + " gradient of " + n);
-    }
+    for (const std::string format : {"contiguous", "channels_last"})
+      for (const std::string flavour0 : {"ddpmpp", "ncsnpp"}) {
+        const std::string flavour = flavour0 + " " + format;
+        nn::SafetensorsFile f(kGoldenDir + "songunet_" + flavour0 + ".safetensors");
+        nn::SongUNetConfig c = songunet_config_from_json(f.metadata().at("config"));
+        c.memory_format = format;  // channels-last: cuDNN in NHWC, GroupNorm's NHWC kernels
+        Generator gen(0);
+        nn::SongUNet net(c, gen);
+        net.load_state_dict(golden_weights(f));
+        net.to(kGpu);
+        net.eval();
+        Tensor x = to(f.get("input.x"), kGpu);
+        x.set_requires_grad(true);
+        Tensor out = net.forward(x, to(f.get("input.noise_labels"), kGpu));
+        check_close(f.get("output"), out, 1e-5, flavour + " output");
+        sum(mul(out, to(f.get("input.weights"), kGpu))).backward();
+        check_close(f.get("grad.x"), x.grad(), 1e-4, flavour + " input gradient");
+        for (auto& [n, p] : net.named_parameters())
+          if (f.contains("grad." + n))
+            check_close(f.get("grad." + n), p.grad(), 1e-4, flavour + " gradient of " + n);
+      }
   }
 
   TEST_CASE("cuda: ADM U-Net matches the reference UNetModel's outputs and gradients on the GPU") {

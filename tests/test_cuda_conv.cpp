@@ -1,6 +1,7 @@
 // GPU parity for conv2d and conv_transpose2d: CUDA (cuDNN) against the CPU in f64 on the same
 // (rounded) values, forward and the gradients of x, w and bias, in f64/f32/f16/bf16 with contiguous
-// and non-contiguous inputs; TF32, reproducible gradients, expanded output gradients and errors.
+// and non-contiguous inputs, channels-last ones through cuDNN's NHWC path; TF32, reproducible
+// gradients, expanded output gradients and errors.
 // Each case exits with code 77 (CTest "skipped") where no GPU is present.
 #include <cstdlib>
 #include <cstring>
@@ -119,6 +120,23 @@ TEST_SUITE("gpu") {
     uint64_t seed = 1000;
     for (const ConvCase& c : cases())
       for (DType dt : {DType::f16, DType::bf16}) run_parity(c, dt, Layout::Transposed, seed += 4);
+  }
+
+  TEST_CASE("cuda conv: channels-last activations (cuDNN in NHWC, KRSC filters) match the CPU") {
+    require_gpu();
+    uint64_t seed = 2000;
+    for (const ConvCase& c : cases())
+      for (DType dt : {DType::f64, DType::f32, DType::f16, DType::bf16})
+        run_parity(c, dt, Layout::ChannelsLast, seed += 4);
+    // the layout travels: a channels-last input gives channels-last outputs and input gradients
+    Tensor x =
+        with_layout(to(to(randn_input({2, 8, 9, 7}, 5), DType::bf16), kGpu), Layout::ChannelsLast)
+            .set_requires_grad(true);
+    const Tensor w = to(to(randn_input({16, 8, 3, 3}, 6), DType::bf16), kGpu);
+    const Tensor y = conv2d(x, w, {}, cases()[0].p);
+    CHECK(memory_format_of(y) == MemoryFormat::ChannelsLast);
+    sum(mul(y, y)).backward();
+    CHECK(memory_format_of(x.grad()) == MemoryFormat::ChannelsLast);
   }
 
   TEST_CASE("cuda conv: TF32 only when asked, within TF32 precision") {

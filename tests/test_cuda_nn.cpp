@@ -244,67 +244,100 @@ TEST_SUITE("gpu") {
       int64_t groups;
     };
     // a small case, and one with more elements per channel and per group than a block has threads
+    Backend& cpu = backend_for(Device::cpu());
     for (const Shp& sh : {Shp{{3, 8, 5, 4}, 4}, Shp{{4, 64, 17, 19}, 32}, Shp{{2, 6}, 3}})
-      for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16})
-        for (bool affine : {true, false})
-          for (bool shifted : {false, true}) {
-            const std::string what = shape_str(sh.x) + " " + dtype_name(dt) +
-                                     (affine ? " affine" : " plain") + (shifted ? " shifted" : "");
-            CAPTURE(what);
-            const int64_t N = sh.x[0], C = sh.x[1];
-            const Tensor x = gpu_input(sh.x, 1, dt);
-            const Tensor w = affine ? gpu_input({C}, 2, dt) : Tensor();
-            const Tensor b = affine ? gpu_input({C}, 3, dt) : Tensor();
-            const Tensor shift = shifted ? gpu_input({N, C}, 4, dt) : Tensor();
-            const Tensor dy = gpu_input(sh.x, 5, dt);
-            const DType st = dt == DType::f64 ? DType::f64 : DType::f32;
-            Tensor out[2], mean[2], rstd[2], dx[2], dw[2], db[2], ds[2];
-            for (int k = 0; k < 2; ++k) {  // 0: fused (CudaBackend), 1: composite (Backend's)
-              out[k] = gpu_like(x);
-              mean[k] = empty({N, sh.groups}, {.dtype = st, .device = kGpu});
-              rstd[k] = empty({N, sh.groups}, {.dtype = st, .device = kGpu});
-              dx[k] = gpu_like(x);
-              if (affine) {
-                dw[k] = gpu_like(w);
-                db[k] = gpu_like(b);
+      for (MemoryFormat f : {MemoryFormat::Contiguous, MemoryFormat::ChannelsLast})
+        for (DType dt : {DType::f32, DType::f64, DType::f16, DType::bf16})
+          for (bool affine : {true, false})
+            for (bool shifted : {false, true}) {
+              if (f == MemoryFormat::ChannelsLast && sh.x.size() != 4) continue;
+              const std::string what = shape_str(sh.x) + " " + memory_format_name(f) + " " +
+                                       dtype_name(dt) + (affine ? " affine" : " plain") +
+                                       (shifted ? " shifted" : "");
+              CAPTURE(what);
+              const int64_t N = sh.x[0], C = sh.x[1];
+              const Tensor x = gpu_input(sh.x, 1, dt, f);
+              const Tensor w = affine ? gpu_input({C}, 2, dt) : Tensor();
+              const Tensor b = affine ? gpu_input({C}, 3, dt) : Tensor();
+              const Tensor shift = shifted ? gpu_input({N, C}, 4, dt) : Tensor();
+              const Tensor dy = gpu_input(sh.x, 5, dt, f);
+              const DType st = dt == DType::f64 ? DType::f64 : DType::f32;
+              Tensor out[2], mean[2], rstd[2], dx[2], dw[2], db[2], ds[2];
+              for (int k = 0; k < 2; ++k) {  // 0: fused (CudaBackend), 1: composite (Backend's)
+                out[k] = gpu_like(x);
+                mean[k] = empty({N, sh.groups}, {.dtype = st, .device = kGpu});
+                rstd[k] = empty({N, sh.groups}, {.dtype = st, .device = kGpu});
+                dx[k] = gpu_like(x);
+                if (affine) {
+                  dw[k] = gpu_like(w);
+                  db[k] = gpu_like(b);
+                }
+                if (shifted) ds[k] = gpu_like(shift);
+                if (shifted && k == 0) {
+                  be.group_norm_silu_shifted(x, shift, w, b, sh.groups, 1e-5, out[k], mean[k],
+                                             rstd[k]);
+                  be.group_norm_silu_shifted_backward(dy, x, shift, w, b, mean[k], rstd[k],
+                                                      sh.groups, 1e-5, dx[k], ds[k], dw[k], db[k]);
+                } else if (shifted) {
+                  be.Backend::group_norm_silu_shifted(x, shift, w, b, sh.groups, 1e-5, out[k],
+                                                      mean[k], rstd[k]);
+                  be.Backend::group_norm_silu_shifted_backward(dy, x, shift, w, b, mean[k], rstd[k],
+                                                               sh.groups, 1e-5, dx[k], ds[k], dw[k],
+                                                               db[k]);
+                } else if (k == 0) {
+                  be.group_norm_silu(x, w, b, sh.groups, 1e-5, out[k], mean[k], rstd[k]);
+                  be.group_norm_silu_backward(dy, x, w, b, mean[k], rstd[k], sh.groups, 1e-5, dx[k],
+                                              dw[k], db[k]);
+                } else {
+                  be.Backend::group_norm_silu(x, w, b, sh.groups, 1e-5, out[k], mean[k], rstd[k]);
+                  be.Backend::group_norm_silu_backward(dy, x, w, b, mean[k], rstd[k], sh.groups,
+                                                       1e-5, dx[k], dw[k], db[k]);
+                }
               }
-              if (shifted) ds[k] = gpu_like(shift);
-              if (shifted && k == 0) {
-                be.group_norm_silu_shifted(x, shift, w, b, sh.groups, 1e-5, out[k], mean[k],
-                                           rstd[k]);
-                be.group_norm_silu_shifted_backward(dy, x, shift, w, b, mean[k], rstd[k], sh.groups,
-                                                    1e-5, dx[k], ds[k], dw[k], db[k]);
-              } else if (shifted) {
-                be.Backend::group_norm_silu_shifted(x, shift, w, b, sh.groups, 1e-5, out[k],
-                                                    mean[k], rstd[k]);
-                be.Backend::group_norm_silu_shifted_backward(dy, x, shift, w, b, mean[k], rstd[k],
-                                                             sh.groups, 1e-5, dx[k], ds[k], dw[k],
-                                                             db[k]);
-              } else if (k == 0) {
-                be.group_norm_silu(x, w, b, sh.groups, 1e-5, out[k], mean[k], rstd[k]);
-                be.group_norm_silu_backward(dy, x, w, b, mean[k], rstd[k], sh.groups, 1e-5, dx[k],
-                                            dw[k], db[k]);
-              } else {
-                be.Backend::group_norm_silu(x, w, b, sh.groups, 1e-5, out[k], mean[k], rstd[k]);
-                be.Backend::group_norm_silu_backward(dy, x, w, b, mean[k], rstd[k], sh.groups, 1e-5,
-                                                     dx[k], dw[k], db[k]);
+              check_same_bits(out[1], out[0], what + " output");
+              check_same_bits(mean[1], mean[0], what + " mean");
+              check_same_bits(rstd[1], rstd[0], what + " rstd");
+              check_same_bits(dx[1], dx[0], what + " grad x");
+              check_same_bits(dw[1], dw[0], what + " grad weight");
+              check_same_bits(db[1], db[0], what + " grad bias");
+              check_same_bits(ds[1], ds[0], what + " grad shift");
+              {  // and the CPU's fused kernels, in the same layout, within the dtype's precision
+                auto c = [&](const Tensor& t) {
+                  return t.defined() ? to_memory_format(to(t, Device::cpu()), memory_format_of(t))
+                                     : Tensor();
+                };
+                auto like = [&](const Tensor& t) {
+                  return t.defined() ? c(gpu_like(t)) : Tensor();
+                };
+                Tensor co = like(x), cm = like(mean[0]), cr = like(rstd[0]), cdx = like(x);
+                Tensor cdw = like(w), cdb = like(b), cds = like(shift);
+                if (shifted) {
+                  cpu.group_norm_silu_shifted(c(x), c(shift), c(w), c(b), sh.groups, 1e-5, co, cm,
+                                              cr);
+                  cpu.group_norm_silu_shifted_backward(c(dy), c(x), c(shift), c(w), c(b), cm, cr,
+                                                       sh.groups, 1e-5, cdx, cds, cdw, cdb);
+                } else {
+                  cpu.group_norm_silu(c(x), c(w), c(b), sh.groups, 1e-5, co, cm, cr);
+                  cpu.group_norm_silu_backward(c(dy), c(x), c(w), c(b), cm, cr, sh.groups, 1e-5,
+                                               cdx, cdw, cdb);
+                }
+                const double tol = device_tol(dt);
+                check_close(co, out[0], tol, what + " output against the CPU");
+                check_close(cdx, dx[0], 4 * tol, what + " grad x against the CPU");
+                if (affine) {
+                  check_close(cdw, dw[0], 4 * tol, what + " grad weight against the CPU");
+                  check_close(cdb, db[0], 4 * tol, what + " grad bias against the CPU");
+                }
+                if (shifted) check_close(cds, ds[0], 4 * tol, what + " grad shift against the CPU");
+              }
+              if (!shifted && affine) {  // only the parameter gradients wanted: no grad_x
+                Tensor dw2 = gpu_like(w), db2 = gpu_like(b);
+                be.group_norm_silu_backward(dy, x, w, b, mean[0], rstd[0], sh.groups, 1e-5,
+                                            Tensor(), dw2, db2);
+                check_same_bits(dw[1], dw2, what + " grad weight without grad x");
+                check_same_bits(db[1], db2, what + " grad bias without grad x");
               }
             }
-            check_same_bits(out[1], out[0], what + " output");
-            check_same_bits(mean[1], mean[0], what + " mean");
-            check_same_bits(rstd[1], rstd[0], what + " rstd");
-            check_same_bits(dx[1], dx[0], what + " grad x");
-            check_same_bits(dw[1], dw[0], what + " grad weight");
-            check_same_bits(db[1], db[0], what + " grad bias");
-            check_same_bits(ds[1], ds[0], what + " grad shift");
-            if (!shifted && affine) {  // only the parameter gradients wanted: no grad_x
-              Tensor dw2 = gpu_like(w), db2 = gpu_like(b);
-              be.group_norm_silu_backward(dy, x, w, b, mean[0], rstd[0], sh.groups, 1e-5, Tensor(),
-                                          dw2, db2);
-              check_same_bits(dw[1], dw2, what + " grad weight without grad x");
-              check_same_bits(db[1], db2, what + " grad bias without grad x");
-            }
-          }
   }
 
   TEST_CASE("cuda nn: the fused dropout kernel gives the composite's bits") {

@@ -161,6 +161,11 @@ if has bench; then
       box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 128 --precision $p --case ct --repeats 10
     done
     box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 512 --precision bf16 --case ct --repeats 5
+    # channels-last activations (cuDNN in NHWC, GroupNorm's NHWC kernels): opt-in until measured
+    for b in 128 512; do
+      box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch $b --precision bf16 --case ct \
+        --memory-format channels_last --repeats 5
+    done
     for p in tf32 bf16; do
       box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 1024 --precision $p --case sample --repeats 5
     done

@@ -13,10 +13,18 @@
 // - Precision: f64 in f64; f32 in exact f32 (CUDNN_FMA_MATH: no tensor cores) unless
 //   set_matmul_tf32(true), which lets cuDNN use TF32; f16/bf16 data with f32 accumulation
 //   (CUDNN_DATA_FLOAT compute type) on tensor cores.
-// Operands that are not contiguous are copied to contiguous ones first.
+// - Layouts: where the activation a pass reads (x, or dy for the data gradient) is channels-last,
+//   cuDNN runs the pass in NHWC (activations and filters, the filter as KRSC: a channels-last copy
+//   of the [Co, C/G, kh, kw] weight), so tensor-core kernels need no NCHW↔NHWC conversions of
+//   their own; otherwise in NCHW. f64 always runs NCHW. Where cuDNN's heuristics offer no NHWC
+//   algorithm for a problem, the pass runs in NCHW. CM_CUDNN_NHWC=0 forces NCHW (for comparisons).
+//   Operands not dense in the chosen layout are copied into it first, and an output that is not is
+//   computed into a temporary and copied back.
 #include <cudnn.h>
 
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -104,20 +112,21 @@ struct Problem {
   Types types;
 
   Problem(const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p, DType t,
-          const char* op)
+          bool nhwc, const char* op)
       : types(types_of(t, op)) {
+    const cudnnTensorFormat_t f = nhwc ? CUDNN_TENSOR_NHWC : CUDNN_TENSOR_NCHW;
     for (const Shape* s : {&xs, &ws, &ys})
       for (int64_t v : *s)
         CM_CHECK(v <= INT_MAX, op, ": size ", shape_str(*s), " exceeds cuDNN's 32-bit limits");
     CM_CHECK(shape_numel(xs) <= INT_MAX && shape_numel(ys) <= INT_MAX, op, ": x ", shape_str(xs),
              " or y ", shape_str(ys),
              " has more elements than cuDNN's legacy API takes (2^31 − 1)");
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(x.d, CUDNN_TENSOR_NCHW, types.data, int(xs[0]),
-                                           int(xs[1]), int(xs[2]), int(xs[3])));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(y.d, CUDNN_TENSOR_NCHW, types.data, int(ys[0]),
-                                           int(ys[1]), int(ys[2]), int(ys[3])));
-    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.d, types.data, CUDNN_TENSOR_NCHW, int(ws[0]),
-                                           int(ws[1]), int(ws[2]), int(ws[3])));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(x.d, f, types.data, int(xs[0]), int(xs[1]), int(xs[2]),
+                                           int(xs[3])));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(y.d, f, types.data, int(ys[0]), int(ys[1]), int(ys[2]),
+                                           int(ys[3])));
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(w.d, types.data, f, int(ws[0]), int(ws[1]), int(ws[2]),
+                                           int(ws[3])));
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(conv.d, int(p.pad_h), int(p.pad_w), int(p.stride_h),
                                                 int(p.stride_w), int(p.dil_h), int(p.dil_w),
                                                 CUDNN_CROSS_CORRELATION, types.compute));
@@ -138,7 +147,7 @@ struct Problem {
 enum class Pass { Forward, BackwardData, BackwardFilter };
 
 struct Choice {
-  int algo = 0;  // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t
+  int algo = -1;  // cudnnConvolution{Fwd,BwdData,BwdFilter}Algo_t; -1: none usable
   cudnnMathType_t math = CUDNN_DEFAULT_MATH;
 };
 
@@ -147,7 +156,7 @@ struct Choice {
 // cores are forbidden the requested math type is kept whatever a candidate reports, so that f32
 // never runs in TF32 unless set_matmul_tf32(true).
 template <class Perf>
-Choice pick(const Perf* perf, int n, const Types& types, const char* op) {
+Choice pick(const Perf* perf, int n, const Types& types) {
   int first = -1, first_deterministic = -1;
   for (int i = 0; i < n; ++i) {
     if (perf[i].status != CUDNN_STATUS_SUCCESS) continue;
@@ -161,7 +170,7 @@ Choice pick(const Perf* perf, int n, const Types& types, const char* op) {
     }
   }
   const int i = first_deterministic >= 0 ? first_deterministic : first;
-  CM_CHECK(i >= 0, op, ": cuDNN offers no algorithm for this convolution");
+  if (i < 0) return {};
   return {int(perf[i].algo), types.tensor_ops ? perf[i].mathType : types.math};
 }
 
@@ -173,21 +182,21 @@ Choice heuristic_choice(Pass pass, cudnnHandle_t h, const Problem& pr, const cha
       std::vector<cudnnConvolutionFwdAlgoPerf_t> perf(size_t(std::max(n, 1)));
       CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, pr.x.d, pr.w.d, pr.conv.d, pr.y.d, n,
                                                          &n, perf.data()));
-      return pick(perf.data(), n, pr.types, op);
+      return pick(perf.data(), n, pr.types);
     }
     case Pass::BackwardData: {
       CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithmMaxCount(h, &n));
       std::vector<cudnnConvolutionBwdDataAlgoPerf_t> perf(size_t(std::max(n, 1)));
       CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, pr.w.d, pr.y.d, pr.conv.d, pr.x.d,
                                                               n, &n, perf.data()));
-      return pick(perf.data(), n, pr.types, op);
+      return pick(perf.data(), n, pr.types);
     }
     case Pass::BackwardFilter: {
       CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithmMaxCount(h, &n));
       std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> perf(size_t(std::max(n, 1)));
       CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, pr.x.d, pr.y.d, pr.conv.d,
                                                                 pr.w.d, n, &n, perf.data()));
-      return pick(perf.data(), n, pr.types, op);
+      return pick(perf.data(), n, pr.types);
     }
   }
   CM_FAIL(op, ": unknown pass");
@@ -196,10 +205,10 @@ Choice heuristic_choice(Pass pass, cudnnHandle_t h, const Problem& pr, const cha
 // Cached per problem: the key holds everything the descriptors and the choice depend on.
 Choice cached_choice(Pass pass, int dev, cudnnHandle_t h, const Problem& pr, DType t,
                      const Shape& xs, const Shape& ws, const Shape& ys, const Conv2dParams& p,
-                     const char* op) {
+                     bool nhwc, const char* op) {
   std::vector<int64_t> key = {int64_t(pass), dev,        int64_t(t), matmul_tf32() ? 1 : 0,
                               p.stride_h,    p.stride_w, p.pad_h,    p.pad_w,
-                              p.dil_h,       p.dil_w,    p.groups};
+                              p.dil_h,       p.dil_w,    p.groups,   nhwc ? 1 : 0};
   for (const Shape* s : {&xs, &ws, &ys}) key.insert(key.end(), s->begin(), s->end());
   static std::mutex mu;
   static auto* cache = new std::map<std::vector<int64_t>, Choice>();  // never destroyed
@@ -216,40 +225,49 @@ Choice cached_choice(Pass pass, int dev, cudnnHandle_t h, const Problem& pr, DTy
 
 // ---- one call -----------------------------------------------------------------------------------
 
-// t when contiguous, else a contiguous copy on the same device.
-Tensor contiguous_copy(CudaBackend& be, const Tensor& t) {
-  if (t.is_contiguous()) return t;
-  Tensor c = empty(t.shape(), {.dtype = t.dtype(), .device = t.device()});
+// Whether t's memory is dense in the layout (NCHW contiguous, or NHWC = channels-last).
+bool dense_in(const Tensor& t, bool nhwc) {
+  return nhwc ? is_channels_last(t) : t.is_contiguous();
+}
+
+// t when dense in the layout, else a copy that is, on the same device.
+Tensor dense_copy(CudaBackend& be, const Tensor& t, bool nhwc) {
+  if (dense_in(t, nhwc)) return t;
+  Tensor c = empty(t.shape(), {.dtype = t.dtype(), .device = t.device()},
+                   nhwc ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous);
   be.copy(t, c);
   return c;
 }
 
-// Runs one pass. Forward: out = y from (a = x, b = w). BackwardData: out = dx from (a = dy, b = w).
-// BackwardFilter: out = dw from (a = x, b = dy). xs, ws, ys are the shapes of x, w and y.
-void run(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const Tensor& b0,
-         const Tensor& out, const Shape& xs, const Shape& ws, const Shape& ys,
-         const Conv2dParams& p) {
-  const DType t = out.dtype();
-  CM_CHECK(a0.dtype() == t && b0.dtype() == t, op, ": operands of one dtype required, got ",
-           dtype_name(a0.dtype()), ", ", dtype_name(b0.dtype()), " -> ", dtype_name(t));
-  CM_CHECK(xs.size() == 4 && ws.size() == 4 && ys.size() == 4, op,
-           ": expected 4-D x, w and y, got ", shape_str(xs), ", ", shape_str(ws), ", ",
-           shape_str(ys));
-  const int dev = out.device().index;
-  DeviceGuard guard(dev);
-  if (out.numel() == 0) return;
-  if (shape_numel(xs) == 0 || shape_numel(ws) == 0 || shape_numel(ys) == 0) {  // an empty sum
-    be.fill(out, 0.0);
-    return;
-  }
-  const Tensor a = contiguous_copy(be, a0), b = contiguous_copy(be, b0);
-  const Tensor o =
-      out.is_contiguous() ? out : empty(out.shape(), {.dtype = t, .device = out.device()});
+// NHWC unless CM_CUDNN_NHWC=0 (read once).
+bool nhwc_allowed() {
+  static const bool allowed = [] {
+    const char* v = std::getenv("CM_CUDNN_NHWC");
+    return !(v && std::strcmp(v, "0") == 0);
+  }();
+  return allowed;
+}
 
+// Runs one pass in one layout; false where cuDNN offers no algorithm for it. Forward: out = y from
+// (a = x, b = w). BackwardData: out = dx from (a = dy, b = w). BackwardFilter: out = dw from
+// (a = x, b = dy). xs, ws, ys are the shapes of x, w and y.
+bool run_in(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const Tensor& b0,
+            const Tensor& out, const Shape& xs, const Shape& ws, const Shape& ys,
+            const Conv2dParams& p, bool nhwc) {
+  const DType t = out.dtype();
+  const int dev = out.device().index;
   cudnnHandle_t h = handle(dev);
-  Problem pr(xs, ws, ys, p, t, op);
-  const Choice c = cached_choice(pass, dev, h, pr, t, xs, ws, ys, p, op);
+  Problem pr(xs, ws, ys, p, t, nhwc, op);
+  const Choice c = cached_choice(pass, dev, h, pr, t, xs, ws, ys, p, nhwc, op);
+  if (c.algo < 0) return false;
   CUDNN_CHECK(cudnnSetConvolutionMathType(pr.conv.d, c.math));
+
+  // Every operand in the layout, the filter included (KRSC is the weight's channels-last order).
+  const Tensor a = dense_copy(be, a0, nhwc), b = dense_copy(be, b0, nhwc);
+  const Tensor o = dense_in(out, nhwc)
+                       ? out
+                       : empty(out.shape(), {.dtype = t, .device = out.device()},
+                               nhwc ? MemoryFormat::ChannelsLast : MemoryFormat::Contiguous);
 
   size_t ws_bytes = 0;
   switch (pass) {
@@ -295,6 +313,33 @@ void run(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const Ten
       break;
   }
   if (!o.same(out)) be.copy(o, out);
+  return true;
+}
+
+// One pass: in NHWC where the activation it reads (a0: x, or dy for the data gradient) is
+// channels-last and the dtype is not f64, else (or where NHWC has no algorithm) in NCHW.
+void run(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const Tensor& b0,
+         const Tensor& out, const Shape& xs, const Shape& ws, const Shape& ys,
+         const Conv2dParams& p) {
+  const DType t = out.dtype();
+  CM_CHECK(a0.dtype() == t && b0.dtype() == t, op, ": operands of one dtype required, got ",
+           dtype_name(a0.dtype()), ", ", dtype_name(b0.dtype()), " -> ", dtype_name(t));
+  CM_CHECK(xs.size() == 4 && ws.size() == 4 && ys.size() == 4, op,
+           ": expected 4-D x, w and y, got ", shape_str(xs), ", ", shape_str(ws), ", ",
+           shape_str(ys));
+  const int dev = out.device().index;
+  DeviceGuard guard(dev);
+  if (out.numel() == 0) return;
+  if (shape_numel(xs) == 0 || shape_numel(ws) == 0 || shape_numel(ys) == 0) {  // an empty sum
+    be.fill(out, 0.0);
+    return;
+  }
+  const bool nhwc =
+      t != DType::f64 && nhwc_allowed() && !a0.is_contiguous() && is_channels_last(a0);
+  if (nhwc && run_in(be, pass, op, a0, b0, out, xs, ws, ys, p, true)) return;
+  CM_CHECK(run_in(be, pass, op, a0, b0, out, xs, ws, ys, p, false), op,
+           ": cuDNN offers no algorithm for this convolution (x ", shape_str(xs), ", w ",
+           shape_str(ws), ", ", dtype_name(t), ")");
 }
 
 }  // namespace

@@ -37,6 +37,8 @@ class CudaBackend final : public Backend {
                              const Tensor& grad_x) override;
   void conv2d_backward_weight(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
                               const Tensor& grad_w) override;
+  // norm.cu walks contiguous and channels-last activations alike
+  bool group_norm_takes_channels_last() const override { return true; }
   void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                   double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) override;
   void group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,

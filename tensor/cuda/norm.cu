@@ -1,5 +1,8 @@
 // CUDA group normalisation, forward and backward (the CPU twin is tensor/cpu/norm.cpp, which states
-// the closed form). x [N, C, *] is N·G contiguous groups of M = (C/G)·HW elements.
+// the closed form). x [N, C, *] is N·G groups of M = (C/G)·HW elements, contiguous (each group one
+// run of memory) or channels-last (NHWC: a group's channels adjacent at every position; GnGeo maps
+// (n, c, hw) to memory). Within a layout the sums run in a fixed order, so results are
+// reproducible; contiguous and channels-last inputs may differ in the last bits.
 //
 // Forward: one block per (n, group) computes the statistics in two passes (mean, then the
 // corrected Σ(x − mean)²) with fixed-tree block reductions in f32 (f64 for f64), then a grid-stride
@@ -26,17 +29,31 @@
 namespace cm::cuda_impl {
 namespace {
 
-// Element i (flat NCHW index) of the normalised input: x[i], or x[i] + shift[n, c] rounded to T
-// as the composite's separate Add (AddF with alpha 1) rounds it; shift is [N, C] contiguous.
+// Where element (n, c, hw) of an [N, C, HW] operand lives in memory: contiguous (NCHW) or
+// channels-last (NHWC); every activation operand of a call has the same layout.
+struct GnGeo {
+  int64_t C, Cg, HW;
+  bool nhwc;
+  __device__ __forceinline__ int64_t at(int64_t n, int64_t c, int64_t hw) const {
+    return nhwc ? (n * HW + hw) * C + c : (n * C + c) * HW + hw;
+  }
+  // n·C + c of the element at memory index i
+  __device__ __forceinline__ int64_t nc_of(int64_t i) const {
+    return nhwc ? (i / (HW * C)) * C + i % C : i / HW;
+  }
+};
+
+// Element at memory index i, of channel nc = n·C + c, of the normalised input: x[i], or x[i] +
+// shift[n, c] rounded to T as the composite's separate Add (AddF with alpha 1) rounds it; shift is
+// [N, C] contiguous.
 template <class T>
 struct InputOf {
   const T* x;
   const T* shift;  // null: no shift
-  int64_t HW;
-  __device__ __forceinline__ acc_t<T> operator()(int64_t i) const {
+  __device__ __forceinline__ acc_t<T> operator()(int64_t i, int64_t nc) const {
     if (!shift) return load(x, i);
     using C = compute_t<T>;
-    const T v = convert<T>(sop::AddF<C>{C(1)}(static_cast<C>(x[i]), static_cast<C>(shift[i / HW])));
+    const T v = convert<T>(sop::AddF<C>{C(1)}(static_cast<C>(x[i]), static_cast<C>(shift[nc])));
     return acc_t<T>(static_cast<C>(v));
   }
 };
@@ -68,19 +85,40 @@ __device__ __forceinline__ acc_t<T> grad_at(const T* dy, acc_t<T> xv, int64_t i,
   }
 }
 
+// Element j of group ng (M = Cg·HW elements): its memory index and channel n·C + c. Contiguous
+// groups are walked in memory order; channels-last ones position by position, the group's channels
+// adjacent.
+__device__ __forceinline__ void group_element(const GnGeo& g, int64_t ng, int64_t j, int64_t* mem,
+                                              int64_t* nc) {
+  const int64_t nc0 = ng * g.Cg;  // n·C + the group's first channel
+  if (!g.nhwc) {
+    *mem = nc0 * g.HW + j;
+    *nc = nc0 + j / g.HW;
+  } else {
+    const int64_t n = nc0 / g.C, c = nc0 % g.C + j % g.Cg;
+    *mem = g.at(n, c, j / g.Cg);
+    *nc = n * g.C + c;
+  }
+}
+
 // Grid N·G: the mean and rstd of group blockIdx.x, stored as S.
 template <class T, class S>
-__global__ void gn_stats_kernel(InputOf<T> in, int64_t M, double eps, S* mean, S* rstd) {
+__global__ void gn_stats_kernel(InputOf<T> in, GnGeo geo, double eps, S* mean, S* rstd) {
   using A = acc_t<T>;
-  const int64_t base = int64_t(blockIdx.x) * M;
+  const int64_t ng = blockIdx.x, M = geo.Cg * geo.HW;
+  int64_t mem, nc;
   A s = 0;
-  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) s += in(base + i);
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
+    group_element(geo, ng, j, &mem, &nc);
+    s += in(mem, nc);
+  }
   const A mu = M > 0 ? block_sum(s) / A(M) : A(0);
   // Second pass: Σ e and Σ e² with e = x − mean; Σ e (zero in exact arithmetic) corrects the
   // rounding of the first pass (the corrected two-pass formula, as on the CPU).
   A s1 = 0, s2 = 0;
-  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
-    const A e = in(base + i) - mu;
+  for (int64_t j = threadIdx.x; j < M; j += blockDim.x) {
+    group_element(geo, ng, j, &mem, &nc);
+    const A e = in(mem, nc) - mu;
     s1 += e;
     s2 += e * e;
   }
@@ -90,21 +128,21 @@ __global__ void gn_stats_kernel(InputOf<T> in, int64_t M, double eps, S* mean, S
   }
   if (threadIdx.x == 0) {
     const A var = M > 0 ? max(A(0), (s2 - s1 * s1 / A(M)) / A(M)) : A(0);
-    mean[blockIdx.x] = S(M > 0 ? mu + s1 / A(M) : mu);
-    rstd[blockIdx.x] = S(A(1) / sqrt(var + A(eps)));
+    mean[ng] = S(M > 0 ? mu + s1 / A(M) : mu);
+    rstd[ng] = S(A(1) / sqrt(var + A(eps)));
   }
 }
 
 // out[n, c, hw] = (x − mean[n, g])·rstd[n, g]·w[c] + b[c] over all N·C·HW elements; with kSilu,
 // silu of that value rounded to T (the composite's SiLU over group_norm's output).
 template <class T, class S, bool kSilu>
-__global__ void gn_apply_kernel(InputOf<T> in, const T* w, const T* b, const S* mean, const S* rstd,
-                                int64_t total, int64_t C, int64_t Cg, int64_t HW, T* out) {
+__global__ void gn_apply_kernel(InputOf<T> in, GnGeo geo, const T* w, const T* b, const S* mean,
+                                const S* rstd, int64_t total, T* out) {
   using Cm = compute_t<T>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t nc = i / HW, c = nc % C, ng = (nc / C) * (C / Cg) + c / Cg;
-    const T h = convert<T>(gn_value<T, S>(in(i), w, b, mean, rstd, c, ng));
+    const int64_t nc = geo.nc_of(i), c = nc % geo.C, ng = nc / geo.Cg;  // n·G + c / Cg
+    const T h = convert<T>(gn_value<T, S>(in(i, nc), w, b, mean, rstd, c, ng));
     if constexpr (kSilu)
       out[i] = convert<T>(sop::SiluF<Cm>{}(static_cast<Cm>(h)));
     else
@@ -114,17 +152,17 @@ __global__ void gn_apply_kernel(InputOf<T> in, const T* w, const T* b, const S* 
 
 // Grid N·C: sum_dy_xhat[n, c] = Σ_hw g·x̂ and sum_dy[n, c] = Σ_hw g, g = grad_at (dy, or dh).
 template <class T, class S, bool kSilu>
-__global__ void gn_backward_channel_kernel(const T* dy, InputOf<T> in, const T* w, const T* b,
-                                           const S* mean, const S* rstd, int64_t C, int64_t Cg,
-                                           int64_t HW, acc_t<T>* sum_dy_xhat, acc_t<T>* sum_dy) {
+__global__ void gn_backward_channel_kernel(const T* dy, InputOf<T> in, GnGeo geo, const T* w,
+                                           const T* b, const S* mean, const S* rstd,
+                                           acc_t<T>* sum_dy_xhat, acc_t<T>* sum_dy) {
   using A = acc_t<T>;
-  const int64_t nc = blockIdx.x, c = nc % C, ng = (nc / C) * (C / Cg) + c / Cg;
+  const int64_t nc = blockIdx.x, n = nc / geo.C, c = nc % geo.C, ng = nc / geo.Cg;
   const A mu = A(mean[ng]);
-  const int64_t base = nc * HW;
   A sdx = 0, sd = 0;
-  for (int64_t i = threadIdx.x; i < HW; i += blockDim.x) {
-    const A xv = in(base + i);
-    const A g = grad_at<T, S, kSilu>(dy, xv, base + i, w, b, mean, rstd, c, ng);
+  for (int64_t hw = threadIdx.x; hw < geo.HW; hw += blockDim.x) {
+    const int64_t i = geo.at(n, c, hw);
+    const A xv = in(i, nc);
+    const A g = grad_at<T, S, kSilu>(dy, xv, i, w, b, mean, rstd, c, ng);
     sd += g;
     sdx += g * (xv - mu);
   }
@@ -159,15 +197,15 @@ __global__ void gn_backward_group_kernel(const T* w, const acc_t<T>* sum_dy_xhat
 
 // dx = rstd·(w[c]·g − coef0 − x̂·coef1) over all N·C·HW elements, g = grad_at (dy, or dh).
 template <class T, class S, bool kSilu>
-__global__ void gn_backward_input_kernel(const T* dy, InputOf<T> in, const T* w, const T* b,
-                                         const S* mean, const S* rstd, const acc_t<T>* coef,
-                                         int64_t total, int64_t C, int64_t Cg, int64_t HW, T* dx) {
+__global__ void gn_backward_input_kernel(const T* dy, InputOf<T> in, GnGeo geo, const T* w,
+                                         const T* b, const S* mean, const S* rstd,
+                                         const acc_t<T>* coef, int64_t total, T* dx) {
   using A = acc_t<T>;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t nc = i / HW, c = nc % C, ng = (nc / C) * (C / Cg) + c / Cg;
+    const int64_t nc = geo.nc_of(i), c = nc % geo.C, ng = nc / geo.Cg;
     const A r = A(rstd[ng]);
-    const A xv = in(i);
+    const A xv = in(i, nc);
     const A xhat = (xv - A(mean[ng])) * r;
     const A wc = w ? load(w, c) : A(1);
     const A g = grad_at<T, S, kSilu>(dy, xv, i, w, b, mean, rstd, c, ng);
@@ -177,17 +215,28 @@ __global__ void gn_backward_input_kernel(const T* dy, InputOf<T> in, const T* w,
 
 struct GnDims {
   int64_t N, C, G, Cg, HW;
+  bool nhwc = false;  // the activation operands are channels-last (and not also contiguous)
+  GnGeo geo() const { return {C, Cg, HW, nhwc}; }
 };
 
 GnDims gn_dims(const Tensor& x, int64_t groups) {
   GnDims d{x.shape()[0], x.shape()[1], groups, x.shape()[1] / groups, 1};
   for (int64_t k = 2; k < x.dim(); ++k) d.HW *= x.shape()[size_t(k)];
+  d.nhwc = !x.is_contiguous() && is_channels_last(x);
   return d;
 }
 
 void check_contiguous(std::initializer_list<Tensor> ts, const char* op) {
   for (const Tensor& t : ts)
     CM_CHECK(!t.defined() || t.is_contiguous(), op, ": operands must be contiguous");
+}
+
+// The activation operands: all contiguous, or all channels-last (the layout of x).
+void check_layout(bool nhwc, std::initializer_list<Tensor> ts, const char* op) {
+  for (const Tensor& t : ts)
+    CM_CHECK(!t.defined() || (nhwc ? is_channels_last(t) : t.is_contiguous()), op,
+             ": operands must be all contiguous or all channels-last (x is ",
+             nhwc ? "channels-last" : "contiguous", ")");
 }
 
 template <class T>
@@ -206,7 +255,7 @@ struct GnArgs {
 
 template <class T>
 InputOf<T> input_of(const GnArgs& a) {
-  return {static_cast<const T*>(a.x.data_ptr()), ptr_or_null<T>(a.shift), a.d.HW};
+  return {static_cast<const T*>(a.x.data_ptr()), ptr_or_null<T>(a.shift)};
 }
 
 template <class T, class S, bool kSilu>
@@ -216,14 +265,14 @@ void group_norm_typed(const GnArgs& a, const Tensor& out) {
   CM_CHECK(NG <= INT_MAX, "group_norm: too many groups (", NG, ")");
   cudaStream_t st = stream(a.dev);
   gn_stats_kernel<T, S><<<unsigned(NG), threads_for(M), 0, st>>>(
-      input_of<T>(a), M, a.eps, static_cast<S*>(a.mean.data_ptr()),
+      input_of<T>(a), d.geo(), a.eps, static_cast<S*>(a.mean.data_ptr()),
       static_cast<S*>(a.rstd.data_ptr()));
   CUDA_CHECK_LAUNCH();
   if (total == 0) return;
   gn_apply_kernel<T, S, kSilu><<<blocks_for(total), kThreads, 0, st>>>(
-      input_of<T>(a), ptr_or_null<T>(a.weight), ptr_or_null<T>(a.bias),
+      input_of<T>(a), d.geo(), ptr_or_null<T>(a.weight), ptr_or_null<T>(a.bias),
       static_cast<const S*>(a.mean.data_ptr()), static_cast<const S*>(a.rstd.data_ptr()), total,
-      d.C, d.Cg, d.HW, static_cast<T*>(out.data_ptr()));
+      static_cast<T*>(out.data_ptr()));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -247,7 +296,7 @@ void group_norm_backward_typed(const GnArgs& a, const Tensor& grad_out, const Te
   const S* mp = static_cast<const S*>(a.mean.data_ptr());
   const S* rp = static_cast<const S*>(a.rstd.data_ptr());
   gn_backward_channel_kernel<T, S, kSilu>
-      <<<unsigned(NC), threads_for(d.HW), 0, st>>>(dy, in, w, b, mp, rp, d.C, d.Cg, d.HW, sdx, sd);
+      <<<unsigned(NC), threads_for(d.HW), 0, st>>>(dy, in, d.geo(), w, b, mp, rp, sdx, sd);
   CUDA_CHECK_LAUNCH();
   if (grad_x.defined() && total > 0) {
     Tensor coef = empty({2 * NG}, acc_opt);
@@ -256,7 +305,7 @@ void group_norm_backward_typed(const GnArgs& a, const Tensor& grad_out, const Te
         <<<blocks_for(NG), kThreads, 0, st>>>(w, sdx, sd, NG, d.G, d.Cg, M, cp);
     CUDA_CHECK_LAUNCH();
     gn_backward_input_kernel<T, S, kSilu><<<blocks_for(total), kThreads, 0, st>>>(
-        dy, in, w, b, mp, rp, cp, total, d.C, d.Cg, d.HW, static_cast<T*>(grad_x.data_ptr()));
+        dy, in, d.geo(), w, b, mp, rp, cp, total, static_cast<T*>(grad_x.data_ptr()));
     CUDA_CHECK_LAUNCH();
   }
   const unsigned tn = threads_for(d.N);
@@ -274,10 +323,14 @@ void group_norm_backward_typed(const GnArgs& a, const Tensor& grad_out, const Te
 
 GnArgs gn_args(const Tensor& x, const Tensor& shift, const Tensor& weight, const Tensor& bias,
                const Tensor& mean, const Tensor& rstd, int64_t groups, double eps,
-               std::initializer_list<Tensor> others, const char* op) {
-  check_contiguous({x, shift, weight, bias, mean, rstd}, op);
-  check_contiguous(others, op);
-  return GnArgs{x, shift, weight, bias, mean, rstd, gn_dims(x, groups), eps, x.device().index};
+               std::initializer_list<Tensor> acts, std::initializer_list<Tensor> params,
+               const char* op) {
+  const GnDims d = gn_dims(x, groups);
+  check_contiguous({shift, weight, bias, mean, rstd}, op);
+  check_layout(d.nhwc, {x}, op);
+  check_layout(d.nhwc, acts, op);
+  check_contiguous(params, op);
+  return GnArgs{x, shift, weight, bias, mean, rstd, d, eps, x.device().index};
 }
 
 void run_forward(const GnArgs& a, bool silu, const Tensor& out, const char* op) {
@@ -325,7 +378,7 @@ void CudaBackend::group_norm(const Tensor& x, const Tensor& weight, const Tensor
                              int64_t groups, double eps, const Tensor& out, const Tensor& mean,
                              const Tensor& rstd) {
   const char* op = "group_norm";
-  run_forward(gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {out}, op), false, out, op);
+  run_forward(gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {out}, {}, op), false, out, op);
 }
 
 void CudaBackend::group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
@@ -334,7 +387,7 @@ void CudaBackend::group_norm_backward(const Tensor& grad_out, const Tensor& x, c
                                       const Tensor& grad_b) {
   const char* op = "group_norm_backward";
   const GnArgs a =
-      gn_args(x, {}, weight, {}, mean, rstd, groups, 0.0, {grad_out, grad_x, grad_w, grad_b}, op);
+      gn_args(x, {}, weight, {}, mean, rstd, groups, 0.0, {grad_out, grad_x}, {grad_w, grad_b}, op);
   run_backward(*this, a, false, grad_out, grad_x, grad_w, grad_b, op);
 }
 
@@ -342,7 +395,7 @@ void CudaBackend::group_norm_silu(const Tensor& x, const Tensor& weight, const T
                                   int64_t groups, double eps, const Tensor& out, const Tensor& mean,
                                   const Tensor& rstd) {
   const char* op = "group_norm_silu";
-  run_forward(gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {out}, op), true, out, op);
+  run_forward(gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {out}, {}, op), true, out, op);
 }
 
 void CudaBackend::group_norm_silu_backward(const Tensor& grad_out, const Tensor& x,
@@ -351,8 +404,8 @@ void CudaBackend::group_norm_silu_backward(const Tensor& grad_out, const Tensor&
                                            double eps, const Tensor& grad_x, const Tensor& grad_w,
                                            const Tensor& grad_b) {
   const char* op = "group_norm_silu_backward";
-  const GnArgs a =
-      gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {grad_out, grad_x, grad_w, grad_b}, op);
+  const GnArgs a = gn_args(x, {}, weight, bias, mean, rstd, groups, eps, {grad_out, grad_x},
+                           {grad_w, grad_b}, op);
   run_backward(*this, a, true, grad_out, grad_x, grad_w, grad_b, op);
 }
 
@@ -364,7 +417,8 @@ void CudaBackend::group_norm_silu_shifted(const Tensor& x, const Tensor& shift,
   CM_CHECK(x.dim() >= 2 && shift.shape() == Shape({x.size(0), x.size(1)}), op,
            ": shift must be [N, C] = [", x.size(0), ", ", x.size(1), "], got ",
            shape_str(shift.shape()));
-  run_forward(gn_args(x, shift, weight, bias, mean, rstd, groups, eps, {out}, op), true, out, op);
+  run_forward(gn_args(x, shift, weight, bias, mean, rstd, groups, eps, {out}, {}, op), true, out,
+              op);
 }
 
 void CudaBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Tensor& x,
@@ -379,8 +433,8 @@ void CudaBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const
            shape_str(shift.shape()));
   CM_CHECK(!grad_shift.defined() || grad_x.defined(), op,
            ": grad_shift is summed from grad_x, which must be given");
-  const GnArgs a = gn_args(x, shift, weight, bias, mean, rstd, groups, eps,
-                           {grad_out, grad_x, grad_shift, grad_w, grad_b}, op);
+  const GnArgs a = gn_args(x, shift, weight, bias, mean, rstd, groups, eps, {grad_out, grad_x},
+                           {grad_shift, grad_w, grad_b}, op);
   run_backward(*this, a, true, grad_out, grad_x, grad_w, grad_b, op);
   if (grad_shift.defined()) {
     // Σ over the spatial dims of grad_x: the composite's reduction, so its bits
