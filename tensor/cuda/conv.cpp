@@ -248,7 +248,18 @@ bool nhwc_allowed() {
   return allowed;
 }
 
-// Runs one pass in one layout; false where cuDNN offers no algorithm for it. Forward: out = y from
+// A cuDNN call of run_in: in NHWC, NOT_SUPPORTED declines the layout (run_in returns false and the
+// pass runs in NCHW); any other failure throws, as CUDNN_CHECK.
+#define CUDNN_OR_DECLINE(expr)                                                       \
+  do {                                                                               \
+    cudnnStatus_t cm_cudnn_st_ = (expr);                                             \
+    if (nhwc && cm_cudnn_st_ == CUDNN_STATUS_NOT_SUPPORTED) return false;            \
+    if (cm_cudnn_st_ != CUDNN_STATUS_SUCCESS)                                        \
+      CM_FAIL("cuDNN error: ", cudnnGetErrorString(cm_cudnn_st_), " (", #expr, ")"); \
+  } while (0)
+
+// Runs one pass in one layout; false where cuDNN offers no algorithm for it (or, in NHWC, declines
+// the one its heuristics ranked first). Forward: out = y from
 // (a = x, b = w). BackwardData: out = dx from (a = dy, b = w). BackwardFilter: out = dw from
 // (a = x, b = dy). xs, ws, ys are the shapes of x, w and y.
 bool run_in(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const Tensor& b0,
@@ -272,15 +283,15 @@ bool run_in(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const 
   size_t ws_bytes = 0;
   switch (pass) {
     case Pass::Forward:
-      CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(
+      CUDNN_OR_DECLINE(cudnnGetConvolutionForwardWorkspaceSize(
           h, pr.x.d, pr.w.d, pr.conv.d, pr.y.d, cudnnConvolutionFwdAlgo_t(c.algo), &ws_bytes));
       break;
     case Pass::BackwardData:
-      CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(
+      CUDNN_OR_DECLINE(cudnnGetConvolutionBackwardDataWorkspaceSize(
           h, pr.w.d, pr.y.d, pr.conv.d, pr.x.d, cudnnConvolutionBwdDataAlgo_t(c.algo), &ws_bytes));
       break;
     case Pass::BackwardFilter:
-      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(
+      CUDNN_OR_DECLINE(cudnnGetConvolutionBackwardFilterWorkspaceSize(
           h, pr.x.d, pr.y.d, pr.conv.d, pr.w.d, cudnnConvolutionBwdFilterAlgo_t(c.algo),
           &ws_bytes));
       break;
@@ -297,17 +308,17 @@ bool run_in(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const 
   const void* beta = t == DType::f64 ? static_cast<const void*>(&zero_d) : &zero_f;
   switch (pass) {
     case Pass::Forward:
-      CUDNN_CHECK(cudnnConvolutionForward(h, alpha, pr.x.d, a.data_ptr(), pr.w.d, b.data_ptr(),
-                                          pr.conv.d, cudnnConvolutionFwdAlgo_t(c.algo), ws_ptr,
-                                          ws_bytes, beta, pr.y.d, o.data_ptr()));
+      CUDNN_OR_DECLINE(cudnnConvolutionForward(h, alpha, pr.x.d, a.data_ptr(), pr.w.d, b.data_ptr(),
+                                               pr.conv.d, cudnnConvolutionFwdAlgo_t(c.algo), ws_ptr,
+                                               ws_bytes, beta, pr.y.d, o.data_ptr()));
       break;
     case Pass::BackwardData:
-      CUDNN_CHECK(cudnnConvolutionBackwardData(h, alpha, pr.w.d, b.data_ptr(), pr.y.d, a.data_ptr(),
-                                               pr.conv.d, cudnnConvolutionBwdDataAlgo_t(c.algo),
-                                               ws_ptr, ws_bytes, beta, pr.x.d, o.data_ptr()));
+      CUDNN_OR_DECLINE(cudnnConvolutionBackwardData(
+          h, alpha, pr.w.d, b.data_ptr(), pr.y.d, a.data_ptr(), pr.conv.d,
+          cudnnConvolutionBwdDataAlgo_t(c.algo), ws_ptr, ws_bytes, beta, pr.x.d, o.data_ptr()));
       break;
     case Pass::BackwardFilter:
-      CUDNN_CHECK(cudnnConvolutionBackwardFilter(
+      CUDNN_OR_DECLINE(cudnnConvolutionBackwardFilter(
           h, alpha, pr.x.d, a.data_ptr(), pr.y.d, b.data_ptr(), pr.conv.d,
           cudnnConvolutionBwdFilterAlgo_t(c.algo), ws_ptr, ws_bytes, beta, pr.w.d, o.data_ptr()));
       break;
@@ -315,6 +326,7 @@ bool run_in(CudaBackend& be, Pass pass, const char* op, const Tensor& a0, const 
   if (!o.same(out)) be.copy(o, out);
   return true;
 }
+#undef CUDNN_OR_DECLINE
 
 // One pass: in NHWC where the activation it reads (a0: x, or dy for the data gradient) is
 // channels-last and the dtype is not f64, else (or where NHWC has no algorithm) in NCHW.
