@@ -7,10 +7,11 @@
 // Forward: one block per (n, group) computes the statistics in two passes (mean, then the
 // corrected Σ(x − mean)²) with fixed-tree block reductions in f32 (f64 for f64), then a grid-stride
 // kernel writes (x − mean)·rstd·w[c] + b[c]. Backward: one block per (n, c) reduces Σ dy·x̂ and Σ dy
-// over HW; one thread per (n, group) folds those into the group sums Σ w·dy and Σ w·dy·x̂ (in
-// channel order); a grid-stride kernel writes dx; one block per c reduces the per-(n, c) sums over
-// n for dweight and dbias (a deterministic two-stage reduction). No atomics anywhere: results are
-// bit-for-bit reproducible.
+// over HW (for channels-last, one thread per (n, c) in position order, reads coalesced across c);
+// one thread per (n, group) folds those into the group sums Σ w·dy and Σ w·dy·x̂ (in channel order);
+// a grid-stride kernel writes dx; one block per c reduces the per-(n, c) sums over n for dweight
+// and dbias (a deterministic two-stage reduction). No atomics anywhere: results are bit-for-bit
+// reproducible.
 //
 // GroupNorm + SiLU (and its per-sample channel shift) run through the same kernels with two
 // policies: how an element of the normalised input is read (InputOf: x, or x + shift[n, c] rounded
@@ -174,6 +175,30 @@ __global__ void gn_backward_channel_kernel(const T* dy, InputOf<T> in, GnGeo geo
   }
 }
 
+// The same sums for channels-last activations, one thread per (n, c) walking the positions in
+// order: neighbouring threads read neighbouring channels (the block-per-(n, c) kernel above would
+// read one element per C-strided sector). Grid (ceil(C / blockDim), N).
+template <class T, class S, bool kSilu>
+__global__ void gn_backward_channel_nhwc_kernel(const T* dy, InputOf<T> in, GnGeo geo, const T* w,
+                                                const T* b, const S* mean, const S* rstd,
+                                                acc_t<T>* sum_dy_xhat, acc_t<T>* sum_dy) {
+  using A = acc_t<T>;
+  const int64_t c = blockIdx.x * int64_t(blockDim.x) + threadIdx.x, n = blockIdx.y;
+  if (c >= geo.C) return;
+  const int64_t nc = n * geo.C + c, ng = nc / geo.Cg;
+  const A mu = A(mean[ng]);
+  A sdx = 0, sd = 0;
+  for (int64_t hw = 0; hw < geo.HW; ++hw) {
+    const int64_t i = geo.at(n, c, hw);
+    const A xv = in(i, nc);
+    const A g = grad_at<T, S, kSilu>(dy, xv, i, w, b, mean, rstd, c, ng);
+    sd += g;
+    sdx += g * (xv - mu);
+  }
+  sum_dy_xhat[nc] = sdx * A(rstd[ng]);
+  sum_dy[nc] = sd;
+}
+
 // One thread per (n, g): coef[2·ng] = Σ w·dy / M, coef[2·ng + 1] = Σ w·dy·x̂ / M over the group's
 // channels, in channel order.
 template <class T>
@@ -295,8 +320,15 @@ void group_norm_backward_typed(const GnArgs& a, const Tensor& grad_out, const Te
   const T* b = ptr_or_null<T>(a.bias);
   const S* mp = static_cast<const S*>(a.mean.data_ptr());
   const S* rp = static_cast<const S*>(a.rstd.data_ptr());
-  gn_backward_channel_kernel<T, S, kSilu>
-      <<<unsigned(NC), threads_for(d.HW), 0, st>>>(dy, in, d.geo(), w, b, mp, rp, sdx, sd);
+  if (d.nhwc && d.N <= 65535) {
+    const unsigned t = threads_for(d.C);
+    gn_backward_channel_nhwc_kernel<T, S, kSilu>
+        <<<dim3(unsigned((d.C + t - 1) / t), unsigned(d.N)), t, 0, st>>>(dy, in, d.geo(), w, b, mp,
+                                                                         rp, sdx, sd);
+  } else {
+    gn_backward_channel_kernel<T, S, kSilu>
+        <<<unsigned(NC), threads_for(d.HW), 0, st>>>(dy, in, d.geo(), w, b, mp, rp, sdx, sd);
+  }
   CUDA_CHECK_LAUNCH();
   if (grad_x.defined() && total > 0) {
     Tensor coef = empty({2 * NG}, acc_opt);
