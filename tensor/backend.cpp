@@ -57,12 +57,14 @@ void Backend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Ten
                                                const Tensor& grad_w, const Tensor& grad_b) {
   group_norm_silu_backward(grad_out, shifted_input(*this, x, shift), weight, bias, mean, rstd,
                            groups, eps, grad_x, grad_w, grad_b);
-  if (grad_shift.defined()) {
-    Shape kept(x.shape().size(), 1);  // [N, C, 1, ...]: the spatial dims summed
-    kept[0] = x.size(0);
-    kept[1] = x.size(1);
-    reduce(ReduceOp::Sum, grad_x, per_sample_channel_view(grad_shift, kept));
-  }
+  if (grad_shift.defined()) sum_shift_gradient(grad_x, grad_shift);
+}
+
+void Backend::sum_shift_gradient(const Tensor& grad_x, const Tensor& grad_shift) {
+  Shape kept(grad_x.shape().size(), 1);  // [N, C, 1, ...]: the spatial dims summed
+  kept[0] = grad_x.size(0);
+  kept[1] = grad_x.size(1);
+  reduce(ReduceOp::Sum, grad_x, per_sample_channel_view(grad_shift, kept));
 }
 
 void Backend::conv2d_bias(const Tensor& x, const Tensor& w, const Tensor& b, const Conv2dParams& p,

@@ -260,6 +260,11 @@ class Backend {
   // kernel gives the same bits.
   virtual void dropout(const Tensor& x, double keep, double scale, uint64_t seed,
                        uint64_t first_block, const Tensor& out, const Tensor& mask);
+
+ protected:
+  // grad_shift [N, C] = Σ over the spatial dims of grad_x [N, C, *]: the Sum reduction of the
+  // composite group_norm_silu_shifted_backward, for backends that fuse the rest.
+  void sum_shift_gradient(const Tensor& grad_x, const Tensor& grad_shift);
 };
 
 // The backend of a device; a CUDA device in a build without CUDA fails with a clear message.

@@ -183,6 +183,18 @@ void run_parity(const OpCase& oc, DType dt, Layout layout) {
   }
 }
 
+// Every parameter gradient the golden file holds against the network's; returns how many.
+int check_golden_param_grads(const nn::SafetensorsFile& f, const nn::Module& net, double tol,
+                             const std::string& what) {
+  int checked = 0;
+  for (auto& [n, p] : net.named_parameters())
+    if (f.contains("grad." + n)) {
+      check_close(f.get("grad." + n), p.grad(), tol, what + " gradient of " + n);
+      ++checked;
+    }
+  return checked;
+}
+
 }  // namespace
 
 TEST_SUITE("gpu") {
@@ -416,9 +428,7 @@ TEST_SUITE("gpu") {
         check_close(f.get("output"), out, 1e-5, flavour + " output");
         sum(mul(out, to(f.get("input.weights"), kGpu))).backward();
         check_close(f.get("grad.x"), x.grad(), 1e-4, flavour + " input gradient");
-        for (auto& [n, p] : net.named_parameters())
-          if (f.contains("grad." + n))
-            check_close(f.get("grad." + n), p.grad(), 1e-4, flavour + " gradient of " + n);
+        check_golden_param_grads(f, net, 1e-4, flavour);
       }
   }
 
@@ -439,9 +449,7 @@ TEST_SUITE("gpu") {
       check_close(f.get("output"), out, 1e-4, flavour + " output");
       sum(mul(out, to(f.get("input.weights"), kGpu))).backward();
       check_close(f.get("grad.x"), x.grad(), 1e-4, flavour + " input gradient");
-      for (auto& [n, p] : net.named_parameters())
-        if (f.contains("grad." + n))
-          check_close(f.get("grad." + n), p.grad(), 1e-4, flavour + " gradient of " + n);
+      check_golden_param_grads(f, net, 1e-4, flavour);
     }
   }
   TEST_CASE("cuda: DhariwalUNet matches EDM's outputs and gradients on the GPU, in both formats") {
@@ -464,13 +472,7 @@ TEST_SUITE("gpu") {
       check_close(f.get("output"), out, 1e-4, format + " output");
       sum(mul(out, to(f.get("input.weights"), kGpu))).backward();
       check_close(f.get("grad.x"), x.grad(), 1e-4, format + " input gradient");
-      int checked = 0;
-      for (auto& [n, p] : net.named_parameters())
-        if (f.contains("grad." + n)) {
-          check_close(f.get("grad." + n), p.grad(), 1e-4, format + " gradient of " + n);
-          ++checked;
-        }
-      CHECK(checked == 9);
+      CHECK(check_golden_param_grads(f, net, 1e-4, format) == 9);
     }
   }
 }

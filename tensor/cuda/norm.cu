@@ -353,6 +353,12 @@ void group_norm_backward_typed(const GnArgs& a, const Tensor& grad_out, const Te
   }
 }
 
+void check_shift(const Tensor& x, const Tensor& shift, const char* op) {
+  CM_CHECK(x.dim() >= 2 && shift.shape() == Shape({x.size(0), x.size(1)}), op,
+           ": shift must be [N, C] = [", x.size(0), ", ", x.size(1), "], got ",
+           shape_str(shift.shape()));
+}
+
 GnArgs gn_args(const Tensor& x, const Tensor& shift, const Tensor& weight, const Tensor& bias,
                const Tensor& mean, const Tensor& rstd, int64_t groups, double eps,
                std::initializer_list<Tensor> acts, std::initializer_list<Tensor> params,
@@ -446,9 +452,7 @@ void CudaBackend::group_norm_silu_shifted(const Tensor& x, const Tensor& shift,
                                           double eps, const Tensor& out, const Tensor& mean,
                                           const Tensor& rstd) {
   const char* op = "group_norm_silu_shifted";
-  CM_CHECK(x.dim() >= 2 && shift.shape() == Shape({x.size(0), x.size(1)}), op,
-           ": shift must be [N, C] = [", x.size(0), ", ", x.size(1), "], got ",
-           shape_str(shift.shape()));
+  check_shift(x, shift, op);
   run_forward(gn_args(x, shift, weight, bias, mean, rstd, groups, eps, {out}, {}, op), true, out,
               op);
 }
@@ -460,24 +464,13 @@ void CudaBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const
                                                    const Tensor& grad_x, const Tensor& grad_shift,
                                                    const Tensor& grad_w, const Tensor& grad_b) {
   const char* op = "group_norm_silu_shifted_backward";
-  CM_CHECK(x.dim() >= 2 && shift.shape() == Shape({x.size(0), x.size(1)}), op,
-           ": shift must be [N, C] = [", x.size(0), ", ", x.size(1), "], got ",
-           shape_str(shift.shape()));
+  check_shift(x, shift, op);
   CM_CHECK(!grad_shift.defined() || grad_x.defined(), op,
            ": grad_shift is summed from grad_x, which must be given");
   const GnArgs a = gn_args(x, shift, weight, bias, mean, rstd, groups, eps, {grad_out, grad_x},
                            {grad_shift, grad_w, grad_b}, op);
   run_backward(*this, a, true, grad_out, grad_x, grad_w, grad_b, op);
-  if (grad_shift.defined()) {
-    // Σ over the spatial dims of grad_x: the composite's reduction, so its bits
-    Shape kept(x.shape().size(), 1);  // [N, C, 1, ...]
-    kept[0] = x.size(0);
-    kept[1] = x.size(1);
-    Shape st(kept.size(), 0);
-    st[0] = grad_shift.stride(0);
-    st[1] = grad_shift.stride(1);
-    reduce(ReduceOp::Sum, grad_x, grad_shift.alias_with(kept, st, grad_shift.offset()));
-  }
+  if (grad_shift.defined()) sum_shift_gradient(grad_x, grad_shift);  // the composite's bits
 }
 
 }  // namespace cm::cuda_impl
