@@ -96,11 +96,29 @@ Edge gradient_edge(const Tensor& t) {
 // ------------------------------------------------------------------------------------
 SavedTensor::SavedTensor(const Tensor& t, const char* op) : op_(op) {
   if (!t.defined()) return;
-  data_ = t.alias_with(t.shape(), t.strides(), t.offset());
   version_ = t.version();
+  if ((recompute_ = recompute_of(t))) {
+    counter_ = t.impl()->version;
+    shape_ = t.shape();
+    strides_ = t.strides();
+    return;
+  }
+  data_ = t.alias_with(t.shape(), t.strides(), t.offset());
 }
 
 Tensor SavedTensor::get() const {
+  if (recompute_) {
+    CM_CHECK(counter_->value == version_, op_,
+             ": a tensor saved for its backward was modified by an in-place operation (version ",
+             counter_->value, ", saved at version ", version_, "); clone it before modifying it");
+    NoGradGuard ng;
+    Tensor t = recompute_->fn();
+    CM_CHECK(t.shape() == shape_ && t.strides() == strides_, op_,
+             ": the recomputed saved tensor has shape ", shape_str(t.shape()), " strides ",
+             shape_str(t.strides()), ", the saved one had ", shape_str(shape_), " strides ",
+             shape_str(strides_), " (a recompute function that does not give its tensor back)");
+    return t;
+  }
   if (data_.defined()) {
     CM_CHECK(data_.version() == version_, op_,
              ": a tensor saved for its backward was modified by an ",
@@ -108,6 +126,31 @@ Tensor SavedTensor::get() const {
              "); clone it before modifying it");
   }
   return data_;
+}
+
+// ---- activation recomputation ----
+namespace {
+thread_local bool recompute_enabled = false;
+}
+
+bool is_recompute_enabled() {
+  return recompute_enabled;
+}
+void set_recompute_enabled(bool on) {
+  recompute_enabled = on;
+}
+
+void set_recompute(const Tensor& t, std::function<Tensor()> fn) {
+  auto r = std::make_shared<Recompute>();
+  r->fn = std::move(fn);
+  r->version = t.version();
+  t.ensure_autograd_meta().recompute = std::move(r);
+}
+
+std::shared_ptr<const Recompute> recompute_of(const Tensor& t) {
+  const AutogradMeta* m = t.defined() ? t.impl()->autograd.get() : nullptr;
+  if (!m || !m->recompute || m->recompute->version != t.version()) return nullptr;
+  return m->recompute;
 }
 
 // ---- recording

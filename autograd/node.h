@@ -86,19 +86,56 @@ class AccumulateGrad final : public Node {
 };
 
 // A tensor kept for backward: a detached alias (so saving an op's own output makes no cycle) and
-// the version it had when saved; get() fails if an in-place op has modified it since.
+// the version it had when saved; get() fails if an in-place op has modified it since. A tensor
+// with a recompute function (set_recompute) that it still matches is kept as that function
+// instead: its memory is freed with the last other reference, and get() computes it again.
 class SavedTensor {
  public:
   SavedTensor() = default;
   SavedTensor(const Tensor& t, const char* op);
   Tensor get() const;
-  bool defined() const { return data_.defined(); }
+  bool defined() const { return data_.defined() || recompute_ != nullptr; }
+  // Whether get() computes the values again rather than keeping them.
+  bool recomputes() const { return recompute_ != nullptr; }
 
  private:
   Tensor data_;
   uint64_t version_ = 0;
   const char* op_ = "";
+  std::shared_ptr<const Recompute> recompute_;  // set instead of data_
+  std::shared_ptr<VersionCounter> counter_;     // the saved tensor's, with recompute_
+  Shape shape_, strides_;                       // the saved tensor's, with recompute_
 };
+
+// ---- activation recomputation ----
+//
+// Off unless a scope turns it on (RecomputeGuard; a network does for its forward when its
+// `recompute` option says so, nn/network.h). While on, ops whose output costs one cheap pass to
+// compute again from what they keep for their own backward (group_norm and group_norm_silu from x
+// and the statistics, dropout from its input and its Philox draw) attach that pass to the output
+// (set_recompute), and the op that saves such an output for its backward (the next convolution)
+// keeps the pass instead of the values. The gradients are bit for bit those without it: the pass is
+// the same kernel on the same inputs. What it buys is memory: per U-Net block, the convolutions'
+// inputs and the dropout masks are no longer stored between the forward and the backward.
+bool is_recompute_enabled();
+void set_recompute_enabled(bool on);
+
+class RecomputeGuard {
+ public:
+  explicit RecomputeGuard(bool on) : prev_(is_recompute_enabled()) { set_recompute_enabled(on); }
+  ~RecomputeGuard() { set_recompute_enabled(prev_); }
+  RecomputeGuard(const RecomputeGuard&) = delete;
+  RecomputeGuard& operator=(const RecomputeGuard&) = delete;
+
+ private:
+  bool prev_;
+};
+
+// Attaches fn to t (at t's current version): fn must give t's shape, strides, dtype and values
+// exactly, from tensors that outlive t without holding t itself (an op's own saved tensors).
+void set_recompute(const Tensor& t, std::function<Tensor()> fn);
+// t's recompute function while t still matches it (not modified in place since), else null.
+std::shared_ptr<const Recompute> recompute_of(const Tensor& t);
 
 // ---- grad mode
 // ------------------------------------------------------------------------------------

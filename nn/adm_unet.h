@@ -44,6 +44,8 @@ struct AdmUNetConfig {
   std::string attention_split = "flash";
   // The activations' memory format, as SongUNetConfig::memory_format.
   std::string memory_format = "auto";
+  // Activation recomputation, as SongUNetConfig::recompute.
+  std::string recompute = "auto";
 
   // Checks every field; errors name the field and value.
   void validate() const;

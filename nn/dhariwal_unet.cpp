@@ -32,6 +32,7 @@ void DhariwalUNetConfig::validate() const {
       memory_format == "auto" || memory_format == "contiguous" || memory_format == "channels_last",
       "DhariwalUNet: memory_format must be \"auto\", \"contiguous\" or \"channels_last\", got \"",
       memory_format, "\"");
+  check_recompute_option(recompute, "DhariwalUNet");
 }
 
 std::vector<std::string> dhariwal_unet_preset_names() {
@@ -196,6 +197,7 @@ Tensor DhariwalUNet::forward(const Tensor& x_in, const Tensor& noise_labels,
   // The activations in the network's memory format (as SongUNet::forward).
   const MemoryFormat format = resolve_memory_format(cfg_.memory_format, backend_of(x_in));
   const auto in_format = [format](const Tensor& t) { return to_memory_format(t, format); };
+  const RecomputeGuard recompute(resolve_recompute(cfg_.recompute, backend_of(x_in)));
 
   // Encoder.
   std::vector<Tensor> skips;

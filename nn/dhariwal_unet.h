@@ -36,6 +36,8 @@ struct DhariwalUNetConfig {
   double label_dropout = 0;
   // The activations' memory format, as SongUNetConfig::memory_format.
   std::string memory_format = "auto";
+  // Activation recomputation, as SongUNetConfig::recompute.
+  std::string recompute = "auto";
 
   // Checks every field; errors name the field and value.
   void validate() const;

@@ -53,7 +53,14 @@ Tensor dropout(const Tensor& x, double p, bool training, const ForwardContext& c
   if (m.replay) {
     CM_CHECK(m.next < m.masks.size(), "dropout: the replaying pass has more dropouts (", m.next + 1,
              ") than the recorded one (", m.masks.size(), ")");
-    return cm::dropout_replay(x, m.masks[m.next++], gen);
+    const Tensor& mask = m.masks[m.next++];
+    return mask.defined() ? cm::dropout_replay(x, mask, gen) : cm::dropout(x, p, training, gen);
+  }
+  if (is_recompute_enabled()) {
+    // No mask kept between the passes: the replaying pass's generator, in the recording one's
+    // state, draws the same mask again.
+    m.masks.emplace_back();
+    return cm::dropout(x, p, training, gen);
   }
   Tensor mask;
   Tensor y = cm::dropout(x, p, training, gen, &mask);

@@ -31,6 +31,9 @@ struct InitOptions {
 // drawing again: what a dropout generator in the same state would give (consistency training's
 // target pass replays the online pass's masks), without the draws.
 struct DropoutMasks {
+  // One per dropout, in order: its scaled mask, or undefined where activation recomputation is on
+  // (autograd/node.h): then the replaying pass draws again, from a generator in the recording
+  // pass's state, and no mask is kept between the passes.
   std::vector<Tensor> masks;
   size_t next = 0;
   bool replay = false;

@@ -36,6 +36,7 @@ void SongUNetConfig::validate() const {
       memory_format == "auto" || memory_format == "contiguous" || memory_format == "channels_last",
       "SongUNet: memory_format must be \"auto\", \"contiguous\" or \"channels_last\", got \"",
       memory_format, "\"");
+  check_recompute_option(recompute, "SongUNet");
   CM_CHECK(decoder_type == "standard" || decoder_type == "skip",
            "SongUNet: decoder_type must be \"standard\" or \"skip\", got \"", decoder_type, "\"");
   CM_CHECK(!resample_filter.empty(), "SongUNet: resample_filter is empty");
@@ -54,6 +55,16 @@ MemoryFormat resolve_memory_format(const std::string& option, const Backend& bac
   CM_CHECK(option == "auto", "memory_format must be \"auto\", \"contiguous\" or ",
            "\"channels_last\", got \"", option, "\"");
   return backend.preferred_conv_format();
+}
+
+bool resolve_recompute(const std::string& option, const Backend& backend) {
+  check_recompute_option(option, "network");
+  return option == "auto" ? backend.recompute_by_default() : option == "on";
+}
+
+void check_recompute_option(const std::string& option, const char* who) {
+  CM_CHECK(option == "auto" || option == "on" || option == "off", who,
+           ": recompute must be \"auto\", \"on\" or \"off\", got \"", option, "\"");
 }
 
 MemoryFormat SongUNetConfig::activation_format(const Backend& backend) const {
@@ -278,6 +289,7 @@ Tensor SongUNet::forward(const Tensor& x_in, const Tensor& noise_labels, const T
   // carry the format on, and attention's reshapes give either format).
   const MemoryFormat format = cfg_.activation_format(backend_of(x_in));
   const auto in_format = [format](const Tensor& t) { return to_memory_format(t, format); };
+  const RecomputeGuard recompute(resolve_recompute(cfg_.recompute, backend_of(x_in)));
 
   // Encoder.
   std::vector<Tensor> skips;

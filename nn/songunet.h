@@ -33,6 +33,9 @@ struct SongUNetConfig {
   // "channels_last", "contiguous", or "auto" (the backend's preferred_conv_format: channels-last
   // on a CPU with oneDNN, contiguous otherwise). The output is contiguous in every case.
   std::string memory_format = "auto";
+  // Activation recomputation in the backward: "auto", "on" or "off" (nn/network.h,
+  // resolve_recompute). Not part of the architecture either: the gradients are the same bits.
+  std::string recompute = "auto";
 
   // Checks every field; errors name the field and value.
   void validate() const;

@@ -52,6 +52,7 @@ int run_bench(const BenchCommand& command) {
   Generator gen(0);
   NetworkConfig cfg = network_from_preset(o.network);
   cfg.songunet.memory_format = cfg.adm.memory_format = cfg.dhariwal.memory_format = o.memory_format;
+  cfg.songunet.recompute = cfg.adm.recompute = cfg.dhariwal.recompute = o.recompute;
   const std::unique_ptr<nn::Network> net_ptr = cfg.make(gen), target_ptr = cfg.make(gen);
   nn::Network &net = *net_ptr, &target = *target_ptr;
   net.to(dev);
@@ -164,11 +165,12 @@ int run_bench(const BenchCommand& command) {
         "{\"bench\":\"cm\",\"case\":\"%s\",\"network\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
         "\"batch\":%lld,"
         "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld,"
-        "\"memory_format\":\"%s\",\"conv\":\"%s\",\"blas\":\"%s\",\"flat\":%s%s}\n",
+        "\"memory_format\":\"%s\",\"recompute\":%s,\"conv\":\"%s\",\"blas\":\"%s\","
+        "\"flat\":%s%s}\n",
         c.c_str(), o.network.c_str(), dev.str().c_str(), o.precision.c_str(), (long long)o.batch, m,
         double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats,
-        memory_format_name(format), conv.c_str(), blas.c_str(), o.flat ? "true" : "false",
-        extra.c_str());
+        memory_format_name(format), nn::resolve_recompute(o.recompute, be) ? "true" : "false",
+        conv.c_str(), blas.c_str(), o.flat ? "true" : "false", extra.c_str());
     std::fflush(stdout);
   }
   return 0;

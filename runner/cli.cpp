@@ -381,7 +381,8 @@ const char* kUsage =
     "          [--out DIR]\n"
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
-    "           [--memory-format auto|contiguous|channels_last] [--flat on|off]\n"
+    "           [--memory-format auto|contiguous|channels_last] [--recompute auto|on|off]\n"
+    "           [--flat on|off]\n"
     "           [--case forward|ct|sample|allreduce] [--repeats R] [--bucket-mb MB]\n"
     "  cm report RUN_DIR [RUN_DIR ...] [--out FILE] [--watch SECONDS]\n"
     "  cm --version\n"
@@ -621,6 +622,11 @@ struct Parser {
            "the activations' memory format (network.memory_format)", [this](const std::string& v) {
              bench_c.memory_format =
                  choice("--memory-format", v, {"auto", "contiguous", "channels_last"});
+           });
+    option(bench, "--recompute", "{auto,on,off}", "auto",
+           "activation recomputation in the backward (network.recompute)",
+           [this](const std::string& v) {
+             bench_c.recompute = choice("--recompute", v, {"auto", "on", "off"});
            });
     option(bench, "--flat", "{on,off}", "on",
            "parameters, gradients and optimizer state in flat buffers (off: tensor by tensor)",

@@ -107,6 +107,7 @@ struct BenchCommand {
   int64_t batch = 0;                   // 0: 64 on the CPU, 128 on a GPU
   std::string precision = "f32";       // f32, tf32 (f32 with TF32 matmul/conv), bf16, f16
   std::string memory_format = "auto";  // network.memory_format: auto, contiguous, channels_last
+  std::string recompute = "auto";      // network.recompute: auto, on, off
   bool flat = true;                    // parameters, gradients and optimizer state in flat buffers
   std::vector<std::string> cases = {"forward", "ct", "sample"};
   int64_t repeats = 0;    // 0: 5 on the CPU, 20 on a GPU

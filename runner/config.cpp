@@ -166,6 +166,17 @@ std::vector<Field> build_schema() {
        {},
        "",
        true},
+      {"/network/recompute",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {"auto", "on", "off"},
+       {},
+       "activation recomputation: the convolutions' inputs after a group norm or dropout, and the "
+       "dropout masks, computed again in the backward instead of kept (the same gradients, less "
+       "memory); auto: on for CUDA, off on the CPU",
+       true},
       {"/network/type",
        Kind::String,
        nullptr,
@@ -644,6 +655,7 @@ void network_fields(nn::SongUNetConfig& c, F&& f) {
   f("resample_filter", c.resample_filter);
   f("fourier_scale", c.fourier_scale);
   f("memory_format", c.memory_format);
+  f("recompute", c.recompute);
 }
 template <class F>
 void network_fields(nn::AdmUNetConfig& c, F&& f) {
@@ -664,6 +676,7 @@ void network_fields(nn::AdmUNetConfig& c, F&& f) {
   f("resblock_updown", c.resblock_updown);
   f("attention_split", c.attention_split);
   f("memory_format", c.memory_format);
+  f("recompute", c.recompute);
 }
 
 template <class F>
@@ -681,6 +694,7 @@ void network_fields(nn::DhariwalUNetConfig& c, F&& f) {
   f("dropout", c.dropout);
   f("label_dropout", c.label_dropout);
   f("memory_format", c.memory_format);
+  f("recompute", c.recompute);
 }
 
 const std::vector<std::string> kNetworkTypes = {"songunet", "adm", "dhariwal"};

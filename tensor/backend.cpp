@@ -60,6 +60,19 @@ void Backend::group_norm_silu_shifted_backward(const Tensor& grad_out, const Ten
   if (grad_shift.defined()) sum_shift_gradient(grad_x, grad_shift);
 }
 
+void Backend::group_norm_recompute(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                                   const Tensor& bias, int64_t groups, double eps, bool silu,
+                                   const Tensor& mean, const Tensor& rstd, const Tensor& out) {
+  const Tensor m2 = empty(mean.shape(), {.dtype = mean.dtype(), .device = x.device()}),
+               r2 = empty(rstd.shape(), {.dtype = rstd.dtype(), .device = x.device()});
+  if (shift.defined())
+    group_norm_silu_shifted(x, shift, weight, bias, groups, eps, out, m2, r2);
+  else if (silu)
+    group_norm_silu(x, weight, bias, groups, eps, out, m2, r2);
+  else
+    group_norm(x, weight, bias, groups, eps, out, m2, r2);
+}
+
 void Backend::sum_shift_gradient(const Tensor& grad_x, const Tensor& grad_shift) {
   Shape kept(grad_x.shape().size(), 1);  // [N, C, 1, ...]: the spatial dims summed
   kept[0] = grad_x.size(0);

@@ -192,6 +192,9 @@ class Backend {
   // The memory format in which this backend's convolutions run fastest, for networks whose
   // memory_format is "auto": channels-last where the convolutions take NHWC without conversions.
   virtual MemoryFormat preferred_conv_format() const { return MemoryFormat::Contiguous; }
+  // Whether networks whose recompute option is "auto" recompute activations in the backward
+  // (nn/network.h): where memory, not arithmetic, bounds what a device trains.
+  virtual bool recompute_by_default() const { return false; }
   virtual void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                           double eps, const Tensor& out, const Tensor& mean,
                           const Tensor& rstd) = 0;
@@ -228,6 +231,14 @@ class Backend {
                                                 const Tensor& rstd, int64_t groups, double eps,
                                                 const Tensor& grad_x, const Tensor& grad_shift,
                                                 const Tensor& grad_w, const Tensor& grad_b);
+  // The output of group_norm (silu false), group_norm_silu (silu true) or group_norm_silu_shifted
+  // (shift defined) again, bit for bit, from the same operands and the statistics that forward
+  // stored (activation recomputation, autograd/node.h). The default runs the forward again into
+  // scratch statistics (every backend's are deterministic: the same inputs give the same bits);
+  // a backend may apply the stored ones in one pass.
+  virtual void group_norm_recompute(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                                    const Tensor& bias, int64_t groups, double eps, bool silu,
+                                    const Tensor& mean, const Tensor& rstd, const Tensor& out);
 
   // ---- indexing ----
   // out = x.index_select(dim, index): index 1-D i64 (validated by the caller against x.size(dim)).

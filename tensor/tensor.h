@@ -164,6 +164,14 @@ class Tensor {
   std::shared_ptr<TensorImpl> impl_;
 };
 
+// How to compute a tensor's values again, bit for bit, from what the op that made it keeps for its
+// own backward (activation recomputation, autograd/node.h), and the version the tensor had then:
+// once modified in place it is no longer what the function gives.
+struct Recompute {
+  std::function<Tensor()> fn;
+  uint64_t version = 0;
+};
+
 struct AutogradMeta {
   Tensor grad;
   std::shared_ptr<Node> grad_fn;
@@ -174,6 +182,7 @@ struct AutogradMeta {
   std::vector<PostAccumulateHook> post_accumulate_hooks;  // leaf: after each accumulation
   std::weak_ptr<Node> grad_accumulator;  // leaf: the node that accumulates into .grad
   Tensor grad_slot;                      // leaf: where the first gradient is written (or none)
+  std::shared_ptr<const Recompute> recompute;  // null unless an op attached one (set_recompute)
 };
 
 std::ostream& operator<<(std::ostream& os, const Tensor& t);

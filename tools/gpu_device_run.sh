@@ -101,7 +101,7 @@ suite() {
 if has tests; then
   say "== GPU test suites"
   for t in cm_test_cuda cm_test_cuda_conv cm_test_cuda_nn; do suite "$t" "$bin/$t"; done
-  for t in cm_test_autograd cm_test_inplace; do
+  for t in cm_test_autograd cm_test_inplace cm_test_recompute; do
     [ -x "$bin/$t" ] && CM_TEST_DEVICE=cuda suite "CM_TEST_DEVICE=cuda $t" "$bin/$t"
   done
 fi
@@ -166,6 +166,9 @@ if has bench; then
       box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch $b --precision bf16 --case ct \
         --memory-format channels_last --repeats 5
     done
+    # activation recomputation (on by default on CUDA): what it saves and what it costs
+    box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 512 --precision bf16 --case ct \
+      --recompute off --repeats 5
     for p in tf32 bf16; do
       box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 1024 --precision $p --case sample --repeats 5
     done

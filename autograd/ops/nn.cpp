@@ -62,7 +62,9 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
 // format (memory order), so x, m and out are walked densely in one order; m is kept for the
 // backward (dx = dy·m). One backend pass (Backend::dropout) where the draw starts on a Philox
 // block, else the same values from bernoulli() and two products. p == 1 zeroes everything (no
-// draw).
+// draw). With activation recomputation on (autograd/node.h), a one-pass draw keeps no mask: the
+// backward draws it again (the same Philox blocks), and where x can be computed again so can
+// the output.
 Tensor dropout(const Tensor& x, double p, bool training, Generator& gen, Tensor* mask_out) {
   CM_CHECK(p >= 0 && p <= 1, "dropout: probability must be in [0, 1], got ", p);
   check_floating(x, "dropout", "x");
@@ -85,14 +87,36 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen, Tensor*
     if (mask_out) *mask_out = mask;
     return mul(x, mask);
   }
-  const Tensor xd = is_channels_last(x) || x.is_contiguous() ? x : contiguous(x);
+  const bool dense = is_channels_last(x) || x.is_contiguous();
+  const Tensor xd = dense ? x : contiguous(x);
   const bool grad = needs_grad({x});
+  // With activation recomputation on, the backward draws the mask again instead of keeping it.
+  const bool redraw = grad && !mask_out && is_recompute_enabled();
+  const uint64_t seed = gen.seed(), block = *first;
   const Tensor out = empty(x.shape(), opt, format);
-  const Tensor mask = grad || mask_out ? empty(x.shape(), opt, format) : Tensor();
-  backend_of(x).dropout(detach(xd), keep, scale, gen.seed(), *first, out, mask);
-  if (grad) {
+  const Tensor mask = (grad && !redraw) || mask_out ? empty(x.shape(), opt, format) : Tensor();
+  backend_of(x).dropout(detach(xd), keep, scale, seed, block, out, mask);
+  if (grad && !redraw) {
     const SavedTensor sm(mask, "dropout");
     record("dropout", {x}, {out}, [sm](const Grads& g) { return Grads{mul(g[0], sm.get())}; });
+  } else if (grad) {
+    // dx = dy·m, m drawn again: the fused kernel on dy (in the draw's memory order) gives the
+    // Mul of dy and the mask, the bits of the product with a kept mask.
+    const Shape shape = x.shape();
+    record("dropout", {x}, {out}, [=](const Grads& g) {
+      const Tensor dy = to_memory_format(g[0], format);
+      const Tensor dx = empty(shape, {.dtype = dy.dtype(), .device = dy.device()}, format);
+      backend_of(dy).dropout(dy, keep, scale, seed, block, dx, Tensor());
+      return Grads{dx};
+    });
+    // and out, when x itself is computed again, is too: the same draw on x recomputed
+    if (const std::shared_ptr<const Recompute> rx = dense ? recompute_of(x) : nullptr)
+      set_recompute(out, [=] {
+        const Tensor xv = rx->fn();
+        const Tensor o = empty(shape, {.dtype = xv.dtype(), .device = xv.device()}, format);
+        backend_of(xv).dropout(xv, keep, scale, seed, block, o, Tensor());
+        return o;
+      });
   }
   if (mask_out) *mask_out = mask;
   return out;

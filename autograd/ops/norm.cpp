@@ -10,7 +10,8 @@ namespace {
 
 // x [N, C, *], weight/bias [C] -> [N, C, *]; mean/rstd [N, G] in f32 (f64 for f64 x). With `silu`
 // the output is silu(group_norm(x)) from one kernel (Backend::group_norm_silu), whose backward
-// recomputes the normalised values instead of keeping them.
+// recomputes the normalised values instead of keeping them. With activation recomputation on
+// (autograd/node.h), the output also carries how to compute it again.
 Tensor group_norm_op(const Tensor& x0, int64_t groups, const Tensor& weight0, const Tensor& bias0,
                      double eps, bool silu, const Tensor& shift0 = {}) {
   const char* op = silu ? "group_norm_silu" : "group_norm";
@@ -94,6 +95,18 @@ Tensor group_norm_op(const Tensor& x0, int64_t groups, const Tensor& weight0, co
                                            dx, dw, db);
       return Grads{dx, dw, db, Tensor()};
     });
+    // With recomputation on, the next op that saves y (a convolution) keeps this instead: y
+    // again from what this node keeps anyway (Backend::group_norm_recompute, the same bits).
+    if (is_recompute_enabled()) {
+      const SavedTensor rw(weight, op), rb(bias, op);
+      set_recompute(y, [=] {
+        const Tensor xv = sx.get();
+        Tensor out = empty(xs, {.dtype = xv.dtype(), .device = xv.device()}, format);
+        backend_of(xv).group_norm_recompute(xv, sshift.get(), rw.get(), rb.get(), groups, eps, silu,
+                                            smean.get(), srstd.get(), out);
+        return out;
+      });
+    }
   }
   return y;
 }

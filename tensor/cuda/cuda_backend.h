@@ -39,6 +39,8 @@ class CudaBackend final : public Backend {
                               const Tensor& grad_w) override;
   // norm.cu walks contiguous and channels-last activations alike
   bool group_norm_takes_channels_last() const override { return true; }
+  // memory bounds the batch on a GPU; the recomputed passes are cheap next to the convolutions
+  bool recompute_by_default() const override { return true; }
   void group_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, int64_t groups,
                   double eps, const Tensor& out, const Tensor& mean, const Tensor& rstd) override;
   void group_norm_backward(const Tensor& grad_out, const Tensor& x, const Tensor& weight,
@@ -62,6 +64,10 @@ class CudaBackend final : public Backend {
                                         int64_t groups, double eps, const Tensor& grad_x,
                                         const Tensor& grad_shift, const Tensor& grad_w,
                                         const Tensor& grad_b) override;
+  // the apply kernel alone, on the stored statistics: the forward's second kernel, the same bits
+  void group_norm_recompute(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                            const Tensor& bias, int64_t groups, double eps, bool silu,
+                            const Tensor& mean, const Tensor& rstd, const Tensor& out) override;
 
   // bias.cu: the convolution's bias added by a per-channel kernel, its gradient summed per channel
   // by a deterministic two-stage kernel (the composites' generic broadcast add and reduction)

@@ -283,16 +283,20 @@ InputOf<T> input_of(const GnArgs& a) {
   return {static_cast<const T*>(a.x.data_ptr()), ptr_or_null<T>(a.shift)};
 }
 
+// The statistics kernel (unless `stats` is false: a.mean and a.rstd hold them already), then the
+// apply kernel.
 template <class T, class S, bool kSilu>
-void group_norm_typed(const GnArgs& a, const Tensor& out) {
+void group_norm_typed(const GnArgs& a, const Tensor& out, bool stats) {
   const GnDims& d = a.d;
   const int64_t NG = d.N * d.G, M = d.Cg * d.HW, total = a.x.numel();
   CM_CHECK(NG <= INT_MAX, "group_norm: too many groups (", NG, ")");
   cudaStream_t st = stream(a.dev);
-  gn_stats_kernel<T, S><<<unsigned(NG), threads_for(M), 0, st>>>(
-      input_of<T>(a), d.geo(), a.eps, static_cast<S*>(a.mean.data_ptr()),
-      static_cast<S*>(a.rstd.data_ptr()));
-  CUDA_CHECK_LAUNCH();
+  if (stats) {
+    gn_stats_kernel<T, S><<<unsigned(NG), threads_for(M), 0, st>>>(
+        input_of<T>(a), d.geo(), a.eps, static_cast<S*>(a.mean.data_ptr()),
+        static_cast<S*>(a.rstd.data_ptr()));
+    CUDA_CHECK_LAUNCH();
+  }
   if (total == 0) return;
   gn_apply_kernel<T, S, kSilu><<<blocks_for(total), kThreads, 0, st>>>(
       input_of<T>(a), d.geo(), ptr_or_null<T>(a.weight), ptr_or_null<T>(a.bias),
@@ -371,17 +375,17 @@ GnArgs gn_args(const Tensor& x, const Tensor& shift, const Tensor& weight, const
   return GnArgs{x, shift, weight, bias, mean, rstd, d, eps, x.device().index};
 }
 
-void run_forward(const GnArgs& a, bool silu, const Tensor& out, const char* op) {
+void run_forward(const GnArgs& a, bool silu, const Tensor& out, const char* op, bool stats = true) {
   DeviceGuard g(a.dev);
   if (a.d.N * a.d.G == 0) return;
   CM_DISPATCH_FLOAT(a.x.dtype(), op, [&] {
     const bool f64 = a.mean.dtype() == DType::f64;
     if (silu) {
-      f64 ? group_norm_typed<scalar_t, double, true>(a, out)
-          : group_norm_typed<scalar_t, float, true>(a, out);
+      f64 ? group_norm_typed<scalar_t, double, true>(a, out, stats)
+          : group_norm_typed<scalar_t, float, true>(a, out, stats);
     } else {
-      f64 ? group_norm_typed<scalar_t, double, false>(a, out)
-          : group_norm_typed<scalar_t, float, false>(a, out);
+      f64 ? group_norm_typed<scalar_t, double, false>(a, out, stats)
+          : group_norm_typed<scalar_t, float, false>(a, out, stats);
     }
   });
 }
@@ -471,6 +475,15 @@ void CudaBackend::group_norm_silu_shifted_backward(const Tensor& grad_out, const
                            {grad_shift, grad_w, grad_b}, op);
   run_backward(*this, a, true, grad_out, grad_x, grad_w, grad_b, op);
   if (grad_shift.defined()) sum_shift_gradient(grad_x, grad_shift);  // the composite's bits
+}
+
+void CudaBackend::group_norm_recompute(const Tensor& x, const Tensor& shift, const Tensor& weight,
+                                       const Tensor& bias, int64_t groups, double eps, bool silu,
+                                       const Tensor& mean, const Tensor& rstd, const Tensor& out) {
+  const char* op = "group_norm_recompute";
+  if (shift.defined()) check_shift(x, shift, op);
+  run_forward(gn_args(x, shift, weight, bias, mean, rstd, groups, eps, {out}, {}, op),
+              silu || shift.defined(), out, op, /*stats=*/false);
 }
 
 }  // namespace cm::cuda_impl
