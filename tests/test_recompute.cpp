@@ -12,6 +12,8 @@
 #include <vector>
 
 #include "helpers.h"
+#include "nn/adm_unet.h"
+#include "nn/dhariwal_unet.h"
 #include "nn/songunet.h"
 #include "tensor/storage.h"
 
@@ -244,6 +246,65 @@ TEST_SUITE("autograd") {
         check_same(grads[1][i], grads[0][i], "parameter gradient " + std::to_string(i));
       MESSAGE(format, ": step peak ", peaks[0], " bytes kept, ", peaks[1], " recomputed");
       CHECK(peaks[1] < peaks[0] * 0.9);  // the convolutions' inputs and the masks not kept
+    }
+  }
+
+  TEST_CASE("recompute: ADM's and EDM's ImageNet U-Nets give the same gradients with it on") {
+    // class-conditional, with dropout: FiLM scale-shift norms (ADM), attention with two heads
+    for (const std::string family : {"adm", "dhariwal"}) {
+      INFO(family);
+      std::vector<std::vector<Tensor>> grads;
+      std::vector<Tensor> outs;
+      std::vector<int64_t> peaks;
+      for (const std::string recompute : {"off", "on"}) {
+        Generator gen(0);
+        std::unique_ptr<nn::Network> net;
+        if (family == "adm") {
+          nn::AdmUNetConfig cfg = nn::adm_unet_preset("adm-tiny-16");
+          cfg.dropout = 0.2;
+          cfg.recompute = recompute;
+          net = std::make_unique<nn::AdmUNet>(cfg, gen);
+        } else {
+          nn::DhariwalUNetConfig cfg = nn::dhariwal_unet_preset("dhariwal-tiny-16");
+          cfg.dropout = 0.2;
+          cfg.recompute = recompute;
+          net = std::make_unique<nn::DhariwalUNet>(cfg, gen);
+        }
+        net->to(test_device());
+        net->train();
+        Generator data(3);
+        const int64_t n = 2, c = net->in_channels(), r = net->img_resolution();
+        const Tensor x = on_test_device(randn({n, c, r, r}, {}, &data)),
+                     s = on_test_device(full({n}, 0.4));
+        Tensor labels;
+        if (net->label_dim() > 0) {
+          NoGradGuard ng;
+          labels = zeros({n, net->label_dim()});
+          for (int64_t i = 0; i < n; ++i) {
+            Tensor one = narrow(narrow(labels, 0, i, 1), 1, 3 * i, 1);
+            fill_(one, 1.0);
+          }
+          labels = on_test_device(labels);
+        }
+        Generator drop(9);
+        backend_for(test_device()).synchronize();
+        allocator_for(test_device()).reset_peak();
+        const int64_t before = allocator_for(test_device()).stats().allocated;
+        const Tensor out = net->forward(x, s, labels, {}, {.dropout = &drop});
+        sum(square(out)).backward();
+        backend_for(test_device()).synchronize();
+        peaks.push_back(allocator_for(test_device()).stats().peak_allocated - before);
+        outs.push_back(out);
+        std::vector<Tensor> g;
+        for (const auto& [name, p] : net->named_parameters()) g.push_back(p.grad());
+        grads.push_back(g);
+      }
+      check_same(outs[1], outs[0], "output");
+      REQUIRE(grads[0].size() == grads[1].size());
+      for (size_t i = 0; i < grads[0].size(); ++i)
+        check_same(grads[1][i], grads[0][i], "parameter gradient " + std::to_string(i));
+      MESSAGE(family, ": step peak ", peaks[0], " bytes kept, ", peaks[1], " recomputed");
+      CHECK(peaks[1] < peaks[0]);
     }
   }
 
