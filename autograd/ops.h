@@ -244,6 +244,15 @@ Tensor avg_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t p
 // goes to the window's maximum; tied maxima in one window share it evenly (as amax), where PyTorch
 // gives it all to the first.
 Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t padding = 0);
+// fn(inputs) with activation recomputation (autograd/ops/checkpoint.cpp): while recomputation is
+// on (autograd/node.h) and a gradient is to be recorded, one node named `name` keeps the inputs
+// only and its backward runs fn again and backpropagates through it (the same gradients bit for
+// bit); otherwise fn(inputs), recorded as usual. fn must be deterministic: the same inputs give
+// the same bits (no random draws), and build its result from differentiable ops of its inputs
+// (undefined inputs stay undefined).
+using CheckpointFn = std::function<Tensor(const std::vector<Tensor>&)>;
+Tensor checkpoint(const char* name, const CheckpointFn& fn, const std::vector<Tensor>& inputs);
+
 // softmax(q·kᵀ·scale)·v over the last two dims: q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv];
 // the softmax is computed in f32 whatever the input dtype. scale defaults to 1/√D.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,

@@ -233,7 +233,9 @@ Tensor AdmResBlock::forward(const Tensor& x_in, const Tensor& emb,
   const Tensor e = cm::to(unsqueeze(unsqueeze(emb_linear->forward(silu(emb)), 2), 3), h.dtype());
   if (use_scale_shift_norm) {
     const std::vector<Tensor> ss = chunk(e, 2, 1);  // scale, shift
-    h = silu(add(mul(out_norm->forward(h), add(ss[0], 1.0)), ss[1]));
+    h = out_norm->forward_then(h, ss, [](const Tensor& n, const std::vector<Tensor>& e) {
+      return silu(add(mul(n, add(e[0], 1.0)), e[1]));
+    });
   } else {
     h = out_norm->forward_silu(add(h, e));
   }

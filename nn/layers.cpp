@@ -148,6 +148,19 @@ Tensor GroupNorm::forward(const Tensor& x) const {
   return group_norm(x, num_groups, as_input_dtype(weight, x), as_input_dtype(bias, x), eps);
 }
 
+Tensor GroupNorm::forward_then(const Tensor& x, const std::vector<Tensor>& extra, Then then) const {
+  std::vector<Tensor> in = {x, as_input_dtype(weight, x), as_input_dtype(bias, x)};
+  in.insert(in.end(), extra.begin(), extra.end());
+  const int64_t groups = num_groups;
+  const double e = eps;
+  return checkpoint(
+      "group_norm_then",
+      [groups, e, then](const std::vector<Tensor>& v) {
+        return then(group_norm(v[0], groups, v[1], v[2], e), {v.begin() + 3, v.end()});
+      },
+      in);
+}
+
 Tensor GroupNorm::forward_silu(const Tensor& x, const Tensor& shift) const {
   return group_norm_silu(x, num_groups, as_input_dtype(weight, x), as_input_dtype(bias, x), eps,
                          shift);
@@ -224,8 +237,10 @@ Tensor UNetBlock::forward(const Tensor& x_in, const Tensor& emb, const ForwardCo
   Tensor x = conv0->forward(norm0->forward_silu(x_in));
   const Tensor params = cm::to(unsqueeze(unsqueeze(affine->forward(emb), 2), 3), x.dtype());
   if (adaptive_scale) {
-    std::vector<Tensor> ss = chunk(params, 2, 1);  // scale, shift
-    x = silu(add(ss[1], mul(norm1->forward(x), add(ss[0], 1.0))));
+    const std::vector<Tensor> ss = chunk(params, 2, 1);  // scale, shift
+    x = norm1->forward_then(x, ss, [](const Tensor& h, const std::vector<Tensor>& e) {
+      return silu(add(e[1], mul(h, add(e[0], 1.0))));
+    });
   } else {
     x = norm1->forward_silu(x, params);  // silu(norm1(x + params)) in one kernel
   }

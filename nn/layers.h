@@ -84,6 +84,12 @@ class GroupNorm : public Module {
   // silu(forward(x + shift)) from one fused kernel (group_norm_silu); shift [N, C, 1, 1]
   // (optional) is a per-sample channel shift (a U-Net block's embedding).
   Tensor forward_silu(const Tensor& x, const Tensor& shift = {}) const;
+  // then(forward(x), extra) as one checkpoint (autograd/ops.h): the FiLM scale-shift and SiLU
+  // after the norm of ADM's and EDM's adaptive-scale blocks, whose intermediates (the norm's
+  // output, the products) are then not kept with activation recomputation on. `then` must be
+  // deterministic.
+  using Then = std::function<Tensor(const Tensor& normed, const std::vector<Tensor>& extra)>;
+  Tensor forward_then(const Tensor& x, const std::vector<Tensor>& extra, Then then) const;
   std::string type_name() const override { return "GroupNorm"; }
   Tensor weight, bias;
   int64_t num_groups;

@@ -47,6 +47,22 @@ void check_same(const Tensor& a, const Tensor& b, const std::string& what) {
   CHECK_MESSAGE(diff == 0, diff, " of ", va.size(), " elements differ");
 }
 
+// Bytes allocated on the test device above what was live at construction: the peak since then,
+// and what is live now.
+struct Meter {
+  int64_t before;
+  Meter() {
+    backend_for(test_device()).synchronize();
+    allocator_for(test_device()).reset_peak();
+    before = allocator_for(test_device()).stats().allocated;
+  }
+  int64_t peak() const {
+    backend_for(test_device()).synchronize();
+    return allocator_for(test_device()).stats().peak_allocated - before;
+  }
+  int64_t live() const { return allocator_for(test_device()).stats().allocated - before; }
+};
+
 struct ChainResult {
   Tensor out;
   std::vector<Tensor> grads;
@@ -138,12 +154,9 @@ TEST_SUITE("autograd") {
           const Tensor k = leaf({broadcast ? 1 : 3, 40, 24}, 52, t);
           const Tensor v = leaf({broadcast ? 1 : 3, 40, 16}, 53, t);
           const Tensor dy = randn_input({3, 40, 16}, 54, Layout::Contiguous, t);
-          backend_for(test_device()).synchronize();
-          allocator_for(test_device()).reset_peak();
-          const int64_t before = allocator_for(test_device()).stats().allocated;
+          const Meter meter;
           const Tensor y = scaled_dot_product_attention(transpose(q, 1, 2), k, v, 0.3);
-          const int64_t after_forward = allocator_for(test_device()).stats().allocated;
-          peaks.push_back(after_forward - before);
+          peaks.push_back(meter.live());
           sum(mul(y, dy)).backward();
           for (const Tensor& r : {y, q.grad(), k.grad(), v.grad()}) res.push_back(r);
         }
@@ -155,6 +168,38 @@ TEST_SUITE("autograd") {
                 peaks[1], " recomputed");
         CHECK(peaks[1] < peaks[0] / 2);
       }
+  }
+
+  TEST_CASE("recompute: a checkpointed composite (the FiLM norm) gives the composite's gradients") {
+    // silu(group_norm(x)·(1 + scale) + shift), an undefined bias, a scale that needs no gradient
+    const CheckpointFn film = [](const std::vector<Tensor>& v) {
+      return silu(add(mul(group_norm(v[0], 2, v[1], v[2], 1e-5), add(v[3], 1.0)), v[4]));
+    };
+    for (const Layout layout : {Layout::Contiguous, Layout::ChannelsLast}) {
+      INFO(cm::test::layout_name(layout));
+      std::vector<Tensor> res;
+      for (const bool on : {false, true}) {
+        const RecomputeGuard rg(on);
+        const Tensor x = leaf({2, 4, 3, 3}, 61, DType::f32, layout), w = leaf({4}, 62, DType::f32);
+        const Tensor scale = randn_input({2, 4, 1, 1}, 63, Layout::Contiguous, DType::f32);
+        const Tensor shift = leaf({2, 4, 1, 1}, 64, DType::f32);
+        const Tensor cw = leaf({3, 4, 1, 1}, 65, DType::f32);
+        std::weak_ptr<Storage> kept;
+        Tensor y;
+        {
+          const Tensor h = checkpoint("film", film, {x, w, Tensor(), scale, shift});
+          CHECK((recompute_of(h) != nullptr) == on);
+          kept = h.storage();
+          y = conv2d(h, cw, {});
+        }
+        CHECK(kept.expired() == on);
+        sum(mul(y, y)).backward();
+        for (const Tensor& r : {y, x.grad(), w.grad(), shift.grad(), cw.grad()}) res.push_back(r);
+        CHECK_FALSE(scale.grad().defined());
+      }
+      const char* names[] = {"output", "grad x", "grad w", "grad shift", "grad conv weight"};
+      for (size_t i = 0; i < 5; ++i) check_same(res[5 + i], res[i], names[i]);
+    }
   }
 
   TEST_CASE("recompute: in-place changes are caught, before and after saving") {
@@ -218,9 +263,7 @@ TEST_SUITE("autograd") {
                      x2 = on_test_device(randn({8, 1, 8, 8}, {}, &data)),
                      s = on_test_device(full({8}, 0.7));
         Generator drop(42), replay(42);
-        backend_for(test_device()).synchronize();
-        allocator_for(test_device()).reset_peak();
-        const int64_t before = allocator_for(test_device()).stats().allocated;
+        const Meter meter;
         nn::DropoutMasks masks;
         const Tensor out = net.forward(x1, s, {}, {}, {.dropout = &drop, .masks = &masks});
         masks.replay = true;
@@ -231,8 +274,7 @@ TEST_SUITE("autograd") {
         }
         CHECK(masks.next == masks.masks.size());
         sum(square(sub(out, tgt))).backward();
-        backend_for(test_device()).synchronize();
-        peaks.push_back(allocator_for(test_device()).stats().peak_allocated - before);
+        peaks.push_back(meter.peak());
         outs.push_back(out);
         outs.push_back(tgt);
         std::vector<Tensor> g;
@@ -287,13 +329,10 @@ TEST_SUITE("autograd") {
           labels = on_test_device(labels);
         }
         Generator drop(9);
-        backend_for(test_device()).synchronize();
-        allocator_for(test_device()).reset_peak();
-        const int64_t before = allocator_for(test_device()).stats().allocated;
+        const Meter meter;
         const Tensor out = net->forward(x, s, labels, {}, {.dropout = &drop});
         sum(square(out)).backward();
-        backend_for(test_device()).synchronize();
-        peaks.push_back(allocator_for(test_device()).stats().peak_allocated - before);
+        peaks.push_back(meter.peak());
         outs.push_back(out);
         std::vector<Tensor> g;
         for (const auto& [name, p] : net->named_parameters()) g.push_back(p.grad());

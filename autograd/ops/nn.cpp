@@ -289,10 +289,9 @@ Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, do
 
 // q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv] -> [..., Lq, Dv] (batch dims broadcast):
 // softmax((q·scale)·kᵀ)·v. For f16/bf16 the scores go to f32 for the softmax and the weights back
-// to the input dtype for the product with v. With activation recomputation on (autograd/node.h),
-// one node keeps q, k and v only (the scaled q, the scores and both copies of the weights, L² per
-// head, are freed in the forward) and its backward runs the composite again and backpropagates
-// through it: the same ops on the same inputs, so the same gradients bit for bit.
+// to the input dtype for the product with v. A checkpoint: with activation recomputation on
+// (autograd/node.h), one node keeps q, k and v only (the scaled q, the scores and both copies of
+// the weights, L² per head, are freed in the forward), the same gradients bit for bit.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     std::optional<double> scale) {
   const char* op = "scaled_dot_product_attention";
@@ -308,30 +307,9 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
            " (need q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv])");
   common_device({q, k, v}, op);
   const double s = scale.value_or(1.0 / std::sqrt(double(q.size(-1))));
-  if (!is_recompute_enabled() || !needs_grad({q, k, v})) return attention_composite(q, k, v, s);
-  Tensor out;
-  {
-    NoGradGuard ng;
-    out = attention_composite(q, k, v, s);
-  }
-  const SavedTensor sq(q, op), sk(k, op), sv(v, op);
-  const bool gq = q.requires_grad(), gk = k.requires_grad(), gv = v.requires_grad();
-  record(op, {q, k, v}, {out}, [=](const Grads& g) {
-    const auto input = [](const SavedTensor& t, bool grad) {
-      Tensor x = detach(t.get());
-      if (grad) x.set_requires_grad(true);
-      return x;
-    };
-    const Tensor q2 = input(sq, gq), k2 = input(sk, gk), v2 = input(sv, gv);
-    Tensor o2;
-    {
-      EnableGradGuard eg;
-      o2 = attention_composite(q2, k2, v2, s);
-    }
-    backward({o2}, {g[0]});
-    return Grads{gq ? q2.grad() : Tensor(), gk ? k2.grad() : Tensor(), gv ? v2.grad() : Tensor()};
-  });
-  return out;
+  return checkpoint(
+      op, [s](const std::vector<Tensor>& x) { return attention_composite(x[0], x[1], x[2], s); },
+      {q, k, v});
 }
 
 }  // namespace cm
