@@ -504,6 +504,29 @@ TEST_SUITE("runner") {
     fs::remove_all(dir);
   }
 
+  TEST_CASE("a CT run with activation recomputation on writes the checkpoint of one with it off") {
+    // dropout on, so the online pass's masks are redrawn (not kept) and the target's replayed by
+    // drawing again; the checkpoint holds the weights, both EMAs and the optimizer state
+    const fs::path dir = temp_dir("recompute");
+    json user = tiny("ct");
+    user["network"]["dropout"] = 0.2;
+    std::vector<std::string> ckpt;
+    for (const char* recompute : {"off", "on"}) {
+      CAPTURE(recompute);
+      user["network"]["recompute"] = recompute;
+      const RunConfig cfg = typed_config(resolve_config(user, "test.json"));
+      Trainer t(cfg, std::nullopt, nullptr);
+      for (int i = 0; i < 4; ++i) t.train_step();
+      ckpt.push_back((dir / (std::string(recompute) + ".safetensors")).string());
+      t.save_checkpoint(ckpt.back());
+    }
+    check_same_checkpoints(ckpt[0], ckpt[1]);
+    user["network"]["recompute"] = "always";
+    CHECK_THROWS_WITH_AS(resolve_config(user, "test.json"), doctest::Contains("/network/recompute"),
+                         cm::Error);
+    fs::remove_all(dir);
+  }
+
   TEST_CASE("a resumed EDM teacher run is bit-identical to an uninterrupted one") {
     check_resume_is_exact("edm", tiny("edm"));
   }
