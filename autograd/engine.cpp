@@ -107,10 +107,12 @@ SavedTensor::SavedTensor(const Tensor& t, const char* op) : op_(op) {
 }
 
 Tensor SavedTensor::get() const {
+  if (!defined()) return data_;
+  const uint64_t now = recompute_ ? counter_->value : data_.version();
+  CM_CHECK(now == version_, op_, ": a tensor saved for its backward was modified by an ",
+           "in-place operation (version ", now, ", saved at version ", version_,
+           "); clone it before modifying it");
   if (recompute_) {
-    CM_CHECK(counter_->value == version_, op_,
-             ": a tensor saved for its backward was modified by an in-place operation (version ",
-             counter_->value, ", saved at version ", version_, "); clone it before modifying it");
     NoGradGuard ng;
     Tensor t = recompute_->fn();
     CM_CHECK(t.shape() == shape_ && t.strides() == strides_, op_,
@@ -118,12 +120,6 @@ Tensor SavedTensor::get() const {
              shape_str(t.strides()), ", the saved one had ", shape_str(shape_), " strides ",
              shape_str(strides_), " (a recompute function that does not give its tensor back)");
     return t;
-  }
-  if (data_.defined()) {
-    CM_CHECK(data_.version() == version_, op_,
-             ": a tensor saved for its backward was modified by an ",
-             "in-place operation (version ", data_.version(), ", saved at version ", version_,
-             "); clone it before modifying it");
   }
   return data_;
 }

@@ -95,8 +95,6 @@ class SavedTensor {
   SavedTensor(const Tensor& t, const char* op);
   Tensor get() const;
   bool defined() const { return data_.defined() || recompute_ != nullptr; }
-  // Whether get() computes the values again rather than keeping them.
-  bool recomputes() const { return recompute_ != nullptr; }
 
  private:
   Tensor data_;
@@ -112,9 +110,10 @@ class SavedTensor {
 // Off unless a scope turns it on (RecomputeGuard; a network does for its forward when its
 // `recompute` option says so, nn/network.h). While on, ops whose output costs one cheap pass to
 // compute again from what they keep for their own backward (group_norm and group_norm_silu from x
-// and the statistics, dropout from its input and its Philox draw) attach that pass to the output
-// (set_recompute), and the op that saves such an output for its backward (the next convolution)
-// keeps the pass instead of the values. The gradients are bit for bit those without it: the pass is
+// and the statistics, dropout from its input and its Philox draw; checkpointed composites from
+// their inputs, autograd/ops/checkpoint.cpp) attach that pass to the output (set_recompute), and
+// the op that saves such an output for its backward (the next convolution) keeps the pass instead
+// of the values. The gradients are bit for bit those without it: the pass is
 // the same kernel on the same inputs. What it buys is memory: per U-Net block, the convolutions'
 // inputs and the dropout masks are no longer stored between the forward and the backward.
 bool is_recompute_enabled();

@@ -15,9 +15,10 @@ namespace cm::nn {
 // oneDNN, contiguous otherwise).
 MemoryFormat resolve_memory_format(const std::string& option, const Backend& backend);
 // A network's recompute option ("auto", "on" or "off"): whether its forward runs with activation
-// recomputation on (autograd/node.h: the convolutions' inputs after a group norm or dropout, and
-// the dropout masks, computed again in the backward instead of kept; the same gradients, bit for
-// bit, for less memory and one more pass over those activations). "auto" is the backend's
+// recomputation on (autograd/node.h: the convolutions' inputs after a group norm or dropout, the
+// dropout masks, and attention's and the FiLM norms' intermediates, computed again in the backward
+// instead of kept; the same gradients, bit for bit, for less memory and more passes over those
+// activations). "auto" is the backend's
 // recompute_by_default (on for CUDA, where memory bounds the batch; off on the CPU).
 bool resolve_recompute(const std::string& option, const Backend& backend);
 // The check of that option, for the configs' validate(); `who` names the network.

@@ -173,9 +173,10 @@ std::vector<Field> build_schema() {
        inf,
        {"auto", "on", "off"},
        {},
-       "activation recomputation: the convolutions' inputs after a group norm or dropout, and the "
-       "dropout masks, computed again in the backward instead of kept (the same gradients, less "
-       "memory); auto: on for CUDA, off on the CPU",
+       "activation recomputation: the convolutions' inputs after a group norm or dropout, the "
+       "dropout masks, and attention's and the FiLM norms' intermediates, computed again in the "
+       "backward instead of kept (the same gradients, less memory); auto: on for CUDA, off on "
+       "the CPU",
        true},
       {"/network/type",
        Kind::String,

@@ -100,23 +100,20 @@ Tensor dropout(const Tensor& x, double p, bool training, Generator& gen, Tensor*
     const SavedTensor sm(mask, "dropout");
     record("dropout", {x}, {out}, [sm](const Grads& g) { return Grads{mul(g[0], sm.get())}; });
   } else if (grad) {
-    // dx = dy·m, m drawn again: the fused kernel on dy (in the draw's memory order) gives the
-    // Mul of dy and the mask, the bits of the product with a kept mask.
+    // t·m with this call's mask m drawn again (t dense in the draw's memory order): the fused
+    // kernel gives the Mul of t and the mask, the bits of the product with a kept mask.
     const Shape shape = x.shape();
+    const auto times_mask = [=](const Tensor& t) {
+      const Tensor o = empty(shape, {.dtype = t.dtype(), .device = t.device()}, format);
+      backend_of(t).dropout(t, keep, scale, seed, block, o, Tensor());
+      return o;
+    };
     record("dropout", {x}, {out}, [=](const Grads& g) {
-      const Tensor dy = to_memory_format(g[0], format);
-      const Tensor dx = empty(shape, {.dtype = dy.dtype(), .device = dy.device()}, format);
-      backend_of(dy).dropout(dy, keep, scale, seed, block, dx, Tensor());
-      return Grads{dx};
+      return Grads{times_mask(to_memory_format(g[0], format))};  // dx = dy·m
     });
-    // and out, when x itself is computed again, is too: the same draw on x recomputed
+    // and out, when x itself is computed again, is too
     if (const std::shared_ptr<const Recompute> rx = dense ? recompute_of(x) : nullptr)
-      set_recompute(out, [=] {
-        const Tensor xv = rx->fn();
-        const Tensor o = empty(shape, {.dtype = xv.dtype(), .device = xv.device()}, format);
-        backend_of(xv).dropout(xv, keep, scale, seed, block, o, Tensor());
-        return o;
-      });
+      set_recompute(out, [=] { return times_mask(rx->fn()); });
   }
   if (mask_out) *mask_out = mask;
   return out;
