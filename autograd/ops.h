@@ -253,10 +253,36 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride = 0, int64_t p
 using CheckpointFn = std::function<Tensor(const std::vector<Tensor>&)>;
 Tensor checkpoint(const char* name, const CheckpointFn& fn, const std::vector<Tensor>& inputs);
 
-// softmax(q·kᵀ·scale)·v over the last two dims: q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv];
-// the softmax is computed in f32 whatever the input dtype. scale defaults to 1/√D.
+// ---- attention (ops/attention.cpp)
+// softmax(q·kᵀ·scale)·v over the last two dims: q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv]
+// (batch dims broadcast); the softmax is computed in f32 whatever the input dtype. scale defaults
+// to 1/√D. Either the composite (matmul, softmax, matmul: the L × L scores stored for the
+// backward) or the backend's fused kernel (FlashAttention-2: a block of scores at a time, the
+// backward recomputes them), as attention_kernel() says; the two differ by rounding only.
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     std::optional<double> scale = std::nullopt);
+
+// Which kernel scaled_dot_product_attention runs, per thread (a network sets it for its forward
+// from its `attention` option, nn/network.h). Auto: the backend's fused kernel where it takes the
+// operands and Backend::fused_attention_by_default says so (the CPU's; CUDA's not until it has
+// been verified on a card), else the composite. Fused: the fused kernel wherever the backend takes
+// the operands (dtype, head sizes), else the composite. Composite: always the composite.
+enum class AttentionKernel { Auto, Fused, Composite };
+AttentionKernel attention_kernel();
+void set_attention_kernel(AttentionKernel kernel);
+
+class AttentionKernelGuard {
+ public:
+  explicit AttentionKernelGuard(AttentionKernel k) : prev_(attention_kernel()) {
+    set_attention_kernel(k);
+  }
+  ~AttentionKernelGuard() { set_attention_kernel(prev_); }
+  AttentionKernelGuard(const AttentionKernelGuard&) = delete;
+  AttentionKernelGuard& operator=(const AttentionKernelGuard&) = delete;
+
+ private:
+  AttentionKernel prev_;
+};
 
 // ---- in-place updates (ops/inplace.cpp)
 // -------------------------------------------------------------------------- For optimizers and

@@ -73,6 +73,17 @@ void Backend::group_norm_recompute(const Tensor& x, const Tensor& shift, const T
     group_norm(x, weight, bias, groups, eps, out, m2, r2);
 }
 
+void Backend::attention(const Tensor&, const Tensor&, const Tensor&, double, const Tensor&,
+                        const Tensor&) {
+  CM_FAIL("attention: the ", name(), " backend has no fused attention kernel");
+}
+
+void Backend::attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                 const Tensor&, const Tensor&, double, const Tensor&, const Tensor&,
+                                 const Tensor&) {
+  CM_FAIL("attention_backward: the ", name(), " backend has no fused attention kernel");
+}
+
 void Backend::sum_shift_gradient(const Tensor& grad_x, const Tensor& grad_shift) {
   Shape kept(grad_x.shape().size(), 1);  // [N, C, 1, ...]: the spatial dims summed
   kept[0] = grad_x.size(0);

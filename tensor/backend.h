@@ -240,6 +240,29 @@ class Backend {
                                     const Tensor& bias, int64_t groups, double eps, bool silu,
                                     const Tensor& mean, const Tensor& rstd, const Tensor& out);
 
+  // ---- fused attention (FlashAttention-2's algorithm: the L×L scores are never stored) ----
+  // out = softmax(scale·q·kᵀ)·v per batch index, lse = log Σ_keys exp(scale·q·kᵀ) per query row:
+  // q [B, Lq, D], k [B, Lk, D], v [B, Lk, Dv] of one floating dtype with any strides (a batch
+  // stride may be 0), all sizes positive; out [B, Lq, Dv] contiguous of q's dtype, lse [B, Lq]
+  // contiguous f32 (f64 for f64). The backward takes the forward's out and lse and grad_out of
+  // out's shape (any strides), and gives grad_q, grad_k, grad_v (each contiguous of q's dtype,
+  // undefined where not wanted). Results differ from the composite (matmul, softmax, matmul) by
+  // rounding only: every backend's kernel is deterministic (the same inputs give the same bits).
+  // fused_attention_supports says which operands a backend's kernels take (none by default: the
+  // op runs the composite); fused_attention_by_default whether networks whose `attention` option
+  // is "auto" use them.
+  virtual bool fused_attention_supports(DType dtype, int64_t d, int64_t dv) const {
+    (void)dtype, (void)d, (void)dv;
+    return false;
+  }
+  virtual bool fused_attention_by_default() const { return false; }
+  virtual void attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
+                         const Tensor& out, const Tensor& lse);
+  virtual void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k,
+                                  const Tensor& v, const Tensor& out, const Tensor& lse,
+                                  double scale, const Tensor& grad_q, const Tensor& grad_k,
+                                  const Tensor& grad_v);
+
   // ---- indexing ----
   // out = x.index_select(dim, index): index 1-D i64 (validated by the caller against x.size(dim)).
   virtual void index_select(const Tensor& x, int64_t dim, const Tensor& index,

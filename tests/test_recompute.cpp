@@ -141,33 +141,43 @@ TEST_SUITE("autograd") {
   }
 
   TEST_CASE("recompute: attention keeps q, k and v only and gives the composite's gradients") {
+    // the composite is a checkpoint; the fused kernel keeps no L × L tensor either way and
+    // ignores the guard (its backward recomputes the scores by construction)
     const std::vector<DType> dtypes = {DType::f64, DType::f32, DType::bf16};
-    for (const DType t : dtypes)
-      for (const bool broadcast : {false, true}) {
-        INFO(dtype_name(t), broadcast ? " broadcast k, v" : "");
-        std::vector<Tensor> res;
-        std::vector<int64_t> peaks;
-        for (const bool on : {false, true}) {
-          const RecomputeGuard rg(on);
-          // q a transposed view (as in a U-Net block), k and v broadcast over q's batch dim
-          const Tensor q = leaf({3, 24, 40}, 51, t, Layout::Transposed);
-          const Tensor k = leaf({broadcast ? 1 : 3, 40, 24}, 52, t);
-          const Tensor v = leaf({broadcast ? 1 : 3, 40, 16}, 53, t);
-          const Tensor dy = randn_input({3, 40, 16}, 54, Layout::Contiguous, t);
-          const Meter meter;
-          const Tensor y = scaled_dot_product_attention(transpose(q, 1, 2), k, v, 0.3);
-          peaks.push_back(meter.live());
-          sum(mul(y, dy)).backward();
-          for (const Tensor& r : {y, q.grad(), k.grad(), v.grad()}) res.push_back(r);
+    for (const AttentionKernel kernel : {AttentionKernel::Composite, AttentionKernel::Fused})
+      for (const DType t : dtypes)
+        for (const bool broadcast : {false, true}) {
+          const bool composite = kernel == AttentionKernel::Composite;
+          const std::string kname = composite ? "composite " : "fused ";
+          const std::string what = kname + dtype_name(t) + (broadcast ? " broadcast k, v" : "");
+          INFO(what);
+          const AttentionKernelGuard kg(kernel);
+          std::vector<Tensor> res;
+          std::vector<int64_t> peaks;
+          for (const bool on : {false, true}) {
+            const RecomputeGuard rg(on);
+            // q a transposed view (as in a U-Net block), k and v broadcast over q's batch dim
+            const Tensor q = leaf({3, 24, 40}, 51, t, Layout::Transposed);
+            const Tensor k = leaf({broadcast ? 1 : 3, 40, 24}, 52, t);
+            const Tensor v = leaf({broadcast ? 1 : 3, 40, 16}, 53, t);
+            const Tensor dy = randn_input({3, 40, 16}, 54, Layout::Contiguous, t);
+            const Meter meter;
+            const Tensor y = scaled_dot_product_attention(transpose(q, 1, 2), k, v, 0.3);
+            peaks.push_back(meter.live());
+            sum(mul(y, dy)).backward();
+            for (const Tensor& r : {y, q.grad(), k.grad(), v.grad()}) res.push_back(r);
+          }
+          const char* names[] = {"output", "grad q", "grad k", "grad v"};
+          for (size_t i = 0; i < 4; ++i) check_same(res[4 + i], res[i], names[i]);
+          // the composite keeps the scaled q, the scores, the weights (L² per batch) and the
+          // output without recomputation, the output alone with it
+          MESSAGE(kname, std::string(dtype_name(t)), ": after the forward ", peaks[0],
+                  " bytes live, ", peaks[1], " recomputed");
+          if (composite)
+            CHECK(peaks[1] < peaks[0] / 2);
+          else
+            CHECK(peaks[1] == peaks[0]);
         }
-        const char* names[] = {"output", "grad q", "grad k", "grad v"};
-        for (size_t i = 0; i < 4; ++i) check_same(res[4 + i], res[i], names[i]);
-        // kept between forward and backward: the scaled q, the scores, the weights (L² per batch)
-        // and the output without recomputation; the output alone with it
-        MESSAGE(std::string(dtype_name(t)), ": after the forward ", peaks[0], " bytes live, ",
-                peaks[1], " recomputed");
-        CHECK(peaks[1] < peaks[0] / 2);
-      }
   }
 
   TEST_CASE("recompute: a checkpointed composite (the FiLM norm) gives the composite's gradients") {

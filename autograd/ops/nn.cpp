@@ -274,39 +274,4 @@ Tensor max_pool2d(const Tensor& x, int64_t kernel, int64_t stride, int64_t paddi
   return w.views.size() == 1 ? clone(acc) : acc;  // a 1×1 kernel: a copy, never an alias of x
 }
 
-namespace {
-// softmax((q·s)·kᵀ)·v from the differentiable ops: what scaled_dot_product_attention computes.
-Tensor attention_composite(const Tensor& q, const Tensor& k, const Tensor& v, double s) {
-  Tensor scores = matmul(mul(q, s), transpose(k, -2, -1));
-  const bool low = q.dtype() == DType::f16 || q.dtype() == DType::bf16;
-  Tensor attn = softmax(low ? to(scores, DType::f32) : scores, -1);
-  return matmul(low ? to(attn, q.dtype()) : attn, v);
-}
-}  // namespace
-
-// q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv] -> [..., Lq, Dv] (batch dims broadcast):
-// softmax((q·scale)·kᵀ)·v. For f16/bf16 the scores go to f32 for the softmax and the weights back
-// to the input dtype for the product with v. A checkpoint: with activation recomputation on
-// (autograd/node.h), one node keeps q, k and v only (the scaled q, the scores and both copies of
-// the weights, L² per head, are freed in the forward), the same gradients bit for bit.
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    std::optional<double> scale) {
-  const char* op = "scaled_dot_product_attention";
-  CM_CHECK(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2, op,
-           ": q, k, v must be [..., L, D], got shapes ", shape_str(q.shape()), ", ",
-           shape_str(k.shape()), ", ", shape_str(v.shape()));
-  check_floating(q, op, "q");
-  CM_CHECK(k.dtype() == q.dtype() && v.dtype() == q.dtype(), op,
-           ": q, k, v must share a dtype, got ", dtype_name(q.dtype()), ", ", dtype_name(k.dtype()),
-           ", ", dtype_name(v.dtype()));
-  CM_CHECK(q.size(-1) == k.size(-1) && k.size(-2) == v.size(-2), op, ": shapes do not match: q ",
-           shape_str(q.shape()), ", k ", shape_str(k.shape()), ", v ", shape_str(v.shape()),
-           " (need q [..., Lq, D], k [..., Lk, D], v [..., Lk, Dv])");
-  common_device({q, k, v}, op);
-  const double s = scale.value_or(1.0 / std::sqrt(double(q.size(-1))));
-  return checkpoint(
-      op, [s](const std::vector<Tensor>& x) { return attention_composite(x[0], x[1], x[2], s); },
-      {q, k, v});
-}
-
 }  // namespace cm

@@ -65,6 +65,15 @@ class CpuBackend final : public Backend {
                            const Tensor& grad_x, const Tensor& grad_w,
                            const Tensor& grad_b) override;
 
+  // attention.cpp: FlashAttention-2's tiling over OpenBLAS products, every floating dtype
+  bool fused_attention_supports(DType dtype, int64_t d, int64_t dv) const override;
+  bool fused_attention_by_default() const override { return true; }
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, const Tensor& out,
+                 const Tensor& lse) override;
+  void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& out, const Tensor& lse, double scale, const Tensor& grad_q,
+                          const Tensor& grad_k, const Tensor& grad_v) override;
+
   void adam_step(const Tensor& param, const Tensor& exp_avg, const Tensor& exp_avg_sq,
                  const Tensor& grad, const AdamStep& s) override;
 
