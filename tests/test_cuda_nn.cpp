@@ -3,7 +3,8 @@
 // CPU, forward and backward, in every layout and float dtype; group_norm with large means and
 // bit-for-bit repeatability; dropout masks identical on both devices; the fused kernels (GroupNorm
 // + SiLU with and without the shift, dropout, the convolution's bias) against the composites they
-// replace, on the GPU. Each case exits with code 77 (CTest "skipped") where no GPU is present.
+// replace, on the GPU; the fused attention kernel against the CPU's. Each case exits with code 77
+// (CTest "skipped") where no GPU is present.
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -408,6 +409,41 @@ TEST_SUITE("gpu") {
                                          : device_tol(dt),
                       "bias gradient against f64");
         }
+  }
+
+  TEST_CASE("cuda nn: the fused attention kernel matches the CPU, and repeats bit for bit") {
+    require_gpu();
+    // head sizes the tensor-core kernel takes: 64 (ADM's and EDM's ImageNet heads), 32, 16, and
+    // 256 (EDM's CIFAR-10 SongUNet: one head of 256 channels); rows and keys past whole tiles
+    const std::vector<OpCase> cases = {
+        {"sdpa_fused_64",
+         {{2, 3, 70, 64}, {2, 3, 130, 64}, {2, 3, 130, 32}},
+         [](V x) { return scaled_dot_product_attention(x[0], x[1], x[2]); }},
+        {"sdpa_fused_256",
+         {{2, 80, 256}, {2, 80, 256}, {2, 80, 256}},
+         [](V x) { return scaled_dot_product_attention(x[0], x[1], x[2], 0.0625); }},
+        {"sdpa_fused_broadcast_16",
+         {{2, 1, 9, 16}, {1, 2, 65, 16}, {1, 2, 65, 16}},
+         [](V x) { return scaled_dot_product_attention(x[0], x[1], x[2]); }},
+    };
+    const AttentionKernelGuard fused(AttentionKernel::Fused);
+    for (const OpCase& oc : cases)
+      for (DType dt : {DType::f16, DType::bf16})
+        for (Layout l : {Layout::Contiguous, Layout::Transposed}) run_parity(oc, dt, l);
+    for (DType dt : {DType::f16, DType::bf16}) {
+      std::vector<Tensor> runs;
+      for (int rep = 0; rep < 2; ++rep) {
+        Tensor q = gpu_input({4, 150, 64}, 1, dt), k = gpu_input({4, 200, 64}, 2, dt),
+               v = gpu_input({4, 200, 64}, 3, dt);
+        for (Tensor* t : {&q, &k, &v}) t->set_requires_grad(true);
+        const Tensor y = scaled_dot_product_attention(q, k, v);
+        sum(mul(y, gpu_input(y.shape(), 4, dt))).backward();
+        for (const Tensor& t : {y, q.grad(), k.grad(), v.grad()}) runs.push_back(t);
+      }
+      for (size_t i = 0; i < 4; ++i)
+        check_same_bits(runs[i], runs[4 + i],
+                        std::string(dtype_name(dt)) + " repeat " + std::to_string(i));
+    }
   }
 
   TEST_CASE(

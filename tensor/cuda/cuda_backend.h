@@ -76,6 +76,16 @@ class CudaBackend final : public Backend {
   void conv2d_backward_weight_bias(const Tensor& x, const Tensor& grad_out, const Conv2dParams& p,
                                    const Tensor& grad_w, const Tensor& grad_b) override;
 
+  // attention.cu: FlashAttention-2 on the tensor cores for f16/bf16, head sizes multiples of 16
+  // up to 256. Not the default for `auto` until it has run on a card (tests/test_attention.cpp,
+  // tests/test_cuda_nn.cpp in tools/gpu_device_run.sh): networks opt in with attention "fused".
+  bool fused_attention_supports(DType dtype, int64_t d, int64_t dv) const override;
+  void attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale, const Tensor& out,
+                 const Tensor& lse) override;
+  void attention_backward(const Tensor& grad_out, const Tensor& q, const Tensor& k, const Tensor& v,
+                          const Tensor& out, const Tensor& lse, double scale, const Tensor& grad_q,
+                          const Tensor& grad_k, const Tensor& grad_v) override;
+
   void index_select(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
   void index_add(const Tensor& out, int64_t dim, const Tensor& index, const Tensor& src) override;
   void gather(const Tensor& x, int64_t dim, const Tensor& index, const Tensor& out) override;
