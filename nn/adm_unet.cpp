@@ -100,6 +100,7 @@ void AdmUNetConfig::validate() const {
       "ADM U-Net: memory_format must be \"auto\", \"contiguous\" or \"channels_last\", got \"",
       memory_format, "\"");
   check_recompute_option(recompute, "ADM U-Net");
+  check_attention_option(attention, "ADM U-Net");
 }
 
 std::vector<std::string> adm_unet_preset_names() {
@@ -426,6 +427,7 @@ Tensor AdmUNet::forward(const Tensor& x_in, const Tensor& noise_labels, const Te
   const MemoryFormat format = resolve_memory_format(cfg_.memory_format, backend_of(x_in));
   const auto in_format = [format](const Tensor& t) { return to_memory_format(t, format); };
   const RecomputeGuard recompute(resolve_recompute(cfg_.recompute, backend_of(x_in)));
+  const AttentionKernelGuard attention(resolve_attention(cfg_.attention));
   std::vector<Tensor> hs;
   Tensor h = in_format(x_in);
   for (size_t i = 0; i < input_.size(); ++i) {

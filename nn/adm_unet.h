@@ -46,6 +46,8 @@ struct AdmUNetConfig {
   std::string memory_format = "auto";
   // Activation recomputation, as SongUNetConfig::recompute.
   std::string recompute = "auto";
+  // The attention kernel, as SongUNetConfig::attention.
+  std::string attention = "auto";
 
   // Checks every field; errors name the field and value.
   void validate() const;

@@ -33,6 +33,7 @@ void DhariwalUNetConfig::validate() const {
       "DhariwalUNet: memory_format must be \"auto\", \"contiguous\" or \"channels_last\", got \"",
       memory_format, "\"");
   check_recompute_option(recompute, "DhariwalUNet");
+  check_attention_option(attention, "DhariwalUNet");
 }
 
 std::vector<std::string> dhariwal_unet_preset_names() {
@@ -198,6 +199,7 @@ Tensor DhariwalUNet::forward(const Tensor& x_in, const Tensor& noise_labels,
   const MemoryFormat format = resolve_memory_format(cfg_.memory_format, backend_of(x_in));
   const auto in_format = [format](const Tensor& t) { return to_memory_format(t, format); };
   const RecomputeGuard recompute(resolve_recompute(cfg_.recompute, backend_of(x_in)));
+  const AttentionKernelGuard attention(resolve_attention(cfg_.attention));
 
   // Encoder.
   std::vector<Tensor> skips;

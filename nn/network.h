@@ -23,6 +23,13 @@ MemoryFormat resolve_memory_format(const std::string& option, const Backend& bac
 bool resolve_recompute(const std::string& option, const Backend& backend);
 // The check of that option, for the configs' validate(); `who` names the network.
 void check_recompute_option(const std::string& option, const char* who);
+// A network's attention option ("auto", "fused" or "composite"): which kernel its attention
+// layers run (autograd/ops.h, AttentionKernel): the backend's fused kernel (FlashAttention-2, no
+// L × L scores stored) or the composite (matmul, softmax, matmul); the two differ by rounding.
+// "auto" is the fused kernel where the backend's is the default (the CPU's; CUDA's once verified
+// on a card), "fused" wherever the backend's kernel takes the operands.
+AttentionKernel resolve_attention(const std::string& option);
+void check_attention_option(const std::string& option, const char* who);
 
 class Network : public Module {
  public:

@@ -37,6 +37,7 @@ void SongUNetConfig::validate() const {
       "SongUNet: memory_format must be \"auto\", \"contiguous\" or \"channels_last\", got \"",
       memory_format, "\"");
   check_recompute_option(recompute, "SongUNet");
+  check_attention_option(attention, "SongUNet");
   CM_CHECK(decoder_type == "standard" || decoder_type == "skip",
            "SongUNet: decoder_type must be \"standard\" or \"skip\", got \"", decoder_type, "\"");
   CM_CHECK(!resample_filter.empty(), "SongUNet: resample_filter is empty");
@@ -65,6 +66,18 @@ bool resolve_recompute(const std::string& option, const Backend& backend) {
 void check_recompute_option(const std::string& option, const char* who) {
   CM_CHECK(option == "auto" || option == "on" || option == "off", who,
            ": recompute must be \"auto\", \"on\" or \"off\", got \"", option, "\"");
+}
+
+AttentionKernel resolve_attention(const std::string& option) {
+  check_attention_option(option, "network");
+  return option == "fused"       ? AttentionKernel::Fused
+         : option == "composite" ? AttentionKernel::Composite
+                                 : AttentionKernel::Auto;
+}
+
+void check_attention_option(const std::string& option, const char* who) {
+  CM_CHECK(option == "auto" || option == "fused" || option == "composite", who,
+           ": attention must be \"auto\", \"fused\" or \"composite\", got \"", option, "\"");
 }
 
 MemoryFormat SongUNetConfig::activation_format(const Backend& backend) const {
@@ -290,6 +303,7 @@ Tensor SongUNet::forward(const Tensor& x_in, const Tensor& noise_labels, const T
   const MemoryFormat format = cfg_.activation_format(backend_of(x_in));
   const auto in_format = [format](const Tensor& t) { return to_memory_format(t, format); };
   const RecomputeGuard recompute(resolve_recompute(cfg_.recompute, backend_of(x_in)));
+  const AttentionKernelGuard attention(resolve_attention(cfg_.attention));
 
   // Encoder.
   std::vector<Tensor> skips;

@@ -36,6 +36,9 @@ struct SongUNetConfig {
   // Activation recomputation in the backward: "auto", "on" or "off" (nn/network.h,
   // resolve_recompute). Not part of the architecture either: the gradients are the same bits.
   std::string recompute = "auto";
+  // Which kernel the attention layers run: "auto", "fused" or "composite" (nn/network.h,
+  // resolve_attention). Not part of the architecture: the results differ by rounding only.
+  std::string attention = "auto";
 
   // Checks every field; errors name the field and value.
   void validate() const;

@@ -53,6 +53,7 @@ int run_bench(const BenchCommand& command) {
   NetworkConfig cfg = network_from_preset(o.network);
   cfg.songunet.memory_format = cfg.adm.memory_format = cfg.dhariwal.memory_format = o.memory_format;
   cfg.songunet.recompute = cfg.adm.recompute = cfg.dhariwal.recompute = o.recompute;
+  cfg.songunet.attention = cfg.adm.attention = cfg.dhariwal.attention = o.attention;
   const std::unique_ptr<nn::Network> net_ptr = cfg.make(gen), target_ptr = cfg.make(gen);
   nn::Network &net = *net_ptr, &target = *target_ptr;
   net.to(dev);
@@ -161,16 +162,22 @@ int run_bench(const BenchCommand& command) {
     const MemoryFormat format = nn::resolve_memory_format(o.memory_format, be);
     const std::string conv = dev.is_cuda() ? "cudnn" : cpu::onednn::conv_backend_name();
     const std::string blas = dev.is_cuda() ? "cublas" : "openblas " + cpu::blas::core_name();
+    // the attention kernel asked for: fused runs where the backend's kernel takes the dtype and
+    // head size (Backend::fused_attention_supports), the composite elsewhere
+    const AttentionKernel ak = nn::resolve_attention(o.attention);
+    const bool fused = ak == AttentionKernel::Fused ||
+                       (ak == AttentionKernel::Auto && be.fused_attention_by_default());
     std::printf(
         "{\"bench\":\"cm\",\"case\":\"%s\",\"network\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\","
         "\"batch\":%lld,"
         "\"ms_per_step\":%.3f,\"images_per_s\":%.1f,\"peak_memory_bytes\":%lld,\"repeats\":%lld,"
-        "\"memory_format\":\"%s\",\"recompute\":%s,\"conv\":\"%s\",\"blas\":\"%s\","
-        "\"flat\":%s%s}\n",
+        "\"memory_format\":\"%s\",\"recompute\":%s,\"attention\":\"%s\",\"conv\":\"%s\","
+        "\"blas\":\"%s\",\"flat\":%s%s}\n",
         c.c_str(), o.network.c_str(), dev.str().c_str(), o.precision.c_str(), (long long)o.batch, m,
         double(o.batch) / m * 1e3, (long long)mem.peak_allocated, (long long)o.repeats,
         memory_format_name(format), nn::resolve_recompute(o.recompute, be) ? "true" : "false",
-        conv.c_str(), blas.c_str(), o.flat ? "true" : "false", extra.c_str());
+        fused ? "fused" : "composite", conv.c_str(), blas.c_str(), o.flat ? "true" : "false",
+        extra.c_str());
     std::fflush(stdout);
   }
   return 0;

@@ -382,7 +382,7 @@ const char* kUsage =
     "  cm info CONFIG | --preset NAME | --presets\n"
     "  cm bench [--network NAME] [--device D] [--batch B] [--precision f32|tf32|bf16|f16]\n"
     "           [--memory-format auto|contiguous|channels_last] [--recompute auto|on|off]\n"
-    "           [--flat on|off]\n"
+    "           [--attention auto|fused|composite] [--flat on|off]\n"
     "           [--case forward|ct|sample|allreduce] [--repeats R] [--bucket-mb MB]\n"
     "  cm report RUN_DIR [RUN_DIR ...] [--out FILE] [--watch SECONDS]\n"
     "  cm --version\n"
@@ -627,6 +627,10 @@ struct Parser {
            "activation recomputation in the backward (network.recompute)",
            [this](const std::string& v) {
              bench_c.recompute = choice("--recompute", v, {"auto", "on", "off"});
+           });
+    option(bench, "--attention", "{auto,fused,composite}", "auto",
+           "the attention layers' kernel (network.attention)", [this](const std::string& v) {
+             bench_c.attention = choice("--attention", v, {"auto", "fused", "composite"});
            });
     option(bench, "--flat", "{on,off}", "on",
            "parameters, gradients and optimizer state in flat buffers (off: tensor by tensor)",

@@ -108,6 +108,7 @@ struct BenchCommand {
   std::string precision = "f32";       // f32, tf32 (f32 with TF32 matmul/conv), bf16, f16
   std::string memory_format = "auto";  // network.memory_format: auto, contiguous, channels_last
   std::string recompute = "auto";      // network.recompute: auto, on, off
+  std::string attention = "auto";      // network.attention: auto, fused, composite
   bool flat = true;                    // parameters, gradients and optimizer state in flat buffers
   std::vector<std::string> cases = {"forward", "ct", "sample"};
   int64_t repeats = 0;    // 0: 5 on the CPU, 20 on a GPU

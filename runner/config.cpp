@@ -178,6 +178,18 @@ std::vector<Field> build_schema() {
        "backward instead of kept (the same gradients, less memory); auto: on for CUDA, off on "
        "the CPU",
        true},
+      {"/network/attention",
+       Kind::String,
+       nullptr,
+       -inf,
+       inf,
+       {"auto", "fused", "composite"},
+       {},
+       "the attention layers' kernel: fused (FlashAttention-2: no L x L scores stored, the "
+       "backward recomputes them) or composite (matmul, softmax, matmul); the results differ by "
+       "rounding only; auto: fused on the CPU, composite on CUDA until its kernel is verified on "
+       "a card; fused where the backend's kernel takes the dtype and head size",
+       true},
       {"/network/type",
        Kind::String,
        nullptr,
@@ -657,6 +669,7 @@ void network_fields(nn::SongUNetConfig& c, F&& f) {
   f("fourier_scale", c.fourier_scale);
   f("memory_format", c.memory_format);
   f("recompute", c.recompute);
+  f("attention", c.attention);
 }
 template <class F>
 void network_fields(nn::AdmUNetConfig& c, F&& f) {
@@ -678,6 +691,7 @@ void network_fields(nn::AdmUNetConfig& c, F&& f) {
   f("attention_split", c.attention_split);
   f("memory_format", c.memory_format);
   f("recompute", c.recompute);
+  f("attention", c.attention);
 }
 
 template <class F>
@@ -696,6 +710,7 @@ void network_fields(nn::DhariwalUNetConfig& c, F&& f) {
   f("label_dropout", c.label_dropout);
   f("memory_format", c.memory_format);
   f("recompute", c.recompute);
+  f("attention", c.attention);
 }
 
 const std::vector<std::string> kNetworkTypes = {"songunet", "adm", "dhariwal"};

@@ -3,7 +3,8 @@
 // gradients of q, k and v, across the kernel's block and chunk edges (70 query rows, 300 keys),
 // broadcast batch dims, transposed and strided operands, f64/f32/f16/bf16; f64 gradcheck; the L × L
 // scores really never stored (the peak); non-finite inputs give non-finite outputs; saturated
-// softmaxes stay finite; results do not depend on the thread count. Device-generic:
+// softmaxes stay finite; results do not depend on the thread count; each network family's
+// `attention` option reaches its attention layers. Device-generic:
 // CM_TEST_DEVICE=cuda runs it on the GPU (tools/gpu_device_run.sh), where the fused kernel takes
 // f16/bf16 with head sizes that are multiples of 16 (others run the composite either way).
 #include <doctest/doctest.h>
@@ -16,6 +17,9 @@
 #include <vector>
 
 #include "helpers.h"
+#include "nn/adm_unet.h"
+#include "nn/dhariwal_unet.h"
+#include "nn/songunet.h"
 #include "tensor/storage.h"
 
 using namespace cm;
@@ -183,6 +187,70 @@ TEST_SUITE("autograd") {
       omp_set_num_threads(threads);
       for (const Tensor Result::*p : {&Result::out, &Result::dq, &Result::dk, &Result::dv})
         CHECK((one.*p).to_vector<double>() == (all.*p).to_vector<double>());
+    }
+  }
+
+  TEST_CASE("fused attention: every network family's attention option reaches its layers") {
+    // CUDA's fused kernel takes 16-bit operands only: the op-level cases above cover it there
+    if (test_device().is_cuda()) return;
+    for (const std::string family : {"songunet", "adm", "dhariwal"}) {
+      INFO(family);
+      std::vector<Tensor> outs;
+      std::vector<std::vector<Tensor>> grads;
+      for (const std::string kernel : {"composite", "fused"}) {
+        Generator gen(0);
+        std::unique_ptr<nn::Network> net;
+        if (family == "songunet") {
+          nn::SongUNetConfig cfg = nn::songunet_preset("ddpmpp-digits-8");
+          cfg.attention = kernel;
+          net = std::make_unique<nn::SongUNet>(cfg, gen);
+        } else if (family == "adm") {
+          nn::AdmUNetConfig cfg = nn::adm_unet_preset("adm-tiny-16");
+          cfg.attention = kernel;
+          net = std::make_unique<nn::AdmUNet>(cfg, gen);
+        } else {
+          nn::DhariwalUNetConfig cfg = nn::dhariwal_unet_preset("dhariwal-tiny-16");
+          cfg.attention = kernel;
+          net = std::make_unique<nn::DhariwalUNet>(cfg, gen);
+        }
+        {
+          // every weight random, the zero-initialised projections after attention included
+          NoGradGuard ng;
+          Generator w(5);
+          for (auto& [name, p] : net->named_parameters()) {
+            Tensor t = p;
+            copy_(t, mul(randn(p.shape(), {.dtype = p.dtype()}, &w), 0.2));
+          }
+        }
+        net->eval();
+        Generator data(3);
+        const int64_t n = 2, c = net->in_channels(), r = net->img_resolution();
+        const Tensor x = randn({n, c, r, r}, {}, &data), sigma = full({n}, 0.4);
+        Tensor labels;
+        if (net->label_dim() > 0) labels = zeros({n, net->label_dim()});
+        const Tensor out = net->forward(x, sigma, labels, {}, {});
+        sum(square(out)).backward();
+        outs.push_back(out);
+        grads.emplace_back();
+        for (const auto& [name, p] : net->named_parameters()) grads.back().push_back(p.grad());
+      }
+      CHECK(rel_err(outs[1], outs[0]) < 1e-5);
+      // the kernels differ in rounding: had the option not reached the layers, every bit would
+      // match
+      CHECK(outs[1].to_vector<double>() != outs[0].to_vector<double>());
+      // gradients against the largest of them: the biases before a norm get only cancellation
+      // noise (≈ 1e-6 of the rest), which no kernel can match digit for digit
+      double diff = 0, scale = 0;
+      for (size_t i = 0; i < grads[0].size(); ++i) {
+        if (!grads[0][i].defined()) continue;
+        const std::vector<double> a = grads[0][i].to_vector<double>(),
+                                  b = grads[1][i].to_vector<double>();
+        for (size_t e = 0; e < a.size(); ++e) {
+          diff = std::max(diff, std::abs(a[e] - b[e]));
+          scale = std::max(scale, std::abs(a[e]));
+        }
+      }
+      CHECK(diff < 1e-5 * scale);
     }
   }
 }

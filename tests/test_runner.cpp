@@ -504,6 +504,36 @@ TEST_SUITE("runner") {
     fs::remove_all(dir);
   }
 
+  TEST_CASE("network.attention: fused and composite attention train alike in every family") {
+    // the two kernels differ by rounding only: over a few CT steps the losses and gradient norms
+    // agree to float precision (the projections after attention start at zero, so early steps
+    // barely see it: the layer-level check is in test_attention.cpp); a bad value is named
+    for (const auto& make : {tiny, tiny_adm, tiny_dhariwal}) {
+      json user = make("ct");
+      CAPTURE(user["network"].dump());
+      std::vector<std::vector<StepStats>> runs;
+      for (const char* kernel : {"composite", "fused"}) {
+        user["network"]["attention"] = kernel;
+        const RunConfig cfg = typed_config(resolve_config(user, "test.json"));
+        // the field reaches the network's config (test_attention.cpp: and its layers)
+        const NetworkConfig& n = cfg.network;
+        CHECK((n.songunet.attention == kernel || n.adm.attention == kernel ||
+               n.dhariwal.attention == kernel));
+        Trainer t(cfg, std::nullopt, nullptr);
+        runs.emplace_back();
+        for (int i = 0; i < 3; ++i) runs.back().push_back(t.train_step());
+      }
+      for (size_t i = 0; i < runs[0].size(); ++i) {
+        CAPTURE(i);
+        CHECK(runs[1][i].loss == doctest::Approx(runs[0][i].loss).epsilon(1e-4));
+        CHECK(runs[1][i].grad_norm == doctest::Approx(runs[0][i].grad_norm).epsilon(1e-4));
+      }
+      user["network"]["attention"] = "flash";
+      CHECK_THROWS_WITH_AS(resolve_config(user, "test.json"),
+                           doctest::Contains("/network/attention"), cm::Error);
+    }
+  }
+
   TEST_CASE("a CT run with activation recomputation on writes the checkpoint of one with it off") {
     // dropout on, so the online pass's masks are redrawn (not kept) and the target's replayed by
     // drawing again; the checkpoint holds the weights, both EMAs and the optimizer state
