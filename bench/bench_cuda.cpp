@@ -1,6 +1,7 @@
 // GPU cases of cm_bench_ops: matrix products in TFLOP/s beside cuBLAS alone on the same operands
 // (f32, TF32, bf16), elementwise ops and reductions in GB/s beside a device-to-device copy of the
-// same bytes, and the caching allocator beside cudaMalloc/cudaFree.
+// same bytes, the caching allocator beside cudaMalloc/cudaFree, and fused attention beside the
+// composite.
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
@@ -175,5 +176,12 @@ bool bench_cuda(const BenchArgs& args) {
   bench_matmul(args);
   bench_bandwidth(args);
   bench_allocator(args);
+  // ddpmpp-cifar10's 16×16 layer (one 256-channel head) at batch 512, ADM-64's 32×32 (six
+  // 64-channel heads) at batch 64: the bf16 and f16 steps' shapes
+  for (const cm::DType dt : {cm::DType::bf16, cm::DType::f16})
+    bench_attention(
+        args, kGpu, dt,
+        {{"ddpmpp-cifar10 16x16", 512, 256, 256}, {"adm-imagenet64 32x32", 384, 1024, 64}},
+        [](const std::function<void()>& f, int reps) { return gpu_ms(f, reps); });
   return true;
 }

@@ -1,7 +1,7 @@
 // Op benchmarks: one JSON line per case. Matrix products are measured in GFLOP/s beside the BLAS
 // call alone on the same operands; elementwise ops and reductions in GB/s (bytes read + written)
 // beside a plain memcpy of the same number of bytes. Times are medians over repeated runs after a
-// warm-up.
+// warm-up. Attention: the fused kernel beside the composite, forward and backward.
 //   cm_bench_ops [--device cpu|cuda] [--quick] [--filter SUBSTRING]
 // The CUDA cases (bench_cuda.cpp, built with CUDA) compare against cuBLAS alone and a
 // device-to-device copy.
@@ -174,6 +174,11 @@ int main(int argc, char** argv) {
     }
     bench_matmul(args);
     bench_elementwise(args);
+    // ddpmpp's 16×16 layer (one 256-channel head) at batch 8, ADM-64's 32×32 (six 64-channel
+    // heads) at batch 2
+    bench_attention(args, cm::Device::cpu(), cm::DType::f32,
+                    {{"ddpmpp-cifar10 16x16", 8, 256, 256}, {"adm-imagenet64 32x32", 12, 1024, 64}},
+                    [](const std::function<void()>& f, int reps) { return median_ms(f, reps); });
   } catch (const cm::Error& e) {
     std::fprintf(stderr, "cm_bench_ops: %s\n", e.what());
     return 1;

@@ -8,7 +8,7 @@
 # into the repository) for the ADM peer of the device script's adm stage (bench/peer_adm_step.py).
 # Build first: cmake -S . -B build-cuda -DCM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 &&
 #   cmake --build build-cuda --target cm cm_bench_ops cm_test_cuda cm_test_cuda_conv cm_test_cuda_nn \
-#     cm_test_autograd cm_test_inplace cm_test_recompute cm_test_dist
+#     cm_test_autograd cm_test_inplace cm_test_recompute cm_test_attention cm_test_dist
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=build-cuda
@@ -25,7 +25,8 @@ done
 bins=("$build_dir/runner/cm" "$build_dir/bench/cm_bench_ops" "$build_dir/tests/cm_test_cuda"
       "$build_dir/tests/cm_test_cuda_conv" "$build_dir/tests/cm_test_cuda_nn"
       "$build_dir/tests/cm_test_autograd" "$build_dir/tests/cm_test_inplace"
-      "$build_dir/tests/cm_test_recompute" "$build_dir/tests/cm_test_dist")
+      "$build_dir/tests/cm_test_recompute" "$build_dir/tests/cm_test_attention"
+      "$build_dir/tests/cm_test_dist")
 for b in "${bins[@]}"; do
   [ -x "$b" ] || { echo "gpu_bundle.sh: '$b' is missing; build it first (see the header)" >&2; exit 1; }
 done

@@ -101,7 +101,7 @@ suite() {
 if has tests; then
   say "== GPU test suites"
   for t in cm_test_cuda cm_test_cuda_conv cm_test_cuda_nn; do suite "$t" "$bin/$t"; done
-  for t in cm_test_autograd cm_test_inplace cm_test_recompute; do
+  for t in cm_test_autograd cm_test_inplace cm_test_recompute cm_test_attention; do
     [ -x "$bin/$t" ] && CM_TEST_DEVICE=cuda suite "CM_TEST_DEVICE=cuda $t" "$bin/$t"
   done
 fi
@@ -172,6 +172,11 @@ if has bench; then
     for p in tf32 bf16; do
       box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 1024 --precision $p --case sample --repeats 5
     done
+    # the fused attention kernel (opt-in on CUDA until these and the attention test cases pass)
+    box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 512 --precision bf16 --case ct \
+      --attention fused --repeats 5
+    box 60 "$bin/cm" bench --network ddpmpp-cifar10 --device cuda --batch 1024 --precision bf16 --case sample \
+      --attention fused --repeats 5
     box 90 "$bin/cm_bench_ops" --device cuda
   } >>"$out/bench.log" 2>&1
   grep -E '"case"|"bench"' "$out/bench.log" | head -40 | tee -a "$summary"
@@ -183,7 +188,10 @@ if has adm; then
   {
     for p in bf16 f16; do
       for c in ct sample; do
-        box 90 "$bin/cm" bench --network adm-imagenet64 --device cuda --batch 64 --precision $p --case $c --repeats 5
+        for a in composite fused; do
+          box 90 "$bin/cm" bench --network adm-imagenet64 --device cuda --batch 64 --precision $p --case $c \
+            --attention $a --repeats 5
+        done
       done
     done
     if [ -f "$bundle/adm-ref/cm/unet.py" ]; then
@@ -225,6 +233,12 @@ if has memcheck; then
       echo "== memcheck $t"
       box 400 "$san" --tool memcheck --error-exitcode 3 "$bin/$t"
       echo "== rc $t: $?"
+    done
+    # the fused attention kernels share tiles between warps: shared-memory races and barriers
+    for tool in racecheck synccheck; do
+      echo "== $tool fused attention"
+      box 200 "$san" --tool $tool --error-exitcode 3 "$bin/cm_test_cuda_nn" -tc="*fused attention*"
+      echo "== rc $tool fused attention: $?"
     done
   ) >"$out/memcheck.log" 2>&1 &
   memcheck_pid=$!
