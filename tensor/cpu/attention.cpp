@@ -6,7 +6,8 @@
 //   O /= l and lse = m + log l, all the backward needs besides q, k, v and the output;
 // - backward: P = exp(S − lse) again per (block, chunk), then dV += Pᵀ·dO, dP = dO·Vᵀ,
 //   dS = P∘(dP − Δ) with Δ = rowsum(dO∘O), dQ += scale·dS·K, dK += scale·dSᵀ·Q.
-// f16 and bf16 compute in f32 (the weights P stay f32), f64 in f64. Items: the forward's (batch
+// f16 and bf16 compute in f32 (the weights P stay f32), f64 in f64; e^x is the elementwise ops'
+// (sop::exp: a vectorisable polynomial in f32, std::exp in f64). Items: the forward's (batch
 // index, query block) pairs; the backward's batch indices, each walking its blocks and chunks in
 // order (no two items write the same gradient row), so the result never depends on the thread
 // count. OpenBLAS runs on one thread inside the items (tensor/cpu/matmul.cpp says why).
@@ -17,6 +18,7 @@
 #include "tensor/cpu/blas.h"
 #include "tensor/cpu/cpu_backend.h"
 #include "tensor/cpu/loops.h"
+#include "tensor/scalar_ops.h"
 
 namespace cm::cpu {
 namespace {
@@ -92,10 +94,10 @@ void attention_typed(const Tensor& q, const Tensor& k, const Tensor& v, double s
         for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, Sr[j]);
         T sum = 0;
         for (int64_t j = 0; j < cols; ++j) {
-          Sr[j] = std::exp(Sr[j] - mx);
+          Sr[j] = sop::exp(Sr[j] - mx);
           sum += Sr[j];
         }
-        const T alpha = std::exp(m[r] - mx);  // 0 for the first chunk (m = −∞)
+        const T alpha = sop::exp(m[r] - mx);  // 0 for the first chunk (m = −∞)
         l[r] = l[r] * alpha + sum;
         m[r] = mx;
         if (alpha != T(1))
@@ -155,7 +157,7 @@ void attention_backward_typed(const Tensor& grad_out, const Tensor& q, const Ten
         gemm<T>(false, true, rows, cols, D, s, Q, D, K + c0 * D, D, T(0), P.data(), cols);
         for (int64_t r = 0; r < rows; ++r)
           for (T *p = P.data() + r * cols, *end = p + cols; p < end; ++p)
-            *p = std::exp(*p - lse_r[r]);
+            *p = sop::exp(*p - lse_r[r]);
         gemm<T>(true, false, cols, Dv, rows, T(1), P.data(), cols, dO, Dv, T(1), dV + c0 * Dv, Dv);
         gemm<T>(false, true, rows, cols, Dv, T(1), dO, Dv, V + c0 * Dv, Dv, T(0), dP.data(), cols);
         for (int64_t r = 0; r < rows; ++r) {
