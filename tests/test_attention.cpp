@@ -44,7 +44,9 @@ Result run(AttentionKernel kernel, const Tensor& q0, const Tensor& k0, const Ten
   return {out, q.grad(), k.grad(), v.grad()};
 }
 
-// max |a − ref| / max |ref| (ref's magnitude 1 where it is 0).
+// max |a − ref| / max |ref| (ref's magnitude 1 where it is 0). Not golden_util.h's rel_err, which
+// divides by 1e-30 there: with one key, dq and dk vanish exactly and the kernels' rounding is
+// compared absolutely.
 double rel_err(const Tensor& a, const Tensor& ref) {
   REQUIRE(a.shape() == ref.shape());
   const std::vector<double> va = a.to_vector<double>(), vr = ref.to_vector<double>();

@@ -492,6 +492,14 @@ void attention_backward_typed(const Tensor& grad_out, const Tensor& q, const Ten
   finish(dv, grad_v, Lk, Lk_pad, Dv, 1.f);
 }
 
+// The kernels' operands, or an error naming `op` (the op routes others to the composite).
+void check_operands(const CudaBackend& be, const char* op, const Tensor& q, const Tensor& v) {
+  CM_CHECK(be.fused_attention_supports(q.dtype(), q.size(2), v.size(2)), op,
+           ": the CUDA kernel takes f16/bf16 with head sizes that are multiples of 16 up to 256, "
+           "got ",
+           dtype_name(q.dtype()), " with ", q.size(2), " and ", v.size(2));
+}
+
 }  // namespace
 
 bool CudaBackend::fused_attention_supports(DType dtype, int64_t d, int64_t dv) const {
@@ -501,10 +509,7 @@ bool CudaBackend::fused_attention_supports(DType dtype, int64_t d, int64_t dv) c
 
 void CudaBackend::attention(const Tensor& q, const Tensor& k, const Tensor& v, double scale,
                             const Tensor& out, const Tensor& lse) {
-  CM_CHECK(fused_attention_supports(q.dtype(), q.size(2), v.size(2)),
-           "attention: the CUDA kernel takes f16/bf16 with head sizes that are multiples of 16 up "
-           "to 256, got ",
-           dtype_name(q.dtype()), " with ", q.size(2), " and ", v.size(2));
+  check_operands(*this, "attention", q, v);
   DeviceGuard g(q.device().index);
   if (q.dtype() == DType::f16)
     attention_typed<__half>(q, k, v, scale, out, lse);
@@ -516,10 +521,7 @@ void CudaBackend::attention_backward(const Tensor& grad_out, const Tensor& q, co
                                      const Tensor& v, const Tensor& out, const Tensor& lse,
                                      double scale, const Tensor& grad_q, const Tensor& grad_k,
                                      const Tensor& grad_v) {
-  CM_CHECK(fused_attention_supports(q.dtype(), q.size(2), v.size(2)),
-           "attention_backward: the CUDA kernel takes f16/bf16 with head sizes that are multiples "
-           "of 16 up to 256, got ",
-           dtype_name(q.dtype()), " with ", q.size(2), " and ", v.size(2));
+  check_operands(*this, "attention_backward", q, v);
   DeviceGuard g(q.device().index);
   if (q.dtype() == DType::f16)
     attention_backward_typed<__half>(grad_out, q, k, v, out, lse, scale, grad_q, grad_k, grad_v);
